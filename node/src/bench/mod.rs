@@ -1,0 +1,209 @@
+//! `phoenix-node bench`: the engine's performance scenarios. Prints figures, never asserts
+//! timings; optionally writes each scenario's windows as an SVG plot.
+//!
+//! Every scenario splits its operations into ten windows and reports retrieve and store
+//! p50/p99 per window, the last/first retrieve p50 ratio, and the process's peak RSS
+//! (reset at the start of each scenario through `/proc/self/clear_refs`).
+
+mod plot;
+mod scenarios;
+
+use std::io::Write;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use hdrhistogram::Histogram;
+use serde::Serialize;
+
+pub use scenarios::Scenario;
+
+/// Benchmark settings.
+#[derive(Clone, Debug)]
+pub struct BenchOptions {
+    /// Where the databases go (a temporary directory inside it, removed afterwards).
+    pub dir: PathBuf,
+    /// Multiplies every operation and key count (1.0 = the documented sizes).
+    pub scale: f64,
+    /// Scenarios to run, in order.
+    pub scenarios: Vec<Scenario>,
+    /// Directory for one SVG plot per scenario.
+    pub plot_dir: Option<PathBuf>,
+    /// Show progress bars (on a terminal).
+    pub progress: bool,
+    /// Seed for the operation sequences.
+    pub seed: u64,
+}
+
+/// Errors of the benchmark.
+#[derive(Debug, thiserror::Error)]
+pub enum BenchError {
+    /// The store failed.
+    #[error("store failed: {0}")]
+    Store(#[from] crate::store::StoreError),
+    /// Writing output failed.
+    #[error("failed to write output: {0}")]
+    Io(#[from] std::io::Error),
+    /// Drawing the plot failed.
+    #[error("failed to draw the plot: {0}")]
+    Plot(String),
+}
+
+/// Figures of one window (a tenth of a scenario's operations).
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct Window {
+    /// Keys stored at the end of the window.
+    pub keys: u64,
+    /// Retrieve latency percentiles, nanoseconds.
+    pub retrieve: Percentiles,
+    /// Store latency percentiles, nanoseconds.
+    pub store: Percentiles,
+    /// The reference structure's retrieve percentiles, when the scenario has one.
+    pub reference: Option<Percentiles>,
+    /// The latency probe's ratio at the end of the window.
+    pub probe_ratio: Option<f64>,
+}
+
+/// p50 and p99 of a set of latencies, nanoseconds; zero counts mean "no operations".
+#[derive(Clone, Copy, Debug, Default, Serialize)]
+pub struct Percentiles {
+    /// Operations measured.
+    pub count: u64,
+    /// Median, nanoseconds.
+    pub p50_ns: u64,
+    /// 99th percentile, nanoseconds.
+    pub p99_ns: u64,
+}
+
+impl Percentiles {
+    fn of(histogram: &Histogram<u64>) -> Percentiles {
+        Percentiles {
+            count: histogram.len(),
+            p50_ns: histogram.value_at_quantile(0.5),
+            p99_ns: histogram.value_at_quantile(0.99),
+        }
+    }
+}
+
+/// The outcome of one scenario.
+#[derive(Clone, Debug, Serialize)]
+pub struct ScenarioResult {
+    /// Scenario name.
+    pub name: &'static str,
+    /// What it does, one line.
+    pub description: String,
+    /// Ten windows (fewer for scenarios that only compare before and after).
+    pub windows: Vec<Window>,
+    /// Named figures beyond the windows (ratios, targets, sizes).
+    pub figures: Vec<(String, String)>,
+    /// Peak resident set size during the scenario, bytes.
+    pub peak_rss_bytes: Option<u64>,
+}
+
+impl ScenarioResult {
+    /// Last window's retrieve p50 over the first's.
+    pub fn retrieve_ratio(&self) -> Option<f64> {
+        let first = self.windows.first()?.retrieve.p50_ns;
+        let last = self.windows.last()?.retrieve.p50_ns;
+        (first > 0).then(|| last as f64 / first as f64)
+    }
+}
+
+/// A latency histogram from 1 ns to 60 s with 3 significant digits.
+pub(crate) fn histogram() -> Histogram<u64> {
+    // Bounds are constants that hdrhistogram accepts.
+    Histogram::new_with_bounds(1, 60_000_000_000, 3).expect("valid histogram bounds")
+}
+
+pub(crate) fn nanos(duration: Duration) -> u64 {
+    u64::try_from(duration.as_nanos()).unwrap_or(u64::MAX)
+}
+
+/// Resets the kernel's peak-RSS counter for this process (Linux); false when unsupported.
+pub(crate) fn reset_peak_rss() -> bool {
+    std::fs::write("/proc/self/clear_refs", "5").is_ok()
+}
+
+/// Peak resident set size of this process (Linux `VmHWM`).
+pub(crate) fn peak_rss_bytes() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib * 1024)
+}
+
+fn micros(ns: u64) -> String {
+    format!("{:.2}", ns as f64 / 1000.0)
+}
+
+/// Prints one scenario's table and figures.
+pub fn print_result(out: &mut impl Write, result: &ScenarioResult) -> std::io::Result<()> {
+    writeln!(out, "\n== {}: {}", result.name, result.description)?;
+    let has_reference = result.windows.iter().any(|w| w.reference.is_some());
+    write!(
+        out,
+        "{:>6} {:>9} {:>10} {:>10} {:>10} {:>10}",
+        "window", "keys", "get p50µs", "get p99µs", "put p50µs", "put p99µs"
+    )?;
+    if has_reference {
+        write!(out, " {:>10} {:>10}", "ref p50µs", "ref p99µs")?;
+    }
+    writeln!(out, " {:>8}", "probe")?;
+    for (i, w) in result.windows.iter().enumerate() {
+        write!(
+            out,
+            "{:>6} {:>9} {:>10} {:>10} {:>10} {:>10}",
+            i + 1,
+            w.keys,
+            micros(w.retrieve.p50_ns),
+            micros(w.retrieve.p99_ns),
+            micros(w.store.p50_ns),
+            micros(w.store.p99_ns)
+        )?;
+        if let Some(r) = w.reference {
+            write!(out, " {:>10} {:>10}", micros(r.p50_ns), micros(r.p99_ns))?;
+        }
+        match w.probe_ratio {
+            Some(ratio) => writeln!(out, " {ratio:>7.2}×")?,
+            None => writeln!(out, " {:>8}", "no data")?,
+        }
+    }
+    if let Some(ratio) = result.retrieve_ratio() {
+        writeln!(out, "retrieve p50 last/first window: {ratio:.3}×")?;
+    }
+    for (name, value) in &result.figures {
+        writeln!(out, "{name}: {value}")?;
+    }
+    match result.peak_rss_bytes {
+        Some(rss) => writeln!(out, "peak RSS: {:.1} MiB", rss as f64 / (1 << 20) as f64)?,
+        None => writeln!(out, "peak RSS: unavailable on this platform")?,
+    }
+    Ok(())
+}
+
+/// Runs the selected scenarios, printing each result to `out` as it completes.
+///
+/// # Errors
+/// Store, output and plotting errors.
+pub fn run(options: &BenchOptions, out: &mut impl Write) -> Result<Vec<ScenarioResult>, BenchError> {
+    let mut results = Vec::new();
+    let rss_resettable = reset_peak_rss();
+    if !rss_resettable {
+        writeln!(out, "note: peak RSS cannot be reset here; figures are cumulative")?;
+    }
+    for scenario in &options.scenarios {
+        let workdir = tempfile::Builder::new()
+            .prefix("phoenix-bench-")
+            .tempdir_in(&options.dir)?;
+        reset_peak_rss();
+        let result = scenario.run(options, workdir.path())?;
+        print_result(out, &result)?;
+        if let Some(dir) = &options.plot_dir {
+            std::fs::create_dir_all(dir)?;
+            let path = dir.join(format!("{}.svg", result.name));
+            plot::write_svg(&path, &result).map_err(BenchError::Plot)?;
+            writeln!(out, "plot: {}", path.display())?;
+        }
+        results.push(result);
+    }
+    Ok(results)
+}

@@ -1,0 +1,15 @@
+//! Phoenix memory node: an embedded sled store under a Merkle integrity root, a latency
+//! probe that measures retrieves against the node's own baseline, and cleanup.
+//!
+//! Modules:
+//! - [`store`]: the only module that touches sled; typed API and [`store::StoreError`].
+//! - [`merkle`]: the order-independent integrity trie and pure proof verification.
+//! - [`probe`]: the retrieve-latency probe and its persisted baseline.
+//! - [`cleanup`]: prune, rebuild, flush, re-measure.
+//! - [`bench`]: the `phoenix-node bench` scenarios.
+
+pub mod bench;
+pub mod cleanup;
+pub mod merkle;
+pub mod probe;
+pub mod store;

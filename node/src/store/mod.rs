@@ -1,0 +1,997 @@
+//! The storage engine: sled 0.34 under a Merkle integrity root. The only module that
+//! imports sled; everything else uses the typed API and [`StoreError`].
+//!
+//! Layout, all in one sled tree so that a write and its tree update commit in one atomic
+//! batch:
+//!
+//! | prefix | key | value |
+//! |---|---|---|
+//! | `d` | user key | expiry (unix ms, big-endian u64, 0 = none) then the value |
+//! | `e` | expiry (big-endian u64) then user key | empty: the expiry index prune walks |
+//! | `m` | [`BranchId::encode`] | [`Branch::encode`] |
+//! | `x` | meta name | root, key count, logical bytes, probe baseline, last cleanup |
+//!
+//! A retrieve is one point lookup of the `d` record. Writes are serialised by one mutex
+//! (the trie walk must see a consistent tree); reads never take it.
+//!
+//! A database lives in `DATA_DIR/gen-N`; `DATA_DIR/CURRENT` names the live generation. A
+//! rebuild copies the live generation into `gen-(N+1)`, reopens it, switches `CURRENT`
+//! atomically and swaps the handle, so a crash at any point leaves one complete generation.
+
+mod commit;
+mod rebuild;
+
+use std::ops::Bound;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use arc_swap::ArcSwap;
+use serde::{Deserialize, Serialize};
+
+use crate::merkle::{self, Branch, BranchId, BranchSource, Child, Hash, MerkleError, Proof};
+use commit::GroupCommit;
+pub use rebuild::RebuildReport;
+
+const DATA: u8 = b'd';
+const EXPIRY: u8 = b'e';
+const BRANCH: u8 = b'm';
+const META: u8 = b'x';
+
+const META_ROOT: &[u8] = b"xroot";
+const META_KEYS: &[u8] = b"xkeys";
+const META_LOGICAL: &[u8] = b"xlogical";
+const META_FORMAT: &[u8] = b"xformat";
+const FORMAT_VERSION: &[u8] = b"phoenix-store-1";
+
+const RECORD_HEADER: usize = 8;
+const LONGEST_TTL: Duration = Duration::from_secs(100 * 365 * 24 * 3600);
+const SAMPLE_CAPACITY: usize = 4096;
+
+/// Errors of the storage engine.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// The key is empty.
+    #[error("key must not be empty")]
+    EmptyKey,
+    /// The key is longer than the configured limit.
+    #[error("key is {len} bytes, longer than the limit of {max}")]
+    KeyTooLong {
+        /// Length of the rejected key.
+        len: usize,
+        /// The configured limit.
+        max: usize,
+    },
+    /// The value is empty.
+    #[error("value must not be empty")]
+    EmptyValue,
+    /// The value is larger than the configured limit.
+    #[error("value is {len} bytes, larger than the limit of {max}")]
+    ValueTooLarge {
+        /// Length of the rejected value.
+        len: usize,
+        /// The configured limit.
+        max: usize,
+    },
+    /// The time-to-live is zero or absurdly long.
+    #[error("time-to-live {ttl:?} is out of range (1 ms to 100 years)")]
+    InvalidTtl {
+        /// The rejected time-to-live.
+        ttl: Duration,
+    },
+    /// A rebuild is swapping databases; the write was not applied and may be retried.
+    #[error("the store is being rebuilt; retry in {retry_after:?}")]
+    Busy {
+        /// When a retry is likely to succeed.
+        retry_after: Duration,
+    },
+    /// Not enough free disk for a rebuild.
+    #[error("rebuild needs {needed} free bytes but only {available} are available")]
+    InsufficientSpace {
+        /// Estimated bytes the rebuilt copy needs.
+        needed: u64,
+        /// Bytes available on the data volume.
+        available: u64,
+    },
+    /// Stored data does not decode or does not match the integrity tree.
+    #[error("store is corrupt: {0}")]
+    Corrupt(String),
+    /// A file-system operation failed.
+    #[error("failed to {action}: {source}")]
+    Io {
+        /// What was being done.
+        action: &'static str,
+        /// The underlying error.
+        source: std::io::Error,
+    },
+    /// The embedded database failed.
+    #[error("storage engine failed: {0}")]
+    Engine(#[from] EngineError),
+}
+
+/// An opaque error from the embedded database.
+#[derive(Debug, thiserror::Error)]
+#[error(transparent)]
+pub struct EngineError(#[from] sled::Error);
+
+impl From<sled::Error> for StoreError {
+    fn from(error: sled::Error) -> Self {
+        StoreError::Engine(EngineError(error))
+    }
+}
+
+impl From<MerkleError<sled::Error>> for StoreError {
+    fn from(error: MerkleError<sled::Error>) -> Self {
+        match error {
+            MerkleError::Source(e) => e.into(),
+            MerkleError::MissingBranch { depth } => {
+                StoreError::Corrupt(format!("merkle branch at depth {depth} is missing"))
+            }
+        }
+    }
+}
+
+/// Result with [`StoreError`].
+pub type Result<T, E = StoreError> = std::result::Result<T, E>;
+
+fn io(action: &'static str) -> impl FnOnce(std::io::Error) -> StoreError {
+    move |source| StoreError::Io { action, source }
+}
+
+/// When writes become durable.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub enum Durability {
+    /// sled's background flusher writes dirty data every `flush_every_ms`; a crash may lose
+    /// the writes of the last interval.
+    Periodic {
+        /// Flush interval in milliseconds.
+        flush_every_ms: u64,
+    },
+    /// Every write is durable before it is acknowledged; concurrent writers share flushes.
+    Sync,
+}
+
+/// Size limits on input.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Limits {
+    /// Longest accepted key in bytes.
+    pub max_key_bytes: usize,
+    /// Largest accepted value in bytes.
+    pub max_value_bytes: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_key_bytes: 1024,
+            max_value_bytes: 1 << 20,
+        }
+    }
+}
+
+/// When cleanup rebuilds the database.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct RebuildPolicy {
+    /// Rebuild when on-disk bytes exceed this multiple of logical bytes.
+    pub disk_ratio: f64,
+    /// Never rebuild a database smaller than this on disk (sled's fixed overhead dominates).
+    pub min_disk_bytes: u64,
+    /// Free bytes to leave on the volume beyond the rebuilt copy's estimate.
+    pub free_space_margin_bytes: u64,
+}
+
+impl Default for RebuildPolicy {
+    fn default() -> Self {
+        RebuildPolicy {
+            disk_ratio: 2.0,
+            min_disk_bytes: 32 << 20,
+            free_space_margin_bytes: 64 << 20,
+        }
+    }
+}
+
+/// A source of wall-clock time in unix milliseconds (replaceable in tests).
+pub trait Clock: Send + Sync + std::fmt::Debug {
+    /// Milliseconds since the unix epoch.
+    fn now_ms(&self) -> u64;
+}
+
+/// The system clock.
+#[derive(Debug, Default)]
+pub struct SystemClock;
+
+impl Clock for SystemClock {
+    fn now_ms(&self) -> u64 {
+        SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+    }
+}
+
+/// A clock that only moves when told to.
+#[derive(Debug, Default)]
+pub struct ManualClock(AtomicU64);
+
+impl ManualClock {
+    /// A clock reading `now_ms`.
+    pub fn new(now_ms: u64) -> Self {
+        ManualClock(AtomicU64::new(now_ms))
+    }
+    /// Moves the clock forward.
+    pub fn advance(&self, by: Duration) {
+        let ms = u64::try_from(by.as_millis()).unwrap_or(u64::MAX);
+        self.0.fetch_add(ms, Ordering::SeqCst);
+    }
+}
+
+impl Clock for ManualClock {
+    fn now_ms(&self) -> u64 {
+        self.0.load(Ordering::SeqCst)
+    }
+}
+
+/// Configuration of a [`Store`].
+#[derive(Clone, Debug)]
+pub struct StoreConfig {
+    /// Data directory (holds `CURRENT` and the `gen-N` databases).
+    pub path: PathBuf,
+    /// sled's page cache size in bytes. It counts on-disk (serialised) page bytes; the
+    /// process's resident memory can exceed it.
+    pub cache_capacity: u64,
+    /// When writes become durable.
+    pub durability: Durability,
+    /// Time-to-live given to memories stored without one (`None`: they never expire).
+    pub default_ttl: Option<Duration>,
+    /// Input size limits.
+    pub limits: Limits,
+    /// When cleanup rebuilds.
+    pub rebuild: RebuildPolicy,
+    /// The clock used for expiry.
+    pub clock: Arc<dyn Clock>,
+}
+
+impl StoreConfig {
+    /// Defaults for a store in `path`: 256 MiB cache, flush every 500 ms.
+    pub fn new(path: impl Into<PathBuf>) -> Self {
+        StoreConfig {
+            path: path.into(),
+            cache_capacity: 256 << 20,
+            durability: Durability::Periodic {
+                flush_every_ms: 500,
+            },
+            default_ttl: None,
+            limits: Limits::default(),
+            rebuild: RebuildPolicy::default(),
+            clock: Arc::new(SystemClock),
+        }
+    }
+}
+
+/// A retrieved value. Holds the database's buffer; no copy is made.
+#[derive(Clone, Debug)]
+pub struct Value {
+    record: sled::IVec,
+}
+
+impl Value {
+    /// The stored bytes.
+    pub fn as_bytes(&self) -> &[u8] {
+        &self.record[RECORD_HEADER..]
+    }
+
+    /// When the memory expires (unix ms), if it does.
+    pub fn expires_at_ms(&self) -> Option<u64> {
+        record_expiry(&self.record)
+    }
+}
+
+fn record_expiry(record: &[u8]) -> Option<u64> {
+    let header: [u8; RECORD_HEADER] = record.get(..RECORD_HEADER)?.try_into().ok()?;
+    Some(u64::from_be_bytes(header)).filter(|at| *at != 0)
+}
+
+/// Outcome of a store.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Stored {
+    /// The key did not exist before.
+    pub created: bool,
+    /// When the memory expires (unix ms), if it does.
+    pub expires_at_ms: Option<u64>,
+}
+
+/// One listed memory.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Listed {
+    /// The key.
+    pub key: Vec<u8>,
+    /// Value size in bytes.
+    pub value_bytes: usize,
+    /// When it expires (unix ms), if it does.
+    pub expires_at_ms: Option<u64>,
+}
+
+/// One page of a listing.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ListPage {
+    /// Keys in byte order.
+    pub items: Vec<Listed>,
+    /// Pass as `after` to get the next page; `None` on the last page.
+    pub next_after: Option<Vec<u8>>,
+}
+
+/// Size figures of the store.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Stats {
+    /// Stored memories (expired ones count until pruned).
+    pub keys: u64,
+    /// Sum of key and value lengths.
+    pub logical_bytes: u64,
+    /// Bytes the database occupies on disk.
+    pub disk_bytes: u64,
+    /// Configured cache capacity.
+    pub cache_capacity_bytes: u64,
+}
+
+/// Outcome of an offline integrity check.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct VerifyReport {
+    /// Memories found.
+    pub keys: u64,
+    /// The root recomputed from the data.
+    #[serde(with = "merkle::hex_hash")]
+    pub computed_root: Hash,
+    /// The root the store keeps.
+    #[serde(with = "merkle::hex_hash")]
+    pub stored_root: Hash,
+    /// Key count and logical bytes agree with the data too.
+    pub counters_match: bool,
+}
+
+impl VerifyReport {
+    /// Everything agrees.
+    pub fn ok(&self) -> bool {
+        self.computed_root == self.stored_root && self.counters_match
+    }
+}
+
+/// One open generation of the database.
+#[derive(Debug)]
+struct Engine {
+    db: sled::Db,
+    generation: u64,
+}
+
+impl Engine {
+    fn open(dir: &Path, config: &StoreConfig, generation: u64) -> Result<Engine> {
+        let flush_every_ms = match config.durability {
+            Durability::Periodic { flush_every_ms } => Some(flush_every_ms.max(1)),
+            // Group commit flushes; a slow background flush still bounds work at shutdown.
+            Durability::Sync => Some(1000),
+        };
+        let db = sled::Config::new()
+            .path(generation_dir(dir, generation))
+            .cache_capacity(config.cache_capacity)
+            .flush_every_ms(flush_every_ms)
+            .open()?;
+        Ok(Engine { db, generation })
+    }
+}
+
+impl BranchSource for Engine {
+    type Error = sled::Error;
+    fn branch(&self, id: &BranchId) -> Result<Option<Branch>, sled::Error> {
+        let key = prefixed(BRANCH, &id.encode());
+        Ok(self.db.get(key)?.and_then(|bytes| Branch::decode(&bytes)))
+    }
+}
+
+fn generation_dir(dir: &Path, generation: u64) -> PathBuf {
+    dir.join(format!("gen-{generation}"))
+}
+
+fn prefixed(prefix: u8, key: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(1 + key.len());
+    out.push(prefix);
+    out.extend_from_slice(key);
+    out
+}
+
+fn expiry_key(at: u64, key: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(9 + key.len());
+    out.push(EXPIRY);
+    out.extend_from_slice(&at.to_be_bytes());
+    out.extend_from_slice(key);
+    out
+}
+
+/// Looks `key` up under the `d` prefix without allocating for ordinary key lengths.
+fn get_data(db: &sled::Db, key: &[u8]) -> Result<Option<sled::IVec>, sled::Error> {
+    let mut buffer = [0u8; 256];
+    if key.len() < buffer.len() {
+        buffer[0] = DATA;
+        buffer[1..=key.len()].copy_from_slice(key);
+        db.get(&buffer[..=key.len()])
+    } else {
+        db.get(prefixed(DATA, key))
+    }
+}
+
+fn read_u64(db: &sled::Db, key: &[u8]) -> Result<u64> {
+    match db.get(key)? {
+        None => Ok(0),
+        Some(bytes) => {
+            let array: [u8; 8] = bytes
+                .as_ref()
+                .try_into()
+                .map_err(|_| StoreError::Corrupt(format!("counter {key:?} is not 8 bytes")))?;
+            Ok(u64::from_be_bytes(array))
+        }
+    }
+}
+
+/// State only writers touch, behind the write mutex.
+#[derive(Debug)]
+struct WriteState {
+    root: Option<Child>,
+    keys: u64,
+    logical: u64,
+    /// A uniform sample of stored keys for the latency probe (reservoir sampling).
+    sample: Vec<Vec<u8>>,
+    sampled_inserts: u64,
+    rng: fastrand::Rng,
+}
+
+impl WriteState {
+    fn offer_sample(&mut self, key: &[u8]) {
+        self.sampled_inserts += 1;
+        if self.sample.len() < SAMPLE_CAPACITY {
+            self.sample.push(key.to_vec());
+        } else {
+            let slot = self.rng.u64(0..self.sampled_inserts);
+            if let Ok(slot) = usize::try_from(slot)
+                && slot < SAMPLE_CAPACITY
+            {
+                self.sample[slot] = key.to_vec();
+            }
+        }
+    }
+}
+
+/// The memory store. Cheap to share behind an `Arc`; every method takes `&self`.
+#[derive(Debug)]
+pub struct Store {
+    config: StoreConfig,
+    engine: ArcSwap<Engine>,
+    write: Mutex<WriteState>,
+    rebuilding: AtomicBool,
+    keys: AtomicU64,
+    logical: AtomicU64,
+    commit: GroupCommit,
+}
+
+impl Store {
+    /// Opens (or creates) the store in `config.path`, removing any half-built generation a
+    /// crash left behind.
+    ///
+    /// # Errors
+    /// File-system and database errors; [`StoreError::Corrupt`] when the stored format is
+    /// not ours.
+    pub fn open(config: StoreConfig) -> Result<Store> {
+        std::fs::create_dir_all(&config.path).map_err(io("create the data directory"))?;
+        let generation = rebuild::current_generation(&config.path)?;
+        rebuild::remove_stale_generations(&config.path, generation)?;
+        let engine = Engine::open(&config.path, &config, generation)?;
+        match engine.db.get(META_FORMAT)? {
+            Some(format) if format.as_ref() != FORMAT_VERSION => {
+                return Err(StoreError::Corrupt(format!(
+                    "unknown data format {:?}",
+                    String::from_utf8_lossy(&format)
+                )));
+            }
+            Some(_) => {}
+            None => {
+                engine.db.insert(META_FORMAT, FORMAT_VERSION)?;
+            }
+        }
+        let root = match engine.db.get(META_ROOT)? {
+            None => None,
+            Some(bytes) => Some(
+                Child::decode(&bytes)
+                    .ok_or_else(|| StoreError::Corrupt("stored root does not decode".into()))?,
+            ),
+        };
+        let keys = read_u64(&engine.db, META_KEYS)?;
+        let logical = read_u64(&engine.db, META_LOGICAL)?;
+        Ok(Store {
+            engine: ArcSwap::from_pointee(engine),
+            write: Mutex::new(WriteState {
+                root,
+                keys,
+                logical,
+                sample: Vec::new(),
+                sampled_inserts: 0,
+                rng: fastrand::Rng::new(),
+            }),
+            rebuilding: AtomicBool::new(false),
+            keys: AtomicU64::new(keys),
+            logical: AtomicU64::new(logical),
+            commit: GroupCommit::default(),
+            config,
+        })
+    }
+
+    /// The configuration the store was opened with.
+    pub fn config(&self) -> &StoreConfig {
+        &self.config
+    }
+
+    fn lock_write(&self) -> Result<MutexGuard<'_, WriteState>> {
+        let busy = || StoreError::Busy {
+            retry_after: Duration::from_secs(1),
+        };
+        if self.rebuilding.load(Ordering::SeqCst) {
+            return Err(busy());
+        }
+        let guard = self.write.lock().unwrap_or_else(PoisonError::into_inner);
+        // A rebuild may have started while this writer waited for the lock.
+        if self.rebuilding.load(Ordering::SeqCst) {
+            return Err(busy());
+        }
+        Ok(guard)
+    }
+
+    fn validate(&self, key: &[u8], value: Option<&[u8]>) -> Result<()> {
+        let limits = self.config.limits;
+        if key.is_empty() {
+            return Err(StoreError::EmptyKey);
+        }
+        if key.len() > limits.max_key_bytes {
+            return Err(StoreError::KeyTooLong {
+                len: key.len(),
+                max: limits.max_key_bytes,
+            });
+        }
+        if let Some(value) = value {
+            if value.is_empty() {
+                return Err(StoreError::EmptyValue);
+            }
+            if value.len() > limits.max_value_bytes {
+                return Err(StoreError::ValueTooLarge {
+                    len: value.len(),
+                    max: limits.max_value_bytes,
+                });
+            }
+        }
+        Ok(())
+    }
+
+    /// Stores `value` under `key`, replacing any previous value. `ttl` overrides the
+    /// configured default time-to-live.
+    ///
+    /// # Errors
+    /// Invalid input (nothing changes), [`StoreError::Busy`] during a rebuild swap, engine
+    /// errors.
+    pub fn store(&self, key: &[u8], value: &[u8], ttl: Option<Duration>) -> Result<Stored> {
+        self.validate(key, Some(value))?;
+        let ttl = ttl.or(self.config.default_ttl);
+        let expires_at = match ttl {
+            None => 0,
+            Some(ttl) if ttl < Duration::from_millis(1) || ttl > LONGEST_TTL => {
+                return Err(StoreError::InvalidTtl { ttl });
+            }
+            Some(ttl) => self
+                .config
+                .clock
+                .now_ms()
+                .saturating_add(u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX)),
+        };
+        let mut record = Vec::with_capacity(RECORD_HEADER + value.len());
+        record.extend_from_slice(&expires_at.to_be_bytes());
+        record.extend_from_slice(value);
+
+        let seq = {
+            let mut state = self.lock_write()?;
+            let engine = self.engine.load();
+            let data_key = prefixed(DATA, key);
+            let old = engine.db.get(&data_key)?;
+            let update = merkle::insert(
+                &**engine,
+                state.root,
+                merkle::key_path(key),
+                merkle::leaf_hash(key, value),
+            )?;
+            let mut batch = sled::Batch::default();
+            let (keys, logical) = match &old {
+                Some(old) => {
+                    if let Some(at) = record_expiry(old) {
+                        batch.remove(expiry_key(at, key));
+                    }
+                    let old_len = (key.len() + old.len() - RECORD_HEADER) as u64;
+                    (
+                        state.keys,
+                        state.logical - old_len.min(state.logical)
+                            + (key.len() + value.len()) as u64,
+                    )
+                }
+                None => (state.keys + 1, state.logical + (key.len() + value.len()) as u64),
+            };
+            if expires_at != 0 {
+                batch.insert(expiry_key(expires_at, key), &[][..]);
+            }
+            batch.insert(data_key, record);
+            stage_tree_update(&mut batch, &update, keys, logical);
+            engine.db.apply_batch(batch)?;
+            state.root = update.root;
+            state.keys = keys;
+            state.logical = logical;
+            if old.is_none() {
+                state.offer_sample(key);
+            }
+            self.keys.store(keys, Ordering::Relaxed);
+            self.logical.store(logical, Ordering::Relaxed);
+            let created = old.is_none();
+            (self.commit.applied(), created)
+        };
+        self.make_durable(seq.0)?;
+        Ok(Stored {
+            created: seq.1,
+            expires_at_ms: Some(expires_at).filter(|at| *at != 0),
+        })
+    }
+
+    fn make_durable(&self, seq: u64) -> Result<()> {
+        if self.config.durability == Durability::Sync {
+            self.commit.wait_durable(seq, || {
+                self.engine.load().db.flush().map(drop).map_err(StoreError::from)
+            })?;
+        }
+        Ok(())
+    }
+
+    /// The value under `key`, unless absent or expired. One point lookup.
+    ///
+    /// # Errors
+    /// Engine errors.
+    pub fn retrieve(&self, key: &[u8]) -> Result<Option<Value>> {
+        let engine = self.engine.load();
+        let Some(record) = get_data(&engine.db, key)? else {
+            return Ok(None);
+        };
+        if record.len() < RECORD_HEADER {
+            return Err(StoreError::Corrupt("record shorter than its header".into()));
+        }
+        if let Some(at) = record_expiry(&record)
+            && at <= self.config.clock.now_ms()
+        {
+            return Ok(None);
+        }
+        Ok(Some(Value { record }))
+    }
+
+    /// Deletes `key`; false when it was absent.
+    ///
+    /// # Errors
+    /// Invalid key, [`StoreError::Busy`] during a rebuild swap, engine errors.
+    pub fn delete(&self, key: &[u8]) -> Result<bool> {
+        self.validate(key, None)?;
+        let seq = {
+            let mut state = self.lock_write()?;
+            let Some(seq) = self.delete_locked(&mut state, key)? else {
+                return Ok(false);
+            };
+            seq
+        };
+        self.make_durable(seq)?;
+        Ok(true)
+    }
+
+    /// Deletes `key` with the write lock held; the commit sequence, or `None` if absent.
+    fn delete_locked(&self, state: &mut WriteState, key: &[u8]) -> Result<Option<u64>> {
+        let engine = self.engine.load();
+        let data_key = prefixed(DATA, key);
+        let Some(old) = engine.db.get(&data_key)? else {
+            return Ok(None);
+        };
+        let update = merkle::remove(&**engine, state.root, merkle::key_path(key))?
+            .ok_or_else(|| StoreError::Corrupt("stored key has no merkle leaf".into()))?;
+        let old_len = (key.len() + old.len().saturating_sub(RECORD_HEADER)) as u64;
+        let keys = state.keys.saturating_sub(1);
+        let logical = state.logical.saturating_sub(old_len);
+        let mut batch = sled::Batch::default();
+        if let Some(at) = record_expiry(&old) {
+            batch.remove(expiry_key(at, key));
+        }
+        batch.remove(data_key);
+        stage_tree_update(&mut batch, &update, keys, logical);
+        engine.db.apply_batch(batch)?;
+        state.root = update.root;
+        state.keys = keys;
+        state.logical = logical;
+        self.keys.store(keys, Ordering::Relaxed);
+        self.logical.store(logical, Ordering::Relaxed);
+        Ok(Some(self.commit.applied()))
+    }
+
+    /// Up to `limit` live memories whose keys start with `prefix`, after key `after`.
+    ///
+    /// # Errors
+    /// Engine errors.
+    pub fn list(&self, prefix: &[u8], after: Option<&[u8]>, limit: usize) -> Result<ListPage> {
+        let engine = self.engine.load();
+        let lower = match after {
+            Some(after) if after >= prefix => Bound::Excluded(prefixed(DATA, after)),
+            _ => Bound::Included(prefixed(DATA, prefix)),
+        };
+        let full_prefix = prefixed(DATA, prefix);
+        let now = self.config.clock.now_ms();
+        let mut page = ListPage::default();
+        for entry in engine.db.range::<Vec<u8>, _>((lower, Bound::Unbounded)) {
+            let (key, record) = entry?;
+            if !key.starts_with(&full_prefix) {
+                break;
+            }
+            let expires_at_ms = record_expiry(&record);
+            if expires_at_ms.is_some_and(|at| at <= now) {
+                continue;
+            }
+            if page.items.len() == limit {
+                page.next_after = page.items.last().map(|item| item.key.clone());
+                break;
+            }
+            page.items.push(Listed {
+                key: key[1..].to_vec(),
+                value_bytes: record.len().saturating_sub(RECORD_HEADER),
+                expires_at_ms,
+            });
+        }
+        Ok(page)
+    }
+
+    /// The Merkle root over every stored (key, value) pair.
+    pub fn root(&self) -> Hash {
+        merkle::root_hash(&self.write.lock().unwrap_or_else(PoisonError::into_inner).root)
+    }
+
+    /// The live value of `key` with its inclusion proof and the root it proves against.
+    ///
+    /// # Errors
+    /// Engine errors; [`StoreError::Corrupt`] when the tree is inconsistent.
+    pub fn prove(&self, key: &[u8]) -> Result<Option<(Value, Proof, Hash)>> {
+        // The write lock keeps the tree still while the proof is collected.
+        let state = self.write.lock().unwrap_or_else(PoisonError::into_inner);
+        let Some(value) = self.retrieve(key)? else {
+            return Ok(None);
+        };
+        let engine = self.engine.load();
+        let proof = merkle::prove(&**engine, state.root, &merkle::key_path(key))?
+            .ok_or_else(|| StoreError::Corrupt("stored key has no merkle leaf".into()))?;
+        Ok(Some((value, proof, merkle::root_hash(&state.root))))
+    }
+
+    /// Key count, logical and on-disk bytes, cache capacity.
+    ///
+    /// # Errors
+    /// Engine errors reading the on-disk size.
+    pub fn stats(&self) -> Result<Stats> {
+        Ok(Stats {
+            keys: self.keys.load(Ordering::Relaxed),
+            logical_bytes: self.logical.load(Ordering::Relaxed),
+            disk_bytes: self.engine.load().db.size_on_disk()?,
+            cache_capacity_bytes: self.config.cache_capacity,
+        })
+    }
+
+    /// Deletes every expired memory; returns how many.
+    ///
+    /// # Errors
+    /// [`StoreError::Busy`] during a rebuild swap, engine errors. Memories pruned before
+    /// an error stay pruned.
+    pub fn prune_expired(&self) -> Result<u64> {
+        let now = self.config.clock.now_ms();
+        let mut pruned = 0;
+        loop {
+            // Collect a bounded chunk, then delete it, so writers are not starved.
+            let engine = self.engine.load();
+            let mut due = Vec::with_capacity(256);
+            for entry in engine.db.range(vec![EXPIRY]..expiry_key(now.saturating_add(1), b"")) {
+                let (key, _) = entry?;
+                due.push(key[9..].to_vec());
+                if due.len() == 256 {
+                    break;
+                }
+            }
+            drop(engine);
+            if due.is_empty() {
+                break;
+            }
+            let mut last = 0;
+            {
+                let mut state = self.lock_write()?;
+                for key in &due {
+                    if let Some(seq) = self.delete_locked(&mut state, key)? {
+                        pruned += 1;
+                        last = seq;
+                    }
+                }
+            }
+            self.make_durable(last)?;
+        }
+        Ok(pruned)
+    }
+
+    /// Makes every applied write durable.
+    ///
+    /// # Errors
+    /// Engine errors.
+    pub fn flush(&self) -> Result<()> {
+        self.engine.load().db.flush()?;
+        Ok(())
+    }
+
+    /// Number of group-commit flushes so far.
+    pub fn durable_flushes(&self) -> u64 {
+        self.commit.flushes()
+    }
+
+    /// Recomputes the root and counters from the stored data and compares.
+    ///
+    /// # Errors
+    /// Engine errors; undecodable records are reported as [`StoreError::Corrupt`].
+    pub fn verify(&self) -> Result<VerifyReport> {
+        let state = self.write.lock().unwrap_or_else(PoisonError::into_inner);
+        let engine = self.engine.load();
+        let mut leaves = Vec::with_capacity(usize::try_from(state.keys).unwrap_or(0));
+        let mut logical = 0u64;
+        for entry in engine.db.scan_prefix([DATA]) {
+            let (key, record) = entry?;
+            let value = record
+                .get(RECORD_HEADER..)
+                .ok_or_else(|| StoreError::Corrupt("record shorter than its header".into()))?;
+            logical += (key.len() - 1 + value.len()) as u64;
+            leaves.push((merkle::key_path(&key[1..]), merkle::leaf_hash(&key[1..], value)));
+        }
+        let keys = leaves.len() as u64;
+        Ok(VerifyReport {
+            keys,
+            computed_root: merkle::compute_root(leaves),
+            stored_root: merkle::root_hash(&state.root),
+            counters_match: keys == state.keys && logical == state.logical,
+        })
+    }
+
+    /// Up to `n` distinct stored keys drawn at random from the probe's sample.
+    pub fn sample_keys(&self, n: usize, rng: &mut fastrand::Rng) -> Vec<Vec<u8>> {
+        let state = self.write.lock().unwrap_or_else(PoisonError::into_inner);
+        let len = state.sample.len();
+        if len <= n {
+            return state.sample.clone();
+        }
+        rand_indices(rng, len, n)
+            .into_iter()
+            .map(|i| state.sample[i].clone())
+            .collect()
+    }
+
+    /// Size of the probe's key sample.
+    pub fn sample_len(&self) -> usize {
+        self.write
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .sample
+            .len()
+    }
+
+    /// Drops a key the probe found missing from the sample.
+    pub fn forget_sample(&self, key: &[u8]) {
+        let mut state = self.write.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(i) = state.sample.iter().position(|k| k == key) {
+            state.sample.swap_remove(i);
+        }
+    }
+
+    /// Refills the probe's sample by one pass over the stored keys (reservoir sampling).
+    /// Runs without the write lock; used after open and after mass deletes.
+    ///
+    /// # Errors
+    /// Engine errors.
+    pub fn refill_sample(&self) -> Result<usize> {
+        let mut rng = fastrand::Rng::new();
+        let mut sample: Vec<Vec<u8>> = Vec::with_capacity(SAMPLE_CAPACITY);
+        let mut seen = 0u64;
+        let engine = self.engine.load();
+        for entry in engine.db.scan_prefix([DATA]) {
+            let (key, _) = entry?;
+            seen += 1;
+            if sample.len() < SAMPLE_CAPACITY {
+                sample.push(key[1..].to_vec());
+            } else if let Ok(slot) = usize::try_from(rng.u64(0..seen))
+                && slot < SAMPLE_CAPACITY
+            {
+                sample[slot] = key[1..].to_vec();
+            }
+        }
+        drop(engine);
+        let mut state = self.write.lock().unwrap_or_else(PoisonError::into_inner);
+        state.sampled_inserts = seen;
+        state.sample = sample;
+        Ok(state.sample.len())
+    }
+
+    /// A small named record kept with the data (probe baseline, last cleanup).
+    ///
+    /// # Errors
+    /// Engine errors.
+    pub fn meta(&self, name: &str) -> Result<Option<Vec<u8>>> {
+        Ok(self
+            .engine
+            .load()
+            .db
+            .get(prefixed(META, name.as_bytes()))?
+            .map(|v| v.to_vec()))
+    }
+
+    /// Stores a named record with the data and flushes it.
+    ///
+    /// # Errors
+    /// Engine errors.
+    pub fn set_meta(&self, name: &str, value: &[u8]) -> Result<()> {
+        // Under the write lock so a rebuild copy cannot miss it.
+        let _state = self.write.lock().unwrap_or_else(PoisonError::into_inner);
+        let engine = self.engine.load();
+        engine.db.insert(prefixed(META, name.as_bytes()), value)?;
+        engine.db.flush()?;
+        Ok(())
+    }
+
+    /// The generation number of the live database (bumped by every rebuild).
+    pub fn generation(&self) -> u64 {
+        self.engine.load().generation
+    }
+
+    /// Whether a rebuild is due: on-disk bytes above the policy's multiple of logical bytes.
+    ///
+    /// # Errors
+    /// Engine errors reading the on-disk size.
+    pub fn needs_rebuild(&self) -> Result<bool> {
+        let stats = self.stats()?;
+        let policy = self.config.rebuild;
+        Ok(stats.disk_bytes >= policy.min_disk_bytes
+            && stats.disk_bytes as f64 > policy.disk_ratio * stats.logical_bytes as f64)
+    }
+}
+
+fn stage_tree_update(batch: &mut sled::Batch, update: &merkle::Update, keys: u64, logical: u64) {
+    for id in &update.remove {
+        batch.remove(prefixed(BRANCH, &id.encode()));
+    }
+    for (id, branch) in &update.put {
+        batch.insert(prefixed(BRANCH, &id.encode()), branch.encode());
+    }
+    match &update.root {
+        Some(root) => {
+            let mut bytes = Vec::with_capacity(merkle::CHILD_BYTES);
+            root.encode(&mut bytes);
+            batch.insert(META_ROOT, bytes);
+        }
+        None => batch.remove(META_ROOT),
+    }
+    batch.insert(META_KEYS, &keys.to_be_bytes()[..]);
+    batch.insert(META_LOGICAL, &logical.to_be_bytes()[..]);
+}
+
+/// `n` distinct indices below `len` (`n < len`), by partial Fisher–Yates on demand.
+fn rand_indices(rng: &mut fastrand::Rng, len: usize, n: usize) -> Vec<usize> {
+    let mut picked = std::collections::HashSet::with_capacity(n);
+    while picked.len() < n {
+        picked.insert(rng.usize(0..len));
+    }
+    picked.into_iter().collect()
+}
+
+#[cfg(test)]
+mod tests;

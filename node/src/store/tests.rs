@@ -1,0 +1,425 @@
+//! Store tests against sled in a temporary directory.
+
+use super::*;
+use crate::merkle::{EMPTY_ROOT, verify_proof};
+use std::collections::BTreeMap;
+
+fn open_in(dir: &Path) -> Store {
+    Store::open(StoreConfig::new(dir)).expect("open store")
+}
+
+fn with_clock(dir: &Path, clock: Arc<ManualClock>) -> Store {
+    let mut config = StoreConfig::new(dir);
+    config.clock = clock;
+    Store::open(config).expect("open store")
+}
+
+fn contents(store: &Store) -> BTreeMap<Vec<u8>, Vec<u8>> {
+    let mut out = BTreeMap::new();
+    let mut after: Option<Vec<u8>> = None;
+    loop {
+        let page = store.list(b"", after.as_deref(), 7).expect("list");
+        for item in &page.items {
+            let value = store.retrieve(&item.key).expect("retrieve").expect("listed key present");
+            out.insert(item.key.clone(), value.as_bytes().to_vec());
+        }
+        match page.next_after {
+            Some(next) => after = Some(next),
+            None => return out,
+        }
+    }
+}
+
+#[test]
+fn store_retrieve_overwrite_delete() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = open_in(dir.path());
+    assert_eq!(store.root(), EMPTY_ROOT);
+    assert!(store.store(b"a", b"one", None).expect("store").created);
+    assert_eq!(store.retrieve(b"a").expect("get").expect("present").as_bytes(), b"one");
+    assert!(!store.store(b"a", b"two", None).expect("overwrite").created);
+    assert_eq!(store.retrieve(b"a").expect("get").expect("present").as_bytes(), b"two");
+    let stats = store.stats().expect("stats");
+    assert_eq!((stats.keys, stats.logical_bytes), (1, 4));
+    assert!(store.delete(b"a").expect("delete"));
+    assert!(!store.delete(b"a").expect("second delete"));
+    assert!(store.retrieve(b"a").expect("get").is_none());
+    assert_eq!(store.root(), EMPTY_ROOT);
+    let stats = store.stats().expect("stats");
+    assert_eq!((stats.keys, stats.logical_bytes), (0, 0));
+}
+
+#[test]
+fn bad_input_is_refused_and_changes_nothing() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut config = StoreConfig::new(dir.path());
+    config.limits = Limits {
+        max_key_bytes: 8,
+        max_value_bytes: 16,
+    };
+    let store = Store::open(config).expect("open");
+    store.store(b"keep", b"value", None).expect("store");
+    let root = store.root();
+    let cases: Vec<(&[u8], &[u8], Option<Duration>)> = vec![
+        (b"", b"v", None),
+        (b"123456789", b"v", None),
+        (b"k", b"", None),
+        (b"k", &[0u8; 17], None),
+        (b"k", b"v", Some(Duration::ZERO)),
+        (b"k", b"v", Some(Duration::from_secs(200 * 365 * 24 * 3600))),
+    ];
+    for (key, value, ttl) in cases {
+        let error = store.store(key, value, ttl).expect_err("refused");
+        assert!(
+            matches!(
+                error,
+                StoreError::EmptyKey
+                    | StoreError::KeyTooLong { .. }
+                    | StoreError::EmptyValue
+                    | StoreError::ValueTooLarge { .. }
+                    | StoreError::InvalidTtl { .. }
+            ),
+            "unexpected {error:?}"
+        );
+    }
+    assert!(matches!(store.delete(b""), Err(StoreError::EmptyKey)));
+    assert_eq!(store.root(), root);
+    assert_eq!(store.stats().expect("stats").keys, 1);
+    assert!(store.verify().expect("verify").ok());
+}
+
+#[test]
+fn ttl_expires_and_prune_removes_from_root() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let clock = Arc::new(ManualClock::new(1_000_000));
+    let store = with_clock(dir.path(), Arc::clone(&clock));
+    store.store(b"forever", b"x", None).expect("store");
+    let root_without_ttl_keys = store.root();
+    let stored = store
+        .store(b"short", b"y", Some(Duration::from_secs(10)))
+        .expect("store");
+    assert_eq!(stored.expires_at_ms, Some(1_010_000));
+    store.store(b"long", b"z", Some(Duration::from_secs(100))).expect("store");
+    // Overwriting with a new TTL moves its expiry index entry.
+    store.store(b"long", b"z", Some(Duration::from_secs(1000))).expect("store");
+    assert!(store.retrieve(b"short").expect("get").is_some());
+    clock.advance(Duration::from_secs(11));
+    assert!(store.retrieve(b"short").expect("get").is_none(), "expired memory is not served");
+    assert_eq!(store.list(b"", None, 10).expect("list").items.len(), 2);
+    assert_eq!(store.prune_expired().expect("prune"), 1);
+    clock.advance(Duration::from_secs(200));
+    assert_eq!(store.prune_expired().expect("prune"), 0, "long was re-stored with a longer TTL");
+    clock.advance(Duration::from_secs(1000));
+    assert_eq!(store.prune_expired().expect("prune"), 1);
+    assert_eq!(store.root(), root_without_ttl_keys);
+    assert!(store.verify().expect("verify").ok());
+}
+
+#[test]
+fn default_ttl_applies_when_none_given() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let clock = Arc::new(ManualClock::new(5_000));
+    let mut config = StoreConfig::new(dir.path());
+    config.clock = clock.clone();
+    config.default_ttl = Some(Duration::from_secs(1));
+    let store = Store::open(config).expect("open");
+    let stored = store.store(b"k", b"v", None).expect("store");
+    assert_eq!(stored.expires_at_ms, Some(6_000));
+    clock.advance(Duration::from_secs(2));
+    assert!(store.retrieve(b"k").expect("get").is_none());
+}
+
+#[test]
+fn list_paginates_by_prefix() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = open_in(dir.path());
+    for i in 0..25 {
+        store.store(format!("user/{i:02}").as_bytes(), b"v", None).expect("store");
+        store.store(format!("zz/{i:02}").as_bytes(), b"v", None).expect("store");
+    }
+    let mut seen = Vec::new();
+    let mut after = None;
+    loop {
+        let page = store.list(b"user/", after.as_deref(), 10).expect("list");
+        assert!(page.items.len() <= 10);
+        seen.extend(page.items.iter().map(|i| i.key.clone()));
+        match page.next_after {
+            Some(next) => after = Some(next),
+            None => break,
+        }
+    }
+    let expected: Vec<Vec<u8>> = (0..25).map(|i| format!("user/{i:02}").into_bytes()).collect();
+    assert_eq!(seen, expected);
+    assert!(store.list(b"nothing", None, 10).expect("list").items.is_empty());
+}
+
+#[test]
+fn proofs_from_the_store_verify() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = open_in(dir.path());
+    for i in 0..300u32 {
+        store.store(&i.to_be_bytes(), format!("value {i}").as_bytes(), None).expect("store");
+    }
+    for i in (0..300u32).step_by(17) {
+        let (value, proof, root) = store.prove(&i.to_be_bytes()).expect("prove").expect("present");
+        assert_eq!(root, store.root());
+        assert!(verify_proof(&root, &i.to_be_bytes(), value.as_bytes(), &proof));
+        assert!(!verify_proof(&root, &i.to_be_bytes(), b"forged", &proof));
+    }
+    assert!(store.prove(b"absent").expect("prove").is_none());
+}
+
+#[test]
+fn root_matches_a_recomputation_and_survives_reopen() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let root;
+    {
+        let store = open_in(dir.path());
+        let mut rng = fastrand::Rng::with_seed(7);
+        for _ in 0..2000 {
+            let key = rng.u32(0..500).to_be_bytes();
+            if rng.u8(0..4) == 0 {
+                store.delete(&key).expect("delete");
+            } else {
+                store.store(&key, &rng.u64(..).to_le_bytes(), None).expect("store");
+            }
+        }
+        let report = store.verify().expect("verify");
+        assert!(report.ok(), "{report:?}");
+        root = store.root();
+        store.flush().expect("flush");
+    }
+    let store = open_in(dir.path());
+    assert_eq!(store.root(), root);
+    assert!(store.verify().expect("verify").ok());
+}
+
+#[test]
+fn same_contents_in_two_orders_give_the_same_root() {
+    let a_dir = tempfile::tempdir().expect("tempdir");
+    let b_dir = tempfile::tempdir().expect("tempdir");
+    let a = open_in(a_dir.path());
+    let b = open_in(b_dir.path());
+    for i in 0..200u32 {
+        a.store(&i.to_be_bytes(), b"v", None).expect("store");
+    }
+    for i in (0..300u32).rev() {
+        b.store(&i.to_be_bytes(), b"old", None).expect("store");
+    }
+    for i in 0..300u32 {
+        if i < 200 {
+            b.store(&i.to_be_bytes(), b"v", None).expect("store");
+        } else {
+            b.delete(&i.to_be_bytes()).expect("delete");
+        }
+    }
+    assert_eq!(a.root(), b.root());
+}
+
+#[test]
+fn rebuild_keeps_every_key_and_the_root_and_shrinks_disk() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut config = StoreConfig::new(dir.path());
+    config.rebuild.min_disk_bytes = 0;
+    config.rebuild.free_space_margin_bytes = 0;
+    let store = Store::open(config).expect("open");
+    let value = vec![7u8; 512];
+    for round in 0..6u8 {
+        for i in 0..3000u32 {
+            let mut v = value.clone();
+            v[0] = round;
+            store.store(&i.to_be_bytes(), &v, None).expect("store");
+        }
+    }
+    for i in 1000..3000u32 {
+        store.delete(&i.to_be_bytes()).expect("delete");
+    }
+    store.flush().expect("flush");
+    let before = contents(&store);
+    let root = store.root();
+    let generation = store.generation();
+    let report = store.rebuild().expect("rebuild");
+    assert_eq!(store.generation(), generation + 1);
+    assert_eq!(store.root(), root);
+    assert_eq!(contents(&store), before);
+    assert!(store.verify().expect("verify").ok());
+    assert!(
+        report.disk_bytes_after < report.disk_bytes_before,
+        "rebuild did not shrink: {report:?}"
+    );
+    // Only the live generation is left, and writes work on it.
+    let generations: Vec<_> = std::fs::read_dir(dir.path())
+        .expect("read dir")
+        .filter_map(|e| e.ok())
+        .filter(|e| e.file_name().to_string_lossy().starts_with("gen-"))
+        .collect();
+    assert_eq!(generations.len(), 1);
+    store.store(b"after", b"rebuild", None).expect("store after rebuild");
+    drop(store);
+    let reopened = open_in(dir.path());
+    assert_eq!(reopened.generation(), generation + 1);
+    assert_eq!(reopened.retrieve(b"after").expect("get").expect("present").as_bytes(), b"rebuild");
+    assert!(reopened.verify().expect("verify").ok());
+}
+
+#[test]
+fn rebuild_refuses_without_free_space_and_loses_nothing() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut config = StoreConfig::new(dir.path());
+    config.rebuild.free_space_margin_bytes = u64::MAX / 2;
+    let store = Store::open(config).expect("open");
+    store.store(b"k", b"v", None).expect("store");
+    let root = store.root();
+    assert!(matches!(store.rebuild(), Err(StoreError::InsufficientSpace { .. })));
+    assert_eq!(store.generation(), 0);
+    assert_eq!(store.root(), root);
+    store.store(b"k2", b"v", None).expect("writes still work");
+}
+
+#[test]
+fn reads_continue_and_writes_are_applied_or_refused_during_rebuild() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut config = StoreConfig::new(dir.path());
+    config.rebuild.free_space_margin_bytes = 0;
+    let store = Arc::new(Store::open(config).expect("open"));
+    for i in 0..20_000u32 {
+        store.store(&i.to_be_bytes(), &[1u8; 200], None).expect("preload");
+    }
+    let stop = Arc::new(AtomicBool::new(false));
+    let reader = {
+        let (store, stop) = (Arc::clone(&store), Arc::clone(&stop));
+        std::thread::spawn(move || {
+            let mut reads = 0u64;
+            let mut i = 0u32;
+            while !stop.load(Ordering::SeqCst) {
+                let value = store.retrieve(&(i % 20_000).to_be_bytes()).expect("read");
+                assert!(value.is_some(), "a preloaded key vanished during rebuild");
+                reads += 1;
+                i += 1;
+            }
+            reads
+        })
+    };
+    let writer = {
+        let (store, stop) = (Arc::clone(&store), Arc::clone(&stop));
+        std::thread::spawn(move || {
+            let (mut acknowledged, mut refused) = (Vec::new(), 0u64);
+            let mut i = 100_000u32;
+            while !stop.load(Ordering::SeqCst) {
+                match store.store(&i.to_be_bytes(), b"during", None) {
+                    Ok(_) => acknowledged.push(i),
+                    Err(StoreError::Busy { .. }) => refused += 1,
+                    Err(other) => panic!("unexpected write error {other:?}"),
+                }
+                i += 1;
+            }
+            (acknowledged, refused)
+        })
+    };
+    std::thread::sleep(Duration::from_millis(50));
+    store.rebuild().expect("rebuild");
+    std::thread::sleep(Duration::from_millis(50));
+    stop.store(true, Ordering::SeqCst);
+    let reads = reader.join().expect("reader");
+    let (acknowledged, _refused) = writer.join().expect("writer");
+    assert!(reads > 0);
+    for i in &acknowledged {
+        assert!(
+            store.retrieve(&i.to_be_bytes()).expect("get").is_some(),
+            "acknowledged write {i} lost by the rebuild"
+        );
+    }
+    assert!(store.verify().expect("verify").ok());
+}
+
+#[test]
+fn a_crash_during_rebuild_leaves_the_old_generation_live() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    {
+        let store = open_in(dir.path());
+        store.store(b"k", b"v", None).expect("store");
+        store.flush().expect("flush");
+    }
+    // What an interrupted rebuild leaves: a half-written next generation, CURRENT unchanged.
+    std::fs::create_dir_all(dir.path().join("gen-1")).expect("mkdir");
+    std::fs::write(dir.path().join("gen-1").join("garbage"), b"partial").expect("write");
+    let store = open_in(dir.path());
+    assert_eq!(store.generation(), 0);
+    assert!(!dir.path().join("gen-1").exists());
+    assert_eq!(store.retrieve(b"k").expect("get").expect("present").as_bytes(), b"v");
+}
+
+#[test]
+fn sync_durability_groups_concurrent_writers() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut config = StoreConfig::new(dir.path());
+    config.durability = Durability::Sync;
+    let store = Arc::new(Store::open(config).expect("open"));
+    let threads: Vec<_> = (0..4u32)
+        .map(|t| {
+            let store = Arc::clone(&store);
+            std::thread::spawn(move || {
+                for i in 0..100u32 {
+                    store.store(&(t * 1000 + i).to_be_bytes(), b"durable", None).expect("store");
+                }
+            })
+        })
+        .collect();
+    for t in threads {
+        t.join().expect("writer");
+    }
+    let flushes = store.durable_flushes();
+    assert!(flushes > 0 && flushes <= 400, "{flushes} flushes for 400 writes");
+    assert_eq!(store.stats().expect("stats").keys, 400);
+}
+
+#[test]
+fn sample_follows_inserts_and_refills_from_disk() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    {
+        let store = open_in(dir.path());
+        for i in 0..10_000u32 {
+            store.store(&i.to_be_bytes(), b"v", None).expect("store");
+        }
+        assert_eq!(store.sample_len(), SAMPLE_CAPACITY);
+        let mut rng = fastrand::Rng::with_seed(1);
+        let keys = store.sample_keys(32, &mut rng);
+        assert_eq!(keys.len(), 32);
+        for key in &keys {
+            assert!(store.retrieve(key).expect("get").is_some());
+        }
+        store.forget_sample(&keys[0]);
+        assert_eq!(store.sample_len(), SAMPLE_CAPACITY - 1);
+    }
+    let store = open_in(dir.path());
+    assert_eq!(store.sample_len(), 0, "the sample is not rebuilt at open");
+    assert_eq!(store.refill_sample().expect("refill"), SAMPLE_CAPACITY);
+}
+
+#[test]
+fn meta_records_survive_reopen_and_rebuild() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut config = StoreConfig::new(dir.path());
+    config.rebuild.free_space_margin_bytes = 0;
+    {
+        let store = Store::open(config.clone()).expect("open");
+        store.set_meta("probe.baseline", b"{\"ns\":1200}").expect("meta");
+        store.store(b"k", b"v", None).expect("store");
+        store.rebuild().expect("rebuild");
+    }
+    let store = Store::open(config).expect("reopen");
+    assert_eq!(store.meta("probe.baseline").expect("meta").as_deref(), Some(&b"{\"ns\":1200}"[..]));
+    assert_eq!(store.meta("absent").expect("meta"), None);
+}
+
+#[test]
+fn a_foreign_format_is_refused() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    {
+        let store = open_in(dir.path());
+        let engine = store.engine.load();
+        engine.db.insert(META_FORMAT, &b"something-else"[..]).expect("insert");
+        engine.db.flush().expect("flush");
+    }
+    assert!(matches!(Store::open(StoreConfig::new(dir.path())), Err(StoreError::Corrupt(_))));
+}

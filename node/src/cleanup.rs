@@ -165,9 +165,9 @@ mod tests {
         probe.remeasure(&store, 10).expect("baseline");
         clock.advance(Duration::from_secs(6));
         let live_root = {
-            let mut tree = crate::merkle::MemoryTree::default();
+            let mut tree = crate::merkle::Tree::new();
             for i in 0..2000u32 {
-                tree.insert(&i.to_be_bytes(), &[3u8; 300]);
+                tree.insert_pair(&i.to_be_bytes(), &[3u8; 300]);
             }
             tree.root()
         };
@@ -184,7 +184,11 @@ mod tests {
             let value = store.retrieve(&i.to_be_bytes()).expect("get").expect("kept");
             assert_eq!(value.as_bytes(), &[3u8; 300]);
         }
-        assert_eq!(CleanupReport::last(&store).expect("meta"), Some(report));
+        let last = CleanupReport::last(&store).expect("meta").expect("recorded");
+        assert_eq!(
+            (last.started_at_ms, last.pruned, last.rebuilt, last.disk_bytes_after),
+            (report.started_at_ms, report.pruned, report.rebuilt, report.disk_bytes_after)
+        );
     }
 
     #[test]

@@ -1,19 +1,14 @@
-//! The integrity tree: a compressed binary Merkle trie over `blake3(key)`.
+//! The integrity tree: a compressed binary Merkle trie (crit-bit trie) over `blake3(key)`.
 //!
 //! Every live (key, value) pair is a leaf placed at the 256-bit path `key_path(key)`. Inner
 //! nodes ("branches") exist only where two sub-tries diverge, at the bit depth of the first
 //! differing bit, so the shape of the trie — and therefore the root — depends only on the
 //! set of pairs, never on the order in which they were written. With uniformly distributed
-//! paths the expected depth is `log2(n)`, so a write rehashes `O(log n)` nodes.
+//! paths the expected depth is `log2(n)`, so a write rehashes `O(log n)` nodes and never
+//! walks the other keys.
 //!
-//! A branch is identified by its depth and the path prefix above it ([`BranchId`]). That
-//! identity never changes when the trie is reshaped, so a delete that collapses a branch
-//! moves the surviving sub-trie up without rewriting it.
-//!
-//! This module is pure: it reads branches through [`BranchSource`] and returns the
-//! [`Update`] to persist. The storage module applies that update atomically with the data.
-
-use std::collections::HashMap;
+//! The module is pure (no I/O): [`Tree`] is the live structure, [`verify_proof`] the
+//! function a client calls, [`compute_root`] the from-scratch reference.
 
 /// A 32-byte blake3 digest.
 pub type Hash = [u8; 32];
@@ -53,8 +48,8 @@ fn branch_hash(depth: u8, left: &Hash, right: &Hash) -> Hash {
 }
 
 /// Bit `index` of `path`, most significant bit first.
-fn bit(path: &Hash, index: u8) -> bool {
-    path[usize::from(index / 8)] & (0x80 >> (index % 8)) != 0
+fn bit(path: &Hash, index: u8) -> usize {
+    usize::from(path[usize::from(index / 8)] & (0x80 >> (index % 8)) != 0)
 }
 
 /// The index of the first bit where `a` and `b` differ, or `None` when they are equal.
@@ -66,338 +61,288 @@ fn first_difference(a: &Hash, b: &Hash) -> Option<u8> {
     })
 }
 
-/// `path` with every bit from `depth` on cleared.
-fn prefix(path: &Hash, depth: u8) -> Hash {
-    let mut out = [0u8; 32];
-    let full = usize::from(depth / 8);
-    out[..full].copy_from_slice(&path[..full]);
-    let rest = depth % 8;
-    if rest != 0 {
-        out[full] = path[full] & (0xFFu8 << (8 - rest));
-    }
-    out
+/// A node of the arena. Children are arena indices.
+#[derive(Clone, Copy, Debug)]
+enum Node {
+    Leaf { path: Hash, hash: Hash },
+    Branch { depth: u8, children: [u32; 2], hash: Hash },
+    Free,
 }
 
-/// The stable identity of a branch: its depth and the path prefix of everything below it.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub struct BranchId {
-    /// The bit index at which the branch's two sub-tries diverge.
-    pub depth: u8,
-    /// The common path prefix of the sub-trie, bits from `depth` on cleared.
-    pub prefix: Hash,
-}
-
-impl BranchId {
-    /// The compact byte encoding used as a storage key: the depth, then the prefix bytes
-    /// that carry bits (`ceil(depth / 8)` of them).
-    pub fn encode(&self) -> Vec<u8> {
-        let used = usize::from(self.depth).div_ceil(8);
-        let mut out = Vec::with_capacity(1 + used);
-        out.push(self.depth);
-        out.extend_from_slice(&self.prefix[..used]);
-        out
-    }
-}
-
-/// A reference to a sub-trie held by its parent (or by the tree as its root).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Child {
-    /// A single (key, value) pair.
-    Leaf {
-        /// `key_path(key)`.
-        path: Hash,
-        /// `leaf_hash(key, value)`.
-        hash: Hash,
-    },
-    /// An inner node.
-    Branch {
-        /// Where the branch is stored.
-        id: BranchId,
-        /// The branch's hash.
-        hash: Hash,
-    },
-}
-
-/// Encoded size of a [`Child`].
-pub const CHILD_BYTES: usize = 1 + 1 + 32 + 32;
-
-impl Child {
-    /// The hash this child contributes to its parent.
-    pub fn hash(&self) -> &Hash {
+impl Node {
+    fn hash(&self) -> &Hash {
         match self {
-            Child::Leaf { hash, .. } | Child::Branch { hash, .. } => hash,
+            Node::Leaf { hash, .. } | Node::Branch { hash, .. } => hash,
+            Node::Free => &EMPTY_ROOT,
         }
     }
+}
 
-    /// Fixed-size encoding: tag, depth, path or prefix, hash.
-    pub fn encode(&self, out: &mut Vec<u8>) {
-        match self {
-            Child::Leaf { path, hash } => {
-                out.extend_from_slice(&[0, 0]);
-                out.extend_from_slice(path);
-                out.extend_from_slice(hash);
+/// The integrity tree: a crit-bit trie in an arena, rehashed along one path per write.
+///
+/// It is derived state: the store rebuilds it from the data (or loads a checkpoint of its
+/// leaves) at open, so the write path adds no I/O for it.
+#[derive(Clone, Debug, Default)]
+pub struct Tree {
+    nodes: Vec<Node>,
+    free: Vec<u32>,
+    root: Option<u32>,
+    leaves: usize,
+}
+
+impl Tree {
+    /// An empty tree.
+    pub fn new() -> Tree {
+        Tree::default()
+    }
+
+    /// The tree holding exactly `leaves` (path, leaf hash); duplicate paths keep one.
+    pub fn from_leaves(mut leaves: Vec<(Hash, Hash)>) -> Tree {
+        leaves.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+        leaves.dedup_by(|a, b| a.0 == b.0);
+        let mut tree = Tree {
+            nodes: Vec::with_capacity(leaves.len().saturating_mul(2)),
+            ..Tree::default()
+        };
+        if !leaves.is_empty() {
+            tree.root = Some(tree.build(&leaves));
+            tree.leaves = leaves.len();
+        }
+        tree
+    }
+
+    fn build(&mut self, leaves: &[(Hash, Hash)]) -> u32 {
+        let (first, last) = (&leaves[0], &leaves[leaves.len() - 1]);
+        let Some(depth) = first_difference(&first.0, &last.0) else {
+            return self.alloc(Node::Leaf {
+                path: first.0,
+                hash: first.1,
+            });
+        };
+        // Sorted, so the first and last paths share exactly the prefix all of them share.
+        let split = leaves.partition_point(|(p, _)| bit(p, depth) == 0);
+        let left = self.build(&leaves[..split]);
+        let right = self.build(&leaves[split..]);
+        self.alloc_branch(depth, [left, right])
+    }
+
+    fn alloc(&mut self, node: Node) -> u32 {
+        match self.free.pop() {
+            Some(index) => {
+                self.nodes[index as usize] = node;
+                index
             }
-            Child::Branch { id, hash } => {
-                out.extend_from_slice(&[1, id.depth]);
-                out.extend_from_slice(&id.prefix);
-                out.extend_from_slice(hash);
+            None => {
+                self.nodes.push(node);
+                u32::try_from(self.nodes.len() - 1).expect("fewer than 2^32 tree nodes")
             }
         }
     }
 
-    /// Decodes what [`Child::encode`] wrote; `None` for malformed bytes.
-    pub fn decode(bytes: &[u8]) -> Option<Child> {
-        if bytes.len() != CHILD_BYTES {
-            return None;
-        }
-        let path: Hash = bytes[2..34].try_into().ok()?;
-        let hash: Hash = bytes[34..66].try_into().ok()?;
-        match bytes[0] {
-            0 => Some(Child::Leaf { path, hash }),
-            1 => Some(Child::Branch {
-                id: BranchId {
-                    depth: bytes[1],
-                    prefix: path,
-                },
-                hash,
-            }),
-            _ => None,
-        }
-    }
-
-    fn branch(id: BranchId, node: &Branch) -> Child {
-        Child::Branch {
-            id,
-            hash: branch_hash(id.depth, node.left.hash(), node.right.hash()),
-        }
-    }
-
-    /// The path (leaf) or prefix (branch) to compare a searched path against.
-    fn path(&self) -> &Hash {
-        match self {
-            Child::Leaf { path, .. } => path,
-            Child::Branch { id, .. } => &id.prefix,
-        }
-    }
-}
-
-/// An inner node: the sub-tries whose paths have bit `depth` clear (left) and set (right).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Branch {
-    /// Paths with bit `depth` = 0.
-    pub left: Child,
-    /// Paths with bit `depth` = 1.
-    pub right: Child,
-}
-
-impl Branch {
-    /// Encoding: left child, then right child.
-    pub fn encode(&self) -> Vec<u8> {
-        let mut out = Vec::with_capacity(2 * CHILD_BYTES);
-        self.left.encode(&mut out);
-        self.right.encode(&mut out);
-        out
-    }
-
-    /// Decodes what [`Branch::encode`] wrote; `None` for malformed bytes.
-    pub fn decode(bytes: &[u8]) -> Option<Branch> {
-        if bytes.len() != 2 * CHILD_BYTES {
-            return None;
-        }
-        Some(Branch {
-            left: Child::decode(&bytes[..CHILD_BYTES])?,
-            right: Child::decode(&bytes[CHILD_BYTES..])?,
+    fn alloc_branch(&mut self, depth: u8, children: [u32; 2]) -> u32 {
+        let hash = self.branch_hash_of(depth, children);
+        self.alloc(Node::Branch {
+            depth,
+            children,
+            hash,
         })
     }
 
-    fn child(&self, right: bool) -> &Child {
-        if right { &self.right } else { &self.left }
+    fn release(&mut self, index: u32) {
+        self.nodes[index as usize] = Node::Free;
+        self.free.push(index);
     }
 
-    fn set_child(&mut self, right: bool, child: Child) {
-        if right {
-            self.right = child;
-        } else {
-            self.left = child;
-        }
+    fn node(&self, index: u32) -> &Node {
+        &self.nodes[index as usize]
     }
-}
 
-/// Errors of tree operations.
-#[derive(Debug, thiserror::Error)]
-pub enum MerkleError<E> {
-    /// The backing store failed to read a branch.
-    #[error("failed to read a merkle branch: {0}")]
-    Source(E),
-    /// A branch the tree refers to is not stored: the tree is corrupt.
-    #[error("merkle branch at depth {depth} is missing")]
-    MissingBranch {
-        /// Depth of the missing branch.
-        depth: u8,
-    },
-}
-
-/// Where the tree reads its branches from.
-pub trait BranchSource {
-    /// The backing store's error.
-    type Error;
-    /// The branch stored under `id`, if any.
-    fn branch(&self, id: &BranchId) -> Result<Option<Branch>, Self::Error>;
-}
-
-/// What a write changes in the tree; applied atomically with the data by the caller.
-#[derive(Debug, Default)]
-pub struct Update {
-    /// The new root (`None` for an empty tree).
-    pub root: Option<Child>,
-    /// Branches to store (new or rehashed).
-    pub put: Vec<(BranchId, Branch)>,
-    /// Branches to remove.
-    pub remove: Vec<BranchId>,
-}
-
-/// The root hash of a tree whose root reference is `root`.
-pub fn root_hash(root: &Option<Child>) -> Hash {
-    root.as_ref().map_or(EMPTY_ROOT, |c| *c.hash())
-}
-
-fn load<S: BranchSource>(source: &S, id: &BranchId) -> Result<Branch, MerkleError<S::Error>> {
-    source
-        .branch(id)
-        .map_err(MerkleError::Source)?
-        .ok_or(MerkleError::MissingBranch { depth: id.depth })
-}
-
-/// A branch joining `a` and `b`, which first differ at bit `depth`.
-fn join(depth: u8, a: Child, b: Child, put: &mut Vec<(BranchId, Branch)>) -> Child {
-    let id = BranchId {
-        depth,
-        prefix: prefix(a.path(), depth),
-    };
-    let node = if bit(a.path(), depth) {
-        Branch { left: b, right: a }
-    } else {
-        Branch { left: a, right: b }
-    };
-    let child = Child::branch(id, &node);
-    put.push((id, node));
-    child
-}
-
-/// Rehashes the visited branches bottom-up with `child` replacing the visited sub-trie.
-fn unwind(
-    mut stack: Vec<(BranchId, Branch, bool)>,
-    mut child: Child,
-    put: &mut Vec<(BranchId, Branch)>,
-) -> Child {
-    while let Some((id, mut node, right)) = stack.pop() {
-        node.set_child(right, child);
-        child = Child::branch(id, &node);
-        put.push((id, node));
+    fn branch_hash_of(&self, depth: u8, children: [u32; 2]) -> Hash {
+        branch_hash(
+            depth,
+            self.node(children[0]).hash(),
+            self.node(children[1]).hash(),
+        )
     }
-    child
-}
 
-/// Where a search for `path` ends.
-enum Found {
-    /// The leaf at exactly `path`.
-    Leaf,
-    /// `path` is absent; the sub-trie `child` is where it would diverge, at bit `depth`.
-    Diverges { child: Child, depth: u8 },
-}
-
-/// Walks from `root` towards `path`, returning the visited branches (with the side taken).
-#[allow(clippy::type_complexity)]
-fn descend<S: BranchSource>(
-    source: &S,
-    root: Child,
-    path: &Hash,
-) -> Result<(Vec<(BranchId, Branch, bool)>, Found), MerkleError<S::Error>> {
-    let mut stack = Vec::with_capacity(32);
-    let mut current = root;
-    loop {
-        match current {
-            Child::Leaf { path: leaf_path, .. } => {
-                let found = match first_difference(&leaf_path, path) {
-                    None => Found::Leaf,
-                    Some(depth) => Found::Diverges {
-                        child: current,
-                        depth,
-                    },
-                };
-                return Ok((stack, found));
-            }
-            Child::Branch { id, .. } => {
-                if let Some(depth) = first_difference(&id.prefix, path).filter(|d| *d < id.depth)
-                {
-                    return Ok((
-                        stack,
-                        Found::Diverges {
-                            child: current,
-                            depth,
-                        },
-                    ));
+    /// Rehashes the branches on `stack` bottom-up.
+    fn rehash(&mut self, stack: &[(u32, usize)]) {
+        for &(index, _) in stack.iter().rev() {
+            if let Node::Branch {
+                depth, children, ..
+            } = self.nodes[index as usize]
+            {
+                let hash = self.branch_hash_of(depth, children);
+                if let Node::Branch { hash: h, .. } = &mut self.nodes[index as usize] {
+                    *h = hash;
                 }
-                let node = load(source, &id)?;
-                let right = bit(path, id.depth);
-                current = *node.child(right);
-                stack.push((id, node, right));
             }
         }
     }
-}
 
-/// Inserts or replaces the leaf at `key_path(key)`.
-pub fn insert<S: BranchSource>(
-    source: &S,
-    root: Option<Child>,
-    path: Hash,
-    leaf: Hash,
-) -> Result<Update, MerkleError<S::Error>> {
-    let new_leaf = Child::Leaf { path, hash: leaf };
-    let Some(root) = root else {
-        return Ok(Update {
-            root: Some(new_leaf),
-            ..Update::default()
-        });
-    };
-    let (stack, found) = descend(source, root, &path)?;
-    let mut put = Vec::with_capacity(stack.len() + 1);
-    let replacement = match found {
-        Found::Leaf => new_leaf,
-        Found::Diverges { child, depth } => join(depth, child, new_leaf, &mut put),
-    };
-    let root = unwind(stack, replacement, &mut put);
-    Ok(Update {
-        root: Some(root),
-        put,
-        remove: Vec::new(),
-    })
-}
-
-/// Removes the leaf at `path`; `None` when there is no such leaf (nothing changes).
-pub fn remove<S: BranchSource>(
-    source: &S,
-    root: Option<Child>,
-    path: Hash,
-) -> Result<Option<Update>, MerkleError<S::Error>> {
-    let Some(root) = root else { return Ok(None) };
-    let (mut stack, found) = descend(source, root, &path)?;
-    if !matches!(found, Found::Leaf) {
-        return Ok(None);
+    /// Points the parent on top of `stack` (or the root) at `child`.
+    fn attach(&mut self, stack: &[(u32, usize)], child: u32) {
+        match stack.last() {
+            None => self.root = Some(child),
+            Some(&(parent, side)) => {
+                if let Node::Branch { children, .. } = &mut self.nodes[parent as usize] {
+                    children[side] = child;
+                }
+            }
+        }
     }
-    let Some((parent_id, parent, right)) = stack.pop() else {
-        return Ok(Some(Update::default()));
-    };
-    // The parent branch collapses: its other sub-trie takes its place unchanged.
-    let sibling = *parent.child(!right);
-    let mut put = Vec::with_capacity(stack.len());
-    let root = unwind(stack, sibling, &mut put);
-    Ok(Some(Update {
-        root: Some(root),
-        put,
-        remove: vec![parent_id],
-    }))
+
+    /// Walks from the root following `path`'s bits through branches shallower than
+    /// `limit`; returns the visited branches (with the side taken) and where it stopped.
+    fn descend(&self, root: u32, path: &Hash, limit: u16) -> (Vec<(u32, usize)>, u32) {
+        let mut stack = Vec::with_capacity(40);
+        let mut current = root;
+        while let Node::Branch {
+            depth, children, ..
+        } = self.node(current)
+        {
+            if u16::from(*depth) >= limit {
+                break;
+            }
+            let side = bit(path, *depth);
+            stack.push((current, side));
+            current = children[side];
+        }
+        (stack, current)
+    }
+
+    /// The root hash ([`EMPTY_ROOT`] when empty).
+    pub fn root(&self) -> Hash {
+        self.root.map_or(EMPTY_ROOT, |r| *self.node(r).hash())
+    }
+
+    /// Number of leaves.
+    pub fn len(&self) -> usize {
+        self.leaves
+    }
+
+    /// Whether the tree has no leaves.
+    pub fn is_empty(&self) -> bool {
+        self.leaves == 0
+    }
+
+    /// Inserts or replaces the leaf at `path`: `O(depth)` hashes.
+    pub fn insert(&mut self, path: Hash, leaf: Hash) {
+        let Some(root) = self.root else {
+            self.root = Some(self.alloc(Node::Leaf { path, hash: leaf }));
+            self.leaves = 1;
+            return;
+        };
+        // The leaf sharing the longest prefix with `path` tells where `path` diverges.
+        let (_, nearest) = self.descend(root, &path, 256);
+        let nearest_path = match self.node(nearest) {
+            Node::Leaf { path, .. } => *path,
+            _ => unreachable!("descent ends at a leaf"),
+        };
+        match first_difference(&nearest_path, &path) {
+            None => {
+                let (stack, at) = self.descend(root, &path, 256);
+                self.nodes[at as usize] = Node::Leaf { path, hash: leaf };
+                self.rehash(&stack);
+            }
+            Some(critical) => {
+                let (stack, at) = self.descend(root, &path, u16::from(critical));
+                let new_leaf = self.alloc(Node::Leaf { path, hash: leaf });
+                let children = if bit(&path, critical) == 1 {
+                    [at, new_leaf]
+                } else {
+                    [new_leaf, at]
+                };
+                let branch = self.alloc_branch(critical, children);
+                self.attach(&stack, branch);
+                self.rehash(&stack);
+                self.leaves += 1;
+            }
+        }
+    }
+
+    /// Removes the leaf at `path`; false when absent.
+    pub fn remove(&mut self, path: &Hash) -> bool {
+        let Some(root) = self.root else { return false };
+        let (mut stack, at) = self.descend(root, path, 256);
+        if !matches!(self.node(at), Node::Leaf { path: p, .. } if p == path) {
+            return false;
+        }
+        self.release(at);
+        self.leaves -= 1;
+        let Some((parent, side)) = stack.pop() else {
+            self.root = None;
+            return true;
+        };
+        // The parent collapses: the other side takes its place.
+        let sibling = match self.node(parent) {
+            Node::Branch { children, .. } => children[1 - side],
+            _ => unreachable!("stack holds branches"),
+        };
+        self.release(parent);
+        self.attach(&stack, sibling);
+        self.rehash(&stack);
+        true
+    }
+
+    /// The inclusion proof of the leaf at `path`, or `None` when absent.
+    pub fn prove(&self, path: &Hash) -> Option<Proof> {
+        let root = self.root?;
+        let (stack, at) = self.descend(root, path, 256);
+        if !matches!(self.node(at), Node::Leaf { path: p, .. } if p == path) {
+            return None;
+        }
+        let steps = stack
+            .iter()
+            .map(|&(index, side)| match self.node(index) {
+                Node::Branch {
+                    depth, children, ..
+                } => ProofStep {
+                    depth: *depth,
+                    sibling: *self.node(children[1 - side]).hash(),
+                },
+                _ => unreachable!("stack holds branches"),
+            })
+            .collect();
+        Some(Proof { steps })
+    }
+
+    /// Every leaf (path, leaf hash) in path order.
+    pub fn leaves(&self) -> Vec<(Hash, Hash)> {
+        let mut out = Vec::with_capacity(self.leaves);
+        let mut stack: Vec<u32> = self.root.into_iter().collect();
+        while let Some(index) = stack.pop() {
+            match self.node(index) {
+                Node::Leaf { path, hash } => out.push((*path, *hash)),
+                Node::Branch { children, .. } => {
+                    stack.push(children[1]);
+                    stack.push(children[0]);
+                }
+                Node::Free => {}
+            }
+        }
+        out
+    }
+
+    /// Inserts or replaces `key` with `value` (hashing both).
+    pub fn insert_pair(&mut self, key: &[u8], value: &[u8]) {
+        self.insert(key_path(key), leaf_hash(key, value));
+    }
+
+    /// Removes `key`; false when absent.
+    pub fn remove_key(&mut self, key: &[u8]) -> bool {
+        self.remove(&key_path(key))
+    }
+
+    /// The inclusion proof of `key`.
+    pub fn prove_key(&self, key: &[u8]) -> Option<Proof> {
+        self.prove(&key_path(key))
+    }
+
+    /// Arena slots in use (leaves + branches); for tests and memory accounting.
+    pub fn node_count(&self) -> usize {
+        self.nodes.len() - self.free.len()
+    }
 }
 
 /// One level of an inclusion proof: the hash of the sibling sub-trie at a branch.
@@ -417,27 +362,6 @@ pub struct Proof {
     pub steps: Vec<ProofStep>,
 }
 
-/// The inclusion proof of the leaf at `path`, or `None` when it is absent.
-pub fn prove<S: BranchSource>(
-    source: &S,
-    root: Option<Child>,
-    path: &Hash,
-) -> Result<Option<Proof>, MerkleError<S::Error>> {
-    let Some(root) = root else { return Ok(None) };
-    let (stack, found) = descend(source, root, path)?;
-    if !matches!(found, Found::Leaf) {
-        return Ok(None);
-    }
-    let steps = stack
-        .into_iter()
-        .map(|(id, node, right)| ProofStep {
-            depth: id.depth,
-            sibling: *node.child(!right).hash(),
-        })
-        .collect();
-    Ok(Some(Proof { steps }))
-}
-
 /// Checks that `(key, value)` is in the tree whose root is `root`. Pure: a client can call
 /// it with a root and a proof it received.
 pub fn verify_proof(root: &Hash, key: &[u8], value: &[u8], proof: &Proof) -> bool {
@@ -448,7 +372,7 @@ pub fn verify_proof(root: &Hash, key: &[u8], value: &[u8], proof: &Proof) -> boo
     }
     let mut hash = leaf_hash(key, value);
     for step in proof.steps.iter().rev() {
-        hash = if bit(&path, step.depth) {
+        hash = if bit(&path, step.depth) == 1 {
             branch_hash(step.depth, &step.sibling, &hash)
         } else {
             branch_hash(step.depth, &hash, &step.sibling)
@@ -474,81 +398,12 @@ fn subtree_hash(leaves: &[(Hash, Hash)]) -> Hash {
         return first.1;
     };
     // Sorted, so the first and last paths share exactly the prefix all of them share.
-    let split = leaves.partition_point(|(p, _)| !bit(p, depth));
+    let split = leaves.partition_point(|(p, _)| bit(p, depth) == 0);
     branch_hash(
         depth,
         &subtree_hash(&leaves[..split]),
         &subtree_hash(&leaves[split..]),
     )
-}
-
-/// An in-memory tree: the reference implementation used by tests and offline tools.
-#[derive(Debug, Default, Clone)]
-pub struct MemoryTree {
-    root: Option<Child>,
-    branches: HashMap<BranchId, Branch>,
-}
-
-impl BranchSource for MemoryTree {
-    type Error = std::convert::Infallible;
-    fn branch(&self, id: &BranchId) -> Result<Option<Branch>, Self::Error> {
-        Ok(self.branches.get(id).copied())
-    }
-}
-
-impl MemoryTree {
-    /// The current root hash.
-    pub fn root(&self) -> Hash {
-        root_hash(&self.root)
-    }
-
-    /// Number of stored branches (always leaves − 1 for a non-empty tree).
-    pub fn branch_count(&self) -> usize {
-        self.branches.len()
-    }
-
-    fn apply(&mut self, update: Update) {
-        for id in update.remove {
-            self.branches.remove(&id);
-        }
-        self.branches.extend(update.put);
-        self.root = update.root;
-    }
-
-    /// Inserts or replaces `key`.
-    pub fn insert(&mut self, key: &[u8], value: &[u8]) {
-        let update = match insert(self, self.root, key_path(key), leaf_hash(key, value)) {
-            Ok(update) => update,
-            Err(MerkleError::MissingBranch { depth }) => {
-                unreachable!("memory tree lost its branch at depth {depth}")
-            }
-        };
-        self.apply(update);
-    }
-
-    /// Removes `key`; false when it was absent.
-    pub fn remove(&mut self, key: &[u8]) -> bool {
-        match remove(self, self.root, key_path(key)) {
-            Ok(Some(update)) => {
-                self.apply(update);
-                true
-            }
-            Ok(None) => false,
-            Err(MerkleError::MissingBranch { depth }) => {
-                unreachable!("memory tree lost its branch at depth {depth}")
-            }
-        }
-    }
-
-    /// The inclusion proof of `key`.
-    pub fn prove(&self, key: &[u8]) -> Option<Proof> {
-        match prove(self, self.root, &key_path(key)) {
-            Ok(proof) => proof,
-            Err(MerkleError::MissingBranch { depth }) => {
-                unreachable!("memory tree lost its branch at depth {depth}")
-            }
-        }
-    }
 }
 
 /// Hex (de)serialisation of hashes for JSON.
@@ -619,49 +474,54 @@ mod tests {
 
     #[test]
     fn empty_tree_has_the_empty_root() {
-        let tree = MemoryTree::default();
+        let tree = Tree::new();
         assert_eq!(tree.root(), EMPTY_ROOT);
         assert_eq!(compute_root(Vec::new()), EMPTY_ROOT);
     }
 
     #[test]
     fn insert_then_remove_everything_returns_to_empty() {
-        let mut tree = MemoryTree::default();
+        let mut tree = Tree::new();
         for i in 0..200u32 {
-            tree.insert(&i.to_be_bytes(), b"v");
+            tree.insert_pair(&i.to_be_bytes(), b"v");
         }
-        assert_eq!(tree.branch_count(), 199);
+        assert_eq!(tree.node_count(), 399);
         for i in 0..200u32 {
-            assert!(tree.remove(&i.to_be_bytes()));
+            assert!(tree.remove_key(&i.to_be_bytes()));
         }
         assert_eq!(tree.root(), EMPTY_ROOT);
-        assert_eq!(tree.branch_count(), 0);
-        assert!(!tree.remove(b"absent"));
+        assert_eq!(tree.node_count(), 0);
+        assert!(!tree.remove_key(b"absent"));
     }
 
     #[test]
-    fn branch_and_child_encodings_round_trip() {
-        let mut tree = MemoryTree::default();
-        for i in 0..50u32 {
-            tree.insert(&i.to_be_bytes(), &i.to_le_bytes());
+    fn bulk_built_and_incremental_trees_agree_and_list_leaves_in_order() {
+        let mut incremental = Tree::new();
+        let mut leaves = Vec::new();
+        for i in 0..500u32 {
+            incremental.insert_pair(&i.to_be_bytes(), &i.to_le_bytes());
+            leaves.push((key_path(&i.to_be_bytes()), leaf_hash(&i.to_be_bytes(), &i.to_le_bytes())));
         }
-        for (id, branch) in &tree.branches {
-            assert_eq!(Branch::decode(&branch.encode()).as_ref(), Some(branch));
-            let mut out = Vec::new();
-            Child::branch(*id, branch).encode(&mut out);
-            assert_eq!(Child::decode(&out), Some(Child::branch(*id, branch)));
-        }
-        assert_eq!(Branch::decode(&[1, 2, 3]), None);
+        let bulk = Tree::from_leaves(leaves.clone());
+        assert_eq!(bulk.root(), incremental.root());
+        assert_eq!(bulk.len(), 500);
+        leaves.sort();
+        assert_eq!(incremental.leaves(), leaves);
+        assert_eq!(bulk.leaves(), leaves);
     }
 
     #[test]
-    fn prefix_clears_bits_from_depth() {
-        let path = [0xFF; 32];
-        let p = prefix(&path, 11);
-        assert_eq!(p[0], 0xFF);
-        assert_eq!(p[1], 0b1110_0000);
-        assert!(p[2..].iter().all(|b| *b == 0));
-        assert_eq!(first_difference(&p, &path), Some(11));
+    fn freed_slots_are_reused() {
+        let mut tree = Tree::new();
+        for round in 0..10u8 {
+            for i in 0..100u32 {
+                tree.insert_pair(&i.to_be_bytes(), &[round]);
+            }
+            for i in 0..100u32 {
+                tree.remove_key(&i.to_be_bytes());
+            }
+        }
+        assert!(tree.nodes.len() <= 199, "arena grew to {}", tree.nodes.len());
     }
 
     proptest! {
@@ -669,16 +529,17 @@ mod tests {
 
         #[test]
         fn root_matches_reference_after_any_operation_sequence(ops in proptest::collection::vec(op(), 0..120)) {
-            let mut tree = MemoryTree::default();
+            let mut tree = Tree::new();
             let mut contents = BTreeMap::new();
             for op in ops {
                 match op {
-                    Op::Put(k, v) => { tree.insert(&key(k), &v); contents.insert(key(k), v); }
-                    Op::Del(k) => { prop_assert_eq!(tree.remove(&key(k)), contents.remove(&key(k)).is_some()); }
+                    Op::Put(k, v) => { tree.insert_pair(&key(k), &v); contents.insert(key(k), v); }
+                    Op::Del(k) => { prop_assert_eq!(tree.remove_key(&key(k)), contents.remove(&key(k)).is_some()); }
                 }
             }
             prop_assert_eq!(tree.root(), reference_root(&contents));
-            prop_assert_eq!(tree.branch_count(), contents.len().saturating_sub(1));
+            prop_assert_eq!(tree.len(), contents.len());
+            prop_assert_eq!(tree.node_count(), (2 * contents.len()).saturating_sub(1));
         }
 
         #[test]
@@ -688,20 +549,20 @@ mod tests {
             noise in proptest::collection::vec(any::<u16>(), 0..20),
         ) {
             // Order A: plain inserts in key order.
-            let mut a = MemoryTree::default();
-            for (k, v) in &entries { a.insert(&k.to_be_bytes(), &[*v]); }
+            let mut a = Tree::new();
+            for (k, v) in &entries { a.insert_pair(&k.to_be_bytes(), &[*v]); }
             // Order B: shuffled, with transient keys and stale values written first and removed
             // or overwritten later.
-            let mut b = MemoryTree::default();
+            let mut b = Tree::new();
             let mut order: Vec<_> = entries.iter().collect();
             fastrand::Rng::with_seed(seed).shuffle(&mut order);
             for n in &noise {
-                if !entries.contains_key(n) { b.insert(&n.to_be_bytes(), b"transient"); }
+                if !entries.contains_key(n) { b.insert_pair(&n.to_be_bytes(), b"transient"); }
             }
-            for (k, v) in &order { b.insert(&k.to_be_bytes(), &[v.wrapping_add(1)]); }
-            for (k, v) in order.iter().rev() { b.insert(&k.to_be_bytes(), &[**v]); }
+            for (k, v) in &order { b.insert_pair(&k.to_be_bytes(), &[v.wrapping_add(1)]); }
+            for (k, v) in order.iter().rev() { b.insert_pair(&k.to_be_bytes(), &[**v]); }
             for n in &noise {
-                if !entries.contains_key(n) { b.remove(&n.to_be_bytes()); }
+                if !entries.contains_key(n) { b.remove_key(&n.to_be_bytes()); }
             }
             prop_assert_eq!(a.root(), b.root());
         }
@@ -711,12 +572,12 @@ mod tests {
             entries in proptest::collection::btree_map(any::<u16>(), proptest::collection::vec(any::<u8>(), 1..6), 1..80),
             flip in any::<u8>(),
         ) {
-            let mut tree = MemoryTree::default();
-            for (k, v) in &entries { tree.insert(&k.to_be_bytes(), v); }
+            let mut tree = Tree::new();
+            for (k, v) in &entries { tree.insert_pair(&k.to_be_bytes(), v); }
             let root = tree.root();
             for (k, v) in &entries {
                 let key = k.to_be_bytes();
-                let proof = tree.prove(&key).expect("present key has a proof");
+                let proof = tree.prove_key(&key).expect("present key has a proof");
                 prop_assert!(verify_proof(&root, &key, v, &proof));
                 // A changed value fails.
                 let mut value = v.clone();
@@ -733,16 +594,16 @@ mod tests {
                     prop_assert!(!verify_proof(&root, &key, v, &forged));
                 }
             }
-            prop_assert!(tree.prove(b"absent-key").is_none());
+            prop_assert!(tree.prove_key(b"absent-key").is_none());
         }
     }
 
     #[test]
     fn proof_json_round_trips() {
-        let mut tree = MemoryTree::default();
-        tree.insert(b"a", b"1");
-        tree.insert(b"b", b"2");
-        let proof = tree.prove(b"a").expect("present");
+        let mut tree = Tree::new();
+        tree.insert_pair(b"a", b"1");
+        tree.insert_pair(b"b", b"2");
+        let proof = tree.prove_key(b"a").expect("present");
         let json = serde_json::to_string(&proof).expect("serialise");
         let back: Proof = serde_json::from_str(&json).expect("parse");
         assert_eq!(back, proof);

@@ -1,23 +1,27 @@
 //! The storage engine: sled 0.34 under a Merkle integrity root. The only module that
 //! imports sled; everything else uses the typed API and [`StoreError`].
 //!
-//! Layout, all in one sled tree so that a write and its tree update commit in one atomic
-//! batch:
+//! Layout, all in one sled tree so that a record and its expiry index entry commit in one
+//! atomic batch:
 //!
 //! | prefix | key | value |
 //! |---|---|---|
-//! | `d` | user key | expiry (unix ms, big-endian u64, 0 = none) then the value |
+//! | `d` | user key | expiry (unix ms, big-endian u64, 0 = none), leaf hash (32), value |
 //! | `e` | expiry (big-endian u64) then user key | empty: the expiry index prune walks |
-//! | `m` | [`BranchId::encode`] | [`Branch::encode`] |
-//! | `x` | meta name | root, key count, logical bytes, probe baseline, last cleanup |
+//! | `x` | meta name | format, checkpoint id, probe baseline, last cleanup |
 //!
-//! A retrieve is one point lookup of the `d` record. Writes are serialised by one mutex
-//! (the trie walk must see a consistent tree); reads never take it.
+//! A retrieve is one point lookup of the `d` record. The Merkle tree ([`Tree`]) is derived
+//! state held in memory: a write rehashes one path of it and adds no I/O. At open it is
+//! loaded from a checkpoint of its leaves when the data has not changed since that
+//! checkpoint (see [`checkpoint`]), and otherwise rebuilt from the leaf hashes stored in the
+//! records. Writes are serialised by one mutex (the tree must see them in order); reads
+//! never take it.
 //!
 //! A database lives in `DATA_DIR/gen-N`; `DATA_DIR/CURRENT` names the live generation. A
 //! rebuild copies the live generation into `gen-(N+1)`, reopens it, switches `CURRENT`
 //! atomically and swaps the handle, so a crash at any point leaves one complete generation.
 
+mod checkpoint;
 mod commit;
 mod rebuild;
 
@@ -30,22 +34,22 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use arc_swap::ArcSwap;
 use serde::{Deserialize, Serialize};
 
-use crate::merkle::{self, Branch, BranchId, BranchSource, Child, Hash, MerkleError, Proof};
+use crate::merkle::{self, Hash, Proof, Tree};
 use commit::GroupCommit;
 pub use rebuild::RebuildReport;
 
 const DATA: u8 = b'd';
 const EXPIRY: u8 = b'e';
-const BRANCH: u8 = b'm';
 const META: u8 = b'x';
 
-const META_ROOT: &[u8] = b"xroot";
-const META_KEYS: &[u8] = b"xkeys";
-const META_LOGICAL: &[u8] = b"xlogical";
 const META_FORMAT: &[u8] = b"xformat";
-const FORMAT_VERSION: &[u8] = b"phoenix-store-1";
+/// Present (holding the checkpoint's id) only while the data is exactly what the
+/// checkpoint file describes; the first write after a checkpoint removes it atomically.
+const META_CHECKPOINT: &[u8] = b"xcheckpoint";
+const FORMAT_VERSION: &[u8] = b"phoenix-store-2";
 
-const RECORD_HEADER: usize = 8;
+const EXPIRY_BYTES: usize = 8;
+const RECORD_HEADER: usize = EXPIRY_BYTES + 32;
 const LONGEST_TTL: Duration = Duration::from_secs(100 * 365 * 24 * 3600);
 const SAMPLE_CAPACITY: usize = 4096;
 
@@ -118,17 +122,6 @@ pub struct EngineError(#[from] sled::Error);
 impl From<sled::Error> for StoreError {
     fn from(error: sled::Error) -> Self {
         StoreError::Engine(EngineError(error))
-    }
-}
-
-impl From<MerkleError<sled::Error>> for StoreError {
-    fn from(error: MerkleError<sled::Error>) -> Self {
-        match error {
-            MerkleError::Source(e) => e.into(),
-            MerkleError::MissingBranch { depth } => {
-                StoreError::Corrupt(format!("merkle branch at depth {depth} is missing"))
-            }
-        }
     }
 }
 
@@ -288,8 +281,12 @@ impl Value {
 }
 
 fn record_expiry(record: &[u8]) -> Option<u64> {
-    let header: [u8; RECORD_HEADER] = record.get(..RECORD_HEADER)?.try_into().ok()?;
+    let header: [u8; EXPIRY_BYTES] = record.get(..EXPIRY_BYTES)?.try_into().ok()?;
     Some(u64::from_be_bytes(header)).filter(|at| *at != 0)
+}
+
+fn record_leaf(record: &[u8]) -> Option<Hash> {
+    record.get(EXPIRY_BYTES..RECORD_HEADER)?.try_into().ok()
 }
 
 /// Outcome of a store.
@@ -382,14 +379,6 @@ impl Engine {
     }
 }
 
-impl BranchSource for Engine {
-    type Error = sled::Error;
-    fn branch(&self, id: &BranchId) -> Result<Option<Branch>, sled::Error> {
-        let key = prefixed(BRANCH, &id.encode());
-        Ok(self.db.get(key)?.and_then(|bytes| Branch::decode(&bytes)))
-    }
-}
-
 fn generation_dir(dir: &Path, generation: u64) -> PathBuf {
     dir.join(format!("gen-{generation}"))
 }
@@ -421,25 +410,14 @@ fn get_data(db: &sled::Db, key: &[u8]) -> Result<Option<sled::IVec>, sled::Error
     }
 }
 
-fn read_u64(db: &sled::Db, key: &[u8]) -> Result<u64> {
-    match db.get(key)? {
-        None => Ok(0),
-        Some(bytes) => {
-            let array: [u8; 8] = bytes
-                .as_ref()
-                .try_into()
-                .map_err(|_| StoreError::Corrupt(format!("counter {key:?} is not 8 bytes")))?;
-            Ok(u64::from_be_bytes(array))
-        }
-    }
-}
-
 /// State only writers touch, behind the write mutex.
 #[derive(Debug)]
 struct WriteState {
-    root: Option<Child>,
+    tree: Tree,
     keys: u64,
     logical: u64,
+    /// The data matches the checkpoint file (`META_CHECKPOINT` is present).
+    checkpointed: bool,
     /// A uniform sample of stored keys for the latency probe (reservoir sampling).
     sample: Vec<Vec<u8>>,
     sampled_inserts: u64,
@@ -498,21 +476,19 @@ impl Store {
                 engine.db.insert(META_FORMAT, FORMAT_VERSION)?;
             }
         }
-        let root = match engine.db.get(META_ROOT)? {
-            None => None,
-            Some(bytes) => Some(
-                Child::decode(&bytes)
-                    .ok_or_else(|| StoreError::Corrupt("stored root does not decode".into()))?,
-            ),
+        let loaded = checkpoint::load(&config.path, &engine.db)?;
+        let recovered = loaded.is_none();
+        let (tree, keys, logical) = match loaded {
+            Some(loaded) => loaded,
+            None => scan_tree(&engine.db)?,
         };
-        let keys = read_u64(&engine.db, META_KEYS)?;
-        let logical = read_u64(&engine.db, META_LOGICAL)?;
-        Ok(Store {
+        let store = Store {
             engine: ArcSwap::from_pointee(engine),
             write: Mutex::new(WriteState {
-                root,
+                tree,
                 keys,
                 logical,
+                checkpointed: !recovered,
                 sample: Vec::new(),
                 sampled_inserts: 0,
                 rng: fastrand::Rng::new(),
@@ -522,7 +498,34 @@ impl Store {
             logical: AtomicU64::new(logical),
             commit: GroupCommit::default(),
             config,
-        })
+        };
+        if recovered && keys > 0 {
+            // Recovered by a scan: checkpoint now so the next open is fast again.
+            store.checkpoint()?;
+        }
+        Ok(store)
+    }
+
+    /// Writes a checkpoint of the tree so the next open skips the scan. Called at shutdown
+    /// and after cleanup; cheap to call when nothing changed.
+    ///
+    /// # Errors
+    /// I/O and engine errors; the store stays usable (the next open rebuilds by scanning).
+    pub fn checkpoint(&self) -> Result<()> {
+        let mut state = self.write.lock().unwrap_or_else(PoisonError::into_inner);
+        if state.checkpointed {
+            return Ok(());
+        }
+        let engine = self.engine.load();
+        checkpoint::save(
+            &self.config.path,
+            &engine.db,
+            &state.tree,
+            state.keys,
+            state.logical,
+        )?;
+        state.checkpointed = true;
+        Ok(())
     }
 
     /// The configuration the store was opened with.
@@ -590,8 +593,10 @@ impl Store {
                 .now_ms()
                 .saturating_add(u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX)),
         };
+        let leaf = merkle::leaf_hash(key, value);
         let mut record = Vec::with_capacity(RECORD_HEADER + value.len());
         record.extend_from_slice(&expires_at.to_be_bytes());
+        record.extend_from_slice(&leaf);
         record.extend_from_slice(value);
 
         let seq = {
@@ -599,12 +604,6 @@ impl Store {
             let engine = self.engine.load();
             let data_key = prefixed(DATA, key);
             let old = engine.db.get(&data_key)?;
-            let update = merkle::insert(
-                &**engine,
-                state.root,
-                merkle::key_path(key),
-                merkle::leaf_hash(key, value),
-            )?;
             let mut batch = sled::Batch::default();
             let (keys, logical) = match &old {
                 Some(old) => {
@@ -624,9 +623,12 @@ impl Store {
                 batch.insert(expiry_key(expires_at, key), &[][..]);
             }
             batch.insert(data_key, record);
-            stage_tree_update(&mut batch, &update, keys, logical);
+            if state.checkpointed {
+                batch.remove(META_CHECKPOINT);
+            }
             engine.db.apply_batch(batch)?;
-            state.root = update.root;
+            state.checkpointed = false;
+            state.tree.insert(merkle::key_path(key), leaf);
             state.keys = keys;
             state.logical = logical;
             if old.is_none() {
@@ -697,8 +699,6 @@ impl Store {
         let Some(old) = engine.db.get(&data_key)? else {
             return Ok(None);
         };
-        let update = merkle::remove(&**engine, state.root, merkle::key_path(key))?
-            .ok_or_else(|| StoreError::Corrupt("stored key has no merkle leaf".into()))?;
         let old_len = (key.len() + old.len().saturating_sub(RECORD_HEADER)) as u64;
         let keys = state.keys.saturating_sub(1);
         let logical = state.logical.saturating_sub(old_len);
@@ -707,9 +707,14 @@ impl Store {
             batch.remove(expiry_key(at, key));
         }
         batch.remove(data_key);
-        stage_tree_update(&mut batch, &update, keys, logical);
+        if state.checkpointed {
+            batch.remove(META_CHECKPOINT);
+        }
         engine.db.apply_batch(batch)?;
-        state.root = update.root;
+        state.checkpointed = false;
+        if !state.tree.remove(&merkle::key_path(key)) {
+            return Err(StoreError::Corrupt("stored key has no merkle leaf".into()));
+        }
         state.keys = keys;
         state.logical = logical;
         self.keys.store(keys, Ordering::Relaxed);
@@ -754,7 +759,11 @@ impl Store {
 
     /// The Merkle root over every stored (key, value) pair.
     pub fn root(&self) -> Hash {
-        merkle::root_hash(&self.write.lock().unwrap_or_else(PoisonError::into_inner).root)
+        self.write
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .tree
+            .root()
     }
 
     /// The live value of `key` with its inclusion proof and the root it proves against.
@@ -767,10 +776,11 @@ impl Store {
         let Some(value) = self.retrieve(key)? else {
             return Ok(None);
         };
-        let engine = self.engine.load();
-        let proof = merkle::prove(&**engine, state.root, &merkle::key_path(key))?
+        let proof = state
+            .tree
+            .prove(&merkle::key_path(key))
             .ok_or_else(|| StoreError::Corrupt("stored key has no merkle leaf".into()))?;
-        Ok(Some((value, proof, merkle::root_hash(&state.root))))
+        Ok(Some((value, proof, state.tree.root())))
     }
 
     /// Key count, logical and on-disk bytes, cache capacity.
@@ -838,7 +848,8 @@ impl Store {
         self.commit.flushes()
     }
 
-    /// Recomputes the root and counters from the stored data and compares.
+    /// Recomputes the root and counters from the stored keys and values and compares them
+    /// with the live tree and counters.
     ///
     /// # Errors
     /// Engine errors; undecodable records are reported as [`StoreError::Corrupt`].
@@ -859,7 +870,7 @@ impl Store {
         Ok(VerifyReport {
             keys,
             computed_root: merkle::compute_root(leaves),
-            stored_root: merkle::root_hash(&state.root),
+            stored_root: state.tree.root(),
             counters_match: keys == state.keys && logical == state.logical,
         })
     }
@@ -965,26 +976,22 @@ impl Store {
     }
 }
 
-fn stage_tree_update(batch: &mut sled::Batch, update: &merkle::Update, keys: u64, logical: u64) {
-    for id in &update.remove {
-        batch.remove(prefixed(BRANCH, &id.encode()));
+/// Rebuilds the tree and counters from the leaf hashes stored in the records.
+fn scan_tree(db: &sled::Db) -> Result<(Tree, u64, u64)> {
+    let mut leaves = Vec::new();
+    let mut logical = 0u64;
+    for entry in db.scan_prefix([DATA]) {
+        let (key, record) = entry?;
+        let leaf = record_leaf(&record)
+            .ok_or_else(|| StoreError::Corrupt("record shorter than its header".into()))?;
+        logical += (key.len() - 1 + record.len() - RECORD_HEADER) as u64;
+        leaves.push((merkle::key_path(&key[1..]), leaf));
     }
-    for (id, branch) in &update.put {
-        batch.insert(prefixed(BRANCH, &id.encode()), branch.encode());
-    }
-    match &update.root {
-        Some(root) => {
-            let mut bytes = Vec::with_capacity(merkle::CHILD_BYTES);
-            root.encode(&mut bytes);
-            batch.insert(META_ROOT, bytes);
-        }
-        None => batch.remove(META_ROOT),
-    }
-    batch.insert(META_KEYS, &keys.to_be_bytes()[..]);
-    batch.insert(META_LOGICAL, &logical.to_be_bytes()[..]);
+    let keys = leaves.len() as u64;
+    Ok((Tree::from_leaves(leaves), keys, logical))
 }
 
-/// `n` distinct indices below `len` (`n < len`), by partial Fisher–Yates on demand.
+/// `n` distinct indices below `len` (`n < len`, and small next to it), by rejection.
 fn rand_indices(rng: &mut fastrand::Rng, len: usize, n: usize) -> Vec<usize> {
     let mut picked = std::collections::HashSet::with_capacity(n);
     while picked.len() < n {

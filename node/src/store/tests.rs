@@ -423,3 +423,48 @@ fn a_foreign_format_is_refused() {
     }
     assert!(matches!(Store::open(StoreConfig::new(dir.path())), Err(StoreError::Corrupt(_))));
 }
+
+#[test]
+fn a_clean_close_reopens_from_the_checkpoint_and_a_later_write_invalidates_it() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let root;
+    {
+        let store = open_in(dir.path());
+        for i in 0..1000u32 {
+            store.store(&i.to_be_bytes(), b"v", None).expect("store");
+        }
+        store.checkpoint().expect("checkpoint");
+        root = store.root();
+    }
+    {
+        let store = open_in(dir.path());
+        assert!(store.write.lock().expect("lock").checkpointed, "opened from the checkpoint");
+        assert_eq!(store.root(), root);
+        assert_eq!(store.stats().expect("stats").keys, 1000);
+        // A write after the checkpoint, and no new checkpoint: a crash looks like this.
+        store.delete(&5u32.to_be_bytes()).expect("delete");
+        store.flush().expect("flush");
+    }
+    let store = open_in(dir.path());
+    assert_ne!(store.root(), root, "the stale checkpoint was not used");
+    assert_eq!(store.stats().expect("stats").keys, 999);
+    assert!(store.verify().expect("verify").ok());
+}
+
+#[test]
+fn a_missing_checkpoint_file_falls_back_to_a_scan() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let root;
+    {
+        let store = open_in(dir.path());
+        for i in 0..100u32 {
+            store.store(&i.to_be_bytes(), b"v", None).expect("store");
+        }
+        store.checkpoint().expect("checkpoint");
+        root = store.root();
+    }
+    std::fs::remove_file(dir.path().join("tree.checkpoint")).expect("remove");
+    let store = open_in(dir.path());
+    assert_eq!(store.root(), root);
+    assert!(store.verify().expect("verify").ok());
+}

@@ -52,6 +52,7 @@ const EXPIRY_BYTES: usize = 8;
 const RECORD_HEADER: usize = EXPIRY_BYTES + 32;
 const LONGEST_TTL: Duration = Duration::from_secs(100 * 365 * 24 * 3600);
 const SAMPLE_CAPACITY: usize = 4096;
+const LOCK_WAIT: Duration = Duration::from_secs(10);
 
 /// Errors of the storage engine.
 #[derive(Debug, thiserror::Error)]
@@ -370,12 +371,25 @@ impl Engine {
             // Group commit flushes; a slow background flush still bounds work at shutdown.
             Durability::Sync => Some(1000),
         };
-        let db = sled::Config::new()
+        let sled_config = sled::Config::new()
             .path(generation_dir(dir, generation))
             .cache_capacity(config.cache_capacity)
-            .flush_every_ms(flush_every_ms)
-            .open()?;
-        Ok(Engine { db, generation })
+            .flush_every_ms(flush_every_ms);
+        // A handle dropped a moment ago may still hold the directory's lock while sled's
+        // background threads wind down (seen when a rebuild reopens its fresh copy).
+        let deadline = std::time::Instant::now() + LOCK_WAIT;
+        loop {
+            match sled_config.open() {
+                Ok(db) => return Ok(Engine { db, generation }),
+                Err(sled::Error::Io(e))
+                    if e.to_string().contains("could not acquire lock")
+                        && std::time::Instant::now() < deadline =>
+                {
+                    std::thread::sleep(Duration::from_millis(20));
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
     }
 }
 
@@ -599,35 +613,27 @@ impl Store {
         record.extend_from_slice(&leaf);
         record.extend_from_slice(value);
 
-        let seq = {
+        let (seq, created) = {
             let mut state = self.lock_write()?;
             let engine = self.engine.load();
-            let data_key = prefixed(DATA, key);
-            let old = engine.db.get(&data_key)?;
-            let mut batch = sled::Batch::default();
+            self.invalidate_checkpoint(&mut state, &engine)?;
+            // The index entry goes first: an entry without its record (a crash between the
+            // two) is harmless, prune drops it; a record never lacks its entry.
+            if expires_at != 0 {
+                engine.db.insert(expiry_key(expires_at, key), &[][..])?;
+            }
+            let old = engine.db.insert(prefixed(DATA, key), record)?;
+            let added = (key.len() + value.len()) as u64;
             let (keys, logical) = match &old {
                 Some(old) => {
-                    if let Some(at) = record_expiry(old) {
-                        batch.remove(expiry_key(at, key));
+                    if let Some(at) = record_expiry(old).filter(|at| *at != expires_at) {
+                        engine.db.remove(expiry_key(at, key))?;
                     }
-                    let old_len = (key.len() + old.len() - RECORD_HEADER) as u64;
-                    (
-                        state.keys,
-                        state.logical - old_len.min(state.logical)
-                            + (key.len() + value.len()) as u64,
-                    )
+                    let old_len = (key.len() + old.len().saturating_sub(RECORD_HEADER)) as u64;
+                    (state.keys, state.logical.saturating_sub(old_len) + added)
                 }
-                None => (state.keys + 1, state.logical + (key.len() + value.len()) as u64),
+                None => (state.keys + 1, state.logical + added),
             };
-            if expires_at != 0 {
-                batch.insert(expiry_key(expires_at, key), &[][..]);
-            }
-            batch.insert(data_key, record);
-            if state.checkpointed {
-                batch.remove(META_CHECKPOINT);
-            }
-            engine.db.apply_batch(batch)?;
-            state.checkpointed = false;
             state.tree.insert(merkle::key_path(key), leaf);
             state.keys = keys;
             state.logical = logical;
@@ -636,14 +642,23 @@ impl Store {
             }
             self.keys.store(keys, Ordering::Relaxed);
             self.logical.store(logical, Ordering::Relaxed);
-            let created = old.is_none();
-            (self.commit.applied(), created)
+            (self.commit.applied(), old.is_none())
         };
-        self.make_durable(seq.0)?;
+        self.make_durable(seq)?;
         Ok(Stored {
-            created: seq.1,
+            created,
             expires_at_ms: Some(expires_at).filter(|at| *at != 0),
         })
+    }
+
+    /// Removes the checkpoint marker before the first write after a checkpoint. sled
+    /// recovers a prefix of its log, so any write that survives a crash finds it removed.
+    fn invalidate_checkpoint(&self, state: &mut WriteState, engine: &Engine) -> Result<()> {
+        if state.checkpointed {
+            engine.db.remove(META_CHECKPOINT)?;
+            state.checkpointed = false;
+        }
+        Ok(())
     }
 
     fn make_durable(&self, seq: u64) -> Result<()> {
@@ -695,30 +710,21 @@ impl Store {
     /// Deletes `key` with the write lock held; the commit sequence, or `None` if absent.
     fn delete_locked(&self, state: &mut WriteState, key: &[u8]) -> Result<Option<u64>> {
         let engine = self.engine.load();
-        let data_key = prefixed(DATA, key);
-        let Some(old) = engine.db.get(&data_key)? else {
+        self.invalidate_checkpoint(state, &engine)?;
+        let Some(old) = engine.db.remove(prefixed(DATA, key))? else {
             return Ok(None);
         };
-        let old_len = (key.len() + old.len().saturating_sub(RECORD_HEADER)) as u64;
-        let keys = state.keys.saturating_sub(1);
-        let logical = state.logical.saturating_sub(old_len);
-        let mut batch = sled::Batch::default();
         if let Some(at) = record_expiry(&old) {
-            batch.remove(expiry_key(at, key));
+            engine.db.remove(expiry_key(at, key))?;
         }
-        batch.remove(data_key);
-        if state.checkpointed {
-            batch.remove(META_CHECKPOINT);
-        }
-        engine.db.apply_batch(batch)?;
-        state.checkpointed = false;
+        let old_len = (key.len() + old.len().saturating_sub(RECORD_HEADER)) as u64;
+        state.keys = state.keys.saturating_sub(1);
+        state.logical = state.logical.saturating_sub(old_len);
         if !state.tree.remove(&merkle::key_path(key)) {
             return Err(StoreError::Corrupt("stored key has no merkle leaf".into()));
         }
-        state.keys = keys;
-        state.logical = logical;
-        self.keys.store(keys, Ordering::Relaxed);
-        self.logical.store(logical, Ordering::Relaxed);
+        self.keys.store(state.keys, Ordering::Relaxed);
+        self.logical.store(state.logical, Ordering::Relaxed);
         Ok(Some(self.commit.applied()))
     }
 
@@ -809,8 +815,8 @@ impl Store {
             let engine = self.engine.load();
             let mut due = Vec::with_capacity(256);
             for entry in engine.db.range(vec![EXPIRY]..expiry_key(now.saturating_add(1), b"")) {
-                let (key, _) = entry?;
-                due.push(key[9..].to_vec());
+                let (index_key, _) = entry?;
+                due.push(index_key.to_vec());
                 if due.len() == 256 {
                     break;
                 }
@@ -822,10 +828,19 @@ impl Store {
             let mut last = 0;
             {
                 let mut state = self.lock_write()?;
-                for key in &due {
-                    if let Some(seq) = self.delete_locked(&mut state, key)? {
-                        pruned += 1;
-                        last = seq;
+                let engine = self.engine.load();
+                for index_key in &due {
+                    let (at, key) = index_key[1..].split_at(8);
+                    let at = u64::from_be_bytes(at.try_into().unwrap_or_default());
+                    let record = get_data(&engine.db, key)?;
+                    if record.as_deref().and_then(record_expiry) == Some(at) {
+                        if let Some(seq) = self.delete_locked(&mut state, key)? {
+                            pruned += 1;
+                            last = seq;
+                        }
+                    } else {
+                        // Left by an overwrite or a crash between the two writes.
+                        engine.db.remove(index_key)?;
                     }
                 }
             }

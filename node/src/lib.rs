@@ -13,3 +13,6 @@ pub mod cleanup;
 pub mod merkle;
 pub mod probe;
 pub mod store;
+
+/// The node's version, kept in step with the operator and the chart.
+pub const VERSION: &str = env!("CARGO_PKG_VERSION");

@@ -14,23 +14,24 @@
 use std::io::Write;
 use std::path::Path;
 
-use super::{META_CHECKPOINT, Result, StoreError, io};
+use super::{Counters, META_CHECKPOINT, Result, Scanned, StoreError, io};
 use crate::merkle::{Hash, Tree};
 
 const FILE: &str = "tree.checkpoint";
-const MAGIC: &[u8; 8] = b"PHXTREE1";
-const HEADER: usize = 8 + 16 + 8 + 8 + 8;
+const MAGIC: &[u8; 8] = b"PHXTREE2";
+const HEADER: usize = 8 + 16 + 8 + 8 + 8 + 8;
 const LEAF: usize = 64;
 
 /// Writes the checkpoint file for `tree`, then marks the database as matching it.
-pub(super) fn save(dir: &Path, db: &sled::Db, tree: &Tree, keys: u64, logical: u64) -> Result<()> {
+pub(super) fn save(dir: &Path, db: &sled::Db, counters: &Counters, tree: &Tree) -> Result<()> {
     let id: [u8; 16] = fastrand::u128(..).to_le_bytes();
     let leaves = tree.leaves();
     let mut bytes = Vec::with_capacity(HEADER + leaves.len() * LEAF + 32);
     bytes.extend_from_slice(MAGIC);
     bytes.extend_from_slice(&id);
-    bytes.extend_from_slice(&keys.to_le_bytes());
-    bytes.extend_from_slice(&logical.to_le_bytes());
+    bytes.extend_from_slice(&counters.keys.to_le_bytes());
+    bytes.extend_from_slice(&counters.logical.to_le_bytes());
+    bytes.extend_from_slice(&counters.tombstones.to_le_bytes());
     bytes.extend_from_slice(&(leaves.len() as u64).to_le_bytes());
     for (path, leaf) in &leaves {
         bytes.extend_from_slice(path);
@@ -52,8 +53,8 @@ pub(super) fn save(dir: &Path, db: &sled::Db, tree: &Tree, keys: u64, logical: u
     Ok(())
 }
 
-/// The tree, key count and logical bytes from the checkpoint, when it matches the data.
-pub(super) fn load(dir: &Path, db: &sled::Db) -> Result<Option<(Tree, u64, u64)>> {
+/// The tree and counters from the checkpoint, when it matches the data.
+pub(super) fn load(dir: &Path, db: &sled::Db) -> Result<Option<Scanned>> {
     let Some(expected_id) = db.get(META_CHECKPOINT)? else {
         return Ok(None);
     };
@@ -70,7 +71,7 @@ pub(super) fn load(dir: &Path, db: &sled::Db) -> Result<Option<(Tree, u64, u64)>
     Ok(parse(&bytes, &expected_id))
 }
 
-fn parse(bytes: &[u8], expected_id: &[u8]) -> Option<(Tree, u64, u64)> {
+fn parse(bytes: &[u8], expected_id: &[u8]) -> Option<Scanned> {
     let body_len = bytes.len().checked_sub(32)?;
     let (body, checksum) = bytes.split_at(body_len);
     if body.len() < HEADER || &body[..8] != MAGIC || blake3::hash(body).as_bytes() != checksum {
@@ -82,7 +83,7 @@ fn parse(bytes: &[u8], expected_id: &[u8]) -> Option<(Tree, u64, u64)> {
     let word = |at: usize| -> Option<u64> {
         Some(u64::from_le_bytes(body.get(at..at + 8)?.try_into().ok()?))
     };
-    let (keys, logical, count) = (word(24)?, word(32)?, word(40)?);
+    let (keys, logical, tombstones, count) = (word(24)?, word(32)?, word(40)?, word(48)?);
     let leaves_bytes = &body[HEADER..];
     if leaves_bytes.len() as u64 != count.checked_mul(LEAF as u64)? || count != keys {
         return None;
@@ -91,7 +92,12 @@ fn parse(bytes: &[u8], expected_id: &[u8]) -> Option<(Tree, u64, u64)> {
         .chunks_exact(LEAF)
         .filter_map(|chunk| Some((chunk[..32].try_into().ok()?, chunk[32..].try_into().ok()?)))
         .collect();
-    Some((Tree::from_leaves(leaves), keys, logical))
+    Some(Scanned {
+        tree: Tree::from_leaves(leaves),
+        keys,
+        logical,
+        tombstones,
+    })
 }
 
 #[cfg(test)]
@@ -104,11 +110,19 @@ mod tests {
         tree.insert_pair(b"k", b"v");
         let dir = tempfile::tempdir().expect("tempdir");
         let db = sled::Config::new().temporary(true).open().expect("db");
-        save(dir.path(), &db, &tree, 1, 2).expect("save");
+        let counters = Counters {
+            keys: 1,
+            logical: 2,
+            tombstones: 3,
+        };
+        save(dir.path(), &db, &counters, &tree).expect("save");
         let id = db.get(META_CHECKPOINT).expect("get").expect("marked");
         let bytes = std::fs::read(dir.path().join(FILE)).expect("read");
-        let (loaded, keys, logical) = parse(&bytes, &id).expect("valid checkpoint");
-        assert_eq!((loaded.root(), keys, logical), (tree.root(), 1, 2));
+        let loaded = parse(&bytes, &id).expect("valid checkpoint");
+        assert_eq!(
+            (loaded.tree.root(), loaded.keys, loaded.logical, loaded.tombstones),
+            (tree.root(), 1, 2, 3)
+        );
         assert!(parse(&bytes, b"another-id-16byt").is_none());
         let mut flipped = bytes.clone();
         flipped[HEADER + 3] ^= 1;

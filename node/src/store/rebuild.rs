@@ -32,7 +32,7 @@ pub struct RebuildReport {
     pub disk_bytes_before: u64,
     /// On-disk bytes after.
     pub disk_bytes_after: u64,
-    /// Records copied (data, tree and meta).
+    /// Records copied (data, expiry index and meta; tombstones are dropped).
     pub records: u64,
     /// Generation now live.
     pub generation: u64,
@@ -119,12 +119,15 @@ impl Store {
         }
         let result = self.rebuild_locked(&dir, before.disk_bytes, started);
         self.rebuilding.store(false, Ordering::SeqCst);
-        result
+        let report = result?;
+        // So that a restart after the rebuild opens without a scan.
+        self.checkpoint()?;
+        Ok(report)
     }
 
     fn rebuild_locked(&self, dir: &Path, disk_before: u64, started: Instant) -> Result<RebuildReport> {
         // Wait for the write in flight, if any; new writers see `rebuilding` and back off.
-        let _state = self
+        let mut state = self
             .write
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
@@ -144,6 +147,10 @@ impl Store {
         })?;
         write_current(dir, next)?;
         self.engine.store(Arc::new(reopened));
+        // The copy left the tombstones (and the checkpoint marker) behind.
+        state.tombstones = 0;
+        state.checkpointed = false;
+        self.tombstones.store(0, Ordering::Relaxed);
         // Readers that loaded the old handle finish on it; wait for them (bounded) before
         // its directory goes.
         let deadline = Instant::now() + Duration::from_secs(10);
@@ -174,6 +181,12 @@ fn copy_into(old: &Engine, config: &super::StoreConfig, dir: &Path, generation: 
     let mut in_batch = 0;
     for entry in old.db.iter() {
         let (key, value) = entry?;
+        if value.is_empty() && key.first() == Some(&super::DATA) {
+            continue; // a tombstone
+        }
+        if key == super::META_CHECKPOINT {
+            continue; // describes the old generation's tombstone count
+        }
         batch.insert(key, value);
         in_batch += 1;
         records += 1;

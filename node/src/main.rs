@@ -42,6 +42,11 @@ enum Command {
         /// Also write the results as JSON to this file.
         #[arg(long)]
         json: Option<PathBuf>,
+        /// Run every scenario in this process. By default each scenario runs in a child
+        /// process of its own, so its peak RSS is not inflated by memory the previous
+        /// scenario's allocator kept.
+        #[arg(long)]
+        in_process: bool,
     },
     /// Check a data directory offline: recompute the Merkle root and the counters.
     Verify {
@@ -49,6 +54,45 @@ enum Command {
         #[arg(long)]
         data: PathBuf,
     },
+}
+
+/// Runs each scenario in a child `phoenix-node bench --in-process --scenario X`, whose
+/// output goes straight to ours; returns the children's results as one JSON array.
+fn bench_in_children(options: &BenchOptions) -> anyhow::Result<serde_json::Value> {
+    use clap::ValueEnum;
+    let exe = std::env::current_exe().context("failed to find this program's path")?;
+    let scratch = tempfile::tempdir_in(&options.dir).context("failed to create a scratch dir")?;
+    let mut results = Vec::new();
+    for scenario in &options.scenarios {
+        let name = scenario
+            .to_possible_value()
+            .map(|v| v.get_name().to_string())
+            .context("scenario without a name")?;
+        let json = scratch.path().join(format!("{name}.json"));
+        let mut command = std::process::Command::new(&exe);
+        command
+            .args(["bench", "--in-process", "--scenario", &name])
+            .arg("--scale")
+            .arg(options.scale.to_string())
+            .arg("--seed")
+            .arg(options.seed.to_string())
+            .arg("--dir")
+            .arg(&options.dir)
+            .arg("--json")
+            .arg(&json);
+        if let Some(plot) = &options.plot_dir {
+            command.arg("--plot").arg(plot);
+        }
+        if !options.progress {
+            command.arg("--no-progress");
+        }
+        let status = command.status().context("failed to start a benchmark child")?;
+        anyhow::ensure!(status.success(), "scenario {name} failed ({status})");
+        let text = std::fs::read(&json).with_context(|| format!("scenario {name} wrote no results"))?;
+        let value: serde_json::Value = serde_json::from_slice(&text)?;
+        results.extend(value.as_array().cloned().unwrap_or_default());
+    }
+    Ok(serde_json::Value::Array(results))
 }
 
 fn parse_scale(text: &str) -> Result<f64, String> {
@@ -84,6 +128,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             seed,
             no_progress,
             json,
+            in_process,
         } => {
             let options = BenchOptions {
                 dir: dir.unwrap_or_else(std::env::temp_dir),
@@ -97,8 +142,12 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 progress: !no_progress,
                 seed,
             };
-            let mut stdout = std::io::stdout().lock();
-            let results = bench::run(&options, &mut stdout)?;
+            let results = if options.scenarios.len() > 1 && !in_process {
+                bench_in_children(&options)?
+            } else {
+                let mut stdout = std::io::stdout().lock();
+                serde_json::to_value(bench::run(&options, &mut stdout)?)?
+            };
             if let Some(path) = json {
                 let text = serde_json::to_string_pretty(&results)?;
                 std::fs::write(&path, text)

@@ -466,9 +466,10 @@ fn cache_pressure(options: &BenchOptions, dir: &Path) -> Result<ScenarioResult, 
 }
 
 fn churn(options: &BenchOptions, dir: &Path) -> Result<ScenarioResult, BenchError> {
-    let keys = scaled(options, 50_000);
+    let keys = scaled(options, 100_000);
     let rounds = 8;
-    let cache = 64 * MIB;
+    // ≥ 2× the hot data (100k keys × ~700 B), so the comparison is about layout, not cache.
+    let cache = 256 * MIB;
     let reads = scaled(options, 100_000);
     let store = open(dir, cache)?;
     let mut probe = Probe::load(&store, ProbeConfig::default())?;

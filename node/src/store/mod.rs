@@ -690,6 +690,7 @@ impl Store {
             self.logical.store(logical, Ordering::Relaxed);
             (self.commit.applied(), old.is_none())
         };
+        reclaim_write_garbage();
         self.make_durable(seq)?;
         Ok(Stored {
             created,
@@ -752,6 +753,7 @@ impl Store {
             };
             seq
         };
+        reclaim_write_garbage();
         self.make_durable(seq)?;
         Ok(true)
     }
@@ -1118,6 +1120,15 @@ struct Scanned {
     keys: u64,
     logical: u64,
     tombstones: u64,
+}
+
+/// Frees the page versions this thread's write replaced, now, on the write path.
+///
+/// sled 0.34 retires replaced pages through crossbeam-epoch's default collector, and the
+/// collector runs deferred frees on whichever thread pins next — usually a retrieve. Flushing
+/// the writer's garbage here moves that work off the read path.
+fn reclaim_write_garbage() {
+    crossbeam_epoch::pin().flush();
 }
 
 /// Rebuilds the tree and counters from the leaf hashes stored in the records.

@@ -22,7 +22,6 @@ use serde::Serialize;
 use super::{Engine, Result, Store, StoreError, generation_dir, io};
 
 const CURRENT: &str = "CURRENT";
-const COPY_BATCH: usize = 4096;
 
 /// What a rebuild did.
 #[derive(Clone, Debug, PartialEq, Serialize)]
@@ -173,12 +172,14 @@ impl Store {
     }
 }
 
-/// Copies every record of `old` into a new database `generation`, flushed and closed.
+/// Copies every live record of `old` into a new database `generation`, flushed and closed.
+///
+/// Plain inserts, not batches: the copy needs no atomicity (`CURRENT` switches only after
+/// the flush), and sled 0.34's first `apply_batch` switches a process-wide flag that makes
+/// every later read take a shared lock.
 fn copy_into(old: &Engine, config: &super::StoreConfig, dir: &Path, generation: u64) -> Result<u64> {
     let fresh = Engine::open(dir, config, generation)?;
     let mut records = 0u64;
-    let mut batch = sled::Batch::default();
-    let mut in_batch = 0;
     for entry in old.db.iter() {
         let (key, value) = entry?;
         if value.is_empty() && key.first() == Some(&super::DATA) {
@@ -187,15 +188,9 @@ fn copy_into(old: &Engine, config: &super::StoreConfig, dir: &Path, generation: 
         if key == super::META_CHECKPOINT {
             continue; // describes the old generation's tombstone count
         }
-        batch.insert(key, value);
-        in_batch += 1;
+        fresh.db.insert(key, value)?;
         records += 1;
-        if in_batch == COPY_BATCH {
-            fresh.db.apply_batch(std::mem::take(&mut batch))?;
-            in_batch = 0;
-        }
     }
-    fresh.db.apply_batch(batch)?;
     fresh.db.flush()?;
     Ok(records)
 }

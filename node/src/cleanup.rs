@@ -31,8 +31,6 @@ pub struct CleanupReport {
     pub seconds: f64,
     /// Expired memories removed.
     pub pruned: u64,
-    /// Tombstones of deleted memories dropped (by the rebuild, or purged in place).
-    pub tombstones_dropped: u64,
     /// Whether the database was rebuilt.
     pub rebuilt: bool,
     /// Why it was not, when it was not.
@@ -86,12 +84,10 @@ pub fn run(store: &Store, probe: &mut Probe, options: CleanupOptions) -> Result<
     let baseline_before = probe.baseline();
 
     let pruned = store.prune_expired()?;
-    let tombstones = store.stats()?.tombstones;
     let (rebuild, rebuild_skipped): (Option<RebuildReport>, Option<String>) =
         if options.force_rebuild || store.needs_rebuild()? {
             (Some(store.rebuild()?), None)
         } else {
-            store.purge_tombstones()?;
             let stats = store.stats()?;
             (
                 None,
@@ -118,7 +114,6 @@ pub fn run(store: &Store, probe: &mut Probe, options: CleanupOptions) -> Result<
         started_at_ms,
         seconds: started.elapsed().as_secs_f64(),
         pruned,
-        tombstones_dropped: tombstones.saturating_sub(stats.tombstones),
         rebuilt: rebuild.is_some(),
         rebuild_skipped,
         keys_before: before.keys,
@@ -179,7 +174,6 @@ mod tests {
 
         let report = run(&store, &mut probe, CleanupOptions::default()).expect("cleanup");
         assert_eq!(report.pruned, 100);
-        assert_eq!(report.tombstones_dropped, 100, "pruned memories leave tombstones");
         assert!(report.rebuilt, "{report:?}");
         assert_eq!(report.keys_after, 2000);
         assert!(report.disk_bytes_after < report.disk_bytes_before, "{report:?}");

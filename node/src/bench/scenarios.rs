@@ -271,7 +271,7 @@ fn sustained(options: &BenchOptions, dir: &Path) -> Result<ScenarioResult, Bench
         figures: vec![
             ("retrieve over all windows".into(), format!("p50 {} p99 {} (targets ≤ 3 µs / ≤ 15 µs at 100k keys)", us(all.p50_ns), us(all.p99_ns))),
             ("retrieve alone afterwards".into(), format!("p50 {} p99 {} over {} retrieves with no writes in between", us(reads_alone.p50_ns), us(reads_alone.p99_ns), reads_alone.count)),
-            ("final keys / tombstones / logical / disk".into(), format!("{} / {} / {} / {}", stats.keys, stats.tombstones, mib(stats.logical_bytes), mib(stats.disk_bytes))),
+            ("final keys / logical / disk".into(), format!("{} / {} / {}", stats.keys, mib(stats.logical_bytes), mib(stats.disk_bytes))),
         ],
         peak_rss_bytes: super::peak_rss_bytes(),
     })

@@ -18,8 +18,8 @@ use super::{Counters, META_CHECKPOINT, Result, Scanned, StoreError, io};
 use crate::merkle::{Hash, Tree};
 
 const FILE: &str = "tree.checkpoint";
-const MAGIC: &[u8; 8] = b"PHXTREE2";
-const HEADER: usize = 8 + 16 + 8 + 8 + 8 + 8;
+const MAGIC: &[u8; 8] = b"PHXTREE1";
+const HEADER: usize = 8 + 16 + 8 + 8 + 8;
 const LEAF: usize = 64;
 
 /// Writes the checkpoint file for `tree`, then marks the database as matching it.
@@ -31,7 +31,6 @@ pub(super) fn save(dir: &Path, db: &sled::Db, counters: &Counters, tree: &Tree) 
     bytes.extend_from_slice(&id);
     bytes.extend_from_slice(&counters.keys.to_le_bytes());
     bytes.extend_from_slice(&counters.logical.to_le_bytes());
-    bytes.extend_from_slice(&counters.tombstones.to_le_bytes());
     bytes.extend_from_slice(&(leaves.len() as u64).to_le_bytes());
     for (path, leaf) in &leaves {
         bytes.extend_from_slice(path);
@@ -53,11 +52,23 @@ pub(super) fn save(dir: &Path, db: &sled::Db, counters: &Counters, tree: &Tree) 
     Ok(())
 }
 
-/// The tree and counters from the checkpoint, when it matches the data.
-pub(super) fn load(dir: &Path, db: &sled::Db) -> Result<Option<Scanned>> {
-    let Some(expected_id) = db.get(META_CHECKPOINT)? else {
-        return Ok(None);
-    };
+/// A checkpoint read from its file; usable only if [`Checkpoint::matches`] the database.
+#[derive(Debug)]
+pub(super) struct Checkpoint {
+    id: [u8; 16],
+    pub(super) scanned: Scanned,
+}
+
+impl Checkpoint {
+    /// Whether the database still holds exactly the data this checkpoint describes.
+    pub(super) fn matches(&self, db: &sled::Db) -> Result<bool> {
+        Ok(db.get(META_CHECKPOINT)?.is_some_and(|id| id.as_ref() == self.id))
+    }
+}
+
+/// Reads and checks the checkpoint file, and builds its tree. Needs no database, so it runs
+/// while sled opens; `None` when there is no intact file.
+pub(super) fn read(dir: &Path) -> Result<Option<Checkpoint>> {
     let bytes = match std::fs::read(dir.join(FILE)) {
         Ok(bytes) => bytes,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
@@ -68,22 +79,20 @@ pub(super) fn load(dir: &Path, db: &sled::Db) -> Result<Option<Scanned>> {
             });
         }
     };
-    Ok(parse(&bytes, &expected_id))
+    Ok(parse(&bytes))
 }
 
-fn parse(bytes: &[u8], expected_id: &[u8]) -> Option<Scanned> {
+fn parse(bytes: &[u8]) -> Option<Checkpoint> {
     let body_len = bytes.len().checked_sub(32)?;
     let (body, checksum) = bytes.split_at(body_len);
     if body.len() < HEADER || &body[..8] != MAGIC || blake3::hash(body).as_bytes() != checksum {
         return None;
     }
-    if &body[8..24] != expected_id {
-        return None;
-    }
+    let id: [u8; 16] = body[8..24].try_into().ok()?;
     let word = |at: usize| -> Option<u64> {
         Some(u64::from_le_bytes(body.get(at..at + 8)?.try_into().ok()?))
     };
-    let (keys, logical, tombstones, count) = (word(24)?, word(32)?, word(40)?, word(48)?);
+    let (keys, logical, count) = (word(24)?, word(32)?, word(40)?);
     let leaves_bytes = &body[HEADER..];
     if leaves_bytes.len() as u64 != count.checked_mul(LEAF as u64)? || count != keys {
         return None;
@@ -92,11 +101,12 @@ fn parse(bytes: &[u8], expected_id: &[u8]) -> Option<Scanned> {
         .chunks_exact(LEAF)
         .filter_map(|chunk| Some((chunk[..32].try_into().ok()?, chunk[32..].try_into().ok()?)))
         .collect();
-    Some(Scanned {
-        tree: Tree::from_leaves(leaves),
-        keys,
-        logical,
-        tombstones,
+    Some(Checkpoint {
+        id,
+        scanned: Scanned {
+            tree: Tree::from_leaves(leaves),
+            counters: Counters { keys, logical },
+        },
     })
 }
 
@@ -113,21 +123,20 @@ mod tests {
         let counters = Counters {
             keys: 1,
             logical: 2,
-            tombstones: 3,
         };
         save(dir.path(), &db, &counters, &tree).expect("save");
-        let id = db.get(META_CHECKPOINT).expect("get").expect("marked");
+        let loaded = read(dir.path()).expect("read").expect("valid checkpoint");
+        assert!(loaded.matches(&db).expect("compare"));
+        let scanned = &loaded.scanned;
+        assert_eq!((scanned.tree.root(), scanned.counters), (tree.root(), counters));
+        // A write after the checkpoint removes the marker: the file no longer matches.
+        db.remove(META_CHECKPOINT).expect("remove");
+        assert!(!loaded.matches(&db).expect("compare"));
         let bytes = std::fs::read(dir.path().join(FILE)).expect("read");
-        let loaded = parse(&bytes, &id).expect("valid checkpoint");
-        assert_eq!(
-            (loaded.tree.root(), loaded.keys, loaded.logical, loaded.tombstones),
-            (tree.root(), 1, 2, 3)
-        );
-        assert!(parse(&bytes, b"another-id-16byt").is_none());
         let mut flipped = bytes.clone();
         flipped[HEADER + 3] ^= 1;
-        assert!(parse(&flipped, &id).is_none());
-        assert!(parse(&bytes[..bytes.len() - 1], &id).is_none());
-        assert!(parse(&[], &id).is_none());
+        assert!(parse(&flipped).is_none());
+        assert!(parse(&bytes[..bytes.len() - 1]).is_none());
+        assert!(parse(&[]).is_none());
     }
 }

@@ -6,7 +6,7 @@
 //!
 //! | prefix | key | value |
 //! |---|---|---|
-//! | `d` | user key | expiry (unix ms, big-endian u64, 0 = none), leaf hash (32), value; or empty: a tombstone |
+//! | `d` | user key | expiry (unix ms, big-endian u64, 0 = none), leaf hash (32), value |
 //! | `e` | expiry (big-endian u64) then user key | empty: the expiry index prune walks |
 //! | `x` | meta name | format, checkpoint id, probe baseline, last cleanup |
 //!
@@ -17,12 +17,12 @@
 //! records. Writes are serialised by one mutex (the tree must see them in order); reads
 //! never take it.
 //!
-//! A delete leaves an empty record (a tombstone) instead of removing the key. Removing keys
-//! shrinks sled's leaf nodes until they merge, and sled 0.34 performs merges cooperatively
-//! on whichever operation walks past the node next — often a retrieve. Measured: with 15%
-//! deletes in the mix, retrieve p99 went from ~4 µs to ~27 µs. Tombstones keep that work
-//! off the read path; cleanup drops them (a rebuild does not copy them, otherwise they are
-//! purged in place).
+//! sled 0.34 does two kinds of maintenance on whichever operation comes next, which is
+//! usually a retrieve: freeing replaced pages (crossbeam-epoch's deferred frees) and
+//! merging leaves that deletes left under-full. Writes here do both before they return
+//! ([`reclaim_write_garbage`], and a lookup of a deleted key that walks its leaf), so
+//! retrieves do not. Measured in the sustained benchmark: retrieve p99 ~28 µs without,
+//! ~3–6 µs with.
 //!
 //! A database lives in `DATA_DIR/gen-N`; `DATA_DIR/CURRENT` names the live generation. A
 //! rebuild copies the live generation into `gen-(N+1)`, reopens it, switches `CURRENT`
@@ -335,8 +335,6 @@ pub struct Stats {
     pub keys: u64,
     /// Sum of key and value lengths.
     pub logical_bytes: u64,
-    /// Deleted keys whose tombstones cleanup has not dropped yet.
-    pub tombstones: u64,
     /// Bytes the database occupies on disk.
     pub disk_bytes: u64,
     /// Configured cache capacity.
@@ -439,7 +437,6 @@ struct WriteState {
     tree: Tree,
     keys: u64,
     logical: u64,
-    tombstones: u64,
     /// The data matches the checkpoint file (`META_CHECKPOINT` is present).
     checkpointed: bool,
     /// A uniform sample of stored keys for the latency probe (reservoir sampling).
@@ -473,7 +470,6 @@ pub struct Store {
     rebuilding: AtomicBool,
     keys: AtomicU64,
     logical: AtomicU64,
-    tombstones: AtomicU64,
     commit: GroupCommit,
 }
 
@@ -489,7 +485,14 @@ impl Store {
         let started = std::time::Instant::now();
         let generation = rebuild::current_generation(&config.path)?;
         rebuild::remove_stale_generations(&config.path, generation)?;
-        let engine = Engine::open(&config.path, &config, generation)?;
+        // Read the tree checkpoint while sled opens; both take a few hundred ms at 1M keys.
+        let (engine, checkpoint) = std::thread::scope(|scope| {
+            let reader = scope.spawn(|| checkpoint::read(&config.path));
+            let engine = Engine::open(&config.path, &config, generation);
+            // A reader that panicked leaves no checkpoint: the scan below recovers.
+            (engine, reader.join().unwrap_or(Ok(None)))
+        });
+        let engine = engine?;
         let engine_opened = started.elapsed();
         match engine.db.get(META_FORMAT)? {
             Some(format) if format.as_ref() != FORMAT_VERSION => {
@@ -503,20 +506,21 @@ impl Store {
                 engine.db.insert(META_FORMAT, FORMAT_VERSION)?;
             }
         }
-        let loaded = checkpoint::load(&config.path, &engine.db)?;
+        let loaded = match checkpoint? {
+            Some(checkpoint) if checkpoint.matches(&engine.db)? => Some(checkpoint.scanned),
+            _ => None,
+        };
         let recovered = loaded.is_none();
         let Scanned {
             tree,
-            keys,
-            logical,
-            tombstones,
+            counters: Counters { keys, logical },
         } = match loaded {
             Some(loaded) => loaded,
             None => scan_tree(&engine.db)?,
         };
         tracing::debug!(
             ?engine_opened,
-            tree_loaded = ?started.elapsed() - engine_opened,
+            tree_ready = ?started.elapsed() - engine_opened,
             from_checkpoint = !recovered,
             keys,
             "store opened"
@@ -527,7 +531,6 @@ impl Store {
                 tree,
                 keys,
                 logical,
-                tombstones,
                 checkpointed: !recovered,
                 sample: Vec::new(),
                 sampled_inserts: 0,
@@ -536,7 +539,6 @@ impl Store {
             rebuilding: AtomicBool::new(false),
             keys: AtomicU64::new(keys),
             logical: AtomicU64::new(logical),
-            tombstones: AtomicU64::new(tombstones),
             commit: GroupCommit::default(),
             config,
         };
@@ -574,7 +576,6 @@ impl Store {
             &Counters {
                 keys: state.keys,
                 logical: state.logical,
-                tombstones: state.tombstones,
             },
             &state.tree,
         )?;
@@ -664,12 +665,6 @@ impl Store {
             }
             let old = engine.db.insert(prefixed(DATA, key), record)?;
             let added = (key.len() + value.len()) as u64;
-            let was_tombstone = old.as_ref().is_some_and(|o| o.is_empty());
-            if was_tombstone {
-                state.tombstones -= 1;
-                self.tombstones.store(state.tombstones, Ordering::Relaxed);
-            }
-            let old = old.filter(|o| !o.is_empty());
             let (keys, logical) = match &old {
                 Some(old) => {
                     if let Some(at) = record_expiry(old).filter(|at| *at != expires_at) {
@@ -726,9 +721,6 @@ impl Store {
         let Some(record) = get_data(&engine.db, key)? else {
             return Ok(None);
         };
-        if record.is_empty() {
-            return Ok(None);
-        }
         if record.len() < RECORD_HEADER {
             return Err(StoreError::Corrupt("record shorter than its header".into()));
         }
@@ -763,12 +755,12 @@ impl Store {
         let engine = self.engine.load();
         self.invalidate_checkpoint(state, &engine)?;
         let data_key = prefixed(DATA, key);
-        let Some(old) = engine.db.get(&data_key)?.filter(|o| !o.is_empty()) else {
+        let Some(old) = engine.db.remove(&data_key)? else {
             return Ok(None);
         };
-        engine.db.insert(data_key, &[][..])?;
-        state.tombstones += 1;
-        self.tombstones.store(state.tombstones, Ordering::Relaxed);
+        // Walk the key's leaf now, so that a merge the removal made due happens here and
+        // not on the next retrieve that passes (sled merges cooperatively).
+        engine.db.get(&data_key)?;
         if let Some(at) = record_expiry(&old) {
             engine.db.remove(expiry_key(at, key))?;
         }
@@ -800,9 +792,6 @@ impl Store {
             let (key, record) = entry?;
             if !key.starts_with(&full_prefix) {
                 break;
-            }
-            if record.is_empty() {
-                continue;
             }
             let expires_at_ms = record_expiry(&record);
             if expires_at_ms.is_some_and(|at| at <= now) {
@@ -855,7 +844,6 @@ impl Store {
         Ok(Stats {
             keys: self.keys.load(Ordering::Relaxed),
             logical_bytes: self.logical.load(Ordering::Relaxed),
-            tombstones: self.tombstones.load(Ordering::Relaxed),
             disk_bytes: self.engine.load().db.size_on_disk()?,
             cache_capacity_bytes: self.config.cache_capacity,
         })
@@ -908,51 +896,6 @@ impl Store {
         Ok(pruned)
     }
 
-    /// Removes the tombstones deletes left (in place; a rebuild drops them too). Returns
-    /// how many.
-    ///
-    /// # Errors
-    /// [`StoreError::Busy`] during a rebuild swap, engine errors.
-    pub fn purge_tombstones(&self) -> Result<u64> {
-        let mut purged = 0;
-        let mut from = vec![DATA];
-        loop {
-            // Find a chunk without the lock, then remove what is still a tombstone with it.
-            let engine = self.engine.load();
-            let mut found = Vec::with_capacity(1024);
-            let mut scanned = 0;
-            let mut next_from = None;
-            for entry in engine.db.range(from.clone()..vec![DATA + 1]) {
-                let (key, record) = entry?;
-                scanned += 1;
-                if record.is_empty() {
-                    found.push(key.to_vec());
-                }
-                if scanned == 16 * 1024 {
-                    next_from = Some(key.to_vec());
-                    break;
-                }
-            }
-            drop(engine);
-            if !found.is_empty() {
-                let mut state = self.lock_write()?;
-                let engine = self.engine.load();
-                for key in &found {
-                    if engine.db.get(key)?.is_some_and(|r| r.is_empty()) {
-                        engine.db.remove(key)?;
-                        state.tombstones -= 1;
-                        purged += 1;
-                    }
-                }
-                self.tombstones.store(state.tombstones, Ordering::Relaxed);
-            }
-            match next_from {
-                Some(key) => from = key,
-                None => return Ok(purged),
-            }
-        }
-    }
-
     /// Makes every applied write durable.
     ///
     /// # Errors
@@ -977,13 +920,8 @@ impl Store {
         let engine = self.engine.load();
         let mut leaves = Vec::with_capacity(usize::try_from(state.keys).unwrap_or(0));
         let mut logical = 0u64;
-        let mut tombstones = 0u64;
         for entry in engine.db.scan_prefix([DATA]) {
             let (key, record) = entry?;
-            if record.is_empty() {
-                tombstones += 1;
-                continue;
-            }
             let value = record
                 .get(RECORD_HEADER..)
                 .ok_or_else(|| StoreError::Corrupt("record shorter than its header".into()))?;
@@ -995,9 +933,7 @@ impl Store {
             keys,
             computed_root: merkle::compute_root(leaves),
             stored_root: state.tree.root(),
-            counters_match: keys == state.keys
-                && logical == state.logical
-                && tombstones == state.tombstones,
+            counters_match: keys == state.keys && logical == state.logical,
         })
     }
 
@@ -1042,10 +978,7 @@ impl Store {
         let mut seen = 0u64;
         let engine = self.engine.load();
         for entry in engine.db.scan_prefix([DATA]) {
-            let (key, record) = entry?;
-            if record.is_empty() {
-                continue;
-            }
+            let (key, _) = entry?;
             seen += 1;
             if sample.len() < SAMPLE_CAPACITY {
                 sample.push(key[1..].to_vec());
@@ -1110,16 +1043,13 @@ impl Store {
 struct Counters {
     keys: u64,
     logical: u64,
-    tombstones: u64,
 }
 
 /// The tree and counters, as loaded at open.
 #[derive(Debug)]
 struct Scanned {
     tree: Tree,
-    keys: u64,
-    logical: u64,
-    tombstones: u64,
+    counters: Counters,
 }
 
 /// Frees the page versions this thread's write replaced, now, on the write path.
@@ -1135,23 +1065,19 @@ fn reclaim_write_garbage() {
 fn scan_tree(db: &sled::Db) -> Result<Scanned> {
     let mut leaves = Vec::new();
     let mut logical = 0u64;
-    let mut tombstones = 0u64;
     for entry in db.scan_prefix([DATA]) {
         let (key, record) = entry?;
-        if record.is_empty() {
-            tombstones += 1;
-            continue;
-        }
         let leaf = record_leaf(&record)
             .ok_or_else(|| StoreError::Corrupt("record shorter than its header".into()))?;
         logical += (key.len() - 1 + record.len() - RECORD_HEADER) as u64;
         leaves.push((merkle::key_path(&key[1..]), leaf));
     }
     Ok(Scanned {
-        keys: leaves.len() as u64,
+        counters: Counters {
+            keys: leaves.len() as u64,
+            logical,
+        },
         tree: Tree::from_leaves(leaves),
-        logical,
-        tombstones,
     })
 }
 

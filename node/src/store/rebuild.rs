@@ -31,7 +31,7 @@ pub struct RebuildReport {
     pub disk_bytes_before: u64,
     /// On-disk bytes after.
     pub disk_bytes_after: u64,
-    /// Records copied (data, expiry index and meta; tombstones are dropped).
+    /// Records copied (data, expiry index and meta).
     pub records: u64,
     /// Generation now live.
     pub generation: u64,
@@ -146,10 +146,8 @@ impl Store {
         })?;
         write_current(dir, next)?;
         self.engine.store(Arc::new(reopened));
-        // The copy left the tombstones (and the checkpoint marker) behind.
-        state.tombstones = 0;
+        // The copy left the checkpoint marker behind (see `copy_into`).
         state.checkpointed = false;
-        self.tombstones.store(0, Ordering::Relaxed);
         // Readers that loaded the old handle finish on it; wait for them (bounded) before
         // its directory goes.
         let deadline = Instant::now() + Duration::from_secs(10);
@@ -172,7 +170,7 @@ impl Store {
     }
 }
 
-/// Copies every live record of `old` into a new database `generation`, flushed and closed.
+/// Copies every record of `old` into a new database `generation`, flushed and closed.
 ///
 /// Plain inserts, not batches: the copy needs no atomicity (`CURRENT` switches only after
 /// the flush), and sled 0.34's first `apply_batch` switches a process-wide flag that makes
@@ -182,11 +180,9 @@ fn copy_into(old: &Engine, config: &super::StoreConfig, dir: &Path, generation: 
     let mut records = 0u64;
     for entry in old.db.iter() {
         let (key, value) = entry?;
-        if value.is_empty() && key.first() == Some(&super::DATA) {
-            continue; // a tombstone
-        }
         if key == super::META_CHECKPOINT {
-            continue; // describes the old generation's tombstone count
+            // The checkpoint is re-taken for the new generation once it is live.
+            continue;
         }
         fresh.db.insert(key, value)?;
         records += 1;

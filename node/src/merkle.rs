@@ -324,6 +324,79 @@ impl Tree {
         out
     }
 
+    /// Appends the tree in pre-order: a leaf as `0, path, hash` (65 bytes), a branch as
+    /// `1, depth, hash` (34 bytes) followed by its left and right sub-trees. Hashes are
+    /// stored, so [`Tree::decode`] rebuilds the tree without rehashing.
+    pub fn encode(&self, out: &mut Vec<u8>) {
+        let mut stack: Vec<u32> = self.root.into_iter().collect();
+        while let Some(index) = stack.pop() {
+            match self.node(index) {
+                Node::Leaf { path, hash } => {
+                    out.push(0);
+                    out.extend_from_slice(path);
+                    out.extend_from_slice(hash);
+                }
+                Node::Branch {
+                    depth,
+                    children,
+                    hash,
+                } => {
+                    out.extend_from_slice(&[1, *depth]);
+                    out.extend_from_slice(hash);
+                    stack.push(children[1]);
+                    stack.push(children[0]);
+                }
+                Node::Free => {}
+            }
+        }
+    }
+
+    /// Rebuilds a tree from [`Tree::encode`]'s output; `None` when the bytes are not a
+    /// well-formed encoding (wrong tags, depths not increasing downwards, trailing bytes).
+    pub fn decode(bytes: &[u8]) -> Option<Tree> {
+        let mut tree = Tree::new();
+        if bytes.is_empty() {
+            return Some(tree);
+        }
+        let mut at = 0;
+        let root = tree.decode_node(bytes, &mut at, None)?;
+        if at != bytes.len() {
+            return None;
+        }
+        tree.root = Some(root);
+        Some(tree)
+    }
+
+    fn decode_node(&mut self, bytes: &[u8], at: &mut usize, above: Option<u8>) -> Option<u32> {
+        match *bytes.get(*at)? {
+            0 => {
+                let path: Hash = bytes.get(*at + 1..*at + 33)?.try_into().ok()?;
+                let hash: Hash = bytes.get(*at + 33..*at + 65)?.try_into().ok()?;
+                *at += 65;
+                self.leaves += 1;
+                Some(self.alloc(Node::Leaf { path, hash }))
+            }
+            1 => {
+                let depth = *bytes.get(*at + 1)?;
+                if above.is_some_and(|d| d >= depth) {
+                    return None;
+                }
+                let hash: Hash = bytes.get(*at + 2..*at + 34)?.try_into().ok()?;
+                *at += 34;
+                let index = self.alloc(Node::Free);
+                let left = self.decode_node(bytes, at, Some(depth))?;
+                let right = self.decode_node(bytes, at, Some(depth))?;
+                self.nodes[index as usize] = Node::Branch {
+                    depth,
+                    children: [left, right],
+                    hash,
+                };
+                Some(index)
+            }
+            _ => None,
+        }
+    }
+
     /// Inserts or replaces `key` with `value` (hashing both).
     pub fn insert_pair(&mut self, key: &[u8], value: &[u8]) {
         self.insert(key_path(key), leaf_hash(key, value));
@@ -504,6 +577,16 @@ mod tests {
         }
         let bulk = Tree::from_leaves(leaves.clone());
         assert_eq!(bulk.root(), incremental.root());
+        let mut encoded = Vec::new();
+        incremental.encode(&mut encoded);
+        let decoded = Tree::decode(&encoded).expect("decodes");
+        assert_eq!((decoded.root(), decoded.len()), (incremental.root(), 500));
+        assert_eq!(decoded.leaves(), incremental.leaves());
+        assert!(Tree::decode(&encoded[..encoded.len() - 1]).is_none());
+        let mut bad_tag = encoded.clone();
+        bad_tag[0] = 7;
+        assert!(Tree::decode(&bad_tag).is_none());
+        assert!(Tree::decode(&[]).expect("empty").is_empty());
         assert_eq!(bulk.len(), 500);
         leaves.sort();
         assert_eq!(incremental.leaves(), leaves);

@@ -1,7 +1,8 @@
 //! Checkpoints of the Merkle tree's leaves, so an open does not rescan the data.
 //!
 //! The file `DATA_DIR/tree.checkpoint` holds a random id, the key count, logical bytes and
-//! every (path, leaf hash) in path order, followed by a blake3 checksum. It is trusted only
+//! the tree with its hashes ([`Tree::encode`]), followed by a blake3 checksum, so loading
+//! it hashes nothing but the checksum. It is trusted only
 //! when the database's `META_CHECKPOINT` record holds the same id: that record is written
 //! after the file is durable, and the first write after a checkpoint removes it in the
 //! same atomic batch as the data. sled recovers a prefix of its log, so if any later write
@@ -15,27 +16,21 @@ use std::io::Write;
 use std::path::Path;
 
 use super::{Counters, META_CHECKPOINT, Result, Scanned, StoreError, io};
-use crate::merkle::{Hash, Tree};
+use crate::merkle::Tree;
 
 const FILE: &str = "tree.checkpoint";
-const MAGIC: &[u8; 8] = b"PHXTREE1";
-const HEADER: usize = 8 + 16 + 8 + 8 + 8;
-const LEAF: usize = 64;
+const MAGIC: &[u8; 8] = b"PHXTREE2";
+const HEADER: usize = 8 + 16 + 8 + 8;
 
 /// Writes the checkpoint file for `tree`, then marks the database as matching it.
 pub(super) fn save(dir: &Path, db: &sled::Db, counters: &Counters, tree: &Tree) -> Result<()> {
     let id: [u8; 16] = fastrand::u128(..).to_le_bytes();
-    let leaves = tree.leaves();
-    let mut bytes = Vec::with_capacity(HEADER + leaves.len() * LEAF + 32);
+    let mut bytes = Vec::with_capacity(HEADER + tree.len() * 100 + 32);
     bytes.extend_from_slice(MAGIC);
     bytes.extend_from_slice(&id);
     bytes.extend_from_slice(&counters.keys.to_le_bytes());
     bytes.extend_from_slice(&counters.logical.to_le_bytes());
-    bytes.extend_from_slice(&(leaves.len() as u64).to_le_bytes());
-    for (path, leaf) in &leaves {
-        bytes.extend_from_slice(path);
-        bytes.extend_from_slice(leaf);
-    }
+    tree.encode(&mut bytes);
     let checksum = blake3::hash(&bytes);
     bytes.extend_from_slice(checksum.as_bytes());
 
@@ -92,19 +87,15 @@ fn parse(bytes: &[u8]) -> Option<Checkpoint> {
     let word = |at: usize| -> Option<u64> {
         Some(u64::from_le_bytes(body.get(at..at + 8)?.try_into().ok()?))
     };
-    let (keys, logical, count) = (word(24)?, word(32)?, word(40)?);
-    let leaves_bytes = &body[HEADER..];
-    if leaves_bytes.len() as u64 != count.checked_mul(LEAF as u64)? || count != keys {
+    let (keys, logical) = (word(24)?, word(32)?);
+    let tree = Tree::decode(&body[HEADER..])?;
+    if tree.len() as u64 != keys {
         return None;
     }
-    let leaves: Vec<(Hash, Hash)> = leaves_bytes
-        .chunks_exact(LEAF)
-        .filter_map(|chunk| Some((chunk[..32].try_into().ok()?, chunk[32..].try_into().ok()?)))
-        .collect();
     Some(Checkpoint {
         id,
         scanned: Scanned {
-            tree: Tree::from_leaves(leaves),
+            tree,
             counters: Counters { keys, logical },
         },
     })

@@ -6,15 +6,15 @@
 //!
 //! | prefix | key | value |
 //! |---|---|---|
-//! | `d` | user key | expiry (unix ms, big-endian u64, 0 = none), leaf hash (32), value |
+//! | `d` | user key | a flag byte (1: an expiry follows), the expiry (unix ms, big-endian u64) when flagged, the value |
 //! | `e` | expiry (big-endian u64) then user key | empty: the expiry index prune walks |
 //! | `x` | meta name | format, checkpoint id, probe baseline, last cleanup |
 //!
 //! A retrieve is one point lookup of the `d` record. The Merkle tree ([`Tree`]) is derived
 //! state held in memory: a write rehashes one path of it and adds no I/O. At open it is
-//! loaded from a checkpoint of its leaves when the data has not changed since that
-//! checkpoint (see [`checkpoint`]), and otherwise rebuilt from the leaf hashes stored in the
-//! records. Writes are serialised by one mutex (the tree must see them in order); reads
+//! loaded from a checkpoint when the data has not changed since that checkpoint (see
+//! [`checkpoint`]), and otherwise rebuilt by hashing the records. Records carry one byte of
+//! overhead (nine with an expiry), so disk stays close to the logical bytes. Writes are serialised by one mutex (the tree must see them in order); reads
 //! never take it.
 //!
 //! sled 0.34 does two kinds of maintenance on whichever operation comes next, which is
@@ -53,10 +53,10 @@ const META_FORMAT: &[u8] = b"xformat";
 /// Present (holding the checkpoint's id) only while the data is exactly what the
 /// checkpoint file describes; the first write after a checkpoint removes it atomically.
 const META_CHECKPOINT: &[u8] = b"xcheckpoint";
-const FORMAT_VERSION: &[u8] = b"phoenix-store-2";
+const FORMAT_VERSION: &[u8] = b"phoenix-store-3";
 
-const EXPIRY_BYTES: usize = 8;
-const RECORD_HEADER: usize = EXPIRY_BYTES + 32;
+const RECORD_PLAIN: u8 = 0;
+const RECORD_EXPIRES: u8 = 1;
 const LONGEST_TTL: Duration = Duration::from_secs(100 * 365 * 24 * 3600);
 const SAMPLE_CAPACITY: usize = 4096;
 const LOCK_WAIT: Duration = Duration::from_secs(10);
@@ -279,7 +279,8 @@ pub struct Value {
 impl Value {
     /// The stored bytes.
     pub fn as_bytes(&self) -> &[u8] {
-        &self.record[RECORD_HEADER..]
+        // Checked when the value was read.
+        record_value(&self.record).unwrap_or_default()
     }
 
     /// When the memory expires (unix ms), if it does.
@@ -288,13 +289,42 @@ impl Value {
     }
 }
 
-fn record_expiry(record: &[u8]) -> Option<u64> {
-    let header: [u8; EXPIRY_BYTES] = record.get(..EXPIRY_BYTES)?.try_into().ok()?;
-    Some(u64::from_be_bytes(header)).filter(|at| *at != 0)
+/// A `d` record: the flag, the expiry if any (`0` means none), the value.
+fn encode_record(expires_at: u64, value: &[u8]) -> Vec<u8> {
+    let mut record = Vec::with_capacity(9 + value.len());
+    if expires_at == 0 {
+        record.push(RECORD_PLAIN);
+    } else {
+        record.push(RECORD_EXPIRES);
+        record.extend_from_slice(&expires_at.to_be_bytes());
+    }
+    record.extend_from_slice(value);
+    record
 }
 
-fn record_leaf(record: &[u8]) -> Option<Hash> {
-    record.get(EXPIRY_BYTES..RECORD_HEADER)?.try_into().ok()
+/// Length of a record's header, `None` for a malformed record.
+fn record_header(record: &[u8]) -> Option<usize> {
+    match *record.first()? {
+        RECORD_PLAIN => Some(1),
+        RECORD_EXPIRES if record.len() >= 9 => Some(9),
+        _ => None,
+    }
+}
+
+fn record_value(record: &[u8]) -> Option<&[u8]> {
+    record.get(record_header(record)?..)
+}
+
+fn record_expiry(record: &[u8]) -> Option<u64> {
+    if record.first() != Some(&RECORD_EXPIRES) {
+        return None;
+    }
+    let bytes: [u8; 8] = record.get(1..9)?.try_into().ok()?;
+    Some(u64::from_be_bytes(bytes))
+}
+
+fn corrupt_record() -> StoreError {
+    StoreError::Corrupt("a record does not decode".into())
 }
 
 /// Outcome of a store.
@@ -649,10 +679,7 @@ impl Store {
                 .saturating_add(u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX)),
         };
         let leaf = merkle::leaf_hash(key, value);
-        let mut record = Vec::with_capacity(RECORD_HEADER + value.len());
-        record.extend_from_slice(&expires_at.to_be_bytes());
-        record.extend_from_slice(&leaf);
-        record.extend_from_slice(value);
+        let record = encode_record(expires_at, value);
 
         let (seq, created) = {
             let mut state = self.lock_write()?;
@@ -670,7 +697,7 @@ impl Store {
                     if let Some(at) = record_expiry(old).filter(|at| *at != expires_at) {
                         engine.db.remove(expiry_key(at, key))?;
                     }
-                    let old_len = (key.len() + old.len().saturating_sub(RECORD_HEADER)) as u64;
+                    let old_len = (key.len() + record_value(old).map_or(0, <[u8]>::len)) as u64;
                     (state.keys, state.logical.saturating_sub(old_len) + added)
                 }
                 None => (state.keys + 1, state.logical + added),
@@ -721,8 +748,8 @@ impl Store {
         let Some(record) = get_data(&engine.db, key)? else {
             return Ok(None);
         };
-        if record.len() < RECORD_HEADER {
-            return Err(StoreError::Corrupt("record shorter than its header".into()));
+        if record_header(&record).is_none() {
+            return Err(corrupt_record());
         }
         if let Some(at) = record_expiry(&record)
             && at <= self.config.clock.now_ms()
@@ -764,7 +791,7 @@ impl Store {
         if let Some(at) = record_expiry(&old) {
             engine.db.remove(expiry_key(at, key))?;
         }
-        let old_len = (key.len() + old.len().saturating_sub(RECORD_HEADER)) as u64;
+        let old_len = (key.len() + record_value(&old).map_or(0, <[u8]>::len)) as u64;
         state.keys = state.keys.saturating_sub(1);
         state.logical = state.logical.saturating_sub(old_len);
         if !state.tree.remove(&merkle::key_path(key)) {
@@ -803,7 +830,7 @@ impl Store {
             }
             page.items.push(Listed {
                 key: key[1..].to_vec(),
-                value_bytes: record.len().saturating_sub(RECORD_HEADER),
+                value_bytes: record_value(&record).map_or(0, <[u8]>::len),
                 expires_at_ms,
             });
         }
@@ -922,9 +949,7 @@ impl Store {
         let mut logical = 0u64;
         for entry in engine.db.scan_prefix([DATA]) {
             let (key, record) = entry?;
-            let value = record
-                .get(RECORD_HEADER..)
-                .ok_or_else(|| StoreError::Corrupt("record shorter than its header".into()))?;
+            let value = record_value(&record).ok_or_else(corrupt_record)?;
             logical += (key.len() - 1 + value.len()) as u64;
             leaves.push((merkle::key_path(&key[1..]), merkle::leaf_hash(&key[1..], value)));
         }
@@ -1067,10 +1092,12 @@ fn scan_tree(db: &sled::Db) -> Result<Scanned> {
     let mut logical = 0u64;
     for entry in db.scan_prefix([DATA]) {
         let (key, record) = entry?;
-        let leaf = record_leaf(&record)
-            .ok_or_else(|| StoreError::Corrupt("record shorter than its header".into()))?;
-        logical += (key.len() - 1 + record.len() - RECORD_HEADER) as u64;
-        leaves.push((merkle::key_path(&key[1..]), leaf));
+        let value = record_value(&record).ok_or_else(corrupt_record)?;
+        logical += (key.len() - 1 + value.len()) as u64;
+        leaves.push((
+            merkle::key_path(&key[1..]),
+            merkle::leaf_hash(&key[1..], value),
+        ));
     }
     Ok(Scanned {
         counters: Counters {

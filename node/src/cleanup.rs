@@ -153,12 +153,18 @@ mod tests {
         let store = Store::open(config).expect("open");
         for round in 0..4u8 {
             for i in 0..2000u32 {
-                store.store(&i.to_be_bytes(), &[round; 300], None).expect("store");
+                store
+                    .store(&i.to_be_bytes(), &[round; 300], None)
+                    .expect("store");
             }
         }
         for i in 0..100u32 {
             store
-                .store(format!("tmp-{i}").as_bytes(), b"short-lived", Some(Duration::from_secs(5)))
+                .store(
+                    format!("tmp-{i}").as_bytes(),
+                    b"short-lived",
+                    Some(Duration::from_secs(5)),
+                )
                 .expect("store");
         }
         let mut probe = Probe::load(&store, ProbeConfig::default()).expect("probe");
@@ -176,18 +182,36 @@ mod tests {
         assert_eq!(report.pruned, 100);
         assert!(report.rebuilt, "{report:?}");
         assert_eq!(report.keys_after, 2000);
-        assert!(report.disk_bytes_after < report.disk_bytes_before, "{report:?}");
+        assert!(
+            report.disk_bytes_after < report.disk_bytes_before,
+            "{report:?}"
+        );
         assert!(report.ratio_before.is_some() && report.ratio_after.is_some());
         assert_eq!(store.root(), live_root);
         assert!(store.verify().expect("verify").ok());
         for i in 0..2000u32 {
-            let value = store.retrieve(&i.to_be_bytes()).expect("get").expect("kept");
+            let value = store
+                .retrieve(&i.to_be_bytes())
+                .expect("get")
+                .expect("kept");
             assert_eq!(value.as_bytes(), &[3u8; 300]);
         }
-        let last = CleanupReport::last(&store).expect("meta").expect("recorded");
+        let last = CleanupReport::last(&store)
+            .expect("meta")
+            .expect("recorded");
         assert_eq!(
-            (last.started_at_ms, last.pruned, last.rebuilt, last.disk_bytes_after),
-            (report.started_at_ms, report.pruned, report.rebuilt, report.disk_bytes_after)
+            (
+                last.started_at_ms,
+                last.pruned,
+                last.rebuilt,
+                last.disk_bytes_after
+            ),
+            (
+                report.started_at_ms,
+                report.pruned,
+                report.rebuilt,
+                report.disk_bytes_after
+            )
         );
     }
 

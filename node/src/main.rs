@@ -86,9 +86,12 @@ fn bench_in_children(options: &BenchOptions) -> anyhow::Result<serde_json::Value
         if !options.progress {
             command.arg("--no-progress");
         }
-        let status = command.status().context("failed to start a benchmark child")?;
+        let status = command
+            .status()
+            .context("failed to start a benchmark child")?;
         anyhow::ensure!(status.success(), "scenario {name} failed ({status})");
-        let text = std::fs::read(&json).with_context(|| format!("scenario {name} wrote no results"))?;
+        let text =
+            std::fs::read(&json).with_context(|| format!("scenario {name} wrote no results"))?;
         let value: serde_json::Value = serde_json::from_slice(&text)?;
         results.extend(value.as_array().cloned().unwrap_or_default());
     }
@@ -96,7 +99,9 @@ fn bench_in_children(options: &BenchOptions) -> anyhow::Result<serde_json::Value
 }
 
 fn parse_scale(text: &str) -> Result<f64, String> {
-    let scale: f64 = text.parse().map_err(|_| format!("{text:?} is not a number"))?;
+    let scale: f64 = text
+        .parse()
+        .map_err(|_| format!("{text:?} is not a number"))?;
     if scale.is_finite() && (0.0001..=10.0).contains(&scale) {
         Ok(scale)
     } else {
@@ -157,7 +162,10 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Command::Verify { data } => {
             if !data.join("CURRENT").exists() {
-                anyhow::bail!("{} is not a phoenix-node data directory (no CURRENT)", data.display());
+                anyhow::bail!(
+                    "{} is not a phoenix-node data directory (no CURRENT)",
+                    data.display()
+                );
             }
             let store = Store::open(StoreConfig::new(&data))
                 .with_context(|| format!("failed to open {}", data.display()))?;

@@ -64,8 +64,15 @@ fn first_difference(a: &Hash, b: &Hash) -> Option<u8> {
 /// A node of the arena. Children are arena indices.
 #[derive(Clone, Copy, Debug)]
 enum Node {
-    Leaf { path: Hash, hash: Hash },
-    Branch { depth: u8, children: [u32; 2], hash: Hash },
+    Leaf {
+        path: Hash,
+        hash: Hash,
+    },
+    Branch {
+        depth: u8,
+        children: [u32; 2],
+        hash: Hash,
+    },
     Free,
 }
 
@@ -98,7 +105,7 @@ impl Tree {
 
     /// The tree holding exactly `leaves` (path, leaf hash); duplicate paths keep one.
     pub fn from_leaves(mut leaves: Vec<(Hash, Hash)>) -> Tree {
-        leaves.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+        leaves.sort_unstable_by_key(|leaf| leaf.0);
         leaves.dedup_by(|a, b| a.0 == b.0);
         let mut tree = Tree {
             nodes: Vec::with_capacity(leaves.len().saturating_mul(2)),
@@ -454,29 +461,10 @@ pub fn verify_proof(root: &Hash, key: &[u8], value: &[u8], proof: &Proof) -> boo
     &hash == root
 }
 
-/// The root of the tree holding exactly `leaves` (path, leaf hash), computed from scratch.
-/// Used by offline verification and tests; `O(n log n)`.
-pub fn compute_root(mut leaves: Vec<(Hash, Hash)>) -> Hash {
-    leaves.sort_unstable_by(|a, b| a.0.cmp(&b.0));
-    leaves.dedup_by(|a, b| a.0 == b.0);
-    if leaves.is_empty() {
-        return EMPTY_ROOT;
-    }
-    subtree_hash(&leaves)
-}
-
-fn subtree_hash(leaves: &[(Hash, Hash)]) -> Hash {
-    let (first, last) = (&leaves[0], &leaves[leaves.len() - 1]);
-    let Some(depth) = first_difference(&first.0, &last.0) else {
-        return first.1;
-    };
-    // Sorted, so the first and last paths share exactly the prefix all of them share.
-    let split = leaves.partition_point(|(p, _)| bit(p, depth) == 0);
-    branch_hash(
-        depth,
-        &subtree_hash(&leaves[..split]),
-        &subtree_hash(&leaves[split..]),
-    )
+/// The root of the tree holding exactly `leaves` (path, leaf hash), computed from scratch
+/// (bulk build, no incremental updates). Used by offline verification and tests.
+pub fn compute_root(leaves: Vec<(Hash, Hash)>) -> Hash {
+    Tree::from_leaves(leaves).root()
 }
 
 /// Hex (de)serialisation of hashes for JSON.
@@ -573,7 +561,10 @@ mod tests {
         let mut leaves = Vec::new();
         for i in 0..500u32 {
             incremental.insert_pair(&i.to_be_bytes(), &i.to_le_bytes());
-            leaves.push((key_path(&i.to_be_bytes()), leaf_hash(&i.to_be_bytes(), &i.to_le_bytes())));
+            leaves.push((
+                key_path(&i.to_be_bytes()),
+                leaf_hash(&i.to_be_bytes(), &i.to_le_bytes()),
+            ));
         }
         let bulk = Tree::from_leaves(leaves.clone());
         assert_eq!(bulk.root(), incremental.root());
@@ -604,7 +595,11 @@ mod tests {
                 tree.remove_key(&i.to_be_bytes());
             }
         }
-        assert!(tree.nodes.len() <= 199, "arena grew to {}", tree.nodes.len());
+        assert!(
+            tree.nodes.len() <= 199,
+            "arena grew to {}",
+            tree.nodes.len()
+        );
     }
 
     proptest! {

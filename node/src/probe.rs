@@ -289,7 +289,9 @@ mod tests {
         let dir = tempfile::tempdir().expect("tempdir");
         let store = Store::open(StoreConfig::new(dir.path())).expect("open");
         for i in 0..1000u32 {
-            store.store(&i.to_be_bytes(), &[0u8; 100], None).expect("store");
+            store
+                .store(&i.to_be_bytes(), &[0u8; 100], None)
+                .expect("store");
         }
         let mut probe = Probe::load(&store, config()).expect("probe");
         assert_eq!(probe.tick(&store).expect("tick"), 16);
@@ -361,6 +363,9 @@ mod tests {
             reason: BaselineReason::FreshStart,
         });
         assert!(probe.after_cleanup(&store).expect("after cleanup"));
-        assert_eq!(probe.baseline().map(|b| b.reason), Some(BaselineReason::AfterCleanup));
+        assert_eq!(
+            probe.baseline().map(|b| b.reason),
+            Some(BaselineReason::AfterCleanup)
+        );
     }
 }

@@ -23,11 +23,21 @@ fn bench_runs_every_scenario_and_writes_json_and_plots() {
         .output()
         .expect("run phoenix-node bench");
     let stdout = String::from_utf8_lossy(&output.stdout);
-    assert!(output.status.success(), "bench failed: {stdout}\n{}", String::from_utf8_lossy(&output.stderr));
+    assert!(
+        output.status.success(),
+        "bench failed: {stdout}\n{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
     for name in ["sustained", "growth", "cache-pressure", "churn"] {
-        assert!(stdout.contains(&format!("== {name}:")), "no {name} table in:\n{stdout}");
+        assert!(
+            stdout.contains(&format!("== {name}:")),
+            "no {name} table in:\n{stdout}"
+        );
         let svg = std::fs::read_to_string(plots.join(format!("{name}.svg"))).expect("plot written");
-        assert!(svg.starts_with("<svg") && svg.contains("retrieve p50"), "{name}.svg is not a plot");
+        assert!(
+            svg.starts_with("<svg") && svg.contains("retrieve p50"),
+            "{name}.svg is not a plot"
+        );
     }
     assert!(stdout.contains("retrieve p50 last/first window"));
     assert!(stdout.contains("peak RSS"));
@@ -39,20 +49,35 @@ fn bench_runs_every_scenario_and_writes_json_and_plots() {
     assert_eq!(growth["name"], "growth");
     let windows = growth["windows"].as_array().expect("windows");
     assert_eq!(windows.len(), 10);
-    assert!(windows.iter().all(|w| w["retrieve"]["count"].as_u64() > Some(0)));
-    assert!(windows.iter().all(|w| w["reference"]["p50_ns"].as_u64() > Some(0)));
+    assert!(
+        windows
+            .iter()
+            .all(|w| w["retrieve"]["count"].as_u64() > Some(0))
+    );
+    assert!(
+        windows
+            .iter()
+            .all(|w| w["reference"]["p50_ns"].as_u64() > Some(0))
+    );
     // The benchmark cleans up its databases.
     let left: Vec<_> = std::fs::read_dir(dir.path())
         .expect("read dir")
         .filter_map(|e| e.ok())
-        .filter(|e| e.file_name().to_string_lossy().starts_with("phoenix-bench-"))
+        .filter(|e| {
+            e.file_name()
+                .to_string_lossy()
+                .starts_with("phoenix-bench-")
+        })
         .collect();
     assert!(left.is_empty(), "benchmark left {left:?}");
 }
 
 #[test]
 fn bench_rejects_a_bad_scale_with_a_clear_message() {
-    let output = node().args(["bench", "--scale", "0"]).output().expect("run");
+    let output = node()
+        .args(["bench", "--scale", "0"])
+        .output()
+        .expect("run");
     assert!(!output.status.success());
     assert!(String::from_utf8_lossy(&output.stderr).contains("scale must lie in"));
 }
@@ -64,16 +89,31 @@ fn verify_accepts_a_consistent_directory_and_refuses_a_foreign_one() {
     {
         let store = Store::open(StoreConfig::new(&data)).expect("open");
         for i in 0..500u32 {
-            store.store(&i.to_be_bytes(), b"value", None).expect("store");
+            store
+                .store(&i.to_be_bytes(), b"value", None)
+                .expect("store");
         }
         store.checkpoint().expect("checkpoint");
     }
-    let output = node().arg("verify").arg("--data").arg(&data).output().expect("run verify");
+    let output = node()
+        .arg("verify")
+        .arg("--data")
+        .arg(&data)
+        .output()
+        .expect("run verify");
     let stdout = String::from_utf8_lossy(&output.stdout);
     assert!(output.status.success(), "{stdout}");
-    assert!(stdout.contains("keys: 500") && stdout.trim_end().ends_with("ok"), "{stdout}");
+    assert!(
+        stdout.contains("keys: 500") && stdout.trim_end().ends_with("ok"),
+        "{stdout}"
+    );
 
-    let output = node().arg("verify").arg("--data").arg(dir.path()).output().expect("run verify");
+    let output = node()
+        .arg("verify")
+        .arg("--data")
+        .arg(dir.path())
+        .output()
+        .expect("run verify");
     assert!(!output.status.success());
     assert!(String::from_utf8_lossy(&output.stderr).contains("not a phoenix-node data directory"));
 }

@@ -135,6 +135,15 @@ fn micros(ns: u64) -> String {
     format!("{:.2}", ns as f64 / 1000.0)
 }
 
+/// p50 and p99 columns, or dashes when the window measured no such operation.
+fn columns(p: Percentiles) -> (String, String) {
+    if p.count == 0 {
+        ("-".into(), "-".into())
+    } else {
+        (micros(p.p50_ns), micros(p.p99_ns))
+    }
+}
+
 /// Prints one scenario's table and figures.
 pub fn print_result(out: &mut impl Write, result: &ScenarioResult) -> std::io::Result<()> {
     writeln!(out, "\n== {}: {}", result.name, result.description)?;
@@ -149,15 +158,13 @@ pub fn print_result(out: &mut impl Write, result: &ScenarioResult) -> std::io::R
     }
     writeln!(out, " {:>8}", "probe")?;
     for (i, w) in result.windows.iter().enumerate() {
+        let (get50, get99) = columns(w.retrieve);
+        let (put50, put99) = columns(w.store);
         write!(
             out,
-            "{:>6} {:>9} {:>10} {:>10} {:>10} {:>10}",
+            "{:>6} {:>9} {get50:>10} {get99:>10} {put50:>10} {put99:>10}",
             i + 1,
             w.keys,
-            micros(w.retrieve.p50_ns),
-            micros(w.retrieve.p99_ns),
-            micros(w.store.p50_ns),
-            micros(w.store.p99_ns)
         )?;
         if let Some(r) = w.reference {
             write!(out, " {:>10} {:>10}", micros(r.p50_ns), micros(r.p99_ns))?;
@@ -184,11 +191,17 @@ pub fn print_result(out: &mut impl Write, result: &ScenarioResult) -> std::io::R
 ///
 /// # Errors
 /// Store, output and plotting errors.
-pub fn run(options: &BenchOptions, out: &mut impl Write) -> Result<Vec<ScenarioResult>, BenchError> {
+pub fn run(
+    options: &BenchOptions,
+    out: &mut impl Write,
+) -> Result<Vec<ScenarioResult>, BenchError> {
     let mut results = Vec::new();
     let rss_resettable = reset_peak_rss();
     if !rss_resettable {
-        writeln!(out, "note: peak RSS cannot be reset here; figures are cumulative")?;
+        writeln!(
+            out,
+            "note: peak RSS cannot be reset here; figures are cumulative"
+        )?;
     }
     for scenario in &options.scenarios {
         let workdir = tempfile::Builder::new()

@@ -13,9 +13,15 @@ pub(super) fn write_svg(path: &Path, result: &ScenarioResult) -> Result<(), Stri
     let series: [Series<'_>; 5] = [
         ("retrieve p50", BLUE, |w| Some(w.retrieve.p50_ns)),
         ("retrieve p99", CYAN, |w| Some(w.retrieve.p99_ns)),
-        ("store p50", RED, |w| (w.store.count > 0).then_some(w.store.p50_ns)),
-        ("BTreeMap retrieve p50", GREEN, |w| w.reference.map(|r| r.p50_ns)),
-        ("BTreeMap retrieve p99", BLACK, |w| w.reference.map(|r| r.p99_ns)),
+        ("store p50", RED, |w| {
+            (w.store.count > 0).then_some(w.store.p50_ns)
+        }),
+        ("BTreeMap retrieve p50", GREEN, |w| {
+            w.reference.map(|r| r.p50_ns)
+        }),
+        ("BTreeMap retrieve p99", BLACK, |w| {
+            w.reference.map(|r| r.p99_ns)
+        }),
     ];
     let max_us = result
         .windows
@@ -28,7 +34,10 @@ pub(super) fn write_svg(path: &Path, result: &ScenarioResult) -> Result<(), Stri
     let root = SVGBackend::new(path, (900, 520)).into_drawing_area();
     root.fill(&WHITE).map_err(|e| e.to_string())?;
     let mut chart = ChartBuilder::on(&root)
-        .caption(format!("phoenix-node bench: {}", result.name), ("sans-serif", 22))
+        .caption(
+            format!("phoenix-node bench: {}", result.name),
+            ("sans-serif", 22),
+        )
         .margin(12)
         .x_label_area_size(40)
         .y_label_area_size(60)

@@ -37,7 +37,11 @@ impl Scenario {
         Scenario::Churn,
     ];
 
-    pub(super) fn run(self, options: &BenchOptions, dir: &Path) -> Result<ScenarioResult, BenchError> {
+    pub(super) fn run(
+        self,
+        options: &BenchOptions,
+        dir: &Path,
+    ) -> Result<ScenarioResult, BenchError> {
         match self {
             Scenario::Sustained => sustained(options, dir),
             Scenario::Growth => growth(options, dir),
@@ -197,7 +201,12 @@ fn mib(bytes: u64) -> String {
     format!("{:.1} MiB", bytes as f64 / MIB as f64)
 }
 
-fn preload(store: &Store, work: &mut Workload, n: u64, bar: &ProgressBar) -> Result<(), BenchError> {
+fn preload(
+    store: &Store,
+    work: &mut Workload,
+    n: u64,
+    bar: &ProgressBar,
+) -> Result<(), BenchError> {
     for i in 0..n {
         let id = work.new_id();
         let key = Workload::key(id);
@@ -269,9 +278,32 @@ fn sustained(options: &BenchOptions, dir: &Path) -> Result<ScenarioResult, Bench
         ),
         windows,
         figures: vec![
-            ("retrieve over all windows".into(), format!("p50 {} p99 {} (targets ≤ 3 µs / ≤ 15 µs at 100k keys)", us(all.p50_ns), us(all.p99_ns))),
-            ("retrieve alone afterwards".into(), format!("p50 {} p99 {} over {} retrieves with no writes in between", us(reads_alone.p50_ns), us(reads_alone.p99_ns), reads_alone.count)),
-            ("final keys / logical / disk".into(), format!("{} / {} / {}", stats.keys, mib(stats.logical_bytes), mib(stats.disk_bytes))),
+            (
+                "retrieve over all windows".into(),
+                format!(
+                    "p50 {} p99 {} (targets ≤ 3 µs / ≤ 15 µs at 100k keys)",
+                    us(all.p50_ns),
+                    us(all.p99_ns)
+                ),
+            ),
+            (
+                "retrieve alone afterwards".into(),
+                format!(
+                    "p50 {} p99 {} over {} retrieves with no writes in between",
+                    us(reads_alone.p50_ns),
+                    us(reads_alone.p99_ns),
+                    reads_alone.count
+                ),
+            ),
+            (
+                "final keys / logical / disk".into(),
+                format!(
+                    "{} / {} / {}",
+                    stats.keys,
+                    mib(stats.logical_bytes),
+                    mib(stats.disk_bytes)
+                ),
+            ),
         ],
         peak_rss_bytes: super::peak_rss_bytes(),
     })
@@ -359,11 +391,30 @@ fn growth(options: &BenchOptions, dir: &Path) -> Result<ScenarioResult, BenchErr
     let store_10k = store_at_10k.value_at_quantile(0.5);
     let store_last = windows.last().map_or(0, |w| w.store.p50_ns);
     let mut figures = vec![
-        ("retrieve at the last window".into(), windows.last().map_or_else(String::new, |w| {
-            format!("p50 {} p99 {} at {} keys (targets ≤ 5 µs / ≤ 60 µs at 1M keys)", us(w.retrieve.p50_ns), us(w.retrieve.p99_ns), w.keys)
-        })),
-        ("retrieve over all windows".into(), format!("p50 {} p99 {}", us(all.p50_ns), us(all.p99_ns))),
-        ("retrieve alone at the end".into(), format!("p50 {} p99 {} over {} retrieves with no writes in between", us(reads_alone.p50_ns), us(reads_alone.p99_ns), reads_alone.count)),
+        (
+            "retrieve at the last window".into(),
+            windows.last().map_or_else(String::new, |w| {
+                format!(
+                    "p50 {} p99 {} at {} keys (targets ≤ 5 µs / ≤ 60 µs at 1M keys)",
+                    us(w.retrieve.p50_ns),
+                    us(w.retrieve.p99_ns),
+                    w.keys
+                )
+            }),
+        ),
+        (
+            "retrieve over all windows".into(),
+            format!("p50 {} p99 {}", us(all.p50_ns), us(all.p99_ns)),
+        ),
+        (
+            "retrieve alone at the end".into(),
+            format!(
+                "p50 {} p99 {} over {} retrieves with no writes in between",
+                us(reads_alone.p50_ns),
+                us(reads_alone.p99_ns),
+                reads_alone.count
+            ),
+        ),
     ];
     if let (Some(s), Some(m)) = (sled_ratio, map_ratio) {
         figures.push((
@@ -374,20 +425,39 @@ fn growth(options: &BenchOptions, dir: &Path) -> Result<ScenarioResult, BenchErr
     if !store_at_10k.is_empty() && store_10k > 0 {
         figures.push((
             "store p50 at last window vs at 10k keys".into(),
-            format!("{} vs {} → {:.2}× (target ≤ 2×)", us(store_last), us(store_10k), store_last as f64 / store_10k as f64),
+            format!(
+                "{} vs {} → {:.2}× (target ≤ 2×)",
+                us(store_last),
+                us(store_10k),
+                store_last as f64 / store_10k as f64
+            ),
         ));
     }
     figures.push((
         "keys / logical / disk".into(),
-        format!("{} / {} / {} ({:.2}× logical)", stats.keys, mib(stats.logical_bytes), mib(stats.disk_bytes), stats.disk_bytes as f64 / stats.logical_bytes.max(1) as f64),
+        format!(
+            "{} / {} / {} ({:.2}× logical)",
+            stats.keys,
+            mib(stats.logical_bytes),
+            mib(stats.disk_bytes),
+            stats.disk_bytes as f64 / stats.logical_bytes.max(1) as f64
+        ),
     ));
     figures.push((
         "reopen".into(),
-        format!("{:.3} s for {} keys, last key readable: {readable} (target ≤ 1 s at 1M)", reopen.as_secs_f64(), stats.keys),
+        format!(
+            "{:.3} s for {} keys, last key readable: {readable} (target ≤ 1 s at 1M)",
+            reopen.as_secs_f64(),
+            stats.keys
+        ),
     ));
     figures.push((
         "peak RSS of the store phase".into(),
-        format!("{} with cacheCapacity {} (target ≤ cache + 300 MiB)", peak_rss.map_or("unavailable".into(), mib), mib(cache)),
+        format!(
+            "{} with cacheCapacity {} (target ≤ cache + 300 MiB)",
+            peak_rss.map_or("unavailable".into(), mib),
+            mib(cache)
+        ),
     ));
     Ok(ScenarioResult {
         name: "growth",
@@ -409,7 +479,11 @@ fn cache_pressure(options: &BenchOptions, dir: &Path) -> Result<ScenarioResult, 
     let store = open(dir, cache)?;
     let mut probe = Probe::load(&store, ProbeConfig::default())?;
     let mut work = Workload::new(options.seed);
-    let bar = progress(options, end_keys + WINDOWS * reads_per_window, "cache pressure");
+    let bar = progress(
+        options,
+        end_keys + WINDOWS * reads_per_window,
+        "cache pressure",
+    );
     preload(&store, &mut work, start_keys, &bar)?;
     // The baseline: the probe's first full window, while the data fits in the cache.
     probe.remeasure(&store, probe.config().window_ticks)?;
@@ -448,8 +522,20 @@ fn cache_pressure(options: &BenchOptions, dir: &Path) -> Result<ScenarioResult, 
         ),
         windows,
         figures: vec![
-            ("probe baseline".into(), baseline.map_or("no data".into(), |b| us(b.latency_ns as u64))),
-            ("keys / logical / disk / cache".into(), format!("{} / {} / {} / {}", stats.keys, mib(stats.logical_bytes), mib(stats.disk_bytes), mib(cache))),
+            (
+                "probe baseline".into(),
+                baseline.map_or("no data".into(), |b| us(b.latency_ns as u64)),
+            ),
+            (
+                "keys / logical / disk / cache".into(),
+                format!(
+                    "{} / {} / {} / {}",
+                    stats.keys,
+                    mib(stats.logical_bytes),
+                    mib(stats.disk_bytes),
+                    mib(cache)
+                ),
+            ),
             (
                 "cleanup under cache pressure".into(),
                 format!(
@@ -498,15 +584,16 @@ fn churn(options: &BenchOptions, dir: &Path) -> Result<ScenarioResult, BenchErro
     }
     store.flush()?;
     let mut recorder = Recorder::new(false);
-    let mut measure = |store: &Store, work: &mut Workload, probe: &mut Probe| -> Result<Window, BenchError> {
-        for _ in 0..reads {
-            if let Some((_, id)) = work.random_live() {
-                recorder.time_retrieve(store, &Workload::key(id))?;
+    let mut measure =
+        |store: &Store, work: &mut Workload, probe: &mut Probe| -> Result<Window, BenchError> {
+            for _ in 0..reads {
+                if let Some((_, id)) = work.random_live() {
+                    recorder.time_retrieve(store, &Workload::key(id))?;
+                }
             }
-        }
-        probe.remeasure(store, probe.config().window_ticks)?;
-        Ok(recorder.window(store.stats()?.keys, Some(probe)))
-    };
+            probe.remeasure(store, probe.config().window_ticks)?;
+            Ok(recorder.window(store.stats()?.keys, Some(probe)))
+        };
     let before_window = measure(&store, &mut work, &mut probe)?;
     let before = store.stats()?;
     let report = cleanup::run(&store, &mut probe, CleanupOptions::default())?;
@@ -522,9 +609,34 @@ fn churn(options: &BenchOptions, dir: &Path) -> Result<ScenarioResult, BenchErro
         ),
         windows: vec![before_window, after_window],
         figures: vec![
-            ("disk / logical before".into(), format!("{} / {} = {:.2}×", mib(before.disk_bytes), mib(before.logical_bytes), ratio(&before))),
-            ("disk / logical after".into(), format!("{} / {} = {:.2}× (target ≤ 2×)", mib(after.disk_bytes), mib(after.logical_bytes), ratio(&after))),
-            ("cleanup".into(), format!("{:.2} s, rebuilt: {}, pruned: {}, skipped: {}", report.seconds, report.rebuilt, report.pruned, report.rebuild_skipped.as_deref().unwrap_or("-"))),
+            (
+                "disk / logical before".into(),
+                format!(
+                    "{} / {} = {:.2}×",
+                    mib(before.disk_bytes),
+                    mib(before.logical_bytes),
+                    ratio(&before)
+                ),
+            ),
+            (
+                "disk / logical after".into(),
+                format!(
+                    "{} / {} = {:.2}× (target ≤ 2×)",
+                    mib(after.disk_bytes),
+                    mib(after.logical_bytes),
+                    ratio(&after)
+                ),
+            ),
+            (
+                "cleanup".into(),
+                format!(
+                    "{:.2} s, rebuilt: {}, pruned: {}, skipped: {}",
+                    report.seconds,
+                    report.rebuilt,
+                    report.pruned,
+                    report.rebuild_skipped.as_deref().unwrap_or("-")
+                ),
+            ),
         ],
         peak_rss_bytes: super::peak_rss_bytes(),
     })

@@ -36,7 +36,8 @@ pub(super) fn save(dir: &Path, db: &sled::Db, counters: &Counters, tree: &Tree) 
 
     let tmp = dir.join(format!("{FILE}.tmp"));
     let mut file = std::fs::File::create(&tmp).map_err(io("create the tree checkpoint"))?;
-    file.write_all(&bytes).map_err(io("write the tree checkpoint"))?;
+    file.write_all(&bytes)
+        .map_err(io("write the tree checkpoint"))?;
     file.sync_all().map_err(io("sync the tree checkpoint"))?;
     std::fs::rename(&tmp, dir.join(FILE)).map_err(io("replace the tree checkpoint"))?;
     std::fs::File::open(dir)
@@ -57,7 +58,9 @@ pub(super) struct Checkpoint {
 impl Checkpoint {
     /// Whether the database still holds exactly the data this checkpoint describes.
     pub(super) fn matches(&self, db: &sled::Db) -> Result<bool> {
-        Ok(db.get(META_CHECKPOINT)?.is_some_and(|id| id.as_ref() == self.id))
+        Ok(db
+            .get(META_CHECKPOINT)?
+            .is_some_and(|id| id.as_ref() == self.id))
     }
 }
 
@@ -119,7 +122,10 @@ mod tests {
         let loaded = read(dir.path()).expect("read").expect("valid checkpoint");
         assert!(loaded.matches(&db).expect("compare"));
         let scanned = &loaded.scanned;
-        assert_eq!((scanned.tree.root(), scanned.counters), (tree.root(), counters));
+        assert_eq!(
+            (scanned.tree.root(), scanned.counters),
+            (tree.root(), counters)
+        );
         // A write after the checkpoint removes the marker: the file no longer matches.
         db.remove(META_CHECKPOINT).expect("remove");
         assert!(!loaded.matches(&db).expect("compare"));

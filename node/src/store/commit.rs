@@ -6,8 +6,8 @@
 //! so all of their writers are released together. Writers that arrive during a flush wait
 //! for the next one, which again covers all of them.
 
-use std::sync::{Condvar, Mutex, PoisonError};
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Condvar, Mutex, PoisonError};
 
 /// Coordinates flushes among concurrent durable writers.
 #[derive(Debug, Default)]
@@ -32,7 +32,10 @@ impl GroupCommit {
 
     /// Number of flushes performed so far (to observe grouping in tests and metrics).
     pub(crate) fn flushes(&self) -> u64 {
-        self.state.lock().unwrap_or_else(PoisonError::into_inner).flushes
+        self.state
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .flushes
     }
 
     /// Blocks until write `seq` is durable, flushing with `flush` when leading.
@@ -98,7 +101,10 @@ mod tests {
             t.join().expect("writer thread");
         }
         let flushes = commit.flushes();
-        assert!(flushes < 400, "400 writes took {flushes} flushes: no grouping");
+        assert!(
+            flushes < 400,
+            "400 writes took {flushes} flushes: no grouping"
+        );
         assert!(flushes > 0);
     }
 
@@ -106,9 +112,14 @@ mod tests {
     fn a_failed_flush_is_reported_and_not_counted_durable() {
         let commit = GroupCommit::default();
         let seq = commit.applied();
-        assert_eq!(commit.wait_durable(seq, || Err("disk full")), Err("disk full"));
+        assert_eq!(
+            commit.wait_durable(seq, || Err("disk full")),
+            Err("disk full")
+        );
         assert_eq!(commit.flushes(), 0);
-        commit.wait_durable(seq, || Ok::<_, ()>(())).expect("retry works");
+        commit
+            .wait_durable(seq, || Ok::<_, ()>(()))
+            .expect("retry works");
         assert_eq!(commit.flushes(), 1);
     }
 }

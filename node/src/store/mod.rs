@@ -733,7 +733,12 @@ impl Store {
     fn make_durable(&self, seq: u64) -> Result<()> {
         if self.config.durability == Durability::Sync {
             self.commit.wait_durable(seq, || {
-                self.engine.load().db.flush().map(drop).map_err(StoreError::from)
+                self.engine
+                    .load()
+                    .db
+                    .flush()
+                    .map(drop)
+                    .map_err(StoreError::from)
             })?;
         }
         Ok(())
@@ -888,7 +893,10 @@ impl Store {
             // Collect a bounded chunk, then delete it, so writers are not starved.
             let engine = self.engine.load();
             let mut due = Vec::with_capacity(256);
-            for entry in engine.db.range(vec![EXPIRY]..expiry_key(now.saturating_add(1), b"")) {
+            for entry in engine
+                .db
+                .range(vec![EXPIRY]..expiry_key(now.saturating_add(1), b""))
+            {
                 let (index_key, _) = entry?;
                 due.push(index_key.to_vec());
                 if due.len() == 256 {
@@ -951,7 +959,10 @@ impl Store {
             let (key, record) = entry?;
             let value = record_value(&record).ok_or_else(corrupt_record)?;
             logical += (key.len() - 1 + value.len()) as u64;
-            leaves.push((merkle::key_path(&key[1..]), merkle::leaf_hash(&key[1..], value)));
+            leaves.push((
+                merkle::key_path(&key[1..]),
+                merkle::leaf_hash(&key[1..], value),
+            ));
         }
         let keys = leaves.len() as u64;
         Ok(VerifyReport {

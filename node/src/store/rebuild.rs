@@ -124,7 +124,12 @@ impl Store {
         Ok(report)
     }
 
-    fn rebuild_locked(&self, dir: &Path, disk_before: u64, started: Instant) -> Result<RebuildReport> {
+    fn rebuild_locked(
+        &self,
+        dir: &Path,
+        disk_before: u64,
+        started: Instant,
+    ) -> Result<RebuildReport> {
         // Wait for the write in flight, if any; new writers see `rebuilding` and back off.
         let mut state = self
             .write
@@ -175,7 +180,12 @@ impl Store {
 /// Plain inserts, not batches: the copy needs no atomicity (`CURRENT` switches only after
 /// the flush), and sled 0.34's first `apply_batch` switches a process-wide flag that makes
 /// every later read take a shared lock.
-fn copy_into(old: &Engine, config: &super::StoreConfig, dir: &Path, generation: u64) -> Result<u64> {
+fn copy_into(
+    old: &Engine,
+    config: &super::StoreConfig,
+    dir: &Path,
+    generation: u64,
+) -> Result<u64> {
     let fresh = Engine::open(dir, config, generation)?;
     let mut records = 0u64;
     for entry in old.db.iter() {

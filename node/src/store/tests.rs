@@ -20,7 +20,10 @@ fn contents(store: &Store) -> BTreeMap<Vec<u8>, Vec<u8>> {
     loop {
         let page = store.list(b"", after.as_deref(), 7).expect("list");
         for item in &page.items {
-            let value = store.retrieve(&item.key).expect("retrieve").expect("listed key present");
+            let value = store
+                .retrieve(&item.key)
+                .expect("retrieve")
+                .expect("listed key present");
             out.insert(item.key.clone(), value.as_bytes().to_vec());
         }
         match page.next_after {
@@ -36,9 +39,23 @@ fn store_retrieve_overwrite_delete() {
     let store = open_in(dir.path());
     assert_eq!(store.root(), EMPTY_ROOT);
     assert!(store.store(b"a", b"one", None).expect("store").created);
-    assert_eq!(store.retrieve(b"a").expect("get").expect("present").as_bytes(), b"one");
+    assert_eq!(
+        store
+            .retrieve(b"a")
+            .expect("get")
+            .expect("present")
+            .as_bytes(),
+        b"one"
+    );
     assert!(!store.store(b"a", b"two", None).expect("overwrite").created);
-    assert_eq!(store.retrieve(b"a").expect("get").expect("present").as_bytes(), b"two");
+    assert_eq!(
+        store
+            .retrieve(b"a")
+            .expect("get")
+            .expect("present")
+            .as_bytes(),
+        b"two"
+    );
     let stats = store.stats().expect("stats");
     assert_eq!((stats.keys, stats.logical_bytes), (1, 4));
     assert!(store.delete(b"a").expect("delete"));
@@ -99,16 +116,27 @@ fn ttl_expires_and_prune_removes_from_root() {
         .store(b"short", b"y", Some(Duration::from_secs(10)))
         .expect("store");
     assert_eq!(stored.expires_at_ms, Some(1_010_000));
-    store.store(b"long", b"z", Some(Duration::from_secs(100))).expect("store");
+    store
+        .store(b"long", b"z", Some(Duration::from_secs(100)))
+        .expect("store");
     // Overwriting with a new TTL moves its expiry index entry.
-    store.store(b"long", b"z", Some(Duration::from_secs(1000))).expect("store");
+    store
+        .store(b"long", b"z", Some(Duration::from_secs(1000)))
+        .expect("store");
     assert!(store.retrieve(b"short").expect("get").is_some());
     clock.advance(Duration::from_secs(11));
-    assert!(store.retrieve(b"short").expect("get").is_none(), "expired memory is not served");
+    assert!(
+        store.retrieve(b"short").expect("get").is_none(),
+        "expired memory is not served"
+    );
     assert_eq!(store.list(b"", None, 10).expect("list").items.len(), 2);
     assert_eq!(store.prune_expired().expect("prune"), 1);
     clock.advance(Duration::from_secs(200));
-    assert_eq!(store.prune_expired().expect("prune"), 0, "long was re-stored with a longer TTL");
+    assert_eq!(
+        store.prune_expired().expect("prune"),
+        0,
+        "long was re-stored with a longer TTL"
+    );
     clock.advance(Duration::from_secs(1000));
     assert_eq!(store.prune_expired().expect("prune"), 1);
     assert_eq!(store.root(), root_without_ttl_keys);
@@ -134,8 +162,12 @@ fn list_paginates_by_prefix() {
     let dir = tempfile::tempdir().expect("tempdir");
     let store = open_in(dir.path());
     for i in 0..25 {
-        store.store(format!("user/{i:02}").as_bytes(), b"v", None).expect("store");
-        store.store(format!("zz/{i:02}").as_bytes(), b"v", None).expect("store");
+        store
+            .store(format!("user/{i:02}").as_bytes(), b"v", None)
+            .expect("store");
+        store
+            .store(format!("zz/{i:02}").as_bytes(), b"v", None)
+            .expect("store");
     }
     let mut seen = Vec::new();
     let mut after = None;
@@ -148,9 +180,17 @@ fn list_paginates_by_prefix() {
             None => break,
         }
     }
-    let expected: Vec<Vec<u8>> = (0..25).map(|i| format!("user/{i:02}").into_bytes()).collect();
+    let expected: Vec<Vec<u8>> = (0..25)
+        .map(|i| format!("user/{i:02}").into_bytes())
+        .collect();
     assert_eq!(seen, expected);
-    assert!(store.list(b"nothing", None, 10).expect("list").items.is_empty());
+    assert!(
+        store
+            .list(b"nothing", None, 10)
+            .expect("list")
+            .items
+            .is_empty()
+    );
 }
 
 #[test]
@@ -158,12 +198,22 @@ fn proofs_from_the_store_verify() {
     let dir = tempfile::tempdir().expect("tempdir");
     let store = open_in(dir.path());
     for i in 0..300u32 {
-        store.store(&i.to_be_bytes(), format!("value {i}").as_bytes(), None).expect("store");
+        store
+            .store(&i.to_be_bytes(), format!("value {i}").as_bytes(), None)
+            .expect("store");
     }
     for i in (0..300u32).step_by(17) {
-        let (value, proof, root) = store.prove(&i.to_be_bytes()).expect("prove").expect("present");
+        let (value, proof, root) = store
+            .prove(&i.to_be_bytes())
+            .expect("prove")
+            .expect("present");
         assert_eq!(root, store.root());
-        assert!(verify_proof(&root, &i.to_be_bytes(), value.as_bytes(), &proof));
+        assert!(verify_proof(
+            &root,
+            &i.to_be_bytes(),
+            value.as_bytes(),
+            &proof
+        ));
         assert!(!verify_proof(&root, &i.to_be_bytes(), b"forged", &proof));
     }
     assert!(store.prove(b"absent").expect("prove").is_none());
@@ -181,7 +231,9 @@ fn root_matches_a_recomputation_and_survives_reopen() {
             if rng.u8(0..4) == 0 {
                 store.delete(&key).expect("delete");
             } else {
-                store.store(&key, &rng.u64(..).to_le_bytes(), None).expect("store");
+                store
+                    .store(&key, &rng.u64(..).to_le_bytes(), None)
+                    .expect("store");
             }
         }
         let report = store.verify().expect("verify");
@@ -254,11 +306,20 @@ fn rebuild_keeps_every_key_and_the_root_and_shrinks_disk() {
         .filter(|e| e.file_name().to_string_lossy().starts_with("gen-"))
         .collect();
     assert_eq!(generations.len(), 1);
-    store.store(b"after", b"rebuild", None).expect("store after rebuild");
+    store
+        .store(b"after", b"rebuild", None)
+        .expect("store after rebuild");
     drop(store);
     let reopened = open_in(dir.path());
     assert_eq!(reopened.generation(), generation + 1);
-    assert_eq!(reopened.retrieve(b"after").expect("get").expect("present").as_bytes(), b"rebuild");
+    assert_eq!(
+        reopened
+            .retrieve(b"after")
+            .expect("get")
+            .expect("present")
+            .as_bytes(),
+        b"rebuild"
+    );
     assert!(reopened.verify().expect("verify").ok());
 }
 
@@ -270,7 +331,10 @@ fn rebuild_refuses_without_free_space_and_loses_nothing() {
     let store = Store::open(config).expect("open");
     store.store(b"k", b"v", None).expect("store");
     let root = store.root();
-    assert!(matches!(store.rebuild(), Err(StoreError::InsufficientSpace { .. })));
+    assert!(matches!(
+        store.rebuild(),
+        Err(StoreError::InsufficientSpace { .. })
+    ));
     assert_eq!(store.generation(), 0);
     assert_eq!(store.root(), root);
     store.store(b"k2", b"v", None).expect("writes still work");
@@ -283,7 +347,9 @@ fn reads_continue_and_writes_are_applied_or_refused_during_rebuild() {
     config.rebuild.free_space_margin_bytes = 0;
     let store = Arc::new(Store::open(config).expect("open"));
     for i in 0..20_000u32 {
-        store.store(&i.to_be_bytes(), &[1u8; 200], None).expect("preload");
+        store
+            .store(&i.to_be_bytes(), &[1u8; 200], None)
+            .expect("preload");
     }
     let stop = Arc::new(AtomicBool::new(false));
     let reader = {
@@ -346,7 +412,14 @@ fn a_crash_during_rebuild_leaves_the_old_generation_live() {
     let store = open_in(dir.path());
     assert_eq!(store.generation(), 0);
     assert!(!dir.path().join("gen-1").exists());
-    assert_eq!(store.retrieve(b"k").expect("get").expect("present").as_bytes(), b"v");
+    assert_eq!(
+        store
+            .retrieve(b"k")
+            .expect("get")
+            .expect("present")
+            .as_bytes(),
+        b"v"
+    );
 }
 
 #[test]
@@ -360,7 +433,9 @@ fn sync_durability_groups_concurrent_writers() {
             let store = Arc::clone(&store);
             std::thread::spawn(move || {
                 for i in 0..100u32 {
-                    store.store(&(t * 1000 + i).to_be_bytes(), b"durable", None).expect("store");
+                    store
+                        .store(&(t * 1000 + i).to_be_bytes(), b"durable", None)
+                        .expect("store");
                 }
             })
         })
@@ -369,7 +444,10 @@ fn sync_durability_groups_concurrent_writers() {
         t.join().expect("writer");
     }
     let flushes = store.durable_flushes();
-    assert!(flushes > 0 && flushes <= 400, "{flushes} flushes for 400 writes");
+    assert!(
+        flushes > 0 && flushes <= 400,
+        "{flushes} flushes for 400 writes"
+    );
     assert_eq!(store.stats().expect("stats").keys, 400);
 }
 
@@ -403,12 +481,17 @@ fn meta_records_survive_reopen_and_rebuild() {
     config.rebuild.free_space_margin_bytes = 0;
     {
         let store = Store::open(config.clone()).expect("open");
-        store.set_meta("probe.baseline", b"{\"ns\":1200}").expect("meta");
+        store
+            .set_meta("probe.baseline", b"{\"ns\":1200}")
+            .expect("meta");
         store.store(b"k", b"v", None).expect("store");
         store.rebuild().expect("rebuild");
     }
     let store = Store::open(config).expect("reopen");
-    assert_eq!(store.meta("probe.baseline").expect("meta").as_deref(), Some(&b"{\"ns\":1200}"[..]));
+    assert_eq!(
+        store.meta("probe.baseline").expect("meta").as_deref(),
+        Some(&b"{\"ns\":1200}"[..])
+    );
     assert_eq!(store.meta("absent").expect("meta"), None);
 }
 
@@ -418,10 +501,16 @@ fn a_foreign_format_is_refused() {
     {
         let store = open_in(dir.path());
         let engine = store.engine.load();
-        engine.db.insert(META_FORMAT, &b"something-else"[..]).expect("insert");
+        engine
+            .db
+            .insert(META_FORMAT, &b"something-else"[..])
+            .expect("insert");
         engine.db.flush().expect("flush");
     }
-    assert!(matches!(Store::open(StoreConfig::new(dir.path())), Err(StoreError::Corrupt(_))));
+    assert!(matches!(
+        Store::open(StoreConfig::new(dir.path())),
+        Err(StoreError::Corrupt(_))
+    ));
 }
 
 #[test]
@@ -438,7 +527,10 @@ fn a_clean_close_reopens_from_the_checkpoint_and_a_later_write_invalidates_it() 
     }
     {
         let store = open_in(dir.path());
-        assert!(store.write.lock().expect("lock").checkpointed, "opened from the checkpoint");
+        assert!(
+            store.write.lock().expect("lock").checkpointed,
+            "opened from the checkpoint"
+        );
         assert_eq!(store.root(), root);
         assert_eq!(store.stats().expect("stats").keys, 1000);
         // A write after the checkpoint, and no new checkpoint: a crash looks like this.
@@ -487,7 +579,10 @@ fn a_restart_after_a_rebuild_agrees_with_the_data() {
         assert!(store.verify().expect("verify").ok());
     }
     let store = Store::open(config).expect("reopen");
-    assert!(store.write.lock().expect("lock").checkpointed, "the rebuild re-took the checkpoint");
+    assert!(
+        store.write.lock().expect("lock").checkpointed,
+        "the rebuild re-took the checkpoint"
+    );
     let stats = store.stats().expect("stats");
     assert_eq!(stats.keys, 70);
     assert!(store.verify().expect("verify").ok());

@@ -221,7 +221,9 @@ impl<'de> Deserialize<'de> for Quantity {
         }
         match Raw::deserialize(deserializer)? {
             Raw::Number(n) => Ok(Quantity(n)),
-            Raw::Text(text) => parse_quantity(&text).map(Quantity).map_err(serde::de::Error::custom),
+            Raw::Text(text) => parse_quantity(&text)
+                .map(Quantity)
+                .map_err(serde::de::Error::custom),
         }
     }
 }
@@ -229,7 +231,9 @@ impl<'de> Deserialize<'de> for Quantity {
 /// Parses a byte quantity: digits with an optional suffix (Ki, Mi, Gi, Ti, k, M, G, T).
 pub fn parse_quantity(text: &str) -> Result<u64, String> {
     let text = text.trim();
-    let split = text.find(|c: char| !c.is_ascii_digit()).unwrap_or(text.len());
+    let split = text
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(text.len());
     let (digits, suffix) = text.split_at(split);
     let number: u64 = digits
         .parse()
@@ -308,12 +312,18 @@ impl NodeConfig {
             self.durability.mode == DurabilityMode::Sync
                 || (1..=60_000).contains(&self.durability.flush_every_ms),
             "durability.flushEveryMs",
-            format!("must lie in 1..=60000, got {}", self.durability.flush_every_ms),
+            format!(
+                "must lie in 1..=60000, got {}",
+                self.durability.flush_every_ms
+            ),
         );
         check(
             self.default_ttl_seconds <= 100 * 365 * 24 * 3600,
             "defaultTtlSeconds",
-            format!("must be at most 100 years, got {}", self.default_ttl_seconds),
+            format!(
+                "must be at most 100 years, got {}",
+                self.default_ttl_seconds
+            ),
         );
         check(
             (1..=65_536).contains(&l.max_key_bytes),
@@ -381,7 +391,10 @@ impl NodeConfig {
         check(
             (1..=3600).contains(&self.shutdown_timeout_seconds),
             "shutdownTimeoutSeconds",
-            format!("must lie in 1..=3600, got {}", self.shutdown_timeout_seconds),
+            format!(
+                "must lie in 1..=3600, got {}",
+                self.shutdown_timeout_seconds
+            ),
         );
         if problems.is_empty() {
             Ok(())
@@ -431,7 +444,10 @@ mod tests {
 
     #[test]
     fn an_empty_file_gives_the_defaults() {
-        assert_eq!(NodeConfig::from_yaml("").expect("valid"), NodeConfig::default());
+        assert_eq!(
+            NodeConfig::from_yaml("").expect("valid"),
+            NodeConfig::default()
+        );
     }
 
     #[test]
@@ -459,7 +475,12 @@ mod tests {
         )
         .expect_err("invalid");
         let text = error.to_string();
-        for field in ["cacheCapacity", "limits.maxKeyBytes", "limits.maxListLimit", "probe.intervalMs"] {
+        for field in [
+            "cacheCapacity",
+            "limits.maxKeyBytes",
+            "limits.maxListLimit",
+            "probe.intervalMs",
+        ] {
             assert!(text.contains(field), "{field} missing from: {text}");
         }
     }

@@ -6,12 +6,18 @@
 //! - [`merkle`]: the order-independent integrity trie and pure proof verification.
 //! - [`probe`]: the retrieve-latency probe and its persisted baseline.
 //! - [`cleanup`]: prune, rebuild, flush, re-measure.
+//! - [`cleanup_job`]: `phoenix-node cleanup`, the CronJob's program.
 //! - [`bench`]: the `phoenix-node bench` scenarios.
+//! - [`config`]: the node's configuration file, flags and validation.
+//! - [`service`]: the HTTP API (`app()` and `serve()`), metrics, health, shutdown.
 
 pub mod bench;
 pub mod cleanup;
+pub mod cleanup_job;
+pub mod config;
 pub mod merkle;
 pub mod probe;
+pub mod service;
 pub mod store;
 
 /// The node's version, kept in step with the operator and the chart.

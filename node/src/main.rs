@@ -6,6 +6,7 @@ use std::process::ExitCode;
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 use phoenix_node::bench::{self, BenchOptions, Scenario};
+use phoenix_node::config::{DurabilityMode, LogFormat, NodeConfig};
 use phoenix_node::merkle::hex_hash;
 use phoenix_node::store::{Store, StoreConfig};
 
@@ -19,6 +20,10 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
+    /// Serve one memory node over HTTP until SIGTERM or SIGINT.
+    Serve(ServeArgs),
+    /// Clean the nodes of one memory, one at a time (what the cleanup CronJob runs).
+    Cleanup(phoenix_node::cleanup_job::CleanupArgs),
     /// Run the storage benchmark scenarios and print their figures.
     Bench {
         /// Scenarios to run (default: all, in order).
@@ -98,6 +103,67 @@ fn bench_in_children(options: &BenchOptions) -> anyhow::Result<serde_json::Value
     Ok(serde_json::Value::Array(results))
 }
 
+/// Flags of `serve`; each overrides the configuration file.
+#[derive(Debug, clap::Args)]
+struct ServeArgs {
+    /// The configuration file (YAML; the operator mounts it from a ConfigMap).
+    #[arg(long, env = "PHOENIX_NODE_CONFIG")]
+    config: Option<PathBuf>,
+    /// Address to listen on.
+    #[arg(long, env = "PHOENIX_NODE_LISTEN")]
+    listen: Option<std::net::SocketAddr>,
+    /// Data directory.
+    #[arg(long, env = "PHOENIX_NODE_DATA")]
+    data: Option<PathBuf>,
+    /// File holding the admin bearer token.
+    #[arg(long, env = "PHOENIX_NODE_ADMIN_TOKEN_FILE")]
+    admin_token_file: Option<PathBuf>,
+    /// Durable before acknowledged (group commit), overriding `durability.mode`.
+    #[arg(long)]
+    sync: bool,
+    /// Log format.
+    #[arg(long, env = "PHOENIX_NODE_LOG_FORMAT", value_enum)]
+    log_format: Option<LogFormat>,
+}
+
+impl ServeArgs {
+    fn config(&self) -> anyhow::Result<NodeConfig> {
+        let mut config = match &self.config {
+            Some(path) => NodeConfig::from_file(path)?,
+            None => NodeConfig::default(),
+        };
+        if let Some(listen) = self.listen {
+            config.listen = listen;
+        }
+        if let Some(data) = &self.data {
+            config.data_dir = data.clone();
+        }
+        if let Some(file) = &self.admin_token_file {
+            config.admin_token_file = Some(file.clone());
+        }
+        if self.sync {
+            config.durability.mode = DurabilityMode::Sync;
+        }
+        if let Some(format) = self.log_format {
+            config.log_format = format;
+        }
+        config.validate()?;
+        Ok(config)
+    }
+}
+
+fn init_logging(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Human => builder.init(),
+        LogFormat::Json => builder.json().init(),
+    }
+}
+
 fn parse_scale(text: &str) -> Result<f64, String> {
     let scale: f64 = text
         .parse()
@@ -110,11 +176,24 @@ fn parse_scale(text: &str) -> Result<f64, String> {
 }
 
 fn main() -> ExitCode {
-    tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
-        .with_writer(std::io::stderr)
-        .init();
-    match run(Cli::parse()) {
+    let cli = Cli::parse();
+    // `serve` reads its configuration first: its log format decides how logging starts.
+    let serve_config = match &cli.command {
+        Command::Serve(args) => match args.config() {
+            Ok(config) => Some(config),
+            Err(error) => {
+                eprintln!("error: {error:#}");
+                return ExitCode::from(2);
+            }
+        },
+        _ => None,
+    };
+    init_logging(
+        serve_config
+            .as_ref()
+            .map_or(LogFormat::Human, |c| c.log_format),
+    );
+    match run(cli, serve_config) {
         Ok(code) => code,
         Err(error) => {
             eprintln!("error: {error:#}");
@@ -123,8 +202,18 @@ fn main() -> ExitCode {
     }
 }
 
-fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+fn run(cli: Cli, serve_config: Option<NodeConfig>) -> anyhow::Result<ExitCode> {
     match cli.command {
+        Command::Serve(_) => {
+            let config = serve_config.context("serve without a configuration")?;
+            let runtime = tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()
+                .context("failed to start the async runtime")?;
+            runtime.block_on(phoenix_node::service::serve(config))?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Cleanup(args) => Ok(phoenix_node::cleanup_job::run(&args)),
         Command::Bench {
             scenarios,
             scale,

@@ -1057,6 +1057,11 @@ impl Store {
         Ok(())
     }
 
+    /// Whether a rebuild is copying or swapping the database (writes are refused meanwhile).
+    pub fn is_rebuilding(&self) -> bool {
+        self.rebuilding.load(Ordering::SeqCst)
+    }
+
     /// The generation number of the live database (bumped by every rebuild).
     pub fn generation(&self) -> u64 {
         self.engine.load().generation

@@ -1,0 +1,269 @@
+//! `phoenix-node cleanup`: what the cleanup CronJob runs. It checks that every node of the
+//! memory is healthy (and refuses to start otherwise), then cleans the nodes one at a time,
+//! skipping those whose probe ratio is below the threshold, waits for each to be ready
+//! again before the next, prints a report per node, and exits non-zero if any failed.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::{Duration, Instant};
+
+use crate::cleanup::CleanupReport;
+use crate::service::AdminToken;
+
+/// Exit code when a peer is unhealthy and nothing was cleaned.
+pub const EXIT_REFUSED: u8 = 3;
+/// Exit code when at least one cleanup failed.
+pub const EXIT_FAILED: u8 = 1;
+
+/// Flags of `phoenix-node cleanup`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct CleanupArgs {
+    /// A node's base URL (repeat for each node), e.g. `http://127.0.0.1:8080`.
+    #[arg(long = "node")]
+    pub nodes: Vec<String>,
+    /// Name of the StatefulSet; with `--headless-service` and `--replicas` it names the nodes
+    /// `http://NAME-i.SERVICE:PORT`.
+    #[arg(long, requires_all = ["headless_service", "replicas"])]
+    pub statefulset: Option<String>,
+    /// DNS name of the headless Service (`NAME.NAMESPACE.svc`).
+    #[arg(long)]
+    pub headless_service: Option<String>,
+    /// Number of nodes.
+    #[arg(long)]
+    pub replicas: Option<u32>,
+    /// Nodes' HTTP port.
+    #[arg(long, default_value_t = 8080)]
+    pub port: u16,
+    /// File holding the admin bearer token.
+    #[arg(long, env = "PHOENIX_NODE_ADMIN_TOKEN_FILE")]
+    pub token_file: PathBuf,
+    /// Skip nodes whose probe ratio is below this (0: clean every node).
+    #[arg(long, default_value_t = 0.0)]
+    pub threshold: f64,
+    /// Rebuild even when disk is compact.
+    #[arg(long)]
+    pub force_rebuild: bool,
+    /// Longest a single node's cleanup may take, seconds.
+    #[arg(long, default_value_t = 600)]
+    pub timeout_seconds: u64,
+}
+
+impl CleanupArgs {
+    /// The nodes' base URLs, in order.
+    pub fn node_urls(&self) -> Result<Vec<String>, String> {
+        let mut urls: Vec<String> = self
+            .nodes
+            .iter()
+            .map(|n| n.trim_end_matches('/').to_string())
+            .collect();
+        if let (Some(sts), Some(service), Some(replicas)) =
+            (&self.statefulset, &self.headless_service, self.replicas)
+        {
+            urls.extend((0..replicas).map(|i| format!("http://{sts}-{i}.{service}:{}", self.port)));
+        }
+        if urls.is_empty() {
+            return Err("no nodes: give --node URL, or --statefulset with --headless-service and --replicas".into());
+        }
+        if !self.threshold.is_finite() || self.threshold < 0.0 {
+            return Err(format!(
+                "--threshold must be a non-negative number, got {}",
+                self.threshold
+            ));
+        }
+        Ok(urls)
+    }
+}
+
+/// What the job found about one node before cleaning.
+#[derive(Debug, Clone, PartialEq)]
+pub struct NodeHealth {
+    /// Base URL.
+    pub url: String,
+    /// The probe ratio, when the node has one.
+    pub ratio: Option<f64>,
+}
+
+fn agent(timeout: Duration) -> ureq::Agent {
+    ureq::AgentBuilder::new()
+        .timeout_connect(Duration::from_secs(5))
+        .timeout(timeout)
+        .build()
+}
+
+/// The value of an unlabelled metric in Prometheus text.
+pub fn metric_value(text: &str, name: &str) -> Option<f64> {
+    text.lines()
+        .filter(|line| !line.starts_with('#'))
+        .find_map(|line| {
+            let (metric, value) = line.split_once(' ')?;
+            (metric == name)
+                .then(|| value.trim().parse().ok())
+                .flatten()
+        })
+}
+
+/// Checks that `url` is ready and reads its probe ratio.
+pub fn check(agent: &ureq::Agent, url: &str) -> Result<NodeHealth, String> {
+    let ready = agent
+        .get(&format!("{url}/readyz"))
+        .call()
+        .map_err(|e| format!("{url} is not ready: {e}"))?;
+    drop(ready);
+    let metrics = agent
+        .get(&format!("{url}/metrics"))
+        .call()
+        .map_err(|e| format!("{url} metrics: {e}"))?
+        .into_string()
+        .map_err(|e| format!("{url} metrics: {e}"))?;
+    Ok(NodeHealth {
+        url: url.to_string(),
+        ratio: metric_value(&metrics, "phoenix_node_probe_ratio"),
+    })
+}
+
+fn wait_ready(agent: &ureq::Agent, url: &str, within: Duration) -> bool {
+    let deadline = Instant::now() + within;
+    while Instant::now() < deadline {
+        if agent.get(&format!("{url}/readyz")).call().is_ok() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    false
+}
+
+fn ratio_text(ratio: Option<f64>) -> String {
+    ratio.map_or_else(|| "no data".to_string(), |r| format!("{r:.2}×"))
+}
+
+/// Runs the job; prints one line per node and a summary to stdout.
+pub fn run(args: &CleanupArgs) -> ExitCode {
+    let urls = match args.node_urls() {
+        Ok(urls) => urls,
+        Err(message) => {
+            eprintln!("error: {message}");
+            return ExitCode::from(2);
+        }
+    };
+    let token = match std::fs::read_to_string(&args.token_file)
+        .map_err(|e| {
+            format!(
+                "failed to read token file {}: {e}",
+                args.token_file.display()
+            )
+        })
+        .and_then(|text| AdminToken::new(&text).map(|_| text.trim().to_string()))
+    {
+        Ok(token) => token,
+        Err(message) => {
+            eprintln!("error: {message}");
+            return ExitCode::from(2);
+        }
+    };
+    let quick = agent(Duration::from_secs(5));
+    let mut healths = Vec::with_capacity(urls.len());
+    for url in &urls {
+        match check(&quick, url) {
+            Ok(health) => healths.push(health),
+            Err(message) => {
+                println!("refusing to clean: {message}; no node was touched");
+                return ExitCode::from(EXIT_REFUSED);
+            }
+        }
+    }
+    let slow = agent(Duration::from_secs(args.timeout_seconds));
+    let (mut cleaned, mut skipped, mut failed) = (0, 0, 0);
+    for health in &healths {
+        let url = &health.url;
+        if args.threshold > 0.0 && health.ratio.is_none_or(|r| r < args.threshold) {
+            println!(
+                "{url}: skipped, ratio {} below threshold {:.2}",
+                ratio_text(health.ratio),
+                args.threshold
+            );
+            skipped += 1;
+            continue;
+        }
+        let response = slow
+            .post(&format!(
+                "{url}/v1/admin/cleanup?forceRebuild={}",
+                args.force_rebuild
+            ))
+            .set("Authorization", &format!("Bearer {token}"))
+            .call();
+        match response
+            .map_err(|e| e.to_string())
+            .and_then(|r| r.into_json::<CleanupReport>().map_err(|e| e.to_string()))
+        {
+            Ok(report) => {
+                println!(
+                    "{url}: cleaned in {:.2} s: ratio {} → {}, disk {} → {} bytes, pruned {}, rebuilt {}",
+                    report.seconds,
+                    ratio_text(report.ratio_before),
+                    ratio_text(report.ratio_after),
+                    report.disk_bytes_before,
+                    report.disk_bytes_after,
+                    report.pruned,
+                    report.rebuilt
+                );
+                cleaned += 1;
+            }
+            Err(message) => {
+                println!("{url}: cleanup FAILED: {message}");
+                failed += 1;
+            }
+        }
+        if !wait_ready(&quick, url, Duration::from_secs(60)) {
+            println!("{url}: not ready again within 60 s; stopping here");
+            failed += 1;
+            break;
+        }
+    }
+    println!("summary: {cleaned} cleaned, {skipped} skipped, {failed} failed");
+    if failed > 0 {
+        ExitCode::from(EXIT_FAILED)
+    } else {
+        ExitCode::SUCCESS
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn metric_values_are_found_by_exact_name() {
+        let text = "# HELP phoenix_node_probe_ratio x\nphoenix_node_probe_ratio_extra 9\nphoenix_node_probe_ratio 2.5\n";
+        assert_eq!(metric_value(text, "phoenix_node_probe_ratio"), Some(2.5));
+        assert_eq!(metric_value(text, "absent"), None);
+    }
+
+    #[test]
+    fn node_urls_come_from_flags_or_the_statefulset() {
+        let mut args = CleanupArgs {
+            nodes: vec!["http://a:1/".into()],
+            statefulset: Some("mem".into()),
+            headless_service: Some("mem-nodes.ns.svc".into()),
+            replicas: Some(2),
+            port: 8080,
+            token_file: PathBuf::from("/t"),
+            threshold: 0.0,
+            force_rebuild: false,
+            timeout_seconds: 1,
+        };
+        assert_eq!(
+            args.node_urls().expect("urls"),
+            vec![
+                "http://a:1".to_string(),
+                "http://mem-0.mem-nodes.ns.svc:8080".into(),
+                "http://mem-1.mem-nodes.ns.svc:8080".into()
+            ]
+        );
+        args.threshold = -1.0;
+        assert!(args.node_urls().is_err());
+        args.nodes.clear();
+        args.statefulset = None;
+        args.threshold = 0.0;
+        assert!(args.node_urls().is_err());
+    }
+}

@@ -1,0 +1,351 @@
+//! Thin handlers: extract and check input → store → typed response.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Json;
+use axum::body::Bytes;
+use axum::extract::rejection::{BytesRejection, PathRejection, QueryRejection};
+use axum::extract::{Path, Query, State};
+use axum::http::{HeaderMap, StatusCode, Uri, header};
+use axum::response::{IntoResponse, Response};
+use base64::Engine as _;
+use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
+use serde::{Deserialize, Serialize};
+
+use super::{ApiError, Node};
+use crate::cleanup::{self, CleanupOptions, CleanupReport};
+use crate::merkle::{Proof, hex_hash};
+
+type ApiResult<T> = Result<T, ApiError>;
+
+fn key_of(path: Result<Path<String>, PathRejection>) -> ApiResult<String> {
+    let Path(key) = path.map_err(|e| ApiError::bad_request("invalid_key", e.body_text()))?;
+    if key.chars().any(char::is_control) {
+        return Err(ApiError::bad_request(
+            "invalid_key",
+            "keys must not contain control characters",
+        ));
+    }
+    Ok(key)
+}
+
+fn query<T>(query: Result<Query<T>, QueryRejection>) -> ApiResult<T> {
+    query
+        .map(|Query(q)| q)
+        .map_err(|e| ApiError::bad_request("invalid_query", e.body_text()))
+}
+
+/// Runs blocking store work off the async threads.
+async fn blocking<T: Send + 'static>(
+    work: impl FnOnce() -> ApiResult<T> + Send + 'static,
+) -> ApiResult<T> {
+    tokio::task::spawn_blocking(work)
+        .await
+        .map_err(|e| ApiError::Internal(format!("store task failed: {e}")))?
+}
+
+/// Query of a store.
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub(super) struct StoreParams {
+    ttl_seconds: Option<u64>,
+}
+
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+struct StoredBody {
+    key: String,
+    created: bool,
+    expires_at_ms: Option<u64>,
+}
+
+/// `PUT /v1/memories/{key}?ttlSeconds=N` with the value as the body.
+pub(super) async fn store(
+    State(node): State<Arc<Node>>,
+    path: Result<Path<String>, PathRejection>,
+    params: Result<Query<StoreParams>, QueryRejection>,
+    body: Result<Bytes, BytesRejection>,
+) -> ApiResult<Response> {
+    let key = key_of(path)?;
+    let params = query(params)?;
+    let body = body.map_err(|e| match e.status() {
+        StatusCode::PAYLOAD_TOO_LARGE => ApiError::BodyTooLarge(node.config.limits.max_body_bytes),
+        _ => ApiError::bad_request("invalid_body", e.body_text()),
+    })?;
+    if params.ttl_seconds == Some(0) {
+        return Err(ApiError::bad_request(
+            "invalid_ttl",
+            "ttlSeconds must be at least 1",
+        ));
+    }
+    let ttl = params.ttl_seconds.map(Duration::from_secs);
+    let store = Arc::clone(&node.store);
+    let stored_key = key.clone();
+    let stored = blocking(move || Ok(store.store(stored_key.as_bytes(), &body, ttl)?)).await?;
+    let status = if stored.created {
+        StatusCode::CREATED
+    } else {
+        StatusCode::OK
+    };
+    Ok((
+        status,
+        Json(StoredBody {
+            key,
+            created: stored.created,
+            expires_at_ms: stored.expires_at_ms,
+        }),
+    )
+        .into_response())
+}
+
+/// `GET /v1/memories/{key}`: the value's bytes.
+pub(super) async fn retrieve(
+    State(node): State<Arc<Node>>,
+    path: Result<Path<String>, PathRejection>,
+) -> ApiResult<Response> {
+    let key = key_of(path)?;
+    // One point lookup, a few µs: cheaper inline than a hop to a blocking thread.
+    let value = node
+        .store
+        .retrieve(key.as_bytes())?
+        .ok_or(ApiError::NotFound)?;
+    let mut headers = HeaderMap::new();
+    headers.insert(
+        header::CONTENT_TYPE,
+        header::HeaderValue::from_static("application/octet-stream"),
+    );
+    if let Some(at) = value.expires_at_ms() {
+        headers.insert("x-phoenix-expires-at-ms", header::HeaderValue::from(at));
+    }
+    Ok((headers, Bytes::copy_from_slice(value.as_bytes())).into_response())
+}
+
+/// `DELETE /v1/memories/{key}`.
+pub(super) async fn delete(
+    State(node): State<Arc<Node>>,
+    path: Result<Path<String>, PathRejection>,
+) -> ApiResult<StatusCode> {
+    let key = key_of(path)?;
+    let store = Arc::clone(&node.store);
+    if blocking(move || Ok(store.delete(key.as_bytes())?)).await? {
+        Ok(StatusCode::NO_CONTENT)
+    } else {
+        Err(ApiError::NotFound)
+    }
+}
+
+/// Query of a list.
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub(super) struct ListParams {
+    #[serde(default)]
+    prefix: String,
+    limit: Option<usize>,
+    #[serde(rename = "continue")]
+    continue_token: Option<String>,
+}
+
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub(super) struct ListItem {
+    key: String,
+    value_bytes: usize,
+    expires_at_ms: Option<u64>,
+}
+
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub(super) struct ListBody {
+    items: Vec<ListItem>,
+    #[serde(rename = "continue")]
+    continue_token: Option<String>,
+}
+
+/// `GET /v1/memories?prefix=&limit=&continue=`.
+pub(super) async fn list(
+    State(node): State<Arc<Node>>,
+    params: Result<Query<ListParams>, QueryRejection>,
+) -> ApiResult<Json<ListBody>> {
+    let params = query(params)?;
+    let max = node.config.limits.max_list_limit;
+    let limit = params.limit.unwrap_or(100.min(max));
+    if limit == 0 || limit > max {
+        return Err(ApiError::bad_request(
+            "invalid_limit",
+            format!("limit must lie in 1..={max}, got {limit}"),
+        ));
+    }
+    let after = match &params.continue_token {
+        None => None,
+        Some(token) => Some(URL_SAFE_NO_PAD.decode(token).map_err(|_| {
+            ApiError::bad_request(
+                "invalid_continue",
+                "the continue token is not one this node issued",
+            )
+        })?),
+    };
+    let store = Arc::clone(&node.store);
+    let page =
+        blocking(move || Ok(store.list(params.prefix.as_bytes(), after.as_deref(), limit)?))
+            .await?;
+    Ok(Json(ListBody {
+        items: page
+            .items
+            .into_iter()
+            .map(|item| ListItem {
+                key: String::from_utf8_lossy(&item.key).into_owned(),
+                value_bytes: item.value_bytes,
+                expires_at_ms: item.expires_at_ms,
+            })
+            .collect(),
+        continue_token: page.next_after.map(|k| URL_SAFE_NO_PAD.encode(k)),
+    }))
+}
+
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub(super) struct RootBody {
+    root: String,
+    keys: u64,
+}
+
+/// `GET /v1/root`.
+pub(super) async fn root(State(node): State<Arc<Node>>) -> ApiResult<Json<RootBody>> {
+    let store = Arc::clone(&node.store);
+    let (root, keys) = blocking(move || Ok((store.root(), store.stats()?.keys))).await?;
+    Ok(Json(RootBody {
+        root: hex_hash::to_hex(&root),
+        keys,
+    }))
+}
+
+/// A proof as served: the value in base64, the root in hex.
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ProofBody {
+    /// The key.
+    pub key: String,
+    /// The value, base64.
+    pub value: String,
+    /// The root the proof is against, hex.
+    pub root: String,
+    /// The proof.
+    pub proof: Proof,
+}
+
+/// `GET /v1/proof/{key}`.
+pub(super) async fn proof(
+    State(node): State<Arc<Node>>,
+    path: Result<Path<String>, PathRejection>,
+) -> ApiResult<Json<ProofBody>> {
+    let key = key_of(path)?;
+    let store = Arc::clone(&node.store);
+    let lookup = key.clone();
+    let (value, proof, root) = blocking(move || Ok(store.prove(lookup.as_bytes())?))
+        .await?
+        .ok_or(ApiError::NotFound)?;
+    Ok(Json(ProofBody {
+        key,
+        value: STANDARD.encode(value.as_bytes()),
+        root: hex_hash::to_hex(&root),
+        proof,
+    }))
+}
+
+/// Query of a cleanup.
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub(super) struct CleanupParams {
+    #[serde(default)]
+    force_rebuild: bool,
+}
+
+fn authorize(node: &Node, headers: &HeaderMap) -> ApiResult<()> {
+    let token = node.admin_token.as_ref().ok_or(ApiError::AdminDisabled)?;
+    let presented = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .ok_or(ApiError::Unauthorized)?;
+    if token.matches(presented) {
+        Ok(())
+    } else {
+        Err(ApiError::Unauthorized)
+    }
+}
+
+/// `POST /v1/admin/cleanup?forceRebuild=true` (bearer token): the cleanup report.
+pub(super) async fn cleanup(
+    State(node): State<Arc<Node>>,
+    headers: HeaderMap,
+    params: Result<Query<CleanupParams>, QueryRejection>,
+) -> ApiResult<Json<CleanupReport>> {
+    authorize(&node, &headers)?;
+    let params = query(params)?;
+    let Ok(_running) = node.cleanup_running.try_lock() else {
+        node.metrics.count_cleanup("refused");
+        return Err(ApiError::CleanupRunning);
+    };
+    let worker = Arc::clone(&node);
+    let result = blocking(move || {
+        let mut probe = worker
+            .probe
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let report = cleanup::run(
+            &worker.store,
+            &mut probe,
+            CleanupOptions {
+                force_rebuild: params.force_rebuild,
+            },
+        );
+        worker.remember_snapshot(&probe);
+        Ok(report?)
+    })
+    .await;
+    node.metrics
+        .count_cleanup(if result.is_ok() { "success" } else { "failure" });
+    Ok(Json(result?))
+}
+
+/// `GET /v1/ping`: an empty route, the floor for HTTP latency.
+pub(super) async fn ping() -> StatusCode {
+    StatusCode::OK
+}
+
+/// `GET /metrics`.
+pub(super) async fn metrics(State(node): State<Arc<Node>>) -> Response {
+    let stats = node.store.stats().ok();
+    let probe = node.probe_snapshot();
+    let last = CleanupReport::last(&node.store).ok().flatten();
+    let text = node
+        .metrics
+        .render(stats.as_ref(), &probe, last.as_ref(), node.ready());
+    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text).into_response()
+}
+
+/// `GET /healthz`: the process serves and the store answers.
+pub(super) async fn healthz(State(node): State<Arc<Node>>) -> ApiResult<&'static str> {
+    node.store.stats()?;
+    Ok("ok")
+}
+
+/// `GET /readyz`: ready for traffic (not opening, rebuilding or stopping).
+pub(super) async fn readyz(State(node): State<Arc<Node>>) -> ApiResult<&'static str> {
+    if node.ready() {
+        Ok("ready")
+    } else {
+        Err(ApiError::NotReady)
+    }
+}
+
+/// Unknown routes.
+pub(super) async fn no_route(uri: Uri) -> ApiError {
+    ApiError::NoRoute(uri.path().chars().take(200).collect())
+}
+
+/// Known routes with the wrong method.
+pub(super) async fn method_not_allowed() -> ApiError {
+    ApiError::MethodNotAllowed
+}

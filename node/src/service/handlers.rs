@@ -19,8 +19,17 @@ use crate::merkle::{Proof, hex_hash};
 
 type ApiResult<T> = Result<T, ApiError>;
 
-fn key_of(path: Result<Path<String>, PathRejection>) -> ApiResult<String> {
+/// The key from the path, checked the same way for every operation (a read of a key that
+/// could never be stored is a 400, not a 404).
+fn key_of(node: &Node, path: Result<Path<String>, PathRejection>) -> ApiResult<String> {
     let Path(key) = path.map_err(|e| ApiError::bad_request("invalid_key", e.body_text()))?;
+    let max = node.config.limits.max_key_bytes;
+    if key.is_empty() || key.len() > max {
+        return Err(ApiError::bad_request(
+            "invalid_key",
+            format!("keys must be 1 to {max} bytes long, got {}", key.len()),
+        ));
+    }
     if key.chars().any(char::is_control) {
         return Err(ApiError::bad_request(
             "invalid_key",
@@ -67,7 +76,7 @@ pub(super) async fn store(
     params: Result<Query<StoreParams>, QueryRejection>,
     body: Result<Bytes, BytesRejection>,
 ) -> ApiResult<Response> {
-    let key = key_of(path)?;
+    let key = key_of(&node, path)?;
     let params = query(params)?;
     let body = body.map_err(|e| match e.status() {
         StatusCode::PAYLOAD_TOO_LARGE => ApiError::BodyTooLarge(node.config.limits.max_body_bytes),
@@ -104,7 +113,7 @@ pub(super) async fn retrieve(
     State(node): State<Arc<Node>>,
     path: Result<Path<String>, PathRejection>,
 ) -> ApiResult<Response> {
-    let key = key_of(path)?;
+    let key = key_of(&node, path)?;
     // One point lookup, a few µs: cheaper inline than a hop to a blocking thread.
     let value = node
         .store
@@ -126,7 +135,7 @@ pub(super) async fn delete(
     State(node): State<Arc<Node>>,
     path: Result<Path<String>, PathRejection>,
 ) -> ApiResult<StatusCode> {
-    let key = key_of(path)?;
+    let key = key_of(&node, path)?;
     let store = Arc::clone(&node.store);
     if blocking(move || Ok(store.delete(key.as_bytes())?)).await? {
         Ok(StatusCode::NO_CONTENT)
@@ -239,7 +248,7 @@ pub(super) async fn proof(
     State(node): State<Arc<Node>>,
     path: Result<Path<String>, PathRejection>,
 ) -> ApiResult<Json<ProofBody>> {
-    let key = key_of(path)?;
+    let key = key_of(&node, path)?;
     let store = Arc::clone(&node.store);
     let lookup = key.clone();
     let (value, proof, root) = blocking(move || Ok(store.prove(lookup.as_bytes())?))

@@ -47,6 +47,13 @@ enum Command {
         /// Also write the results as JSON to this file.
         #[arg(long)]
         json: Option<PathBuf>,
+        /// Run the HTTP scenarios (sustained mix with an empty route, durable stores) on a
+        /// node served in-process on loopback.
+        #[arg(long)]
+        http: bool,
+        /// Client threads of the HTTP scenarios.
+        #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u16).range(1..=256))]
+        concurrency: u16,
         /// Run every scenario in this process. By default each scenario runs in a child
         /// process of its own, so its peak RSS is not inflated by memory the previous
         /// scenario's allocator kept.
@@ -223,6 +230,8 @@ fn run(cli: Cli, serve_config: Option<NodeConfig>) -> anyhow::Result<ExitCode> {
             no_progress,
             json,
             in_process,
+            http,
+            concurrency,
         } => {
             let options = BenchOptions {
                 dir: dir.unwrap_or_else(std::env::temp_dir),
@@ -235,8 +244,9 @@ fn run(cli: Cli, serve_config: Option<NodeConfig>) -> anyhow::Result<ExitCode> {
                 plot_dir: plot,
                 progress: !no_progress,
                 seed,
+                http_concurrency: http.then_some(usize::from(concurrency)),
             };
-            let results = if options.scenarios.len() > 1 && !in_process {
+            let results = if options.scenarios.len() > 1 && !in_process && !http {
                 bench_in_children(&options)?
             } else {
                 let mut stdout = std::io::stdout().lock();

@@ -5,11 +5,12 @@
 //! p50/p99 per window, the last/first retrieve p50 ratio, and the process's peak RSS
 //! (reset at the start of each scenario through `/proc/self/clear_refs`).
 
+mod http;
 mod plot;
 mod scenarios;
 
 use std::io::Write;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use hdrhistogram::Histogram;
@@ -32,6 +33,8 @@ pub struct BenchOptions {
     pub progress: bool,
     /// Seed for the operation sequences.
     pub seed: u64,
+    /// Run the HTTP scenarios instead, with this many client threads.
+    pub http_concurrency: Option<usize>,
 }
 
 /// Errors of the benchmark.
@@ -46,6 +49,9 @@ pub enum BenchError {
     /// Drawing the plot failed.
     #[error("failed to draw the plot: {0}")]
     Plot(String),
+    /// A request of the HTTP benchmark failed.
+    #[error("HTTP benchmark failed: {0}")]
+    Http(String),
 }
 
 /// Figures of one window (a tenth of a scenario's operations).
@@ -203,12 +209,27 @@ pub fn run(
             "note: peak RSS cannot be reset here; figures are cumulative"
         )?;
     }
-    for scenario in &options.scenarios {
+    let runs: Vec<Box<dyn Fn(&Path) -> Result<ScenarioResult, BenchError> + '_>> =
+        match options.http_concurrency {
+            Some(clients) => vec![
+                Box::new(move |dir: &Path| http::sustained(options, dir, clients)),
+                Box::new(move |dir: &Path| http::durable(options, dir, clients)),
+            ],
+            None => options
+                .scenarios
+                .iter()
+                .map(|s| {
+                    Box::new(move |dir: &Path| s.run(options, dir))
+                        as Box<dyn Fn(&Path) -> Result<ScenarioResult, BenchError>>
+                })
+                .collect(),
+        };
+    for run in runs {
         let workdir = tempfile::Builder::new()
             .prefix("phoenix-bench-")
             .tempdir_in(&options.dir)?;
         reset_peak_rss();
-        let result = scenario.run(options, workdir.path())?;
+        let result = run(workdir.path())?;
         print_result(out, &result)?;
         if let Some(dir) = &options.plot_dir {
             std::fs::create_dir_all(dir)?;

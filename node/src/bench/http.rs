@@ -1,0 +1,317 @@
+//! `phoenix-node bench --http`: the node served in-process on loopback and driven by
+//! keep-alive HTTP clients on several threads.
+//!
+//! - `sustained`: the engine's sustained mix (preload, then mixed operations) over HTTP,
+//!   with every tenth request of each client an empty route (`GET /v1/ping`) on the same
+//!   server, so the HTTP floor is measured in the same run (the `ref` columns).
+//! - `durable`: concurrent stores with durable-before-acknowledge writes (group commit).
+
+use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Instant;
+
+use hdrhistogram::Histogram;
+
+use super::{BenchError, BenchOptions, Percentiles, ScenarioResult, Window, histogram, nanos};
+use crate::config::{DurabilityMode, NodeConfig};
+use crate::service::{Node, app};
+use crate::store::Store;
+
+const WINDOWS: usize = 10;
+
+/// A node served on 127.0.0.1 by a runtime of its own.
+struct Served {
+    url: String,
+    node: Arc<Node>,
+    runtime: tokio::runtime::Runtime,
+}
+
+fn serve(dir: &Path, durability: DurabilityMode) -> Result<Served, BenchError> {
+    let mut config = NodeConfig {
+        data_dir: dir.join("db"),
+        ..NodeConfig::default()
+    };
+    config.durability.mode = durability;
+    config.cache_capacity.0 = 256 << 20;
+    let store = Arc::new(Store::open(config.store_config())?);
+    let node = Arc::new(
+        Node::new(store, config, None).map_err(|e| BenchError::Http(format!("node: {e}")))?,
+    );
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
+    let listener = runtime.block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))?;
+    let url = format!("http://{}", listener.local_addr()?);
+    let router = app(Arc::clone(&node));
+    runtime.spawn(async move { axum::serve(listener, router).await });
+    Ok(Served { url, node, runtime })
+}
+
+/// Per-window latency histograms of one client thread.
+struct Windows {
+    retrieve: Vec<Histogram<u64>>,
+    store: Vec<Histogram<u64>>,
+    ping: Vec<Histogram<u64>>,
+}
+
+impl Windows {
+    fn new() -> Windows {
+        let make = || (0..WINDOWS).map(|_| histogram()).collect::<Vec<_>>();
+        Windows {
+            retrieve: make(),
+            store: make(),
+            ping: make(),
+        }
+    }
+
+    fn merge(&mut self, other: &Windows) {
+        for i in 0..WINDOWS {
+            // Histograms share bounds, so adding cannot fail.
+            let _ = self.retrieve[i].add(&other.retrieve[i]);
+            let _ = self.store[i].add(&other.store[i]);
+            let _ = self.ping[i].add(&other.ping[i]);
+        }
+    }
+}
+
+fn key(id: u64) -> String {
+    format!("mem-{id:012x}")
+}
+
+fn value(rng: &mut fastrand::Rng) -> String {
+    let len = rng.usize(256..=1024);
+    (0..len).map(|_| rng.alphanumeric()).collect()
+}
+
+fn check(result: Result<ureq::Response, ureq::Error>) -> Result<(), BenchError> {
+    match result {
+        Ok(response) => {
+            // Drain the body so the connection goes back to the pool.
+            let _ = response.into_string();
+            Ok(())
+        }
+        Err(ureq::Error::Status(404, _)) => Ok(()),
+        Err(e) => Err(BenchError::Http(format!("request failed: {e}"))),
+    }
+}
+
+/// The sustained mix over HTTP, with the empty route timed alongside.
+pub(super) fn sustained(
+    options: &BenchOptions,
+    dir: &Path,
+    concurrency: usize,
+) -> Result<ScenarioResult, BenchError> {
+    let keys = ((100_000.0 * options.scale) as u64).max(100);
+    let ops = ((1_000_000.0 * options.scale) as u64).max(1000);
+    let served = serve(dir, DurabilityMode::Periodic)?;
+    let agent = ureq::AgentBuilder::new().max_idle_connections_per_host(concurrency).build();
+    // Preload over HTTP too, concurrently.
+    let next_id = Arc::new(AtomicU64::new(0));
+    std::thread::scope(|scope| -> Result<(), BenchError> {
+        let handles: Vec<_> = (0..concurrency)
+            .map(|t| {
+                let (agent, url, next_id) = (agent.clone(), served.url.clone(), Arc::clone(&next_id));
+                scope.spawn(move || -> Result<(), BenchError> {
+                    let mut rng = fastrand::Rng::with_seed(options.seed + t as u64);
+                    loop {
+                        let id = next_id.fetch_add(1, Ordering::Relaxed);
+                        if id >= keys {
+                            return Ok(());
+                        }
+                        check(agent.put(&format!("{url}/v1/memories/{}", key(id))).send_string(&value(&mut rng)))?;
+                    }
+                })
+            })
+            .collect();
+        for handle in handles {
+            handle.join().map_err(|_| BenchError::Http("client thread panicked".into()))??;
+        }
+        Ok(())
+    })?;
+
+    let done = Arc::new(AtomicU64::new(0));
+    let mut merged = Windows::new();
+    std::thread::scope(|scope| -> Result<(), BenchError> {
+        let handles: Vec<_> = (0..concurrency)
+            .map(|t| {
+                let (agent, url, done, next_id) =
+                    (agent.clone(), served.url.clone(), Arc::clone(&done), Arc::clone(&next_id));
+                scope.spawn(move || -> Result<Windows, BenchError> {
+                    let mut rng = fastrand::Rng::with_seed(options.seed ^ (1000 + t as u64));
+                    let mut windows = Windows::new();
+                    let mut own = 0u64;
+                    loop {
+                        let op = done.fetch_add(1, Ordering::Relaxed);
+                        if op >= ops {
+                            return Ok(windows);
+                        }
+                        let w = usize::try_from(op * WINDOWS as u64 / ops).unwrap_or(WINDOWS - 1);
+                        own += 1;
+                        // The live key range: ids below next_id, most of them present.
+                        let top = next_id.load(Ordering::Relaxed).max(1);
+                        let started = Instant::now();
+                        let slot = if own % 10 == 0 {
+                            check(agent.get(&format!("{url}/v1/ping")).call())?;
+                            &mut windows.ping[w]
+                        } else {
+                            match rng.u8(0..100) {
+                                0..50 => {
+                                    let id = rng.u64(0..top);
+                                    check(agent.get(&format!("{url}/v1/memories/{}", key(id))).call())?;
+                                    &mut windows.retrieve[w]
+                                }
+                                50..70 => {
+                                    let id = rng.u64(0..top);
+                                    check(agent.put(&format!("{url}/v1/memories/{}", key(id))).send_string(&value(&mut rng)))?;
+                                    &mut windows.store[w]
+                                }
+                                70..85 => {
+                                    let id = next_id.fetch_add(1, Ordering::Relaxed);
+                                    check(agent.put(&format!("{url}/v1/memories/{}", key(id))).send_string(&value(&mut rng)))?;
+                                    &mut windows.store[w]
+                                }
+                                _ => {
+                                    let id = rng.u64(0..top);
+                                    check(agent.delete(&format!("{url}/v1/memories/{}", key(id))).call())?;
+                                    continue;
+                                }
+                            }
+                        };
+                        slot.saturating_record(nanos(started.elapsed()));
+                    }
+                })
+            })
+            .collect();
+        for handle in handles {
+            let windows = handle
+                .join()
+                .map_err(|_| BenchError::Http("client thread panicked".into()))??;
+            merged.merge(&windows);
+        }
+        Ok(())
+    })?;
+    served.node.probe_tick();
+    let windows: Vec<Window> = (0..WINDOWS)
+        .map(|i| Window {
+            keys: 0,
+            retrieve: Percentiles::of(&merged.retrieve[i]),
+            store: Percentiles::of(&merged.store[i]),
+            reference: Some(Percentiles::of(&merged.ping[i])),
+            probe_ratio: None,
+        })
+        .collect();
+    let mut all_retrieve = histogram();
+    let mut all_ping = histogram();
+    for i in 0..WINDOWS {
+        let _ = all_retrieve.add(&merged.retrieve[i]);
+        let _ = all_ping.add(&merged.ping[i]);
+    }
+    let (r, p) = (Percentiles::of(&all_retrieve), Percentiles::of(&all_ping));
+    let stats = served.node.store.stats()?;
+    drop(served.runtime);
+    Ok(ScenarioResult {
+        name: "http-sustained",
+        description: format!(
+            "over HTTP on loopback, {concurrency} keep-alive clients: {keys} keys preloaded, then {ops} requests (every 10th per client GET /v1/ping, the ref columns; the rest 50% retrieve, 20% overwrite, 15% new, 15% delete)"
+        ),
+        windows,
+        figures: vec![
+            (
+                "retrieve vs empty route".into(),
+                format!(
+                    "p50 {:.1} µs vs {:.1} µs → {:.2}× (target ≤ 1.5×); p99 {:.1} µs vs {:.1} µs",
+                    r.p50_ns as f64 / 1e3,
+                    p.p50_ns as f64 / 1e3,
+                    r.p50_ns as f64 / p.p50_ns.max(1) as f64,
+                    r.p99_ns as f64 / 1e3,
+                    p.p99_ns as f64 / 1e3
+                ),
+            ),
+            ("final keys".into(), stats.keys.to_string()),
+        ],
+        peak_rss_bytes: super::peak_rss_bytes(),
+    })
+}
+
+/// Concurrent durable stores (group commit).
+pub(super) fn durable(
+    options: &BenchOptions,
+    dir: &Path,
+    concurrency: usize,
+) -> Result<ScenarioResult, BenchError> {
+    let ops = ((100_000.0 * options.scale) as u64).max(1000);
+    let served = serve(dir, DurabilityMode::Sync)?;
+    let agent = ureq::AgentBuilder::new().max_idle_connections_per_host(concurrency).build();
+    let done = Arc::new(AtomicU64::new(0));
+    let started = Instant::now();
+    let mut merged = Windows::new();
+    std::thread::scope(|scope| -> Result<(), BenchError> {
+        let handles: Vec<_> = (0..concurrency)
+            .map(|t| {
+                let (agent, url, done) = (agent.clone(), served.url.clone(), Arc::clone(&done));
+                scope.spawn(move || -> Result<Windows, BenchError> {
+                    let mut rng = fastrand::Rng::with_seed(options.seed + 7 * t as u64);
+                    let mut windows = Windows::new();
+                    loop {
+                        let op = done.fetch_add(1, Ordering::Relaxed);
+                        if op >= ops {
+                            return Ok(windows);
+                        }
+                        let w = usize::try_from(op * WINDOWS as u64 / ops).unwrap_or(WINDOWS - 1);
+                        let at = Instant::now();
+                        check(agent.put(&format!("{url}/v1/memories/{}", key(op))).send_string(&value(&mut rng)))?;
+                        windows.store[w].saturating_record(nanos(at.elapsed()));
+                    }
+                })
+            })
+            .collect();
+        for handle in handles {
+            let windows = handle
+                .join()
+                .map_err(|_| BenchError::Http("client thread panicked".into()))??;
+            merged.merge(&windows);
+        }
+        Ok(())
+    })?;
+    let elapsed = started.elapsed();
+    let flushes = served.node.store.durable_flushes();
+    let mut all = histogram();
+    for h in &merged.store {
+        let _ = all.add(h);
+    }
+    let all = Percentiles::of(&all);
+    drop(served.runtime);
+    Ok(ScenarioResult {
+        name: "http-durable",
+        description: format!(
+            "over HTTP on loopback, {concurrency} clients storing {ops} new keys, each durable before it is acknowledged"
+        ),
+        windows: (0..WINDOWS)
+            .map(|i| Window {
+                store: Percentiles::of(&merged.store[i]),
+                ..Window::default()
+            })
+            .collect(),
+        figures: vec![
+            (
+                "durable store".into(),
+                format!(
+                    "p50 {:.2} ms, p99 {:.2} ms (target p99 ≤ 5 ms)",
+                    all.p50_ns as f64 / 1e6,
+                    all.p99_ns as f64 / 1e6
+                ),
+            ),
+            (
+                "group commit".into(),
+                format!(
+                    "{ops} writes shared {flushes} flushes ({:.1} writes per flush), {:.0} writes/s",
+                    ops as f64 / flushes.max(1) as f64,
+                    ops as f64 / elapsed.as_secs_f64()
+                ),
+            ),
+        ],
+        peak_rss_bytes: super::peak_rss_bytes(),
+    })
+}

@@ -14,7 +14,7 @@ use crate::store::{Durability, Limits, RebuildPolicy, StoreConfig};
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     /// The file could not be read.
-    #[error("failed to read config file {path}: {source}")]
+    #[error("failed to read config file {path}")]
     Read {
         /// The file.
         path: PathBuf,

@@ -253,7 +253,14 @@ fn the_probe_ratio_appears_once_there_are_samples() {
 }
 
 /// Method, path, headers, body, expected status, expected error code.
-type Case = (&'static str, String, Vec<(&'static str, String)>, Vec<u8>, u16, &'static str);
+type Case = (
+    &'static str,
+    String,
+    Vec<(&'static str, String)>,
+    Vec<u8>,
+    u16,
+    &'static str,
+);
 
 #[test]
 fn malformed_and_hostile_requests_get_a_json_4xx_and_change_nothing() {

@@ -106,13 +106,16 @@ pub(super) fn sustained(
     let keys = ((100_000.0 * options.scale) as u64).max(100);
     let ops = ((1_000_000.0 * options.scale) as u64).max(1000);
     let served = serve(dir, DurabilityMode::Periodic)?;
-    let agent = ureq::AgentBuilder::new().max_idle_connections_per_host(concurrency).build();
+    let agent = ureq::AgentBuilder::new()
+        .max_idle_connections_per_host(concurrency)
+        .build();
     // Preload over HTTP too, concurrently.
     let next_id = Arc::new(AtomicU64::new(0));
     std::thread::scope(|scope| -> Result<(), BenchError> {
         let handles: Vec<_> = (0..concurrency)
             .map(|t| {
-                let (agent, url, next_id) = (agent.clone(), served.url.clone(), Arc::clone(&next_id));
+                let (agent, url, next_id) =
+                    (agent.clone(), served.url.clone(), Arc::clone(&next_id));
                 scope.spawn(move || -> Result<(), BenchError> {
                     let mut rng = fastrand::Rng::with_seed(options.seed + t as u64);
                     loop {
@@ -120,13 +123,19 @@ pub(super) fn sustained(
                         if id >= keys {
                             return Ok(());
                         }
-                        check(agent.put(&format!("{url}/v1/memories/{}", key(id))).send_string(&value(&mut rng)))?;
+                        check(
+                            agent
+                                .put(&format!("{url}/v1/memories/{}", key(id)))
+                                .send_string(&value(&mut rng)),
+                        )?;
                     }
                 })
             })
             .collect();
         for handle in handles {
-            handle.join().map_err(|_| BenchError::Http("client thread panicked".into()))??;
+            handle
+                .join()
+                .map_err(|_| BenchError::Http("client thread panicked".into()))??;
         }
         Ok(())
     })?;
@@ -136,8 +145,12 @@ pub(super) fn sustained(
     std::thread::scope(|scope| -> Result<(), BenchError> {
         let handles: Vec<_> = (0..concurrency)
             .map(|t| {
-                let (agent, url, done, next_id) =
-                    (agent.clone(), served.url.clone(), Arc::clone(&done), Arc::clone(&next_id));
+                let (agent, url, done, next_id) = (
+                    agent.clone(),
+                    served.url.clone(),
+                    Arc::clone(&done),
+                    Arc::clone(&next_id),
+                );
                 scope.spawn(move || -> Result<Windows, BenchError> {
                     let mut rng = fastrand::Rng::with_seed(options.seed ^ (1000 + t as u64));
                     let mut windows = Windows::new();
@@ -159,22 +172,36 @@ pub(super) fn sustained(
                             match rng.u8(0..100) {
                                 0..50 => {
                                     let id = rng.u64(0..top);
-                                    check(agent.get(&format!("{url}/v1/memories/{}", key(id))).call())?;
+                                    check(
+                                        agent.get(&format!("{url}/v1/memories/{}", key(id))).call(),
+                                    )?;
                                     &mut windows.retrieve[w]
                                 }
                                 50..70 => {
                                     let id = rng.u64(0..top);
-                                    check(agent.put(&format!("{url}/v1/memories/{}", key(id))).send_string(&value(&mut rng)))?;
+                                    check(
+                                        agent
+                                            .put(&format!("{url}/v1/memories/{}", key(id)))
+                                            .send_string(&value(&mut rng)),
+                                    )?;
                                     &mut windows.store[w]
                                 }
                                 70..85 => {
                                     let id = next_id.fetch_add(1, Ordering::Relaxed);
-                                    check(agent.put(&format!("{url}/v1/memories/{}", key(id))).send_string(&value(&mut rng)))?;
+                                    check(
+                                        agent
+                                            .put(&format!("{url}/v1/memories/{}", key(id)))
+                                            .send_string(&value(&mut rng)),
+                                    )?;
                                     &mut windows.store[w]
                                 }
                                 _ => {
                                     let id = rng.u64(0..top);
-                                    check(agent.delete(&format!("{url}/v1/memories/{}", key(id))).call())?;
+                                    check(
+                                        agent
+                                            .delete(&format!("{url}/v1/memories/{}", key(id)))
+                                            .call(),
+                                    )?;
                                     continue;
                                 }
                             }
@@ -243,7 +270,9 @@ pub(super) fn durable(
 ) -> Result<ScenarioResult, BenchError> {
     let ops = ((100_000.0 * options.scale) as u64).max(1000);
     let served = serve(dir, DurabilityMode::Sync)?;
-    let agent = ureq::AgentBuilder::new().max_idle_connections_per_host(concurrency).build();
+    let agent = ureq::AgentBuilder::new()
+        .max_idle_connections_per_host(concurrency)
+        .build();
     let done = Arc::new(AtomicU64::new(0));
     let started = Instant::now();
     let mut merged = Windows::new();
@@ -261,7 +290,11 @@ pub(super) fn durable(
                         }
                         let w = usize::try_from(op * WINDOWS as u64 / ops).unwrap_or(WINDOWS - 1);
                         let at = Instant::now();
-                        check(agent.put(&format!("{url}/v1/memories/{}", key(op))).send_string(&value(&mut rng)))?;
+                        check(
+                            agent
+                                .put(&format!("{url}/v1/memories/{}", key(op)))
+                                .send_string(&value(&mut rng)),
+                        )?;
                         windows.store[w].saturating_record(nanos(at.elapsed()));
                     }
                 })

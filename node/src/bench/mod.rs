@@ -193,6 +193,9 @@ pub fn print_result(out: &mut impl Write, result: &ScenarioResult) -> std::io::R
     Ok(())
 }
 
+/// One scenario, ready to run in a scratch directory.
+type Run<'a> = Box<dyn Fn(&Path) -> Result<ScenarioResult, BenchError> + 'a>;
+
 /// Runs the selected scenarios, printing each result to `out` as it completes.
 ///
 /// # Errors
@@ -209,21 +212,17 @@ pub fn run(
             "note: peak RSS cannot be reset here; figures are cumulative"
         )?;
     }
-    let runs: Vec<Box<dyn Fn(&Path) -> Result<ScenarioResult, BenchError> + '_>> =
-        match options.http_concurrency {
-            Some(clients) => vec![
-                Box::new(move |dir: &Path| http::sustained(options, dir, clients)),
-                Box::new(move |dir: &Path| http::durable(options, dir, clients)),
-            ],
-            None => options
-                .scenarios
-                .iter()
-                .map(|s| {
-                    Box::new(move |dir: &Path| s.run(options, dir))
-                        as Box<dyn Fn(&Path) -> Result<ScenarioResult, BenchError>>
-                })
-                .collect(),
-        };
+    let runs: Vec<Run<'_>> = match options.http_concurrency {
+        Some(clients) => vec![
+            Box::new(move |dir: &Path| http::sustained(options, dir, clients)),
+            Box::new(move |dir: &Path| http::durable(options, dir, clients)),
+        ],
+        None => options
+            .scenarios
+            .iter()
+            .map(|s| Box::new(move |dir: &Path| s.run(options, dir)) as Run<'_>)
+            .collect(),
+    };
     for run in runs {
         let workdir = tempfile::Builder::new()
             .prefix("phoenix-bench-")

@@ -1,0 +1,24 @@
+# The project's image: phoenix-node (memory node, cleanup job). phoenix-operator joins it
+# as soon as the operator crate has its binary (operator-core issue): add it to the
+# cargo build and cp lines below. Build: docker build -t phoenix-memory:0.1.0 .
+#
+# Stage 1 compiles in the official Rust image; stage 2 is distroless (no shell, no package
+# manager) and runs as the non-root user 65532.
+
+FROM rust:1.95-bookworm AS build
+WORKDIR /src
+COPY Cargo.toml Cargo.lock ./
+COPY operator operator
+COPY node node
+COPY tests tests
+RUN cargo build --release --locked -p phoenix-node \
+ && mkdir -p /out \
+ && cp target/release/phoenix-node /out/
+
+FROM gcr.io/distroless/cc-debian12:nonroot
+COPY --from=build /out/ /usr/local/bin/
+USER 65532:65532
+EXPOSE 8080
+VOLUME ["/data"]
+ENTRYPOINT ["/usr/local/bin/phoenix-node"]
+CMD ["serve", "--config", "/etc/phoenix/node.yaml"]

@@ -1,8 +1,12 @@
 //! Cross-crate scenarios for Phoenix Memory.
 //!
-//! The in-process Kubernetes API server, the operator scenarios and the
-//! `phoenix-sandbox` program join this crate with their issues. The node's own end-to-end
-//! tests live in `node/tests/`, where Cargo hands them the `phoenix-node` binary.
+//! - [`apiserver`]: an in-process Kubernetes API server that the real kube client and
+//!   kube-runtime work against, for the operator's tests and the no-cluster sandbox.
+//!
+//! The node's own end-to-end tests live in `node/tests/`, where Cargo hands them the
+//! `phoenix-node` binary.
+
+pub mod apiserver;
 
 /// The node crate's version; the operator and chart are kept in step with it.
 pub fn node_version() -> &'static str {

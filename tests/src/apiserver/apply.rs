@@ -58,18 +58,23 @@ pub fn leaf_paths(value: &Value) -> BTreeSet<FieldPath> {
 
 /// The fields a manager owns, excluding identity fields no one "owns".
 fn owned_paths(value: &Value) -> BTreeSet<FieldPath> {
+    const SERVER_SET: [&str; 8] = [
+        "name",
+        "namespace",
+        "resourceVersion",
+        "uid",
+        "generation",
+        "creationTimestamp",
+        "managedFields",
+        "deletionTimestamp",
+    ];
     leaf_paths(value)
         .into_iter()
         .filter(|p| {
-            !matches!(p[0].as_str(), "apiVersion" | "kind")
-                && !(p[0] == "metadata"
-                    && p.get(1).is_some_and(|f| {
-                        matches!(
-                            f.as_str(),
-                            "name" | "namespace" | "resourceVersion" | "uid" | "generation"
-                                | "creationTimestamp" | "managedFields" | "deletionTimestamp"
-                        )
-                    }))
+            let identity = matches!(p[0].as_str(), "apiVersion" | "kind");
+            let server_set =
+                p[0] == "metadata" && p.get(1).is_some_and(|f| SERVER_SET.contains(&f.as_str()));
+            !identity && !server_set
         })
         .collect()
 }
@@ -79,7 +84,9 @@ fn at<'a>(value: &'a Value, path: &[String]) -> Option<&'a Value> {
 }
 
 fn remove_at(value: &mut Value, path: &[String]) {
-    let Some((last, parents)) = path.split_last() else { return };
+    let Some((last, parents)) = path.split_last() else {
+        return;
+    };
     let mut current = value;
     for key in parents {
         match current.get_mut(key) {
@@ -159,11 +166,26 @@ pub fn managers(object: &Value) -> Managers {
         .into_iter()
         .flatten()
     {
-        let manager = entry.get("manager").and_then(Value::as_str).unwrap_or("unknown");
-        let operation = entry.get("operation").and_then(Value::as_str).unwrap_or("Update");
-        let subresource = entry.get("subresource").and_then(Value::as_str).unwrap_or("");
-        let paths = entry.get("fieldsV1").map(from_fields_v1).unwrap_or_default();
-        out.insert(manager.to_string(), (operation.to_string(), subresource.to_string(), paths));
+        let manager = entry
+            .get("manager")
+            .and_then(Value::as_str)
+            .unwrap_or("unknown");
+        let operation = entry
+            .get("operation")
+            .and_then(Value::as_str)
+            .unwrap_or("Update");
+        let subresource = entry
+            .get("subresource")
+            .and_then(Value::as_str)
+            .unwrap_or("");
+        let paths = entry
+            .get("fieldsV1")
+            .map(from_fields_v1)
+            .unwrap_or_default();
+        out.insert(
+            manager.to_string(),
+            (operation.to_string(), subresource.to_string(), paths),
+        );
     }
     out
 }
@@ -195,7 +217,14 @@ pub fn set_managers(object: &mut Value, managers: &Managers, api_version: &str, 
 
 /// Records an update (create, replace, merge patch) by `manager`: it takes the fields whose
 /// values changed.
-pub fn record_update(before: Option<&Value>, after: &mut Value, manager: &str, subresource: &str, api_version: &str, now: &str) {
+pub fn record_update(
+    before: Option<&Value>,
+    after: &mut Value,
+    manager: &str,
+    subresource: &str,
+    api_version: &str,
+    now: &str,
+) {
     let mut owners = before.map(managers).unwrap_or_default();
     let changed: BTreeSet<FieldPath> = owned_paths(after)
         .into_iter()
@@ -253,7 +282,10 @@ pub fn apply(
     }
     let mut merged = existing.cloned().unwrap_or_else(|| json!({}));
     // Fields this manager applied before and no longer applies go, unless someone else owns them.
-    let previously = owners.get(manager).map(|(_, _, p)| p.clone()).unwrap_or_default();
+    let previously = owners
+        .get(manager)
+        .map(|(_, _, p)| p.clone())
+        .unwrap_or_default();
     for path in previously.difference(&applied_paths) {
         let shared = owners
             .iter()
@@ -267,10 +299,16 @@ pub fn apply(
         if other != manager {
             // With force the applier takes the conflicting fields; without a conflict a
             // field applied with the same value stays shared.
-            paths.retain(|p| !(applied_paths.contains(p) && at(existing.unwrap_or(&Value::Null), p) != at(applied, p)));
+            paths.retain(|p| {
+                !(applied_paths.contains(p)
+                    && at(existing.unwrap_or(&Value::Null), p) != at(applied, p))
+            });
         }
     }
-    owners.insert(manager.to_string(), ("Apply".into(), String::new(), applied_paths));
+    owners.insert(
+        manager.to_string(),
+        ("Apply".into(), String::new(), applied_paths),
+    );
     set_managers(&mut merged, &owners, api_version, now);
     ApplyOutcome::Applied(merged)
 }
@@ -290,11 +328,16 @@ mod tests {
     fn apply_creates_merges_removes_and_detects_conflicts() {
         let now = "2026-01-01T00:00:00Z";
         let first = json!({"metadata": {"name": "x", "labels": {"a": "1"}}, "data": {"k": "v", "old": "o"}});
-        let ApplyOutcome::Applied(created) = apply(None, &first, "op", false, "v1", now) else { panic!("conflict") };
+        let ApplyOutcome::Applied(created) = apply(None, &first, "op", false, "v1", now) else {
+            panic!("conflict")
+        };
         assert_eq!(managers(&created)["op"].2.len(), 3);
         // The same manager drops a field: it goes.
         let second = json!({"metadata": {"name": "x", "labels": {"a": "1"}}, "data": {"k": "v2"}});
-        let ApplyOutcome::Applied(updated) = apply(Some(&created), &second, "op", false, "v1", now) else { panic!("conflict") };
+        let ApplyOutcome::Applied(updated) = apply(Some(&created), &second, "op", false, "v1", now)
+        else {
+            panic!("conflict")
+        };
         assert_eq!(updated["data"], json!({"k": "v2"}));
         // Another manager changing an owned field conflicts; force takes it.
         let other = json!({"metadata": {"name": "x"}, "data": {"k": "mine"}});
@@ -302,10 +345,22 @@ mod tests {
             ApplyOutcome::Conflict(c) => assert!(c[0].contains("\"op\""), "{c:?}"),
             ApplyOutcome::Applied(_) => panic!("expected a conflict"),
         }
-        let ApplyOutcome::Applied(forced) = apply(Some(&updated), &other, "intruder", true, "v1", now) else { panic!() };
+        let ApplyOutcome::Applied(forced) =
+            apply(Some(&updated), &other, "intruder", true, "v1", now)
+        else {
+            panic!()
+        };
         assert_eq!(forced["data"]["k"], "mine");
         let owners = managers(&forced);
-        assert!(owners["intruder"].2.contains(&vec!["data".to_string(), "k".to_string()]));
-        assert!(!owners["op"].2.contains(&vec!["data".to_string(), "k".to_string()]));
+        assert!(
+            owners["intruder"]
+                .2
+                .contains(&vec!["data".to_string(), "k".to_string()])
+        );
+        assert!(
+            !owners["op"]
+                .2
+                .contains(&vec!["data".to_string(), "k".to_string()])
+        );
     }
 }

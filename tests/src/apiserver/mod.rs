@@ -62,7 +62,10 @@ pub enum Verb {
 impl Verb {
     /// Whether the verb changes state.
     pub fn is_mutating(self) -> bool {
-        matches!(self, Verb::Create | Verb::Update | Verb::Patch | Verb::Delete)
+        matches!(
+            self,
+            Verb::Create | Verb::Update | Verb::Patch | Verb::Delete
+        )
     }
 }
 
@@ -159,7 +162,9 @@ impl Drop for ApiServer {
 }
 
 fn now_rfc3339() -> String {
-    let secs = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
+    let secs = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
     let (days, rem) = ((secs / 86_400) as i64, secs % 86_400);
     // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
     let z = days + 719_468;
@@ -182,7 +187,14 @@ fn now_rfc3339() -> String {
 fn new_uid() -> String {
     let n = fastrand::u128(..);
     let hex = format!("{n:032x}");
-    format!("{}-{}-{}-{}-{}", &hex[..8], &hex[8..12], &hex[12..16], &hex[16..20], &hex[20..])
+    format!(
+        "{}-{}-{}-{}-{}",
+        &hex[..8],
+        &hex[8..12],
+        &hex[12..16],
+        &hex[16..20],
+        &hex[20..]
+    )
 }
 
 /// A `Status` response.
@@ -201,7 +213,10 @@ fn ok(code: StatusCode, value: Value) -> Response {
 }
 
 fn meta_str<'a>(object: &'a Value, field: &str) -> Option<&'a str> {
-    object.get("metadata").and_then(|m| m.get(field)).and_then(Value::as_str)
+    object
+        .get("metadata")
+        .and_then(|m| m.get(field))
+        .and_then(Value::as_str)
 }
 
 fn metadata_mut(object: &mut Value) -> &mut serde_json::Map<String, Value> {
@@ -225,11 +240,14 @@ fn spec_part(object: &Value) -> Value {
 }
 
 fn pointer_of(json_path: &str) -> String {
-    json_path.trim_start_matches('.').split('.').fold(String::new(), |mut p, s| {
-        p.push('/');
-        p.push_str(s);
-        p
-    })
+    json_path
+        .trim_start_matches('.')
+        .split('.')
+        .fold(String::new(), |mut p, s| {
+            p.push('/');
+            p.push_str(s);
+            p
+        })
 }
 
 fn set_pointer(object: &mut Value, pointer: &str, value: Value) {
@@ -239,12 +257,37 @@ fn set_pointer(object: &mut Value, pointer: &str, value: Value) {
         if !current.is_object() {
             *current = json!({});
         }
-        let Some(map) = current.as_object_mut() else { return };
+        let Some(map) = current.as_object_mut() else {
+            return;
+        };
         if i + 1 == parts.len() {
             map.insert((*part).to_string(), value);
             return;
         }
         current = map.entry((*part).to_string()).or_insert_with(|| json!({}));
+    }
+}
+
+/// A request refused with a `Status` (kept small; becomes a response at the edge).
+struct Failure {
+    code: u16,
+    reason: &'static str,
+    message: String,
+}
+
+impl Failure {
+    fn new(code: u16, reason: &'static str, message: impl Into<String>) -> Failure {
+        Failure {
+            code,
+            reason,
+            message: message.into(),
+        }
+    }
+}
+
+impl IntoResponse for Failure {
+    fn into_response(self) -> Response {
+        status(self.code, self.reason, self.message)
     }
 }
 
@@ -264,13 +307,23 @@ impl Store {
         ObjKey {
             group: ty.group.clone(),
             plural: ty.plural.clone(),
-            namespace: if ty.namespaced { namespace.to_string() } else { String::new() },
+            namespace: if ty.namespaced {
+                namespace.to_string()
+            } else {
+                String::new()
+            },
             name: name.to_string(),
         }
     }
 
     /// Stores `object` at a new resourceVersion and records the event.
-    fn commit(&mut self, shared: &Shared, key: ObjKey, mut object: Value, kind: &'static str) -> Value {
+    fn commit(
+        &mut self,
+        shared: &Shared,
+        key: ObjKey,
+        mut object: Value,
+        kind: &'static str,
+    ) -> Value {
         self.rv += 1;
         metadata_mut(&mut object).insert("resourceVersion".into(), json!(self.rv.to_string()));
         if kind == "DELETED" {
@@ -329,7 +382,10 @@ impl Store {
             .filter(|(_, o)| {
                 o.pointer("/metadata/ownerReferences")
                     .and_then(Value::as_array)
-                    .is_some_and(|refs| refs.iter().any(|r| r.get("uid").and_then(Value::as_str) == Some(uid)))
+                    .is_some_and(|refs| {
+                        refs.iter()
+                            .any(|r| r.get("uid").and_then(Value::as_str) == Some(uid))
+                    })
             })
             .map(|(k, _)| k.clone())
             .collect();
@@ -342,7 +398,8 @@ impl Store {
     fn register_crd(&mut self, crd: &mut Value) -> Result<(), String> {
         let types = resources::from_crd(crd)?;
         if let Some(first) = types.first() {
-            self.types.retain(|t| !(t.group == first.group && t.plural == first.plural));
+            self.types
+                .retain(|t| !(t.group == first.group && t.plural == first.plural));
         }
         let names = crd.pointer("/spec/names").cloned().unwrap_or(json!({}));
         self.types.extend(types);
@@ -424,7 +481,10 @@ impl ApiServer {
     }
 
     fn instrument(&self) -> std::sync::MutexGuard<'_, Instrument> {
-        self.shared.instrument.lock().unwrap_or_else(PoisonError::into_inner)
+        self.shared
+            .instrument
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
     }
 
     /// Requests served with `verb` on `resource` (plural, subresources as `plural/status`).
@@ -450,7 +510,13 @@ impl ApiServer {
 
     /// The next `times` requests matching `verb` and `resource` (`None` matches any) get
     /// `action`.
-    pub fn inject(&self, verb: Option<Verb>, resource: Option<&str>, times: u32, action: FaultAction) {
+    pub fn inject(
+        &self,
+        verb: Option<Verb>,
+        resource: Option<&str>,
+        times: u32,
+        action: FaultAction,
+    ) {
         self.instrument().faults.push(Fault {
             verb,
             resource: resource.map(str::to_string),
@@ -461,13 +527,21 @@ impl ApiServer {
 
     /// The current resourceVersion.
     pub fn resource_version(&self) -> u64 {
-        self.shared.store.lock().unwrap_or_else(PoisonError::into_inner).rv
+        self.shared
+            .store
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .rv
     }
 
     /// Drops the event history so that watches from any earlier version get 410 Gone, as
     /// after an etcd compaction.
     pub fn compact(&self) {
-        let mut store = self.shared.store.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut store = self
+            .shared
+            .store
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
         store.log.clear();
         store.compacted_before = store.rv + 1;
     }
@@ -497,34 +571,61 @@ async fn handle(
     let target = {
         let store = shared.store.lock().unwrap_or_else(PoisonError::into_inner);
         resources::parse_path(uri.path(), |group, plural| {
-            store.types.iter().any(|t| t.group == group && t.plural == plural && t.namespaced)
+            store
+                .types
+                .iter()
+                .any(|t| t.group == group && t.plural == plural && t.namespaced)
         })
         .map(|t| (t, store.types.clone()))
     };
     let Some((target, types)) = target else {
-        return status(404, "NotFound", format!("the server could not find the requested resource ({})", uri.path()));
+        return status(
+            404,
+            "NotFound",
+            format!(
+                "the server could not find the requested resource ({})",
+                uri.path()
+            ),
+        );
     };
     let (group, version, plural, namespace, name, subresource) = match target {
         Target::Discovery(doc) => {
             return match resources::discovery(&doc, &types) {
                 Some(value) => ok(StatusCode::OK, value),
-                None => status(404, "NotFound", "the server could not find the requested resource"),
+                None => status(
+                    404,
+                    "NotFound",
+                    "the server could not find the requested resource",
+                ),
             };
         }
-        Target::Resource { group, version, plural, namespace, name, subresource } => {
-            (group, version, plural, namespace, name, subresource)
-        }
+        Target::Resource {
+            group,
+            version,
+            plural,
+            namespace,
+            name,
+            subresource,
+        } => (group, version, plural, namespace, name, subresource),
     };
     let Some(ty) = types
         .iter()
         .find(|t| t.group == group && t.version == version && t.plural == plural)
         .cloned()
     else {
-        return status(404, "NotFound", format!("the server could not find the requested resource ({plural})"));
+        return status(
+            404,
+            "NotFound",
+            format!("the server could not find the requested resource ({plural})"),
+        );
     };
     let watch = matches!(params.get("watch").map(String::as_str), Some("true" | "1"));
     let Some(verb) = verb_of(&method, name.is_some(), watch) else {
-        return status(405, "MethodNotAllowed", format!("{method} is not supported on {}", uri.path()));
+        return status(
+            405,
+            "MethodNotAllowed",
+            format!("{method} is not supported on {}", uri.path()),
+        );
     };
     let resource = match &subresource {
         Some(sub) => format!("{plural}/{sub}"),
@@ -537,8 +638,14 @@ async fn handle(
         .to_string();
     // Count, then apply an injected fault if one matches.
     let fault = {
-        let mut instrument = shared.instrument.lock().unwrap_or_else(PoisonError::into_inner);
-        *instrument.counts.entry((verb, resource.clone())).or_default() += 1;
+        let mut instrument = shared
+            .instrument
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        *instrument
+            .counts
+            .entry((verb, resource.clone()))
+            .or_default() += 1;
         let found = instrument.faults.iter_mut().find(|f| {
             f.remaining > 0
                 && f.verb.is_none_or(|v| v == verb)
@@ -550,9 +657,15 @@ async fn handle(
         })
     };
     let response = match fault {
-        Some(FaultAction::Fail(code)) => {
-            status(code, if code == 409 { "Conflict" } else { "InternalError" }, format!("injected fault {code}"))
-        }
+        Some(FaultAction::Fail(code)) => status(
+            code,
+            if code == 409 {
+                "Conflict"
+            } else {
+                "InternalError"
+            },
+            format!("injected fault {code}"),
+        ),
         other => {
             if let Some(FaultAction::Delay(delay)) = other {
                 tokio::time::sleep(delay).await;
@@ -577,7 +690,10 @@ async fn handle(
         }
     };
     if verb.is_mutating() {
-        let mut instrument = shared.instrument.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut instrument = shared
+            .instrument
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
         instrument.mutations.push(Mutation {
             verb,
             resource,
@@ -605,7 +721,11 @@ fn get(shared: &Shared, request: &Request<'_>) -> Response {
     let name = request.name.as_deref().unwrap_or("");
     let key = Store::key(&request.ty, &request.namespace, name);
     let Some(object) = store.objects.get(&key) else {
-        return status(404, "NotFound", format!("{} \"{name}\" not found", request.ty.qualified()));
+        return status(
+            404,
+            "NotFound",
+            format!("{} \"{name}\" not found", request.ty.qualified()),
+        );
     };
     match request.subresource.as_deref() {
         None | Some("status") => ok(StatusCode::OK, object.clone()),
@@ -619,8 +739,14 @@ fn get(shared: &Shared, request: &Request<'_>) -> Response {
 
 fn scale_of(ty: &ResourceType, object: &Value) -> Option<Value> {
     let spec = ty.scale.as_ref()?;
-    let replicas = object.pointer(&pointer_of(&spec.spec_replicas_path)).cloned().unwrap_or(json!(0));
-    let observed = object.pointer(&pointer_of(&spec.status_replicas_path)).cloned().unwrap_or(json!(0));
+    let replicas = object
+        .pointer(&pointer_of(&spec.spec_replicas_path))
+        .cloned()
+        .unwrap_or(json!(0));
+    let observed = object
+        .pointer(&pointer_of(&spec.status_replicas_path))
+        .cloned()
+        .unwrap_or(json!(0));
     let selector = spec
         .label_selector_path
         .as_ref()
@@ -637,37 +763,48 @@ fn scale_of(ty: &ResourceType, object: &Value) -> Option<Value> {
     }))
 }
 
-fn matches_request(object: &Value, ty: &ResourceType, namespace: &str, labels: &LabelSelector, fields: &FieldSelector) -> bool {
+fn matches_request(
+    object: &Value,
+    ty: &ResourceType,
+    namespace: &str,
+    labels: &LabelSelector,
+    fields: &FieldSelector,
+) -> bool {
     (!ty.namespaced || namespace.is_empty() || meta_str(object, "namespace") == Some(namespace))
         && labels.matches(object)
         && fields.matches(object)
 }
 
-fn selectors(params: &HashMap<String, String>) -> Result<(LabelSelector, FieldSelector), Response> {
+fn selectors(params: &HashMap<String, String>) -> Result<(LabelSelector, FieldSelector), Failure> {
     let labels = LabelSelector::parse(params.get("labelSelector").map_or("", String::as_str))
-        .map_err(|e| status(400, "BadRequest", format!("invalid labelSelector: {e}")))?;
+        .map_err(|e| Failure::new(400, "BadRequest", format!("invalid labelSelector: {e}")))?;
     let fields = FieldSelector::parse(params.get("fieldSelector").map_or("", String::as_str))
-        .map_err(|e| status(400, "BadRequest", format!("invalid fieldSelector: {e}")))?;
+        .map_err(|e| Failure::new(400, "BadRequest", format!("invalid fieldSelector: {e}")))?;
     Ok((labels, fields))
 }
 
 fn list(shared: &Shared, request: &Request<'_>) -> Response {
     let (labels, fields) = match selectors(request.params) {
         Ok(s) => s,
-        Err(response) => return response,
+        Err(failure) => return failure.into_response(),
     };
-    let limit: Option<usize> = request.params.get("limit").and_then(|l| l.parse().ok()).filter(|l| *l > 0);
-    let after: Option<(String, String)> = match request.params.get("continue").filter(|c| !c.is_empty()) {
-        None => None,
-        Some(token) => match URL_SAFE_NO_PAD
-            .decode(token)
-            .ok()
-            .and_then(|b| serde_json::from_slice::<(String, String)>(&b).ok())
-        {
-            Some(position) => Some(position),
-            None => return status(400, "BadRequest", "invalid continue token"),
-        },
-    };
+    let limit: Option<usize> = request
+        .params
+        .get("limit")
+        .and_then(|l| l.parse().ok())
+        .filter(|l| *l > 0);
+    let after: Option<(String, String)> =
+        match request.params.get("continue").filter(|c| !c.is_empty()) {
+            None => None,
+            Some(token) => match URL_SAFE_NO_PAD
+                .decode(token)
+                .ok()
+                .and_then(|b| serde_json::from_slice::<(String, String)>(&b).ok())
+            {
+                Some(position) => Some(position),
+                None => return status(400, "BadRequest", "invalid continue token"),
+            },
+        };
     let store = shared.store.lock().unwrap_or_else(PoisonError::into_inner);
     // Simplification: a continued list reads the current state, not a snapshot at the first
     // page's resourceVersion.
@@ -680,7 +817,11 @@ fn list(shared: &Shared, request: &Request<'_>) -> Response {
                 && matches_request(o, &request.ty, &request.namespace, &labels, &fields)
         })
         .map(|(k, _)| k)
-        .filter(|k| after.as_ref().is_none_or(|(ns, n)| (&k.namespace, &k.name) > (ns, n)))
+        .filter(|k| {
+            after
+                .as_ref()
+                .is_none_or(|(ns, n)| (&k.namespace, &k.name) > (ns, n))
+        })
         .collect();
     let mut next = None;
     if let Some(limit) = limit
@@ -688,9 +829,14 @@ fn list(shared: &Shared, request: &Request<'_>) -> Response {
     {
         items.truncate(limit);
         let last = items[limit - 1];
-        next = serde_json::to_vec(&(&last.namespace, &last.name)).ok().map(|b| URL_SAFE_NO_PAD.encode(b));
+        next = serde_json::to_vec(&(&last.namespace, &last.name))
+            .ok()
+            .map(|b| URL_SAFE_NO_PAD.encode(b));
     }
-    let items: Vec<Value> = items.into_iter().filter_map(|k| store.objects.get(k).cloned()).collect();
+    let items: Vec<Value> = items
+        .into_iter()
+        .filter_map(|k| store.objects.get(k).cloned())
+        .collect();
     let mut metadata = json!({"resourceVersion": store.rv.to_string()});
     if let Some(next) = next {
         metadata["continue"] = json!(next);
@@ -713,14 +859,17 @@ fn event_line(kind: &str, object: &Value) -> Bytes {
 fn watch_stream(shared: Arc<Shared>, request: &Request<'_>) -> Response {
     let (labels, fields) = match selectors(request.params) {
         Ok(s) => s,
-        Err(response) => return response,
+        Err(failure) => return failure.into_response(),
     };
     let from: Option<u64> = request
         .params
         .get("resourceVersion")
         .and_then(|v| v.parse().ok())
         .filter(|v| *v > 0);
-    let bookmarks = request.params.get("allowWatchBookmarks").is_some_and(|v| v == "true");
+    let bookmarks = request
+        .params
+        .get("allowWatchBookmarks")
+        .is_some_and(|v| v == "true");
     let timeout = request
         .params
         .get("timeoutSeconds")
@@ -745,7 +894,9 @@ fn watch_stream(shared: Arc<Shared>, request: &Request<'_>) -> Response {
                 .objects
                 .iter()
                 .filter(|(k, o)| {
-                    k.group == ty.group && k.plural == ty.plural && matches_request(o, &ty, &namespace, &labels, &fields)
+                    k.group == ty.group
+                        && k.plural == ty.plural
+                        && matches_request(o, &ty, &namespace, &labels, &fields)
                 })
                 .map(|(_, o)| event_line("ADDED", o))
                 .collect(),
@@ -784,7 +935,11 @@ fn watch_stream(shared: Arc<Shared>, request: &Request<'_>) -> Response {
         let ty = bookmark_ty.clone();
         async move {
             tokio::time::sleep(Duration::from_secs(1)).await;
-            let rv = shared.store.lock().unwrap_or_else(PoisonError::into_inner).rv;
+            let rv = shared
+                .store
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .rv;
             let object = json!({
                 "apiVersion": ty.api_version(), "kind": ty.kind,
                 "metadata": {"resourceVersion": rv.to_string()},
@@ -798,40 +953,51 @@ fn watch_stream(shared: Arc<Shared>, request: &Request<'_>) -> Response {
         .take_until(tokio::time::sleep(timeout))
         .map(Ok::<Bytes, Infallible>);
     let mut response = Response::new(Body::from_stream(stream));
-    response
-        .headers_mut()
-        .insert(header::CONTENT_TYPE, header::HeaderValue::from_static("application/json"));
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        header::HeaderValue::from_static("application/json"),
+    );
     response
 }
 
-fn parse_body(request: &Request<'_>) -> Result<Value, Response> {
-    let parsed = if request.content_type.starts_with("application/apply-patch+yaml") {
+fn parse_body(request: &Request<'_>) -> Result<Value, Failure> {
+    let parsed = if request
+        .content_type
+        .starts_with("application/apply-patch+yaml")
+    {
         serde_yaml::from_slice::<Value>(&request.body).map_err(|e| e.to_string())
     } else {
         serde_json::from_slice::<Value>(&request.body).map_err(|e| e.to_string())
     };
-    parsed.map_err(|e| status(400, "BadRequest", format!("the body does not parse: {e}")))
+    parsed.map_err(|e| Failure::new(400, "BadRequest", format!("the body does not parse: {e}")))
 }
 
 /// Validates a custom resource against its schema (pruning unknown fields).
-fn validate(ty: &ResourceType, object: &mut Value) -> Result<(), Response> {
-    let Some(schema) = &ty.schema else { return Ok(()) };
+fn validate(ty: &ResourceType, object: &mut Value) -> Result<(), Failure> {
+    let Some(schema) = &ty.schema else {
+        return Ok(());
+    };
     let errors = schema::validate_and_prune(schema, object);
     if errors.is_empty() {
         return Ok(());
     }
     let name = meta_str(object, "name").unwrap_or("");
-    Err(status(
+    Err(Failure::new(
         422,
         "Invalid",
-        format!("{}.{} \"{name}\" is invalid: {}", ty.kind, ty.group, errors.join(", ")),
+        format!(
+            "{}.{} \"{name}\" is invalid: {}",
+            ty.kind,
+            ty.group,
+            errors.join(", ")
+        ),
     ))
 }
 
 fn create(shared: &Shared, request: &Request<'_>) -> Response {
     let mut object = match parse_body(request) {
         Ok(o) => o,
-        Err(response) => return response,
+        Err(failure) => return failure.into_response(),
     };
     let ty = &request.ty;
     let mut store = shared.store.lock().unwrap_or_else(PoisonError::into_inner);
@@ -843,9 +1009,15 @@ fn create(shared: &Shared, request: &Request<'_>) -> Response {
         }
     }
     let namespace = if ty.namespaced {
-        let given = meta_str(&object, "namespace").unwrap_or(&request.namespace).to_string();
+        let given = meta_str(&object, "namespace")
+            .unwrap_or(&request.namespace)
+            .to_string();
         if given != request.namespace && !request.namespace.is_empty() {
-            return status(400, "BadRequest", "the namespace of the object does not match the namespace of the request");
+            return status(
+                400,
+                "BadRequest",
+                "the namespace of the object does not match the namespace of the request",
+            );
         }
         given
     } else {
@@ -853,7 +1025,11 @@ fn create(shared: &Shared, request: &Request<'_>) -> Response {
     };
     let key = Store::key(ty, &namespace, &name);
     if store.objects.contains_key(&key) {
-        return status(409, "AlreadyExists", format!("{} \"{name}\" already exists", ty.qualified()));
+        return status(
+            409,
+            "AlreadyExists",
+            format!("{} \"{name}\" already exists", ty.qualified()),
+        );
     }
     object["apiVersion"] = json!(ty.api_version());
     object["kind"] = json!(ty.kind);
@@ -863,8 +1039,8 @@ fn create(shared: &Shared, request: &Request<'_>) -> Response {
             map.remove("status");
         }
     }
-    if let Err(response) = validate(ty, &mut object) {
-        return response;
+    if let Err(failure) = validate(ty, &mut object) {
+        return failure.into_response();
     }
     let now = now_rfc3339();
     {
@@ -883,7 +1059,10 @@ fn create(shared: &Shared, request: &Request<'_>) -> Response {
     {
         return status(422, "Invalid", message);
     }
-    let manager = request.params.get("fieldManager").map_or("unknown", String::as_str);
+    let manager = request
+        .params
+        .get("fieldManager")
+        .map_or("unknown", String::as_str);
     apply::record_update(None, &mut object, manager, "", &ty.api_version(), &now);
     let created = store.commit(shared, key, object, "ADDED");
     ok(StatusCode::CREATED, created)
@@ -893,15 +1072,21 @@ fn create(shared: &Shared, request: &Request<'_>) -> Response {
 fn update(shared: &Shared, request: &Request<'_>, verb: Verb) -> Response {
     let body = match parse_body(request) {
         Ok(b) => b,
-        Err(response) => return response,
+        Err(failure) => return failure.into_response(),
     };
     let ty = &request.ty;
     let name = request.name.clone().unwrap_or_default();
     let key = Store::key(ty, &request.namespace, &name);
-    let is_apply = request.content_type.starts_with("application/apply-patch+yaml");
+    let is_apply = request
+        .content_type
+        .starts_with("application/apply-patch+yaml");
     let manager = request.params.get("fieldManager").cloned();
     if is_apply && manager.is_none() {
-        return status(400, "BadRequest", "fieldManager is required for apply requests");
+        return status(
+            400,
+            "BadRequest",
+            "fieldManager is required for apply requests",
+        );
     }
     let manager = manager.unwrap_or_else(|| "unknown".into());
     let force = request.params.get("force").is_some_and(|f| f == "true");
@@ -921,7 +1106,10 @@ fn update(shared: &Shared, request: &Request<'_>, verb: Verb) -> Response {
         return status(
             409,
             "Conflict",
-            format!("Operation cannot be fulfilled on {} \"{name}\": the object has been modified; please apply your changes to the latest version and try again", ty.qualified()),
+            format!(
+                "Operation cannot be fulfilled on {} \"{name}\": the object has been modified; please apply your changes to the latest version and try again",
+                ty.qualified()
+            ),
         );
     }
 
@@ -931,15 +1119,18 @@ fn update(shared: &Shared, request: &Request<'_>, verb: Verb) -> Response {
             let mut object = body;
             object["apiVersion"] = json!(ty.api_version());
             object["kind"] = json!(ty.kind);
-            if ty.status && ty.schema.is_some()
+            if ty.status
+                && ty.schema.is_some()
                 && let Some(map) = object.as_object_mut()
             {
                 map.remove("status");
             }
-            if let Err(response) = validate(ty, &mut object) {
-                return response;
+            if let Err(failure) = validate(ty, &mut object) {
+                return failure.into_response();
             }
-            let ApplyOutcome::Applied(mut object) = apply::apply(None, &object, &manager, force, &ty.api_version(), &now) else {
+            let ApplyOutcome::Applied(mut object) =
+                apply::apply(None, &object, &manager, force, &ty.api_version(), &now)
+            else {
                 return status(500, "InternalError", "apply on nothing conflicted");
             };
             let meta = metadata_mut(&mut object);
@@ -958,7 +1149,11 @@ fn update(shared: &Shared, request: &Request<'_>, verb: Verb) -> Response {
             let created = store.commit(shared, key, object, "ADDED");
             return ok(StatusCode::CREATED, created);
         }
-        return status(404, "NotFound", format!("{} \"{name}\" not found", ty.qualified()));
+        return status(
+            404,
+            "NotFound",
+            format!("{} \"{name}\" not found", ty.qualified()),
+        );
     };
 
     // The new object, as the verb and subresource make it.
@@ -992,24 +1187,47 @@ fn update(shared: &Shared, request: &Request<'_>, verb: Verb) -> Response {
             }
             next
         } else {
-            match apply::apply(Some(&current), &applied, &manager, force, &ty.api_version(), &now) {
+            match apply::apply(
+                Some(&current),
+                &applied,
+                &manager,
+                force,
+                &ty.api_version(),
+                &now,
+            ) {
                 ApplyOutcome::Applied(next) => next,
                 ApplyOutcome::Conflict(conflicts) => {
-                    return status(409, "Conflict", format!("Apply failed with {} conflicts: {}", conflicts.len(), conflicts.join("; ")));
+                    return status(
+                        409,
+                        "Conflict",
+                        format!(
+                            "Apply failed with {} conflicts: {}",
+                            conflicts.len(),
+                            conflicts.join("; ")
+                        ),
+                    );
                 }
             }
         }
     } else if verb == Verb::Update {
         body.clone()
-    } else if request.content_type.starts_with("application/merge-patch+json")
-        || request.content_type.starts_with("application/strategic-merge-patch+json")
+    } else if request
+        .content_type
+        .starts_with("application/merge-patch+json")
+        || request
+            .content_type
+            .starts_with("application/strategic-merge-patch+json")
     {
         // Simplification: strategic merge patch is applied as a JSON merge patch.
         let mut next = current.clone();
         apply::merge_patch(&mut next, &body);
         next
     } else {
-        return status(415, "UnsupportedMediaType", format!("unsupported patch type {}", request.content_type));
+        return status(
+            415,
+            "UnsupportedMediaType",
+            format!("unsupported patch type {}", request.content_type),
+        );
     };
 
     // The status subresource separates status writes from everything else.
@@ -1039,7 +1257,14 @@ fn update(shared: &Shared, request: &Request<'_>, verb: Verb) -> Response {
     // Identity and server-set fields are kept from the stored object.
     next["apiVersion"] = json!(ty.api_version());
     next["kind"] = json!(ty.kind);
-    for field in ["name", "namespace", "uid", "creationTimestamp", "deletionTimestamp", "deletionGracePeriodSeconds"] {
+    for field in [
+        "name",
+        "namespace",
+        "uid",
+        "creationTimestamp",
+        "deletionTimestamp",
+        "deletionGracePeriodSeconds",
+    ] {
         let meta = metadata_mut(&mut next);
         match current.get("metadata").and_then(|m| m.get(field)) {
             Some(value) => {
@@ -1050,14 +1275,28 @@ fn update(shared: &Shared, request: &Request<'_>, verb: Verb) -> Response {
             }
         }
     }
-    if let Err(response) = validate(ty, &mut next) {
-        return response;
+    if let Err(failure) = validate(ty, &mut next) {
+        return failure.into_response();
     }
-    let generation = current.pointer("/metadata/generation").and_then(Value::as_i64).unwrap_or(1);
-    let generation = if spec_part(&next) != spec_part(&current) { generation + 1 } else { generation };
+    let generation = current
+        .pointer("/metadata/generation")
+        .and_then(Value::as_i64)
+        .unwrap_or(1);
+    let generation = if spec_part(&next) != spec_part(&current) {
+        generation + 1
+    } else {
+        generation
+    };
     metadata_mut(&mut next).insert("generation".into(), json!(generation));
     if !is_apply || !subresource.is_empty() {
-        apply::record_update(Some(&current), &mut next, &manager, &subresource, &ty.api_version(), &now);
+        apply::record_update(
+            Some(&current),
+            &mut next,
+            &manager,
+            &subresource,
+            &ty.api_version(),
+            &now,
+        );
     }
     if ty.plural == "customresourcedefinitions"
         && let Err(message) = store.register_crd(&mut next)
@@ -1108,14 +1347,26 @@ fn delete(shared: &Shared, request: &Request<'_>) -> Response {
     // `collect_dependents`); preconditions in DeleteOptions are not checked.
     match store.delete_object(shared, key.clone()) {
         Some(object) => {
-            if request.ty.plural == "customresourcedefinitions" && !store.objects.contains_key(&key) {
-                if let Some(first) = resources::from_crd(&object).ok().and_then(|t| t.into_iter().next()) {
-                    store.types.retain(|t| !(t.group == first.group && t.plural == first.plural));
-                    store.objects.retain(|k, _| !(k.group == first.group && k.plural == first.plural));
+            if request.ty.plural == "customresourcedefinitions" && !store.objects.contains_key(&key)
+            {
+                if let Some(first) = resources::from_crd(&object)
+                    .ok()
+                    .and_then(|t| t.into_iter().next())
+                {
+                    store
+                        .types
+                        .retain(|t| !(t.group == first.group && t.plural == first.plural));
+                    store
+                        .objects
+                        .retain(|k, _| !(k.group == first.group && k.plural == first.plural));
                 }
             }
             ok(StatusCode::OK, object)
         }
-        None => status(404, "NotFound", format!("{} \"{name}\" not found", request.ty.qualified())),
+        None => status(
+            404,
+            "NotFound",
+            format!("{} \"{name}\" not found", request.ty.qualified()),
+        ),
     }
 }

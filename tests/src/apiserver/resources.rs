@@ -38,7 +38,14 @@ pub struct ResourceType {
 }
 
 impl ResourceType {
-    fn builtin(group: &str, version: &str, plural: &str, kind: &str, namespaced: bool, status: bool) -> Self {
+    fn builtin(
+        group: &str,
+        version: &str,
+        plural: &str,
+        kind: &str,
+        namespaced: bool,
+        status: bool,
+    ) -> Self {
         ResourceType {
             group: group.into(),
             version: version.into(),
@@ -81,11 +88,25 @@ pub fn builtins() -> Vec<ResourceType> {
         R::builtin("", "v1", "configmaps", "ConfigMap", true, false),
         R::builtin("", "v1", "secrets", "Secret", true, false),
         R::builtin("", "v1", "events", "Event", true, false),
-        R::builtin("", "v1", "persistentvolumeclaims", "PersistentVolumeClaim", true, true),
+        R::builtin(
+            "",
+            "v1",
+            "persistentvolumeclaims",
+            "PersistentVolumeClaim",
+            true,
+            true,
+        ),
         R::builtin("apps", "v1", "statefulsets", "StatefulSet", true, true),
         R::builtin("batch", "v1", "cronjobs", "CronJob", true, true),
         R::builtin("batch", "v1", "jobs", "Job", true, true),
-        R::builtin("policy", "v1", "poddisruptionbudgets", "PodDisruptionBudget", true, true),
+        R::builtin(
+            "policy",
+            "v1",
+            "poddisruptionbudgets",
+            "PodDisruptionBudget",
+            true,
+            true,
+        ),
         R::builtin("coordination.k8s.io", "v1", "leases", "Lease", true, false),
         R::builtin("events.k8s.io", "v1", "events", "Event", true, false),
         R::builtin(
@@ -114,7 +135,11 @@ pub fn from_crd(crd: &Value) -> Result<Vec<ResourceType>, String> {
     let short_names: Vec<String> = names
         .get("shortNames")
         .and_then(Value::as_array)
-        .map(|a| a.iter().filter_map(|s| s.as_str().map(str::to_string)).collect())
+        .map(|a| {
+            a.iter()
+                .filter_map(|s| s.as_str().map(str::to_string))
+                .collect()
+        })
         .unwrap_or_default();
     let namespaced = spec.get("scope").and_then(Value::as_str) != Some("Cluster");
     let versions = spec
@@ -127,22 +152,24 @@ pub fn from_crd(crd: &Value) -> Result<Vec<ResourceType>, String> {
             continue;
         }
         let subresources = version.get("subresources");
-        let scale = subresources.and_then(|s| s.get("scale")).map(|scale| ScaleSpec {
-            spec_replicas_path: scale
-                .get("specReplicasPath")
-                .and_then(Value::as_str)
-                .unwrap_or(".spec.replicas")
-                .to_string(),
-            status_replicas_path: scale
-                .get("statusReplicasPath")
-                .and_then(Value::as_str)
-                .unwrap_or(".status.replicas")
-                .to_string(),
-            label_selector_path: scale
-                .get("labelSelectorPath")
-                .and_then(Value::as_str)
-                .map(str::to_string),
-        });
+        let scale = subresources
+            .and_then(|s| s.get("scale"))
+            .map(|scale| ScaleSpec {
+                spec_replicas_path: scale
+                    .get("specReplicasPath")
+                    .and_then(Value::as_str)
+                    .unwrap_or(".spec.replicas")
+                    .to_string(),
+                status_replicas_path: scale
+                    .get("statusReplicasPath")
+                    .and_then(Value::as_str)
+                    .unwrap_or(".status.replicas")
+                    .to_string(),
+                label_selector_path: scale
+                    .get("labelSelectorPath")
+                    .and_then(Value::as_str)
+                    .map(str::to_string),
+            });
         out.push(ResourceType {
             group: group.clone(),
             version: text(version.get("name"), "versions[].name")?,
@@ -201,7 +228,11 @@ pub enum DiscoveryDoc {
 /// Parses a request path against the known `plurals` (needed to tell
 /// `/api/v1/namespaces/NS/PLURAL` from `/api/v1/namespaces/NAME/status`).
 pub fn parse_path(path: &str, is_namespaced_plural: impl Fn(&str, &str) -> bool) -> Option<Target> {
-    let segments: Vec<&str> = path.trim_matches('/').split('/').filter(|s| !s.is_empty()).collect();
+    let segments: Vec<&str> = path
+        .trim_matches('/')
+        .split('/')
+        .filter(|s| !s.is_empty())
+        .collect();
     let (group, version, rest) = match segments.as_slice() {
         ["version"] => return Some(Target::Discovery(DiscoveryDoc::Version)),
         ["api"] => return Some(Target::Discovery(DiscoveryDoc::CoreVersions)),
@@ -222,16 +253,18 @@ pub fn parse_path(path: &str, is_namespaced_plural: impl Fn(&str, &str) -> bool)
         ["apis", group, version, rest @ ..] => ((*group).to_string(), (*version).to_string(), rest),
         _ => return None,
     };
-    let resource = |plural: &str, namespace: &str, name: Option<&str>, sub: Option<&str>| Target::Resource {
-        group: group.clone(),
-        version: version.clone(),
-        plural: plural.to_string(),
-        namespace: namespace.to_string(),
-        name: name.map(str::to_string),
-        subresource: sub.map(str::to_string),
-    };
+    let resource =
+        |plural: &str, namespace: &str, name: Option<&str>, sub: Option<&str>| Target::Resource {
+            group: group.clone(),
+            version: version.clone(),
+            plural: plural.to_string(),
+            namespace: namespace.to_string(),
+            name: name.map(str::to_string),
+            subresource: sub.map(str::to_string),
+        };
     match rest {
-        ["namespaces", ns, plural, tail @ ..] if is_namespaced_plural(&group, plural) => match tail {
+        ["namespaces", ns, plural, tail @ ..] if is_namespaced_plural(&group, plural) => match tail
+        {
             [] => Some(resource(plural, ns, None, None)),
             [name] => Some(resource(plural, ns, Some(name), None)),
             [name, sub] => Some(resource(plural, ns, Some(name), Some(sub))),
@@ -259,7 +292,9 @@ pub fn discovery(doc: &DiscoveryDoc, types: &[ResourceType]) -> Option<Value> {
             let mut groups: Vec<(String, Vec<String>)> = Vec::new();
             for t in types.iter().filter(|t| !t.group.is_empty()) {
                 match groups.iter_mut().find(|(g, _)| *g == t.group) {
-                    Some((_, versions)) if !versions.contains(&t.version) => versions.push(t.version.clone()),
+                    Some((_, versions)) if !versions.contains(&t.version) => {
+                        versions.push(t.version.clone())
+                    }
                     Some(_) => {}
                     None => groups.push((t.group.clone(), vec![t.version.clone()])),
                 }
@@ -278,7 +313,10 @@ pub fn discovery(doc: &DiscoveryDoc, types: &[ResourceType]) -> Option<Value> {
         }
         DiscoveryDoc::Resources { group, version } => {
             let mut resources = Vec::new();
-            for t in types.iter().filter(|t| &t.group == group && &t.version == version) {
+            for t in types
+                .iter()
+                .filter(|t| &t.group == group && &t.version == version)
+            {
                 resources.push(json!({
                     "name": t.plural, "singularName": t.kind.to_lowercase(), "namespaced": t.namespaced,
                     "kind": t.kind, "shortNames": t.short_names,
@@ -300,8 +338,14 @@ pub fn discovery(doc: &DiscoveryDoc, types: &[ResourceType]) -> Option<Value> {
             if resources.is_empty() {
                 return None;
             }
-            let group_version = if group.is_empty() { version.clone() } else { format!("{group}/{version}") };
-            Some(json!({"kind": "APIResourceList", "apiVersion": "v1", "groupVersion": group_version, "resources": resources}))
+            let group_version = if group.is_empty() {
+                version.clone()
+            } else {
+                format!("{group}/{version}")
+            };
+            Some(
+                json!({"kind": "APIResourceList", "apiVersion": "v1", "groupVersion": group_version, "resources": resources}),
+            )
         }
     }
 }
@@ -336,7 +380,10 @@ mod tests {
                 subresource: Some("status".into())
             })
         );
-        assert_eq!(parse_path("/apis", ns), Some(Target::Discovery(DiscoveryDoc::Groups)));
+        assert_eq!(
+            parse_path("/apis", ns),
+            Some(Target::Discovery(DiscoveryDoc::Groups))
+        );
         assert_eq!(parse_path("/nothing", ns), None);
     }
 }

@@ -35,7 +35,8 @@ pub fn validate_and_prune(schema: &Value, object: &mut Value) -> Vec<String> {
                     check(sub, value, &key, &mut errors);
                 }
             }
-            None if schema.get("x-kubernetes-preserve-unknown-fields") == Some(&Value::Bool(true)) => {}
+            None if schema.get("x-kubernetes-preserve-unknown-fields")
+                == Some(&Value::Bool(true)) => {}
             None => {
                 map.remove(&key);
             }
@@ -68,7 +69,9 @@ fn check(schema: &Value, value: &mut Value, path: &str, errors: &mut Vec<String>
         && !(int_or_string && (value.is_string() || value.is_i64() || value.is_u64()))
         && !type_matches(expected, value)
     {
-        errors.push(format!("{path}: Invalid value: {value}: must be of type {expected}"));
+        errors.push(format!(
+            "{path}: Invalid value: {value}: must be of type {expected}"
+        ));
         return;
     }
     if let Some(options) = schema.get("enum").and_then(Value::as_array)
@@ -96,21 +99,43 @@ fn check(schema: &Value, value: &mut Value, path: &str, errors: &mut Vec<String>
     }
     if let Some(s) = value.as_str() {
         let len = s.chars().count() as u64;
-        if schema.get("minLength").and_then(Value::as_u64).is_some_and(|m| len < m) {
-            errors.push(format!("{path}: Invalid value: {value}: {path} in body is too short"));
+        if schema
+            .get("minLength")
+            .and_then(Value::as_u64)
+            .is_some_and(|m| len < m)
+        {
+            errors.push(format!(
+                "{path}: Invalid value: {value}: {path} in body is too short"
+            ));
         }
-        if schema.get("maxLength").and_then(Value::as_u64).is_some_and(|m| len > m) {
+        if schema
+            .get("maxLength")
+            .and_then(Value::as_u64)
+            .is_some_and(|m| len > m)
+        {
             errors.push(format!("{path}: Too long: {path} in body is too long"));
         }
     }
     match value {
         Value::Array(items) => {
             let len = items.len() as u64;
-            if schema.get("minItems").and_then(Value::as_u64).is_some_and(|m| len < m) {
-                errors.push(format!("{path}: Invalid value: {path} in body should have at least the minimum items"));
+            if schema
+                .get("minItems")
+                .and_then(Value::as_u64)
+                .is_some_and(|m| len < m)
+            {
+                errors.push(format!(
+                    "{path}: Invalid value: {path} in body should have at least the minimum items"
+                ));
             }
-            if schema.get("maxItems").and_then(Value::as_u64).is_some_and(|m| len > m) {
-                errors.push(format!("{path}: Too many: {path} in body should have at most the maximum items"));
+            if schema
+                .get("maxItems")
+                .and_then(Value::as_u64)
+                .is_some_and(|m| len > m)
+            {
+                errors.push(format!(
+                    "{path}: Too many: {path} in body should have at most the maximum items"
+                ));
             }
             if let Some(item_schema) = schema.get("items") {
                 for (i, item) in items.iter_mut().enumerate() {
@@ -131,7 +156,8 @@ fn check(schema: &Value, value: &mut Value, path: &str, errors: &mut Vec<String>
             }
             let properties = schema.get("properties").and_then(Value::as_object);
             let additional = schema.get("additionalProperties");
-            let preserve = schema.get("x-kubernetes-preserve-unknown-fields") == Some(&Value::Bool(true));
+            let preserve =
+                schema.get("x-kubernetes-preserve-unknown-fields") == Some(&Value::Bool(true));
             let keys: Vec<String> = map.keys().cloned().collect();
             for key in keys {
                 let sub_path = format!("{path}.{key}");
@@ -143,7 +169,10 @@ fn check(schema: &Value, value: &mut Value, path: &str, errors: &mut Vec<String>
                     if let Some(v) = map.get_mut(&key) {
                         check(sub, v, &sub_path, errors);
                     }
-                } else if !preserve && additional != Some(&Value::Bool(true)) && properties.is_some() {
+                } else if !preserve
+                    && additional != Some(&Value::Bool(true))
+                    && properties.is_some()
+                {
                     map.remove(&key);
                 }
             }
@@ -185,7 +214,10 @@ mod tests {
             "status": {"anything": {"goes": true}},
             "extra": true
         });
-        assert_eq!(validate_and_prune(&schema(), &mut object), Vec::<String>::new());
+        assert_eq!(
+            validate_and_prune(&schema(), &mut object),
+            Vec::<String>::new()
+        );
         assert!(object.pointer("/spec/unknown").is_none());
         assert!(object.get("extra").is_none());
         assert_eq!(object.pointer("/status/anything/goes"), Some(&json!(true)));
@@ -197,10 +229,18 @@ mod tests {
         let mut object = json!({"spec": {"replicas": -1, "mode": "Sometimes", "labels": {"a": 1}}});
         let errors = validate_and_prune(&schema(), &mut object);
         assert_eq!(errors.len(), 3, "{errors:?}");
-        assert!(errors[0].starts_with("spec.labels.a") || errors.iter().any(|e| e.starts_with("spec.replicas")));
+        assert!(
+            errors[0].starts_with("spec.labels.a")
+                || errors.iter().any(|e| e.starts_with("spec.replicas"))
+        );
         let mut missing = json!({"spec": {}});
-        assert_eq!(validate_and_prune(&schema(), &mut missing), vec!["spec.replicas: Required value"]);
+        assert_eq!(
+            validate_and_prune(&schema(), &mut missing),
+            vec!["spec.replicas: Required value"]
+        );
         let mut wrong_type = json!({"spec": {"replicas": "three"}});
-        assert!(validate_and_prune(&schema(), &mut wrong_type)[0].contains("must be of type integer"));
+        assert!(
+            validate_and_prune(&schema(), &mut wrong_type)[0].contains("must be of type integer")
+        );
     }
 }

@@ -67,7 +67,10 @@ impl LabelSelector {
                 Requirement::In(k.trim().into(), values(v)?)
             } else if let Some(k) = part.strip_prefix('!') {
                 Requirement::NotExists(k.trim().into())
-            } else if part.chars().all(|c| c.is_ascii_alphanumeric() || "-_./".contains(c)) {
+            } else if part
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || "-_./".contains(c))
+            {
                 Requirement::Exists(part.into())
             } else {
                 return Err(format!("unable to parse requirement {part:?}"));
@@ -130,8 +133,15 @@ impl FieldSelector {
     /// Whether an object satisfies the selector.
     pub fn matches(&self, object: &Value) -> bool {
         self.0.iter().all(|(field, equal, value)| {
-            let pointer = if field == "metadata.name" { "/metadata/name" } else { "/metadata/namespace" };
-            let actual = object.pointer(pointer).and_then(Value::as_str).unwrap_or("");
+            let pointer = if field == "metadata.name" {
+                "/metadata/name"
+            } else {
+                "/metadata/namespace"
+            };
+            let actual = object
+                .pointer(pointer)
+                .and_then(Value::as_str)
+                .unwrap_or("");
             (actual == value) == *equal
         })
     }
@@ -165,8 +175,16 @@ mod tests {
     #[test]
     fn field_selectors_support_name_and_namespace_only() {
         let object = json!({"metadata": {"name": "a", "namespace": "ns"}});
-        assert!(FieldSelector::parse("metadata.name=a").expect("parses").matches(&object));
-        assert!(!FieldSelector::parse("metadata.name!=a").expect("parses").matches(&object));
+        assert!(
+            FieldSelector::parse("metadata.name=a")
+                .expect("parses")
+                .matches(&object)
+        );
+        assert!(
+            !FieldSelector::parse("metadata.name!=a")
+                .expect("parses")
+                .matches(&object)
+        );
         assert!(FieldSelector::parse("spec.nodeName=x").is_err());
     }
 }

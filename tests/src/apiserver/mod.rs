@@ -122,6 +122,8 @@ struct Event {
     object: Value,
 }
 
+/// Simplification: objects are keyed by group and resource, not converted between versions;
+/// an object is served as stored under whichever version it is read.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
 struct ObjKey {
     group: String,
@@ -230,6 +232,8 @@ fn metadata_mut(object: &mut Value) -> &mut serde_json::Map<String, Value> {
 }
 
 /// Everything but metadata and status: a change here bumps `generation`.
+/// Simplification: the real server bumps it only for kinds that define one (and on spec
+/// changes); here every kind has a generation.
 fn spec_part(object: &Value) -> Value {
     let mut copy = object.clone();
     if let Some(map) = copy.as_object_mut() {
@@ -556,6 +560,7 @@ fn verb_of(method: &Method, has_name: bool, watch: bool) -> Option<Verb> {
         (&Method::PUT, true) => Verb::Update,
         (&Method::PATCH, true) => Verb::Patch,
         (&Method::DELETE, true) => Verb::Delete,
+        // Simplification: no deletecollection, no POST to subresources (405).
         _ => return None,
     })
 }
@@ -914,6 +919,8 @@ fn watch_stream(shared: Arc<Shared>, request: &Request<'_>) -> Response {
         };
         (initial, shared.events.subscribe(), store.rv)
     };
+    // Simplification: label selectors filter on the new object only; an object that stops
+    // matching is not sent as DELETED.
     let live_ty = ty.clone();
     let live = tokio_stream::wrappers::BroadcastStream::new(receiver)
         // A lagging watcher is cut off; the client re-watches from its last version.
@@ -1008,6 +1015,7 @@ fn create(shared: &Shared, request: &Request<'_>) -> Response {
             None => return status(422, "Invalid", "metadata.name: Required value"),
         }
     }
+    // Simplification: the namespace need not exist.
     let namespace = if ty.namespaced {
         let given = meta_str(&object, "namespace")
             .unwrap_or(&request.namespace)

@@ -1,6 +1,5 @@
-# The project's image: phoenix-node (memory node, cleanup job). phoenix-operator joins it
-# as soon as the operator crate has its binary (operator-core issue): add it to the
-# cargo build and cp lines below. Build: docker build -t phoenix-memory:0.1.0 .
+# One image with both binaries: phoenix-node (memory node, cleanup job) and
+# phoenix-operator. Build: docker build -t phoenix-memory:0.1.0 .
 #
 # Stage 1 compiles in the official Rust image; stage 2 is distroless (no shell, no package
 # manager) and runs as the non-root user 65532.
@@ -11,9 +10,9 @@ COPY Cargo.toml Cargo.lock ./
 COPY operator operator
 COPY node node
 COPY tests tests
-RUN cargo build --release --locked -p phoenix-node \
+RUN cargo build --release --locked -p phoenix-node -p phoenix-operator \
  && mkdir -p /out \
- && cp target/release/phoenix-node /out/
+ && cp target/release/phoenix-node target/release/phoenix-operator /out/
 
 FROM gcr.io/distroless/cc-debian12:nonroot
 COPY --from=build /out/ /usr/local/bin/

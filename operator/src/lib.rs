@@ -1,8 +1,20 @@
 //! Phoenix Memory operator.
 //!
-//! The operator crate is filled by the operator-core issue (CRD types, children builders,
-//! reconcile) and the observe → schedule issue. Until then it only carries the version
-//! shared with the node so the workspace layout of the design is in place.
+//! - [`crd`]: the `PhoenixMemory` custom resource.
+//!
+//! The controller (children builders, reconcile, status, leader election) and the observe →
+//! schedule policy join with their issues.
+
+pub mod crd;
 
 /// The operator's version, kept in step with the node crate and the chart.
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");
+
+/// The CRD as YAML, exactly what `phoenix-operator crd` prints and `crds/` holds.
+///
+/// # Errors
+/// Only if serialisation fails (a programming error).
+pub fn crd_yaml() -> Result<String, serde_yaml::Error> {
+    use kube::CustomResourceExt;
+    serde_yaml::to_string(&crd::PhoenixMemory::crd())
+}

@@ -1,0 +1,395 @@
+//! The `PhoenixMemory` custom resource (`phoenix.dev/v1alpha1`, short name `pmem`). Every
+//! field's doc comment becomes its `kubectl explain` text.
+
+use k8s_openapi::api::core::v1::ResourceRequirements;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
+use kube::{CustomResource, KubeSchema};
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+/// A memory: a StatefulSet of memory nodes whose cleanup the operator schedules from the
+/// retrieve-latency degradation it observes.
+// Each `printcolumn(...)` repeats the same keys; clippy reads that as duplicated attributes.
+#[allow(clippy::duplicated_attributes)]
+#[derive(CustomResource, Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]
+#[kube(
+    group = "phoenix.dev",
+    version = "v1alpha1",
+    kind = "PhoenixMemory",
+    plural = "phoenixmemories",
+    shortname = "pmem",
+    namespaced,
+    status = "PhoenixMemoryStatus",
+    doc = "A memory: a StatefulSet of memory nodes whose cleanup is scheduled from observed retrieve-latency degradation.",
+    scale(
+        spec_replicas_path = ".spec.replicas",
+        status_replicas_path = ".status.replicas",
+        label_selector_path = ".status.selector"
+    ),
+    printcolumn(name = "Replicas", type_ = "integer", json_path = ".spec.replicas"),
+    printcolumn(name = "Ready", type_ = "integer", json_path = ".status.readyReplicas"),
+    printcolumn(
+        name = "Worst Ratio",
+        type_ = "number",
+        json_path = ".status.worstRatio"
+    ),
+    printcolumn(
+        name = "Schedule",
+        type_ = "string",
+        json_path = ".status.plan.schedule"
+    ),
+    printcolumn(
+        name = "Age",
+        type_ = "date",
+        json_path = ".metadata.creationTimestamp"
+    )
+)]
+#[serde(rename_all = "camelCase")]
+pub struct PhoenixMemorySpec {
+    /// Number of memory nodes (pods of the StatefulSet). `kubectl scale` changes it.
+    #[schemars(range(min = 0, max = 100))]
+    #[serde(default = "default_replicas")]
+    pub replicas: i32,
+    /// Container image of the nodes; defaults to the operator's `--default-image`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image: Option<String>,
+    /// CPU and memory requests and limits of each node container.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resources: Option<ResourceRequirements>,
+    /// Persistent storage of each node.
+    #[serde(default)]
+    pub storage: StorageSpec,
+    /// Configuration of each node's store.
+    #[serde(default)]
+    pub node: NodeSpec,
+    /// How cleanup is scheduled from the observed degradation.
+    #[serde(default)]
+    pub cleanup: CleanupSpec,
+}
+
+fn default_replicas() -> i32 {
+    1
+}
+
+/// Persistent storage of each node.
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct StorageSpec {
+    /// Size of each node's PersistentVolumeClaim, a Kubernetes quantity (e.g. `10Gi`).
+    #[serde(default = "default_storage_size")]
+    #[schemars(regex(pattern = r"^[0-9]+(\.[0-9]+)?(Ki|Mi|Gi|Ti|Pi|k|M|G|T|P)?$"))]
+    pub size: String,
+    /// StorageClass of the claims; the cluster's default when unset.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub storage_class_name: Option<String>,
+    /// Keep the claims (and the data) when the PhoenixMemory is deleted or scaled down.
+    #[serde(default = "default_true")]
+    pub retain_on_delete: bool,
+}
+
+impl Default for StorageSpec {
+    fn default() -> Self {
+        StorageSpec {
+            size: default_storage_size(),
+            storage_class_name: None,
+            retain_on_delete: true,
+        }
+    }
+}
+
+fn default_storage_size() -> String {
+    "1Gi".into()
+}
+
+fn default_true() -> bool {
+    true
+}
+
+/// When writes become durable.
+#[derive(Deserialize, Serialize, Clone, Copy, Debug, PartialEq, Eq, JsonSchema)]
+pub enum DurabilityMode {
+    /// Flushed every `flushEveryMs`; a crash may lose the last interval's writes.
+    Periodic,
+    /// Durable before acknowledged, concurrent writers sharing flushes (group commit).
+    Sync,
+}
+
+/// Configuration of each node's store.
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct NodeSpec {
+    /// sled's page cache per node, a quantity (e.g. `256Mi`). It counts serialised page
+    /// bytes: the pod's memory use exceeds it (the Merkle tree adds ~110 bytes per key), so
+    /// set the memory limit above it. A hot set larger than this is what slows retrieves.
+    #[serde(default = "default_cache")]
+    #[schemars(regex(pattern = r"^[0-9]+(Ki|Mi|Gi|Ti|k|M|G|T)?$"))]
+    pub cache_capacity: String,
+    /// `Periodic` (default) or `Sync`.
+    #[serde(default = "default_durability")]
+    pub durability: DurabilityMode,
+    /// Flush interval of `Periodic` durability, milliseconds.
+    #[serde(default = "default_flush_ms")]
+    #[schemars(range(min = 1, max = 60000))]
+    pub flush_every_ms: u64,
+    /// Time-to-live of memories stored without one, seconds; 0 means they never expire.
+    #[serde(default)]
+    #[schemars(range(max = 3153600000u64))]
+    pub default_ttl_seconds: u64,
+}
+
+impl Default for NodeSpec {
+    fn default() -> Self {
+        NodeSpec {
+            cache_capacity: default_cache(),
+            durability: default_durability(),
+            flush_every_ms: default_flush_ms(),
+            default_ttl_seconds: 0,
+        }
+    }
+}
+
+fn default_cache() -> String {
+    "256Mi".into()
+}
+
+fn default_durability() -> DurabilityMode {
+    DurabilityMode::Periodic
+}
+
+fn default_flush_ms() -> u64 {
+    500
+}
+
+/// Whether cleanup acts or only records its decisions.
+#[derive(Deserialize, Serialize, Clone, Copy, Debug, PartialEq, Eq, JsonSchema)]
+pub enum CleanupMode {
+    /// Schedule the CronJob and run emergency Jobs.
+    Enforce,
+    /// Decide and record in status and Events; create no Jobs.
+    DryRun,
+}
+
+/// Days of the week for maintenance windows.
+#[derive(Deserialize, Serialize, Clone, Copy, Debug, PartialEq, Eq, JsonSchema)]
+pub enum Weekday {
+    /// Monday.
+    Mon,
+    /// Tuesday.
+    Tue,
+    /// Wednesday.
+    Wed,
+    /// Thursday.
+    Thu,
+    /// Friday.
+    Fri,
+    /// Saturday.
+    Sat,
+    /// Sunday.
+    Sun,
+}
+
+/// A maintenance window: scheduled cleanups run only inside one (emergencies may not wait).
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct MaintenanceWindow {
+    /// Days the window opens; every day when empty.
+    #[serde(default)]
+    pub days: Vec<Weekday>,
+    /// First hour of the window (0–23), in `timeZone`.
+    #[schemars(range(min = 0, max = 23))]
+    pub start_hour: u8,
+    /// Last hour of the window (0–23, inclusive), in `timeZone`.
+    #[schemars(range(min = 0, max = 23))]
+    pub end_hour: u8,
+}
+
+/// How cleanup is scheduled. The cross-field rules are CEL (`x-kubernetes-validations`), so
+/// the API server refuses a bad combination at admission.
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new("self.emergencyThreshold > self.degradationThreshold").message("emergencyThreshold must be greater than degradationThreshold"))]
+#[x_kube(validation = Rule::new("self.degradationThreshold > self.recoverThreshold").message("degradationThreshold must be greater than recoverThreshold"))]
+#[x_kube(validation = Rule::new("duration(self.minInterval) <= duration(self.maxInterval)").message("minInterval must not exceed maxInterval"))]
+pub struct CleanupSpec {
+    /// Schedule cleanups at all; `false` suspends the CronJob.
+    #[serde(default = "default_true")]
+    pub enabled: bool,
+    /// `Enforce` (default) or `DryRun`.
+    #[serde(default = "default_mode")]
+    pub mode: CleanupMode,
+    /// Ratio of recent to baseline retrieve latency at which a node counts as degraded.
+    #[serde(default = "default_degradation")]
+    #[schemars(range(min = 1.0, max = 1000.0))]
+    pub degradation_threshold: f64,
+    /// Ratio below which a degraded node counts as recovered (hysteresis).
+    #[serde(default = "default_recover")]
+    #[schemars(range(min = 1.0, max = 1000.0))]
+    pub recover_threshold: f64,
+    /// Ratio above which a cleanup runs at once, as a one-off Job.
+    #[serde(default = "default_emergency")]
+    #[schemars(range(min = 1.0, max = 1000.0))]
+    pub emergency_threshold: f64,
+    /// Shortest time between cleanups, a duration (`15m`, `1h30m`; units s, m, h).
+    #[serde(default = "default_min_interval")]
+    #[schemars(regex(pattern = r"^([0-9]+(s|m|h))+$"))]
+    pub min_interval: String,
+    /// Longest time between cleanups, a duration; the cadence while latency is flat.
+    #[serde(default = "default_max_interval")]
+    #[schemars(regex(pattern = r"^([0-9]+(s|m|h))+$"))]
+    pub max_interval: String,
+    /// Maintenance windows for scheduled cleanups; any time when empty.
+    #[serde(default)]
+    pub windows: Vec<MaintenanceWindow>,
+    /// IANA time zone of the windows and the CronJob (`Etc/UTC` by default).
+    #[serde(default = "default_time_zone")]
+    pub time_zone: String,
+    /// Suspend the CronJob without disabling decisions.
+    #[serde(default)]
+    pub suspend: bool,
+    /// A fixed cron schedule that overrides the computed one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub schedule: Option<String>,
+}
+
+impl Default for CleanupSpec {
+    fn default() -> Self {
+        CleanupSpec {
+            enabled: true,
+            mode: default_mode(),
+            degradation_threshold: default_degradation(),
+            recover_threshold: default_recover(),
+            emergency_threshold: default_emergency(),
+            min_interval: default_min_interval(),
+            max_interval: default_max_interval(),
+            windows: Vec::new(),
+            time_zone: default_time_zone(),
+            suspend: false,
+            schedule: None,
+        }
+    }
+}
+
+fn default_mode() -> CleanupMode {
+    CleanupMode::Enforce
+}
+fn default_degradation() -> f64 {
+    2.0
+}
+fn default_recover() -> f64 {
+    1.5
+}
+fn default_emergency() -> f64 {
+    8.0
+}
+fn default_min_interval() -> String {
+    "15m".into()
+}
+fn default_max_interval() -> String {
+    "24h".into()
+}
+fn default_time_zone() -> String {
+    "Etc/UTC".into()
+}
+
+/// What the operator observed and decided.
+#[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct PhoenixMemoryStatus {
+    /// The generation the status describes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+    /// Nodes the StatefulSet runs.
+    #[serde(default)]
+    pub replicas: i32,
+    /// Nodes that are ready.
+    #[serde(default)]
+    pub ready_replicas: i32,
+    /// Label selector of the nodes (for the scale subresource).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub selector: Option<String>,
+    /// The worst node's latency ratio, when known.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub worst_ratio: Option<f64>,
+    /// `Ready`, `Degraded`, `CleanupScheduled`, `MetricsStale`, `CleanupIneffective`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub conditions: Vec<Condition>,
+    /// The cleanup plan in force.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub plan: Option<CleanupPlan>,
+}
+
+/// The cleanup plan in force.
+#[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct CleanupPlan {
+    /// The CronJob's schedule.
+    pub schedule: String,
+    /// Time between cleanups, seconds.
+    pub interval_seconds: u64,
+    /// Why this plan.
+    #[serde(default)]
+    pub reason: String,
+}
+
+/// The condition types the operator sets.
+pub mod conditions {
+    /// Every child is applied and the spec is valid.
+    pub const READY: &str = "Ready";
+    /// At least one node's ratio is above the degradation threshold.
+    pub const DEGRADED: &str = "Degraded";
+    /// A cleanup schedule is in force.
+    pub const CLEANUP_SCHEDULED: &str = "CleanupScheduled";
+    /// Some nodes' metrics are missing or too old to decide on.
+    pub const METRICS_STALE: &str = "MetricsStale";
+    /// Recent cleanups did not lower the ratio.
+    pub const CLEANUP_INEFFECTIVE: &str = "CleanupIneffective";
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use kube::CustomResourceExt;
+
+    #[test]
+    fn a_minimal_spec_gets_the_documented_defaults() {
+        let spec: PhoenixMemorySpec =
+            serde_json::from_value(serde_json::json!({})).expect("parses");
+        assert_eq!(spec.replicas, 1);
+        assert_eq!(spec.storage.size, "1Gi");
+        assert!(spec.storage.retain_on_delete);
+        assert_eq!(spec.node.cache_capacity, "256Mi");
+        assert_eq!(spec.cleanup.degradation_threshold, 2.0);
+        assert_eq!(spec.cleanup.emergency_threshold, 8.0);
+        assert_eq!(spec.cleanup.mode, CleanupMode::Enforce);
+    }
+
+    #[test]
+    fn the_crd_has_subresources_printer_columns_and_a_short_name() {
+        let crd = serde_json::to_value(PhoenixMemory::crd()).expect("serialises");
+        assert_eq!(crd["spec"]["names"]["shortNames"][0], "pmem");
+        let version = &crd["spec"]["versions"][0];
+        assert!(version["subresources"]["status"].is_object());
+        assert_eq!(
+            version["subresources"]["scale"]["specReplicasPath"],
+            ".spec.replicas"
+        );
+        let columns: Vec<&str> = version["additionalPrinterColumns"]
+            .as_array()
+            .expect("columns")
+            .iter()
+            .filter_map(|c| c["name"].as_str())
+            .collect();
+        assert_eq!(
+            columns,
+            ["Replicas", "Ready", "Worst Ratio", "Schedule", "Age"]
+        );
+        let replicas =
+            &version["schema"]["openAPIV3Schema"]["properties"]["spec"]["properties"]["replicas"];
+        assert_eq!(replicas["minimum"], 0.0);
+        assert!(
+            replicas["description"]
+                .as_str()
+                .is_some_and(|d| d.contains("kubectl scale"))
+        );
+    }
+}

@@ -1,11 +1,15 @@
 //! Phoenix Memory operator.
 //!
 //! - [`crd`]: the `PhoenixMemory` custom resource.
+//! - [`validate`]: the pure check of a spec (what CEL and the schema cannot fully check).
+//! - [`build`]: pure builders of every child.
 //!
-//! The controller (children builders, reconcile, status, leader election) and the observe →
-//! schedule policy join with their issues.
+//! The controller (reconcile by server-side apply, status, leader election) and the
+//! observe → schedule policy join with their issues.
 
+pub mod build;
 pub mod crd;
+pub mod validate;
 
 /// The operator's version, kept in step with the node crate and the chart.
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");

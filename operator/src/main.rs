@@ -16,10 +16,67 @@ struct Cli {
 enum Command {
     /// Print the PhoenixMemory CustomResourceDefinition as YAML (what `crds/` holds).
     Crd,
+    /// Print, offline, every object the operator would apply for the PhoenixMemory in FILE.
+    Plan {
+        /// A PhoenixMemory manifest (YAML).
+        #[arg(short = 'f', long = "file")]
+        file: std::path::PathBuf,
+        /// Node image used when the spec names none.
+        #[arg(long, env = "PHOENIX_DEFAULT_IMAGE", default_value = DEFAULT_IMAGE)]
+        default_image: String,
+    },
+}
+
+/// The node image when neither the spec nor `--default-image` names one.
+const DEFAULT_IMAGE: &str = concat!("phoenix-memory:", env!("CARGO_PKG_VERSION"));
+
+fn plan(file: &std::path::Path, default_image: &str) -> anyhow::Result<String> {
+    use anyhow::Context;
+    use phoenix_operator::build::{Inputs, build_all};
+    use phoenix_operator::crd::PhoenixMemory;
+    let text = std::fs::read_to_string(file)
+        .with_context(|| format!("failed to read {}", file.display()))?;
+    let mut memory: PhoenixMemory = serde_yaml::from_str(&text)
+        .with_context(|| format!("{} is not a PhoenixMemory", file.display()))?;
+    if memory.metadata.namespace.is_none() {
+        memory.metadata.namespace = Some("default".into());
+    }
+    memory.metadata.uid = Some("<assigned by the API server>".into());
+    let valid = phoenix_operator::validate::validate(&memory.spec)
+        .map_err(|problems| anyhow::anyhow!("invalid spec:\n  {}", problems.join("\n  ")))?;
+    let children = build_all(&Inputs {
+        memory: &memory,
+        valid: &valid,
+        default_image,
+        admin_token: "<generated once at the first reconcile>",
+    })?;
+    let documents = [
+        serde_yaml::to_string(&children.configmap)?,
+        serde_yaml::to_string(&children.secret)?,
+        serde_yaml::to_string(&children.headless_service)?,
+        serde_yaml::to_string(&children.client_service)?,
+        serde_yaml::to_string(&children.statefulset)?,
+        serde_yaml::to_string(&children.pdb)?,
+        serde_yaml::to_string(&children.cronjob)?,
+    ];
+    Ok(documents.join("---\n"))
 }
 
 fn main() -> ExitCode {
     match Cli::parse().command {
+        Command::Plan {
+            file,
+            default_image,
+        } => match plan(&file, &default_image) {
+            Ok(yaml) => {
+                print!("{yaml}");
+                ExitCode::SUCCESS
+            }
+            Err(error) => {
+                eprintln!("error: {error:#}");
+                ExitCode::from(2)
+            }
+        },
         Command::Crd => match phoenix_operator::crd_yaml() {
             Ok(yaml) => {
                 print!("{yaml}");

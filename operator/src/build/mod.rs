@@ -1,0 +1,268 @@
+//! Pure builders: a validated `PhoenixMemory` in, the children it needs out. No client
+//! here; applying happens in one place (the controller).
+
+mod configmap;
+mod cronjob;
+mod pdb;
+mod service;
+mod statefulset;
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::api::apps::v1::StatefulSet;
+use k8s_openapi::api::batch::v1::CronJob;
+use k8s_openapi::api::core::v1::{ConfigMap, Secret, Service};
+use k8s_openapi::api::policy::v1::PodDisruptionBudget;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
+use kube::{Resource, ResourceExt};
+
+use crate::crd::PhoenixMemory;
+use crate::validate::ValidSpec;
+
+pub use configmap::{CONFIG_FILE, build_configmap, config_hash};
+pub use cronjob::{build_cronjob, schedule_for};
+pub use pdb::build_pdb;
+pub use service::{build_client_service, build_headless_service};
+pub use statefulset::build_statefulset;
+
+/// The nodes' HTTP port.
+pub const NODE_PORT: i32 = 8080;
+/// Key of the admin token in the Secret.
+pub const TOKEN_KEY: &str = "token";
+/// Where the node reads its config file.
+pub const CONFIG_DIR: &str = "/etc/phoenix";
+/// Where the node reads its admin token.
+pub const TOKEN_DIR: &str = "/var/run/secrets/phoenix";
+
+/// Everything the builders need besides the spec.
+#[derive(Clone, Debug)]
+pub struct Inputs<'a> {
+    /// The resource.
+    pub memory: &'a PhoenixMemory,
+    /// Its validated spec.
+    pub valid: &'a ValidSpec,
+    /// Image when the spec names none (the operator's `--default-image`).
+    pub default_image: &'a str,
+    /// The admin token (generated once and kept in the Secret).
+    pub admin_token: &'a str,
+}
+
+impl Inputs<'_> {
+    /// The resource's name.
+    pub fn name(&self) -> String {
+        self.memory.name_any()
+    }
+
+    /// The resource's namespace.
+    pub fn namespace(&self) -> String {
+        self.memory.namespace().unwrap_or_else(|| "default".into())
+    }
+
+    /// The node image.
+    pub fn image(&self) -> String {
+        self.valid
+            .spec
+            .image
+            .clone()
+            .unwrap_or_else(|| self.default_image.to_string())
+    }
+}
+
+/// Name of the headless Service (stable DNS per node).
+pub fn headless_name(memory: &str) -> String {
+    format!("{memory}-nodes")
+}
+
+/// Name of the Secret holding the admin token.
+pub fn secret_name(memory: &str) -> String {
+    format!("{memory}-admin")
+}
+
+/// Name of the ConfigMap holding the node configuration.
+pub fn configmap_name(memory: &str) -> String {
+    format!("{memory}-config")
+}
+
+/// Name of the cleanup CronJob.
+pub fn cronjob_name(memory: &str) -> String {
+    format!("{memory}-cleanup")
+}
+
+/// Labels that select one memory's nodes.
+pub fn selector_labels(memory: &str) -> BTreeMap<String, String> {
+    BTreeMap::from([
+        (
+            "app.kubernetes.io/name".to_string(),
+            "phoenix-memory".to_string(),
+        ),
+        ("app.kubernetes.io/instance".to_string(), memory.to_string()),
+    ])
+}
+
+/// Labels on every child.
+pub fn labels(memory: &str, component: &str) -> BTreeMap<String, String> {
+    let mut labels = selector_labels(memory);
+    labels.insert(
+        "app.kubernetes.io/managed-by".into(),
+        "phoenix-operator".into(),
+    );
+    labels.insert("app.kubernetes.io/component".into(), component.into());
+    labels
+}
+
+/// The `key=value,…` form of the selector (status.selector, for `kubectl scale`).
+pub fn selector_string(memory: &str) -> String {
+    selector_labels(memory)
+        .iter()
+        .map(|(k, v)| format!("{k}={v}"))
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+/// The controller owner reference to the memory, so deletion cascades.
+pub fn owner_reference(memory: &PhoenixMemory) -> OwnerReference {
+    OwnerReference {
+        api_version: PhoenixMemory::api_version(&()).into_owned(),
+        kind: PhoenixMemory::kind(&()).into_owned(),
+        name: memory.name_any(),
+        uid: memory.metadata.uid.clone().unwrap_or_default(),
+        controller: Some(true),
+        block_owner_deletion: Some(true),
+    }
+}
+
+/// Metadata of a child: name, namespace, labels, owner.
+pub fn child_meta(inputs: &Inputs<'_>, name: String, component: &str) -> ObjectMeta {
+    ObjectMeta {
+        name: Some(name),
+        namespace: Some(inputs.namespace()),
+        labels: Some(labels(&inputs.name(), component)),
+        owner_references: Some(vec![owner_reference(inputs.memory)]),
+        ..ObjectMeta::default()
+    }
+}
+
+/// The admin-token Secret.
+pub fn build_secret(inputs: &Inputs<'_>) -> Secret {
+    Secret {
+        metadata: child_meta(inputs, secret_name(&inputs.name()), "admin-token"),
+        type_: Some("Opaque".into()),
+        string_data: None,
+        data: Some(BTreeMap::from([(
+            TOKEN_KEY.to_string(),
+            k8s_openapi::ByteString(inputs.admin_token.as_bytes().to_vec()),
+        )])),
+        ..Secret::default()
+    }
+}
+
+/// Every child, in apply order.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Children {
+    /// Node configuration.
+    pub configmap: ConfigMap,
+    /// Admin token.
+    pub secret: Secret,
+    /// Stable per-node DNS.
+    pub headless_service: Service,
+    /// Client traffic.
+    pub client_service: Service,
+    /// The nodes.
+    pub statefulset: StatefulSet,
+    /// Disruption budget.
+    pub pdb: PodDisruptionBudget,
+    /// Cleanup schedule.
+    pub cronjob: CronJob,
+}
+
+/// Builds every child.
+///
+/// # Errors
+/// Only if the node configuration cannot be serialised (a programming error).
+pub fn build_all(inputs: &Inputs<'_>) -> Result<Children, serde_yaml::Error> {
+    let configmap = build_configmap(inputs)?;
+    let hash = config_hash(&configmap);
+    Ok(Children {
+        secret: build_secret(inputs),
+        headless_service: build_headless_service(inputs),
+        client_service: build_client_service(inputs),
+        statefulset: build_statefulset(inputs, &hash),
+        pdb: build_pdb(inputs),
+        cronjob: build_cronjob(inputs),
+        configmap,
+    })
+}
+
+#[cfg(test)]
+pub(crate) mod fixtures {
+    use super::*;
+    use crate::crd::PhoenixMemorySpec;
+
+    /// A memory named `mem` in `ns` with the given spec JSON.
+    pub fn memory(spec: serde_json::Value) -> PhoenixMemory {
+        let spec: PhoenixMemorySpec = serde_json::from_value(spec).expect("spec");
+        let mut memory = PhoenixMemory::new("mem", spec);
+        memory.metadata.namespace = Some("ns".into());
+        memory.metadata.uid = Some("uid-1".into());
+        memory
+    }
+
+    /// Runs `f` with inputs for `memory`.
+    pub fn with_inputs<T>(memory: &PhoenixMemory, f: impl FnOnce(&Inputs<'_>) -> T) -> T {
+        let valid = crate::validate::validate(&memory.spec).expect("valid spec");
+        f(&Inputs {
+            memory,
+            valid: &valid,
+            default_image: "phoenix-memory:test",
+            admin_token: "secret-token",
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::fixtures::*;
+    use super::*;
+
+    #[test]
+    fn every_child_is_owned_labelled_and_namespaced() {
+        let memory = memory(serde_json::json!({"replicas": 3}));
+        let children = with_inputs(&memory, build_all).expect("builds");
+        let metas = [
+            &children.configmap.metadata,
+            &children.secret.metadata,
+            &children.headless_service.metadata,
+            &children.client_service.metadata,
+            &children.statefulset.metadata,
+            &children.pdb.metadata,
+            &children.cronjob.metadata,
+        ];
+        for meta in metas {
+            assert_eq!(meta.namespace.as_deref(), Some("ns"));
+            let owner = &meta.owner_references.as_ref().expect("owned")[0];
+            assert_eq!(
+                (owner.kind.as_str(), owner.uid.as_str(), owner.controller),
+                ("PhoenixMemory", "uid-1", Some(true))
+            );
+            assert_eq!(
+                meta.labels
+                    .as_ref()
+                    .and_then(|l| l.get("app.kubernetes.io/instance"))
+                    .map(String::as_str),
+                Some("mem")
+            );
+        }
+        assert_eq!(
+            selector_string("mem"),
+            "app.kubernetes.io/instance=mem,app.kubernetes.io/name=phoenix-memory"
+        );
+    }
+
+    #[test]
+    fn the_secret_holds_the_token_it_was_given() {
+        let memory = memory(serde_json::json!({}));
+        let secret = with_inputs(&memory, build_secret);
+        assert_eq!(secret.data.expect("data")[TOKEN_KEY].0, b"secret-token");
+        assert_eq!(secret.metadata.name.as_deref(), Some("mem-admin"));
+    }
+}

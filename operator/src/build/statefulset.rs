@@ -1,0 +1,292 @@
+//! The StatefulSet of nodes: one PVC each, probes, restricted pod security, a config hash
+//! that restarts pods when the ConfigMap changes, PVC retention from `retainOnDelete`.
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::api::apps::v1::{
+    StatefulSet, StatefulSetPersistentVolumeClaimRetentionPolicy, StatefulSetSpec,
+};
+use k8s_openapi::api::core::v1::{
+    Capabilities, ConfigMapVolumeSource, Container, ContainerPort, HTTPGetAction,
+    PersistentVolumeClaim, PersistentVolumeClaimSpec, PodSecurityContext, PodSpec, PodTemplateSpec,
+    Probe, SeccompProfile, SecretVolumeSource, SecurityContext, Volume, VolumeMount,
+    VolumeResourceRequirements,
+};
+use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
+use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+
+use super::configmap::config_path;
+use super::{
+    CONFIG_DIR, Inputs, NODE_PORT, TOKEN_DIR, child_meta, configmap_name, headless_name, labels,
+    secret_name, selector_labels,
+};
+
+/// Annotation on the pod template carrying the config hash.
+pub const CONFIG_HASH_ANNOTATION: &str = "phoenix.dev/config-hash";
+/// Seconds a node gets to drain and flush after SIGTERM (its own deadline is 20 s).
+pub const TERMINATION_GRACE_SECONDS: i64 = 30;
+/// The non-root user of the image.
+const RUN_AS: i64 = 65532;
+
+fn probe(path: &str, period: i32, failures: i32) -> Probe {
+    Probe {
+        http_get: Some(HTTPGetAction {
+            path: Some(path.into()),
+            port: IntOrString::String("http".into()),
+            ..HTTPGetAction::default()
+        }),
+        period_seconds: Some(period),
+        failure_threshold: Some(failures),
+        timeout_seconds: Some(2),
+        ..Probe::default()
+    }
+}
+
+fn container(inputs: &Inputs<'_>) -> Container {
+    Container {
+        name: "node".into(),
+        image: Some(inputs.image()),
+        args: Some(vec!["serve".into(), "--config".into(), config_path()]),
+        ports: Some(vec![ContainerPort {
+            name: Some("http".into()),
+            container_port: NODE_PORT,
+            protocol: Some("TCP".into()),
+            ..ContainerPort::default()
+        }]),
+        readiness_probe: Some(probe("/readyz", 5, 2)),
+        liveness_probe: Some(probe("/healthz", 10, 6)),
+        startup_probe: Some(probe("/healthz", 2, 150)),
+        resources: inputs.valid.spec.resources.clone(),
+        security_context: Some(SecurityContext {
+            allow_privilege_escalation: Some(false),
+            read_only_root_filesystem: Some(true),
+            run_as_non_root: Some(true),
+            privileged: Some(false),
+            capabilities: Some(Capabilities {
+                drop: Some(vec!["ALL".into()]),
+                ..Capabilities::default()
+            }),
+            ..SecurityContext::default()
+        }),
+        volume_mounts: Some(vec![
+            VolumeMount {
+                name: "data".into(),
+                mount_path: "/data".into(),
+                ..VolumeMount::default()
+            },
+            VolumeMount {
+                name: "config".into(),
+                mount_path: CONFIG_DIR.into(),
+                read_only: Some(true),
+                ..VolumeMount::default()
+            },
+            VolumeMount {
+                name: "admin-token".into(),
+                mount_path: TOKEN_DIR.into(),
+                read_only: Some(true),
+                ..VolumeMount::default()
+            },
+        ]),
+        ..Container::default()
+    }
+}
+
+/// The StatefulSet, its pod template carrying `config_hash`.
+pub fn build_statefulset(inputs: &Inputs<'_>, config_hash: &str) -> StatefulSet {
+    let name = inputs.name();
+    let storage = &inputs.valid.spec.storage;
+    let retention = if storage.retain_on_delete {
+        "Retain"
+    } else {
+        "Delete"
+    };
+    let pod_labels = labels(&name, "node");
+    StatefulSet {
+        metadata: child_meta(inputs, name.clone(), "node"),
+        spec: Some(StatefulSetSpec {
+            replicas: Some(inputs.valid.spec.replicas),
+            service_name: Some(headless_name(&name)),
+            selector: LabelSelector {
+                match_labels: Some(selector_labels(&name)),
+                ..LabelSelector::default()
+            },
+            pod_management_policy: Some("Parallel".into()),
+            persistent_volume_claim_retention_policy: Some(
+                StatefulSetPersistentVolumeClaimRetentionPolicy {
+                    when_deleted: Some(retention.into()),
+                    when_scaled: Some(retention.into()),
+                },
+            ),
+            template: PodTemplateSpec {
+                metadata: Some(ObjectMeta {
+                    labels: Some(pod_labels),
+                    annotations: Some(BTreeMap::from([(
+                        CONFIG_HASH_ANNOTATION.to_string(),
+                        config_hash.to_string(),
+                    )])),
+                    ..ObjectMeta::default()
+                }),
+                spec: Some(PodSpec {
+                    containers: vec![container(inputs)],
+                    termination_grace_period_seconds: Some(TERMINATION_GRACE_SECONDS),
+                    automount_service_account_token: Some(false),
+                    security_context: Some(PodSecurityContext {
+                        run_as_non_root: Some(true),
+                        run_as_user: Some(RUN_AS),
+                        run_as_group: Some(RUN_AS),
+                        fs_group: Some(RUN_AS),
+                        seccomp_profile: Some(SeccompProfile {
+                            type_: "RuntimeDefault".into(),
+                            ..SeccompProfile::default()
+                        }),
+                        ..PodSecurityContext::default()
+                    }),
+                    volumes: Some(vec![
+                        Volume {
+                            name: "config".into(),
+                            config_map: Some(ConfigMapVolumeSource {
+                                name: configmap_name(&name),
+                                ..ConfigMapVolumeSource::default()
+                            }),
+                            ..Volume::default()
+                        },
+                        Volume {
+                            name: "admin-token".into(),
+                            secret: Some(SecretVolumeSource {
+                                secret_name: Some(secret_name(&name)),
+                                default_mode: Some(0o400),
+                                ..SecretVolumeSource::default()
+                            }),
+                            ..Volume::default()
+                        },
+                    ]),
+                    ..PodSpec::default()
+                }),
+            },
+            volume_claim_templates: Some(vec![PersistentVolumeClaim {
+                metadata: ObjectMeta {
+                    name: Some("data".into()),
+                    labels: Some(selector_labels(&name)),
+                    ..ObjectMeta::default()
+                },
+                spec: Some(PersistentVolumeClaimSpec {
+                    access_modes: Some(vec!["ReadWriteOnce".into()]),
+                    storage_class_name: storage.storage_class_name.clone(),
+                    resources: Some(VolumeResourceRequirements {
+                        requests: Some(BTreeMap::from([(
+                            "storage".to_string(),
+                            Quantity(storage.size.clone()),
+                        )])),
+                        ..VolumeResourceRequirements::default()
+                    }),
+                    ..PersistentVolumeClaimSpec::default()
+                }),
+                ..PersistentVolumeClaim::default()
+            }]),
+            ..StatefulSetSpec::default()
+        }),
+        ..StatefulSet::default()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::fixtures::*;
+    use super::*;
+
+    #[test]
+    fn the_statefulset_has_the_shape_the_design_asks_for() {
+        let memory = memory(serde_json::json!({
+            "replicas": 3,
+            "storage": {"size": "5Gi", "storageClassName": "fast", "retainOnDelete": false},
+            "resources": {"limits": {"memory": "1Gi"}}
+        }));
+        let sts = with_inputs(&memory, |i| build_statefulset(i, "abc"));
+        let spec = sts.spec.expect("spec");
+        assert_eq!(spec.replicas, Some(3));
+        assert_eq!(spec.service_name.as_deref(), Some("mem-nodes"));
+        let retention = spec
+            .persistent_volume_claim_retention_policy
+            .expect("retention");
+        assert_eq!(retention.when_deleted.as_deref(), Some("Delete"));
+        let claim = &spec.volume_claim_templates.expect("claims")[0];
+        let claim_spec = claim.spec.as_ref().expect("claim spec");
+        assert_eq!(claim_spec.storage_class_name.as_deref(), Some("fast"));
+        assert_eq!(
+            claim_spec
+                .resources
+                .as_ref()
+                .and_then(|r| r.requests.as_ref())
+                .map(|r| r["storage"].0.clone()),
+            Some("5Gi".into())
+        );
+        let template = spec.template;
+        assert_eq!(
+            template
+                .metadata
+                .as_ref()
+                .and_then(|m| m.annotations.as_ref())
+                .map(|a| a[CONFIG_HASH_ANNOTATION].clone()),
+            Some("abc".into())
+        );
+        let pod = template.spec.expect("pod");
+        assert_eq!(pod.termination_grace_period_seconds, Some(30));
+        let security = pod.security_context.expect("pod security");
+        assert_eq!(security.run_as_non_root, Some(true));
+        assert_eq!(
+            security.seccomp_profile.map(|s| s.type_),
+            Some("RuntimeDefault".into())
+        );
+        let container = &pod.containers[0];
+        assert_eq!(container.image.as_deref(), Some("phoenix-memory:test"));
+        let sc = container
+            .security_context
+            .as_ref()
+            .expect("container security");
+        assert_eq!(
+            (
+                sc.allow_privilege_escalation,
+                sc.read_only_root_filesystem,
+                sc.privileged
+            ),
+            (Some(false), Some(true), Some(false))
+        );
+        assert_eq!(
+            sc.capabilities.as_ref().and_then(|c| c.drop.clone()),
+            Some(vec!["ALL".to_string()])
+        );
+        assert_eq!(
+            container
+                .readiness_probe
+                .as_ref()
+                .and_then(|p| p.http_get.as_ref())
+                .and_then(|h| h.path.clone()),
+            Some("/readyz".into())
+        );
+        assert_eq!(
+            container
+                .liveness_probe
+                .as_ref()
+                .and_then(|p| p.http_get.as_ref())
+                .and_then(|h| h.path.clone()),
+            Some("/healthz".into())
+        );
+        assert!(container.resources.is_some());
+        assert_eq!(
+            container.args.as_ref().map(|a| a[0].as_str()),
+            Some("serve")
+        );
+    }
+
+    #[test]
+    fn retention_defaults_to_retain() {
+        let memory = memory(serde_json::json!({}));
+        let sts = with_inputs(&memory, |i| build_statefulset(i, "x"));
+        let retention = sts
+            .spec
+            .and_then(|s| s.persistent_volume_claim_retention_policy)
+            .expect("retention");
+        assert_eq!(retention.when_deleted.as_deref(), Some("Retain"));
+    }
+}

@@ -3,11 +3,13 @@
 //! - [`crd`]: the `PhoenixMemory` custom resource.
 //! - [`validate`]: the pure check of a spec (what CEL and the schema cannot fully check).
 //! - [`build`]: pure builders of every child.
+//! - [`controller`]: reconcile by server-side apply, status.
 //!
 //! The controller (reconcile by server-side apply, status, leader election) and the
 //! observe → schedule policy join with their issues.
 
 pub mod build;
+pub mod controller;
 pub mod crd;
 pub mod validate;
 

@@ -16,6 +16,21 @@ struct Cli {
 enum Command {
     /// Print the PhoenixMemory CustomResourceDefinition as YAML (what `crds/` holds).
     Crd,
+    /// Run the controller against the cluster of the current kubeconfig or service account.
+    Run {
+        /// Watch only this namespace (all namespaces by default).
+        #[arg(long, env = "PHOENIX_WATCH_NAMESPACE")]
+        namespace: Option<String>,
+        /// Node image used when a spec names none.
+        #[arg(long, env = "PHOENIX_DEFAULT_IMAGE", default_value = DEFAULT_IMAGE)]
+        default_image: String,
+        /// Reconciles running at once.
+        #[arg(long, default_value_t = 8)]
+        concurrency: u16,
+        /// Log as JSON lines.
+        #[arg(long)]
+        json_logs: bool,
+    },
     /// Print, offline, every object the operator would apply for the PhoenixMemory in FILE.
     Plan {
         /// A PhoenixMemory manifest (YAML).
@@ -29,6 +44,25 @@ enum Command {
 
 /// The node image when neither the spec nor `--default-image` names one.
 const DEFAULT_IMAGE: &str = concat!("phoenix-memory:", env!("CARGO_PKG_VERSION"));
+
+fn run(settings: phoenix_operator::controller::Settings) -> anyhow::Result<()> {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    runtime.block_on(async move {
+        let client = kube::Client::try_default().await?;
+        let mut terminate =
+            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+        let shutdown = async move {
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT received, shutting down"),
+                _ = terminate.recv() => tracing::info!("SIGTERM received, shutting down"),
+            }
+        };
+        phoenix_operator::controller::run(client, settings, shutdown).await;
+        Ok(())
+    })
+}
 
 fn plan(file: &std::path::Path, default_image: &str) -> anyhow::Result<String> {
     use anyhow::Context;
@@ -64,6 +98,34 @@ fn plan(file: &std::path::Path, default_image: &str) -> anyhow::Result<String> {
 
 fn main() -> ExitCode {
     match Cli::parse().command {
+        Command::Run {
+            namespace,
+            default_image,
+            concurrency,
+            json_logs,
+        } => {
+            let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+            let builder = tracing_subscriber::fmt().with_env_filter(filter);
+            if json_logs {
+                builder.json().init();
+            } else {
+                builder.init();
+            }
+            let settings = phoenix_operator::controller::Settings {
+                default_image,
+                namespace,
+                concurrency,
+                ..Default::default()
+            };
+            match run(settings) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(error) => {
+                    eprintln!("error: {error:#}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
         Command::Plan {
             file,
             default_image,

@@ -1,0 +1,133 @@
+//! Server-side apply of the children, in one documented order, under one field manager.
+//!
+//! Order: ConfigMap and Secret first (the pods mount them), then the Services (stable DNS
+//! before pods start), the StatefulSet, the PodDisruptionBudget, and the CronJob last (it
+//! cleans nodes that must exist). A child whose live object already holds every field we
+//! would apply is not written: a converged reconcile makes no mutating request.
+
+use std::fmt::Debug;
+
+use k8s_openapi::NamespaceResourceScope;
+use k8s_openapi::api::apps::v1::StatefulSet;
+use k8s_openapi::api::core::v1::Secret;
+use kube::api::{Patch, PatchParams};
+use kube::{Api, Resource, ResourceExt};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use serde_json::Value;
+
+use super::{Context, Error, FIELD_MANAGER};
+use crate::build::{Children, TOKEN_KEY, secret_name};
+
+/// Whether `current` already holds every field of `desired` with the same value.
+pub fn is_subset(desired: &Value, current: &Value) -> bool {
+    match (desired, current) {
+        (Value::Object(d), Value::Object(c)) => d
+            .iter()
+            .all(|(k, v)| v.is_null() || c.get(k).is_some_and(|cv| is_subset(v, cv))),
+        (Value::Array(d), Value::Array(c)) => {
+            d.len() == c.len() && d.iter().zip(c).all(|(dv, cv)| is_subset(dv, cv))
+        }
+        (d, c) => d == c,
+    }
+}
+
+/// Applies `desired` unless the live object already matches; returns the live object.
+async fn apply_one<K>(api: &Api<K>, desired: &K) -> Result<K, Error>
+where
+    K: Resource<Scope = NamespaceResourceScope> + Clone + DeserializeOwned + Serialize + Debug,
+{
+    let name = desired.name_any();
+    if let Some(current) = api.get_opt(&name).await? {
+        let wanted =
+            serde_json::to_value(desired).map_err(|e| Error::Kube(kube::Error::SerdeError(e)))?;
+        let live =
+            serde_json::to_value(&current).map_err(|e| Error::Kube(kube::Error::SerdeError(e)))?;
+        if is_subset(&wanted, &live) {
+            return Ok(current);
+        }
+    }
+    let params = PatchParams::apply(FIELD_MANAGER).force();
+    Ok(api.patch(&name, &params, &Patch::Apply(desired)).await?)
+}
+
+/// The memory's admin token: the one its Secret holds, or a new random one.
+pub async fn admin_token(ctx: &Context, namespace: &str, memory: &str) -> Result<String, Error> {
+    let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), namespace);
+    let existing = secrets
+        .get_opt(&secret_name(memory))
+        .await?
+        .and_then(|s| s.data)
+        .and_then(|d| {
+            d.get(TOKEN_KEY)
+                .map(|t| String::from_utf8_lossy(&t.0).into_owned())
+        })
+        .filter(|t| !t.is_empty());
+    Ok(existing
+        .unwrap_or_else(|| format!("{:032x}{:032x}", fastrand::u128(..), fastrand::u128(..))))
+}
+
+/// Applies every child in order; returns the live StatefulSet.
+pub async fn children(
+    ctx: &Context,
+    namespace: &str,
+    children: &Children,
+) -> Result<Option<StatefulSet>, Error> {
+    let client = &ctx.client;
+    apply_one(
+        &Api::namespaced(client.clone(), namespace),
+        &children.configmap,
+    )
+    .await?;
+    apply_one(
+        &Api::namespaced(client.clone(), namespace),
+        &children.secret,
+    )
+    .await?;
+    apply_one(
+        &Api::namespaced(client.clone(), namespace),
+        &children.headless_service,
+    )
+    .await?;
+    apply_one(
+        &Api::namespaced(client.clone(), namespace),
+        &children.client_service,
+    )
+    .await?;
+    let statefulset = apply_one(
+        &Api::namespaced(client.clone(), namespace),
+        &children.statefulset,
+    )
+    .await?;
+    apply_one(&Api::namespaced(client.clone(), namespace), &children.pdb).await?;
+    apply_one(
+        &Api::namespaced(client.clone(), namespace),
+        &children.cronjob,
+    )
+    .await?;
+    Ok(Some(statefulset))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn subsets_ignore_extra_live_fields_but_not_changed_ones() {
+        let desired = json!({"spec": {"replicas": 3, "ports": [{"port": 80}]}, "gone": null});
+        assert!(is_subset(
+            &desired,
+            &json!({"spec": {"replicas": 3, "ports": [{"port": 80, "protocol": "TCP"}], "extra": 1}})
+        ));
+        assert!(!is_subset(
+            &desired,
+            &json!({"spec": {"replicas": 2, "ports": [{"port": 80}]}})
+        ));
+        assert!(!is_subset(
+            &desired,
+            &json!({"spec": {"replicas": 3, "ports": []}})
+        ));
+        assert!(!is_subset(&desired, &json!({})));
+    }
+}

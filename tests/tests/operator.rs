@@ -1,0 +1,375 @@
+//! The operator's real kube `Controller` against the in-process API server.
+
+use std::time::Duration;
+
+use k8s_openapi::api::apps::v1::StatefulSet;
+use k8s_openapi::api::batch::v1::CronJob;
+use k8s_openapi::api::core::v1::{ConfigMap, Secret, Service};
+use k8s_openapi::api::policy::v1::PodDisruptionBudget;
+use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
+use kube::{Client, CustomResourceExt};
+use phoenix_operator::controller::{self, Settings};
+use phoenix_operator::crd::PhoenixMemory;
+use phoenix_tests::apiserver::{ApiServer, FaultAction, Verb};
+use serde_json::json;
+
+struct Harness {
+    server: ApiServer,
+    client: Client,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Harness {
+    async fn start() -> Harness {
+        let server = ApiServer::start().await.expect("server");
+        let client = server.client().expect("client");
+        Api::<CustomResourceDefinition>::all(client.clone())
+            .create(&PostParams::default(), &PhoenixMemory::crd())
+            .await
+            .expect("install CRD");
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let task = tokio::spawn(controller::run(
+            client.clone(),
+            Settings {
+                default_image: "phoenix-memory:test".into(),
+                resync: Duration::from_secs(1),
+                ..Settings::default()
+            },
+            async move {
+                let _ = stopped.await;
+            },
+        ));
+        Harness {
+            server,
+            client,
+            stop: Some(stop),
+            task,
+        }
+    }
+
+    fn memories(&self) -> Api<PhoenixMemory> {
+        Api::default_namespaced(self.client.clone())
+    }
+
+    fn api<K>(&self) -> Api<K>
+    where
+        K: kube::Resource<Scope = k8s_openapi::NamespaceResourceScope>
+            + Clone
+            + serde::de::DeserializeOwned
+            + std::fmt::Debug,
+        K::DynamicType: Default,
+    {
+        Api::default_namespaced(self.client.clone())
+    }
+
+    async fn create(&self, name: &str, spec: serde_json::Value) {
+        let memory: PhoenixMemory = serde_json::from_value(json!({
+            "apiVersion": "phoenix.dev/v1alpha1", "kind": "PhoenixMemory",
+            "metadata": {"name": name}, "spec": spec,
+        }))
+        .expect("memory");
+        self.memories()
+            .create(&PostParams::default(), &memory)
+            .await
+            .expect("create memory");
+    }
+
+    async fn stop(mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        let _ = tokio::time::timeout(Duration::from_secs(10), self.task).await;
+    }
+}
+
+/// Polls `check` until it returns Some, or panics after 15 s naming `what`.
+async fn eventually<T, F, Fut>(what: &str, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
+    loop {
+        if let Some(value) = check().await {
+            return value;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn create_update_repair_scale_and_delete() {
+    let h = Harness::start().await;
+    h.create("mem", json!({"replicas": 2})).await;
+
+    // Every child exists with the right shape.
+    let sts: Api<StatefulSet> = h.api();
+    let first = eventually("the statefulset", || async {
+        sts.get_opt("mem").await.ok().flatten()
+    })
+    .await;
+    assert_eq!(first.spec.as_ref().and_then(|s| s.replicas), Some(2));
+    for name in ["mem-config"] {
+        assert!(
+            h.api::<ConfigMap>()
+                .get_opt(name)
+                .await
+                .expect("get")
+                .is_some()
+        );
+    }
+    assert!(
+        h.api::<Secret>()
+            .get_opt("mem-admin")
+            .await
+            .expect("get")
+            .is_some()
+    );
+    assert!(
+        h.api::<Service>()
+            .get_opt("mem")
+            .await
+            .expect("get")
+            .is_some()
+    );
+    assert!(
+        h.api::<Service>()
+            .get_opt("mem-nodes")
+            .await
+            .expect("get")
+            .is_some()
+    );
+    assert!(
+        h.api::<PodDisruptionBudget>()
+            .get_opt("mem")
+            .await
+            .expect("get")
+            .is_some()
+    );
+    assert!(
+        h.api::<CronJob>()
+            .get_opt("mem-cleanup")
+            .await
+            .expect("get")
+            .is_some()
+    );
+    let ready = eventually("Ready=True", || async {
+        let m = h.memories().get("mem").await.ok()?;
+        let status = m.status?;
+        status
+            .conditions
+            .iter()
+            .any(|c| c.type_ == "Ready" && c.status == "True")
+            .then_some(status)
+    })
+    .await;
+    assert_eq!(ready.observed_generation, Some(1));
+    assert!(ready.selector.is_some());
+    let token = h
+        .api::<Secret>()
+        .get("mem-admin")
+        .await
+        .expect("secret")
+        .data
+        .expect("data")["token"]
+        .clone();
+
+    // A spec change updates the children and advances observedGeneration.
+    h.memories()
+        .patch(
+            "mem",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"spec": {"node": {"cacheCapacity": "64Mi"}}})),
+        )
+        .await
+        .expect("patch");
+    eventually("the new config", || async {
+        let cm = h.api::<ConfigMap>().get("mem-config").await.ok()?;
+        cm.data?
+            .get("node.yaml")?
+            .contains("67108864")
+            .then_some(())
+    })
+    .await;
+    eventually("observedGeneration 2", || async {
+        (h.memories()
+            .get("mem")
+            .await
+            .ok()?
+            .status?
+            .observed_generation
+            == Some(2))
+        .then_some(())
+    })
+    .await;
+    let restarted = sts.get("mem").await.expect("sts");
+    let hash = |s: &StatefulSet| {
+        s.spec
+            .as_ref()
+            .and_then(|s| s.template.metadata.as_ref())
+            .and_then(|m| m.annotations.clone())
+            .and_then(|a| a.get("phoenix.dev/config-hash").cloned())
+    };
+    assert_ne!(
+        hash(&restarted),
+        hash(&first),
+        "a config change must restart the pods"
+    );
+    // The admin token is generated once and kept.
+    assert_eq!(
+        h.api::<Secret>()
+            .get("mem-admin")
+            .await
+            .expect("secret")
+            .data
+            .expect("data")["token"],
+        token
+    );
+
+    // Drift: a deleted child comes back, an edited one is repaired.
+    h.api::<Service>()
+        .delete("mem", &DeleteParams::default())
+        .await
+        .expect("delete service");
+    eventually("the client service again", || async {
+        h.api::<Service>().get_opt("mem").await.ok().flatten()
+    })
+    .await;
+    h.api::<PodDisruptionBudget>()
+        .patch(
+            "mem",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"spec": {"maxUnavailable": 5}})),
+        )
+        .await
+        .expect("edit pdb");
+    eventually("the pdb repaired", || async {
+        let pdb = h.api::<PodDisruptionBudget>().get("mem").await.ok()?;
+        (pdb.spec?.max_unavailable
+            == Some(k8s_openapi::apimachinery::pkg::util::intstr::IntOrString::Int(1)))
+        .then_some(())
+    })
+    .await;
+
+    // kubectl scale: the scale subresource moves spec.replicas, the StatefulSet follows.
+    h.memories()
+        .patch_scale(
+            "mem",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"spec": {"replicas": 4}})),
+        )
+        .await
+        .expect("scale");
+    eventually("4 replicas", || async {
+        (sts.get("mem").await.ok()?.spec?.replicas == Some(4)).then_some(())
+    })
+    .await;
+
+    // Converged: a resync (every second here) makes no mutating request.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    h.server.reset_counts();
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    let writes = h.server.mutations();
+    assert!(writes.is_empty(), "a converged resync wrote: {writes:?}");
+    assert!(
+        h.server.requests(Verb::Get, "statefulsets") > 0,
+        "the resync did run"
+    );
+
+    // Deleting the memory deletes its children.
+    h.memories()
+        .delete("mem", &DeleteParams::default())
+        .await
+        .expect("delete memory");
+    eventually("children gone", || async {
+        let sts_gone = sts.get_opt("mem").await.ok()?.is_none();
+        let cm_gone = h
+            .api::<ConfigMap>()
+            .get_opt("mem-config")
+            .await
+            .ok()?
+            .is_none();
+        let cron_gone = h
+            .api::<CronJob>()
+            .get_opt("mem-cleanup")
+            .await
+            .ok()?
+            .is_none();
+        (sts_gone && cm_gone && cron_gone).then_some(())
+    })
+    .await;
+    h.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_invalid_combination_gives_ready_false_and_no_children() {
+    let h = Harness::start().await;
+    // The schema accepts it (each field is in bounds); only the operator sees minInterval > maxInterval.
+    h.create(
+        "odd",
+        json!({"cleanup": {"minInterval": "48h", "maxInterval": "1h"}}),
+    )
+    .await;
+    let condition = eventually("Ready=False", || async {
+        let m = h.memories().get("odd").await.ok()?;
+        m.status?
+            .conditions
+            .into_iter()
+            .find(|c| c.type_ == "Ready" && c.status == "False")
+    })
+    .await;
+    assert_eq!(condition.reason, "InvalidSpec");
+    assert!(
+        condition.message.contains("must not exceed"),
+        "{}",
+        condition.message
+    );
+    assert!(
+        h.api::<StatefulSet>()
+            .get_opt("odd")
+            .await
+            .expect("get")
+            .is_none()
+    );
+    h.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn injected_500s_and_409s_are_retried_until_converged() {
+    let h = Harness::start().await;
+    h.server.inject(
+        Some(Verb::Patch),
+        Some("statefulsets"),
+        3,
+        FaultAction::Fail(500),
+    );
+    h.server.inject(
+        Some(Verb::Patch),
+        Some("cronjobs"),
+        2,
+        FaultAction::Fail(409),
+    );
+    h.create("flaky", json!({"replicas": 1})).await;
+    eventually("the cronjob despite faults", || async {
+        h.api::<CronJob>()
+            .get_opt("flaky-cleanup")
+            .await
+            .ok()
+            .flatten()
+    })
+    .await;
+    let failed = h
+        .server
+        .mutations()
+        .iter()
+        .filter(|m| m.status >= 409)
+        .count();
+    assert_eq!(failed, 5, "every injected fault was hit");
+    h.stop().await;
+}

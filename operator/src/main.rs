@@ -30,6 +30,21 @@ enum Command {
         /// Log as JSON lines.
         #[arg(long)]
         json_logs: bool,
+        /// Elect a leader on a Lease so that only one replica reconciles.
+        #[arg(long, env = "PHOENIX_LEADER_ELECTION")]
+        leader_election: bool,
+        /// Namespace of the leader-election Lease (the operator's own).
+        #[arg(long, env = "POD_NAMESPACE", default_value = "default")]
+        lease_namespace: String,
+        /// Name of the leader-election Lease.
+        #[arg(long, default_value = "phoenix-operator-leader")]
+        lease_name: String,
+        /// This replica's identity in the election.
+        #[arg(long, env = "POD_NAME")]
+        identity: Option<String>,
+        /// Seconds a lease stays valid after its last renewal.
+        #[arg(long, default_value_t = 15)]
+        lease_seconds: u64,
     },
     /// Print, offline, every object the operator would apply for the PhoenixMemory in FILE.
     Plan {
@@ -59,7 +74,7 @@ fn run(settings: phoenix_operator::controller::Settings) -> anyhow::Result<()> {
                 _ = terminate.recv() => tracing::info!("SIGTERM received, shutting down"),
             }
         };
-        phoenix_operator::controller::run(client, settings, shutdown).await;
+        phoenix_operator::controller::run(client, settings, shutdown).await?;
         Ok(())
     })
 }
@@ -103,6 +118,11 @@ fn main() -> ExitCode {
             default_image,
             concurrency,
             json_logs,
+            leader_election,
+            lease_namespace,
+            lease_name,
+            identity,
+            lease_seconds,
         } => {
             let filter = tracing_subscriber::EnvFilter::try_from_default_env()
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
@@ -112,10 +132,20 @@ fn main() -> ExitCode {
             } else {
                 builder.init();
             }
+            let leader_election =
+                leader_election.then(|| phoenix_operator::controller::LeaderElection {
+                    namespace: lease_namespace,
+                    lease_name,
+                    identity: identity
+                        .unwrap_or_else(|| format!("phoenix-operator-{:08x}", fastrand::u32(..))),
+                    lease_seconds: lease_seconds.max(2),
+                    renew_margin_seconds: (lease_seconds / 3).max(1),
+                });
             let settings = phoenix_operator::controller::Settings {
                 default_image,
                 namespace,
                 concurrency,
+                leader_election,
                 ..Default::default()
             };
             match run(settings) {

@@ -30,17 +30,18 @@ impl Harness {
             .await
             .expect("install CRD");
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-        let task = tokio::spawn(controller::run(
-            client.clone(),
-            Settings {
-                default_image: "phoenix-memory:test".into(),
-                resync: Duration::from_secs(1),
-                ..Settings::default()
-            },
-            async move {
+        let client_for_task = client.clone();
+        let settings = Settings {
+            default_image: "phoenix-memory:test".into(),
+            resync: Duration::from_secs(1),
+            ..Settings::default()
+        };
+        let task = tokio::spawn(async move {
+            let _ = controller::run(client_for_task, settings, async move {
                 let _ = stopped.await;
-            },
-        ));
+            })
+            .await;
+        });
         Harness {
             server,
             client,
@@ -372,4 +373,88 @@ async fn injected_500s_and_409s_are_retried_until_converged() {
         .count();
     assert_eq!(failed, 5, "every injected fault was hit");
     h.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn of_two_operators_only_the_leader_writes_and_the_other_takes_over() {
+    let server = ApiServer::start().await.expect("server");
+    let client = server.client().expect("client");
+    Api::<CustomResourceDefinition>::all(client.clone())
+        .create(&PostParams::default(), &PhoenixMemory::crd())
+        .await
+        .expect("install CRD");
+    // Two replicas that would fight: each wants its own image in the StatefulSet.
+    let start = |identity: &str, image: &str| {
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let settings = Settings {
+            default_image: image.into(),
+            resync: Duration::from_secs(1),
+            leader_election: Some(controller::LeaderElection {
+                namespace: "default".into(),
+                lease_name: "phoenix-operator-leader".into(),
+                identity: identity.into(),
+                lease_seconds: 3,
+                renew_margin_seconds: 1,
+            }),
+            ..Settings::default()
+        };
+        let client = client.clone();
+        let task = tokio::spawn(async move {
+            controller::run(client, settings, async move {
+                let _ = stopped.await;
+            })
+            .await
+            .expect("lease manager");
+        });
+        (stop, task)
+    };
+    let (stop_a, task_a) = start("replica-a", "image:a");
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let (stop_b, task_b) = start("replica-b", "image:b");
+    let memory: PhoenixMemory = serde_json::from_value(json!({
+        "apiVersion": "phoenix.dev/v1alpha1", "kind": "PhoenixMemory",
+        "metadata": {"name": "led"}, "spec": {"replicas": 1},
+    }))
+    .expect("memory");
+    Api::<PhoenixMemory>::default_namespaced(client.clone())
+        .create(&PostParams::default(), &memory)
+        .await
+        .expect("create");
+    let sts: Api<StatefulSet> = Api::default_namespaced(client.clone());
+    let image = |s: &StatefulSet| {
+        s.spec
+            .as_ref()
+            .and_then(|s| s.template.spec.as_ref())
+            .and_then(|p| p.containers[0].image.clone())
+    };
+    let first = eventually("the statefulset", || async {
+        sts.get_opt("led").await.ok().flatten()
+    })
+    .await;
+    let leader_image = image(&first).expect("image");
+    // Several resyncs later nobody has overwritten the leader's choice: one writer only.
+    server.reset_counts();
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let sts_writes = server
+        .mutations()
+        .iter()
+        .filter(|m| m.resource == "statefulsets")
+        .count();
+    assert_eq!(sts_writes, 0, "the follower wrote the StatefulSet");
+    assert_eq!(
+        image(&sts.get("led").await.expect("sts")),
+        Some(leader_image.clone())
+    );
+    // The leader stops; the other replica takes the lease and reconciles with its image.
+    let (stop_leader, task_leader, other_image) = if leader_image == "image:a" {
+        (stop_a, task_a, "image:b")
+    } else {
+        (stop_b, task_b, "image:a")
+    };
+    let _ = stop_leader.send(());
+    let _ = tokio::time::timeout(Duration::from_secs(10), task_leader).await;
+    eventually("the other replica takes over", || async {
+        (image(&sts.get("led").await.ok()?)? == other_image).then_some(())
+    })
+    .await;
 }

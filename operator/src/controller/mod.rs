@@ -62,6 +62,24 @@ pub struct Settings {
     pub concurrency: u16,
     /// Time between resyncs of a converged resource.
     pub resync: Duration,
+    /// Leader election; `None` runs without (one replica only).
+    pub leader_election: Option<LeaderElection>,
+}
+
+/// Leader election on a `coordination.k8s.io/v1` Lease, so that of several operator replicas
+/// only one reconciles.
+#[derive(Clone, Debug)]
+pub struct LeaderElection {
+    /// Namespace of the Lease.
+    pub namespace: String,
+    /// Name of the Lease.
+    pub lease_name: String,
+    /// This replica's identity (the pod name).
+    pub identity: String,
+    /// Seconds a lock stays valid after its last renewal.
+    pub lease_seconds: u64,
+    /// Seconds before expiry at which the holder renews.
+    pub renew_margin_seconds: u64,
 }
 
 impl Default for Settings {
@@ -71,6 +89,7 @@ impl Default for Settings {
             namespace: None,
             concurrency: 8,
             resync: Duration::from_secs(300),
+            leader_election: None,
         }
     }
 }
@@ -106,8 +125,71 @@ where
     }
 }
 
-/// Runs the controller until `shutdown` resolves, then lets running reconciles finish.
+/// Runs until `shutdown` resolves, then lets running reconciles finish. With leader election
+/// it reconciles only while it holds the Lease, and stops reconciling when it loses it.
+///
+/// # Errors
+/// The lease manager cannot be set up.
 pub async fn run(
+    client: Client,
+    settings: Settings,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> Result<(), kube_lease_manager::LeaseManagerError> {
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    tokio::spawn(async move {
+        shutdown.await;
+        let _ = stop_tx.send(true);
+    });
+    let Some(election) = settings.leader_election.clone() else {
+        let mut stop = stop_rx.clone();
+        run_controller(client, settings, async move {
+            let _ = stop.wait_for(|s| *s).await;
+        })
+        .await;
+        return Ok(());
+    };
+    let manager =
+        kube_lease_manager::LeaseManagerBuilder::new(client.clone(), &election.lease_name)
+            .with_namespace(&election.namespace)
+            .with_identity(&election.identity)
+            .with_duration(election.lease_seconds)
+            .with_grace(election.renew_margin_seconds)
+            .build()
+            .await?;
+    let (mut leading, lease_task) = manager.watch().await;
+    let mut stop = stop_rx.clone();
+    loop {
+        tokio::select! {
+            _ = stop.wait_for(|s| *s) => break,
+            changed = leading.wait_for(|l| *l) => {
+                if changed.is_err() {
+                    break;
+                }
+            }
+        }
+        tracing::info!(identity = %election.identity, "leading: reconciling");
+        let mut lost = leading.clone();
+        let mut stop_inner = stop_rx.clone();
+        run_controller(client.clone(), settings.clone(), async move {
+            tokio::select! {
+                _ = lost.wait_for(|l| !*l) => tracing::warn!("lost the lease: stopping reconciles"),
+                _ = stop_inner.wait_for(|s| *s) => {}
+            }
+        })
+        .await;
+        if *stop.borrow() {
+            break;
+        }
+    }
+    // Closing the channel ends the lease task; it releases the lease for the next replica.
+    drop(leading);
+    if let Ok(Ok(manager)) = lease_task.await {
+        let _ = manager.release().await;
+    }
+    Ok(())
+}
+
+async fn run_controller(
     client: Client,
     settings: Settings,
     shutdown: impl std::future::Future<Output = ()> + Send + Sync + 'static,

@@ -3,7 +3,8 @@
 //! - [`crd`]: the `PhoenixMemory` custom resource.
 //! - [`validate`]: the pure check of a spec (what CEL and the schema cannot fully check).
 //! - [`build`]: pure builders of every child.
-//! - [`controller`]: reconcile by server-side apply, status.
+//! - [`controller`]: reconcile by server-side apply, status, leader election.
+//! - [`metrics`], [`http`]: the operator's metrics and its `/metrics`, `/healthz`, `/readyz`.
 //!
 //! The controller (reconcile by server-side apply, status, leader election) and the
 //! observe → schedule policy join with their issues.
@@ -11,6 +12,8 @@
 pub mod build;
 pub mod controller;
 pub mod crd;
+pub mod http;
+pub mod metrics;
 pub mod validate;
 
 /// The operator's version, kept in step with the node crate and the chart.

@@ -45,6 +45,9 @@ enum Command {
         /// Seconds a lease stays valid after its last renewal.
         #[arg(long, default_value_t = 15)]
         lease_seconds: u64,
+        /// Address of the operator's /metrics, /healthz and /readyz.
+        #[arg(long, env = "PHOENIX_METRICS_ADDRESS", default_value = "0.0.0.0:8080")]
+        metrics_address: std::net::SocketAddr,
     },
     /// Print, offline, every object the operator would apply for the PhoenixMemory in FILE.
     Plan {
@@ -60,21 +63,38 @@ enum Command {
 /// The node image when neither the spec nor `--default-image` names one.
 const DEFAULT_IMAGE: &str = concat!("phoenix-memory:", env!("CARGO_PKG_VERSION"));
 
-fn run(settings: phoenix_operator::controller::Settings) -> anyhow::Result<()> {
+fn run(
+    settings: phoenix_operator::controller::Settings,
+    metrics_address: std::net::SocketAddr,
+) -> anyhow::Result<()> {
+    use std::sync::Arc;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
     runtime.block_on(async move {
         let client = kube::Client::try_default().await?;
+        let metrics = Arc::new(phoenix_operator::metrics::Metrics::new()?);
+        let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
         let mut terminate =
             tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
-        let shutdown = async move {
+        tokio::spawn(async move {
             tokio::select! {
                 _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT received, shutting down"),
                 _ = terminate.recv() => tracing::info!("SIGTERM received, shutting down"),
             }
+            let _ = stop_tx.send(true);
+        });
+        let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
+            let _ = rx.wait_for(|s| *s).await;
         };
-        phoenix_operator::controller::run(client, settings, shutdown).await?;
+        let http = tokio::spawn(phoenix_operator::http::serve(
+            metrics_address,
+            Arc::clone(&metrics),
+            stopped(stop_rx.clone()),
+        ));
+        tracing::info!(%metrics_address, "serving /metrics, /healthz, /readyz");
+        phoenix_operator::controller::run(client, settings, metrics, stopped(stop_rx)).await?;
+        http.await??;
         Ok(())
     })
 }
@@ -123,6 +143,7 @@ fn main() -> ExitCode {
             lease_name,
             identity,
             lease_seconds,
+            metrics_address,
         } => {
             let filter = tracing_subscriber::EnvFilter::try_from_default_env()
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
@@ -148,7 +169,7 @@ fn main() -> ExitCode {
                 leader_election,
                 ..Default::default()
             };
-            match run(settings) {
+            match run(settings, metrics_address) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(error) => {
                     eprintln!("error: {error:#}");

@@ -1,5 +1,6 @@
 //! The operator's real kube `Controller` against the in-process API server.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use k8s_openapi::api::apps::v1::StatefulSet;
@@ -11,12 +12,14 @@ use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
 use kube::{Client, CustomResourceExt};
 use phoenix_operator::controller::{self, Settings};
 use phoenix_operator::crd::PhoenixMemory;
+use phoenix_operator::metrics::Metrics;
 use phoenix_tests::apiserver::{ApiServer, FaultAction, Verb};
 use serde_json::json;
 
 struct Harness {
     server: ApiServer,
     client: Client,
+    metrics: Arc<Metrics>,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
     task: tokio::task::JoinHandle<()>,
 }
@@ -31,13 +34,15 @@ impl Harness {
             .expect("install CRD");
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
         let client_for_task = client.clone();
+        let metrics = Arc::new(Metrics::new().expect("metrics"));
+        let metrics_for_task = Arc::clone(&metrics);
         let settings = Settings {
             default_image: "phoenix-memory:test".into(),
             resync: Duration::from_secs(1),
             ..Settings::default()
         };
         let task = tokio::spawn(async move {
-            let _ = controller::run(client_for_task, settings, async move {
+            let _ = controller::run(client_for_task, settings, metrics_for_task, async move {
                 let _ = stopped.await;
             })
             .await;
@@ -45,6 +50,7 @@ impl Harness {
         Harness {
             server,
             client,
+            metrics,
             stop: Some(stop),
             task,
         }
@@ -172,6 +178,25 @@ async fn create_update_repair_scale_and_delete() {
     .await;
     assert_eq!(ready.observed_generation, Some(1));
     assert!(ready.selector.is_some());
+    // An Event says what was applied; the metrics count the reconcile.
+    let events: Api<k8s_openapi::api::events::v1::Event> = h.api();
+    let applied = eventually("an Applied event", || async {
+        events
+            .list(&Default::default())
+            .await
+            .ok()?
+            .items
+            .into_iter()
+            .find(|e| e.reason.as_deref() == Some("Applied"))
+    })
+    .await;
+    assert!(applied.note.unwrap_or_default().contains("StatefulSet"));
+    let text = h.metrics.render();
+    assert!(
+        text.contains("phoenix_operator_reconciles_total{result=\"ok\"}"),
+        "{text}"
+    );
+    assert!(text.contains("phoenix_operator_leader 1"), "{text}");
     let token = h
         .api::<Secret>()
         .get("mem-admin")
@@ -326,6 +351,18 @@ async fn an_invalid_combination_gives_ready_false_and_no_children() {
     })
     .await;
     assert_eq!(condition.reason, "InvalidSpec");
+    let events: Api<k8s_openapi::api::events::v1::Event> = h.api();
+    let warning = eventually("an InvalidSpec event", || async {
+        events
+            .list(&Default::default())
+            .await
+            .ok()?
+            .items
+            .into_iter()
+            .find(|e| e.reason.as_deref() == Some("InvalidSpec"))
+    })
+    .await;
+    assert_eq!(warning.type_.as_deref(), Some("Warning"));
     assert!(
         condition.message.contains("must not exceed"),
         "{}",
@@ -400,7 +437,8 @@ async fn of_two_operators_only_the_leader_writes_and_the_other_takes_over() {
         };
         let client = client.clone();
         let task = tokio::spawn(async move {
-            controller::run(client, settings, async move {
+            let metrics = Arc::new(Metrics::new().expect("metrics"));
+            controller::run(client, settings, metrics, async move {
                 let _ = stopped.await;
             })
             .await

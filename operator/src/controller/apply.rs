@@ -32,8 +32,9 @@ pub fn is_subset(desired: &Value, current: &Value) -> bool {
     }
 }
 
-/// Applies `desired` unless the live object already matches; returns the live object.
-async fn apply_one<K>(api: &Api<K>, desired: &K) -> Result<K, Error>
+/// Applies `desired` unless the live object already matches; returns the live object and
+/// whether it was written.
+async fn apply_one<K>(api: &Api<K>, desired: &K) -> Result<(K, bool), Error>
 where
     K: Resource<Scope = NamespaceResourceScope> + Clone + DeserializeOwned + Serialize + Debug,
 {
@@ -44,11 +45,14 @@ where
         let live =
             serde_json::to_value(&current).map_err(|e| Error::Kube(kube::Error::SerdeError(e)))?;
         if is_subset(&wanted, &live) {
-            return Ok(current);
+            return Ok((current, false));
         }
     }
     let params = PatchParams::apply(FIELD_MANAGER).force();
-    Ok(api.patch(&name, &params, &Patch::Apply(desired)).await?)
+    Ok((
+        api.patch(&name, &params, &Patch::Apply(desired)).await?,
+        true,
+    ))
 }
 
 /// The memory's admin token: the one its Secret holds, or a new random one.
@@ -67,45 +71,79 @@ pub async fn admin_token(ctx: &Context, namespace: &str, memory: &str) -> Result
         .unwrap_or_else(|| format!("{:032x}{:032x}", fastrand::u128(..), fastrand::u128(..))))
 }
 
-/// Applies every child in order; returns the live StatefulSet.
+/// Applies every child in order; returns the live StatefulSet and the kinds written.
 pub async fn children(
     ctx: &Context,
     namespace: &str,
     children: &Children,
-) -> Result<Option<StatefulSet>, Error> {
-    let client = &ctx.client;
-    apply_one(
-        &Api::namespaced(client.clone(), namespace),
-        &children.configmap,
-    )
-    .await?;
-    apply_one(
-        &Api::namespaced(client.clone(), namespace),
-        &children.secret,
-    )
-    .await?;
-    apply_one(
-        &Api::namespaced(client.clone(), namespace),
-        &children.headless_service,
-    )
-    .await?;
-    apply_one(
-        &Api::namespaced(client.clone(), namespace),
-        &children.client_service,
-    )
-    .await?;
-    let statefulset = apply_one(
-        &Api::namespaced(client.clone(), namespace),
+) -> Result<(Option<StatefulSet>, Vec<&'static str>), Error> {
+    let mut written = Vec::new();
+    let mut note = |kind: &'static str, changed: bool| {
+        if changed {
+            written.push(kind);
+        }
+    };
+    note(
+        "ConfigMap",
+        apply_one(
+            &Api::namespaced(ctx.client.clone(), namespace),
+            &children.configmap,
+        )
+        .await?
+        .1,
+    );
+    note(
+        "Secret",
+        apply_one(
+            &Api::namespaced(ctx.client.clone(), namespace),
+            &children.secret,
+        )
+        .await?
+        .1,
+    );
+    note(
+        "headless Service",
+        apply_one(
+            &Api::namespaced(ctx.client.clone(), namespace),
+            &children.headless_service,
+        )
+        .await?
+        .1,
+    );
+    note(
+        "client Service",
+        apply_one(
+            &Api::namespaced(ctx.client.clone(), namespace),
+            &children.client_service,
+        )
+        .await?
+        .1,
+    );
+    let (statefulset, changed) = apply_one(
+        &Api::namespaced(ctx.client.clone(), namespace),
         &children.statefulset,
     )
     .await?;
-    apply_one(&Api::namespaced(client.clone(), namespace), &children.pdb).await?;
-    apply_one(
-        &Api::namespaced(client.clone(), namespace),
-        &children.cronjob,
-    )
-    .await?;
-    Ok(Some(statefulset))
+    note("StatefulSet", changed);
+    note(
+        "PodDisruptionBudget",
+        apply_one(
+            &Api::namespaced(ctx.client.clone(), namespace),
+            &children.pdb,
+        )
+        .await?
+        .1,
+    );
+    note(
+        "CronJob",
+        apply_one(
+            &Api::namespaced(ctx.client.clone(), namespace),
+            &children.cronjob,
+        )
+        .await?
+        .1,
+    );
+    Ok((Some(statefulset), written))
 }
 
 #[cfg(test)]

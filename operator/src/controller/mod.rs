@@ -15,10 +15,13 @@ use k8s_openapi::api::core::v1::{ConfigMap, Secret, Service};
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use kube::runtime::controller::{Action, Controller};
 use kube::runtime::watcher;
-use kube::{Api, Client, ResourceExt};
+use kube::{Api, Client, Resource, ResourceExt};
+
+use kube::runtime::events::{Event as KubeEvent, EventType, Recorder, Reporter};
 
 use crate::build::{self, Inputs};
 use crate::crd::PhoenixMemory;
+use crate::metrics::Metrics;
 use crate::validate;
 
 /// The field manager of every write the operator makes.
@@ -101,6 +104,20 @@ pub struct Context {
     pub client: Client,
     /// Settings.
     pub settings: Settings,
+    /// Metrics.
+    pub metrics: Arc<Metrics>,
+    /// Publishes Events on the PhoenixMemory.
+    pub recorder: Recorder,
+    /// Consecutive failures per object, for the error policy's backoff.
+    failures: Arc<std::sync::Mutex<std::collections::HashMap<String, u32>>>,
+}
+
+/// Event reasons (a fixed set).
+pub mod reasons {
+    /// Children were created or changed.
+    pub const APPLIED: &str = "Applied";
+    /// The spec has a problem the schema could not catch.
+    pub const INVALID_SPEC: &str = "InvalidSpec";
 }
 
 impl std::fmt::Debug for Context {
@@ -133,6 +150,7 @@ where
 pub async fn run(
     client: Client,
     settings: Settings,
+    metrics: Arc<Metrics>,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> Result<(), kube_lease_manager::LeaseManagerError> {
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
@@ -142,10 +160,12 @@ pub async fn run(
     });
     let Some(election) = settings.leader_election.clone() else {
         let mut stop = stop_rx.clone();
-        run_controller(client, settings, async move {
+        metrics.leader.set(1);
+        run_controller(client, settings, Arc::clone(&metrics), async move {
             let _ = stop.wait_for(|s| *s).await;
         })
         .await;
+        metrics.leader.set(0);
         return Ok(());
     };
     let manager =
@@ -170,13 +190,15 @@ pub async fn run(
         tracing::info!(identity = %election.identity, "leading: reconciling");
         let mut lost = leading.clone();
         let mut stop_inner = stop_rx.clone();
-        run_controller(client.clone(), settings.clone(), async move {
+        metrics.leader.set(1);
+        run_controller(client.clone(), settings.clone(), Arc::clone(&metrics), async move {
             tokio::select! {
                 _ = lost.wait_for(|l| !*l) => tracing::warn!("lost the lease: stopping reconciles"),
                 _ = stop_inner.wait_for(|s| *s) => {}
             }
-        })
+                })
         .await;
+        metrics.leader.set(0);
         if *stop.borrow() {
             break;
         }
@@ -192,13 +214,24 @@ pub async fn run(
 async fn run_controller(
     client: Client,
     settings: Settings,
+    metrics: Arc<Metrics>,
     shutdown: impl std::future::Future<Output = ()> + Send + Sync + 'static,
 ) {
     let ns = settings.namespace.clone();
     let owned = watcher::Config::default().labels("app.kubernetes.io/managed-by=phoenix-operator");
+    let reporter = Reporter {
+        controller: FIELD_MANAGER.into(),
+        instance: settings
+            .leader_election
+            .as_ref()
+            .map(|l| l.identity.clone()),
+    };
     let context = Arc::new(Context {
         client: client.clone(),
         settings: settings.clone(),
+        metrics,
+        recorder: Recorder::new(client.clone(), reporter),
+        failures: Arc::default(),
     });
     Controller::new(
         api::<PhoenixMemory>(&client, &ns),
@@ -212,13 +245,60 @@ async fn run_controller(
     .owns(api::<CronJob>(&client, &ns), owned)
     .with_config(kube::runtime::controller::Config::default().concurrency(settings.concurrency))
     .graceful_shutdown_on(shutdown)
-    .run(reconcile, error_policy, context)
+    .run(measured_reconcile, error_policy, context)
     .for_each(|result| async move {
         if let Err(error) = result {
             tracing::debug!(%error, "reconcile failed");
         }
     })
     .await;
+}
+
+/// [`reconcile`], timed and counted; success resets the object's backoff.
+async fn measured_reconcile(
+    memory: Arc<PhoenixMemory>,
+    ctx: Arc<Context>,
+) -> Result<Action, Error> {
+    let started = std::time::Instant::now();
+    let result = reconcile(Arc::clone(&memory), Arc::clone(&ctx)).await;
+    ctx.metrics.reconciled(
+        started.elapsed().as_secs_f64(),
+        result.as_ref().err().map(Error::category),
+    );
+    if result.is_ok() {
+        ctx.failures
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .remove(&object_key(&memory));
+    }
+    result
+}
+
+fn object_key(memory: &PhoenixMemory) -> String {
+    format!(
+        "{}/{}",
+        memory.namespace().unwrap_or_default(),
+        memory.name_any()
+    )
+}
+
+async fn publish(
+    ctx: &Context,
+    memory: &PhoenixMemory,
+    type_: EventType,
+    reason: &str,
+    note: String,
+) {
+    let event = KubeEvent {
+        type_,
+        reason: reason.into(),
+        note: Some(note),
+        action: "Reconcile".into(),
+        secondary: None,
+    };
+    if let Err(error) = ctx.recorder.publish(&event, &memory.object_ref(&())).await {
+        tracing::warn!(%error, "failed to publish an event");
+    }
 }
 
 /// One reconcile: validate → build → apply → status.
@@ -230,7 +310,16 @@ pub async fn reconcile(memory: Arc<PhoenixMemory>, ctx: Arc<Context>) -> Result<
     let valid = match validate::validate(&memory.spec) {
         Ok(valid) => valid,
         Err(problems) => {
-            status::invalid(&ctx, &memory, &namespace, &problems).await?;
+            if status::invalid(&ctx, &memory, &namespace, &problems).await? {
+                publish(
+                    &ctx,
+                    &memory,
+                    EventType::Warning,
+                    reasons::INVALID_SPEC,
+                    problems.join("; "),
+                )
+                .await;
+            }
             return Ok(Action::await_change());
         }
     };
@@ -241,13 +330,60 @@ pub async fn reconcile(memory: Arc<PhoenixMemory>, ctx: Arc<Context>) -> Result<
         default_image: &ctx.settings.default_image,
         admin_token: &token,
     })?;
-    let statefulset = apply::children(&ctx, &namespace, &children).await?;
+    let (statefulset, written) = apply::children(&ctx, &namespace, &children).await?;
+    if !written.is_empty() {
+        publish(
+            &ctx,
+            &memory,
+            EventType::Normal,
+            reasons::APPLIED,
+            format!("applied {}", written.join(", ")),
+        )
+        .await;
+    }
     status::ready(&ctx, &memory, &namespace, statefulset.as_ref()).await?;
     Ok(Action::requeue(ctx.settings.resync))
 }
 
-/// Retries failed reconciles after a pause.
-pub fn error_policy(memory: Arc<PhoenixMemory>, error: &Error, _ctx: Arc<Context>) -> Action {
-    tracing::warn!(memory = %memory.name_any(), category = error.category(), %error, "reconcile failed; retrying");
-    Action::requeue(Duration::from_secs(2))
+/// Retries a failed reconcile with exponential backoff per object: 0.5 s, 1 s, 2 s, … up to
+/// 5 minutes, with jitter so many objects do not retry in step.
+pub fn error_policy(memory: Arc<PhoenixMemory>, error: &Error, ctx: Arc<Context>) -> Action {
+    let attempt = {
+        let mut failures = ctx
+            .failures
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let count = failures.entry(object_key(&memory)).or_insert(0);
+        *count = count.saturating_add(1);
+        *count
+    };
+    let delay = backoff(attempt);
+    tracing::warn!(memory = %memory.name_any(), category = error.category(), attempt, ?delay, %error, "reconcile failed; retrying");
+    Action::requeue(delay)
+}
+
+/// The delay before retry `attempt` (1-based).
+pub fn backoff(attempt: u32) -> Duration {
+    let base_ms = 500u64
+        .saturating_mul(1u64 << attempt.saturating_sub(1).min(10))
+        .min(300_000);
+    Duration::from_millis(base_ms + fastrand::u64(0..=base_ms / 4))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_doubles_with_jitter_and_is_capped() {
+        for attempt in 1..=20 {
+            let base = (500u64 << (attempt - 1).min(10)).min(300_000);
+            let delay = backoff(attempt).as_millis() as u64;
+            assert!(
+                delay >= base && delay <= base + base / 4,
+                "attempt {attempt}: {delay} ms"
+            );
+        }
+        assert!(backoff(30) <= Duration::from_millis(375_000));
+    }
 }

@@ -44,14 +44,15 @@ fn condition(
     }
 }
 
+/// Writes `status` unless it is what the object already has; returns whether it wrote.
 async fn write(
     ctx: &Context,
     memory: &PhoenixMemory,
     namespace: &str,
     status: PhoenixMemoryStatus,
-) -> Result<(), Error> {
+) -> Result<bool, Error> {
     if memory.status.as_ref() == Some(&status) {
-        return Ok(());
+        return Ok(false);
     }
     let api: Api<PhoenixMemory> = Api::namespaced(ctx.client.clone(), namespace);
     api.patch_status(
@@ -60,7 +61,7 @@ async fn write(
         &Patch::Merge(json!({ "status": status })),
     )
     .await?;
-    Ok(())
+    Ok(true)
 }
 
 /// Every child applied: `Ready=True`, replicas from the StatefulSet.
@@ -69,7 +70,7 @@ pub async fn ready(
     memory: &PhoenixMemory,
     namespace: &str,
     statefulset: Option<&StatefulSet>,
-) -> Result<(), Error> {
+) -> Result<bool, Error> {
     let current = memory.status.clone().unwrap_or_default();
     let sts_status = statefulset.and_then(|s| s.status.as_ref());
     let status = PhoenixMemoryStatus {
@@ -93,12 +94,13 @@ pub async fn ready(
 }
 
 /// The spec is invalid: `Ready=False` with the problems; children are left as they were.
+/// Returns whether the status changed.
 pub async fn invalid(
     ctx: &Context,
     memory: &PhoenixMemory,
     namespace: &str,
     problems: &[String],
-) -> Result<(), Error> {
+) -> Result<bool, Error> {
     let current = memory.status.clone().unwrap_or_default();
     let status = PhoenixMemoryStatus {
         observed_generation: memory.metadata.generation,

@@ -1,0 +1,143 @@
+//! `operator-bench`: the real `phoenix-operator` binary against the in-process API server,
+//! converging N PhoenixMemory resources. Prints the time to converge and the operator
+//! process's peak RSS; never asserts timings.
+//!
+//! Run: `cargo build --release --workspace --bins && target/release/operator-bench [N]`.
+
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use futures::StreamExt;
+use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+use kube::CustomResourceExt;
+use kube::api::{Api, ListParams, PostParams};
+use phoenix_operator::crd::PhoenixMemory;
+use phoenix_tests::apiserver::{ApiServer, Verb};
+
+fn peak_rss_kib(pid: u32) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    line.split_whitespace().nth(1)?.parse().ok()
+}
+
+fn ready(memory: &PhoenixMemory) -> bool {
+    memory.status.as_ref().is_some_and(|s| {
+        s.observed_generation == memory.metadata.generation
+            && s.conditions
+                .iter()
+                .any(|c| c.type_ == "Ready" && c.status == "True")
+    })
+}
+
+#[tokio::main(flavor = "multi_thread", worker_threads = 2)]
+async fn main() -> anyhow::Result<()> {
+    let count: usize = std::env::args().nth(1).map_or(Ok(1000), |n| n.parse())?;
+    let operator = std::env::current_exe()?
+        .parent()
+        .map(|d| d.join("phoenix-operator"))
+        .filter(|p| p.exists())
+        .ok_or_else(|| anyhow::anyhow!("phoenix-operator is not built next to this program: run `cargo build --release --workspace --bins`"))?;
+
+    let server = ApiServer::start().await?;
+    let client = server.client()?;
+    Api::<CustomResourceDefinition>::all(client.clone())
+        .create(&PostParams::default(), &PhoenixMemory::crd())
+        .await?;
+    let dir = tempfile_dir()?;
+    let kubeconfig = dir.join("kubeconfig");
+    std::fs::write(
+        &kubeconfig,
+        format!(
+            "apiVersion: v1\nkind: Config\nclusters:\n- name: local\n  cluster: {{server: \"{}\"}}\n\
+             users:\n- name: local\n  user: {{}}\ncontexts:\n- name: local\n  context: {{cluster: local, user: local, namespace: default}}\n\
+             current-context: local\n",
+            server.url()
+        ),
+    )?;
+    let mut child = Command::new(&operator)
+        .args([
+            "run",
+            "--metrics-address",
+            "127.0.0.1:0",
+            "--concurrency",
+            "16",
+        ])
+        .env("KUBECONFIG", &kubeconfig)
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::null())
+        .stderr(Stdio::inherit())
+        .spawn()?;
+    let pid = child.id();
+
+    let memories: Api<PhoenixMemory> = Api::default_namespaced(client.clone());
+    let started = Instant::now();
+    futures::stream::iter(0..count)
+        .map(|i| {
+            let memories = memories.clone();
+            async move {
+                let memory: PhoenixMemory = serde_json::from_value(serde_json::json!({
+                    "apiVersion": "phoenix.dev/v1alpha1", "kind": "PhoenixMemory",
+                    "metadata": {"name": format!("memory-{i:04}")}, "spec": {"replicas": 1},
+                }))?;
+                memories.create(&PostParams::default(), &memory).await?;
+                anyhow::Ok(())
+            }
+        })
+        .buffer_unordered(32)
+        .collect::<Vec<_>>()
+        .await
+        .into_iter()
+        .collect::<anyhow::Result<Vec<()>>>()?;
+    let created = started.elapsed();
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let converged = loop {
+        let list = memories.list(&ListParams::default()).await?;
+        let done = list.items.iter().filter(|m| ready(m)).count();
+        if done == count {
+            break started.elapsed();
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            anyhow::bail!("only {done} of {count} converged within 120 s");
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let sts_patches = server.requests(Verb::Patch, "statefulsets");
+    let status_patches = server.requests(Verb::Patch, "phoenixmemories/status");
+    let gets = server.requests(Verb::Get, "statefulsets");
+    // A converged operator makes no writes on its own.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    server.reset_counts();
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let idle_writes = server.mutations().len();
+    let rss = peak_rss_kib(pid);
+    let _ = child.kill();
+    let _ = child.wait();
+
+    println!(
+        "operator-bench: {count} PhoenixMemory resources, operator concurrency 16, 2-core machine"
+    );
+    println!("created all in {:.2} s", created.as_secs_f64());
+    println!(
+        "converged (every resource Ready at its generation) in {:.2} s after the first create (target ≤ 10 s)",
+        converged.as_secs_f64()
+    );
+    match rss {
+        Some(kib) => println!(
+            "operator peak RSS: {:.1} MiB (target ≤ 64 MiB)",
+            kib as f64 / 1024.0
+        ),
+        None => println!("operator peak RSS: unavailable"),
+    }
+    println!("writes by the converged operator over 5 s: {idle_writes}");
+    println!(
+        "API requests until converged: {sts_patches} StatefulSet applies, {gets} StatefulSet reads, {status_patches} status patches"
+    );
+    Ok(())
+}
+
+fn tempfile_dir() -> std::io::Result<std::path::PathBuf> {
+    let dir = std::env::temp_dir().join(format!("operator-bench-{}", std::process::id()));
+    std::fs::create_dir_all(&dir)?;
+    Ok(dir)
+}

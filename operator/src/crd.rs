@@ -313,9 +313,73 @@ pub struct PhoenixMemoryStatus {
     /// `Ready`, `Degraded`, `CleanupScheduled`, `MetricsStale`, `CleanupIneffective`.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub conditions: Vec<Condition>,
+    /// Per-node observations from the nodes' metrics.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub nodes: Vec<NodeObservation>,
     /// The cleanup plan in force.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub plan: Option<CleanupPlan>,
+    /// The last scheduling decision and why.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_decision: Option<Decision>,
+}
+
+/// What one node reported at the last scrape.
+#[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct NodeObservation {
+    /// Pod name.
+    pub name: String,
+    /// Recent over baseline retrieve latency; absent when the node has no data.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ratio: Option<f64>,
+    /// Recent median retrieve latency, seconds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub recent_seconds: Option<f64>,
+    /// Baseline median retrieve latency, seconds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub baseline_seconds: Option<f64>,
+    /// Retrieves in the probe's window.
+    #[serde(default)]
+    pub samples: u64,
+    /// Memories stored.
+    #[serde(default)]
+    pub keys: u64,
+    /// Sum of key and value lengths.
+    #[serde(default)]
+    pub logical_bytes: u64,
+    /// Bytes on disk.
+    #[serde(default)]
+    pub disk_bytes: u64,
+    /// When the node's last cleanup started (RFC 3339).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_cleanup: Option<String>,
+    /// The ratio before and after that cleanup, e.g. `6.1→1.1`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_cleanup_effect: Option<String>,
+    /// Why the observation is not usable, when it is not (unreachable, too few samples, too old).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stale_reason: Option<String>,
+}
+
+/// A scheduling decision: inputs, rule, outcome, reason.
+#[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Decision {
+    /// When it was taken (RFC 3339).
+    pub time: String,
+    /// The rule that decided (e.g. `flat`, `rising`, `emergency`, `stale`, `ineffective`).
+    pub rule: String,
+    /// What it decided (e.g. `keep`, `tighten`, `relax`, `emergency-job`, `none`).
+    pub outcome: String,
+    /// A sentence a person can read.
+    pub reason: String,
+    /// The worst node ratio it decided on.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub worst_ratio: Option<f64>,
+    /// Age of the oldest observation used, seconds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub data_age_seconds: Option<f64>,
 }
 
 /// The cleanup plan in force.
@@ -324,8 +388,14 @@ pub struct PhoenixMemoryStatus {
 pub struct CleanupPlan {
     /// The CronJob's schedule.
     pub schedule: String,
+    /// The schedule's time zone.
+    #[serde(default)]
+    pub time_zone: String,
     /// Time between cleanups, seconds.
     pub interval_seconds: u64,
+    /// When the worst node is predicted to cross `degradationThreshold` (RFC 3339).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub predicted_breach: Option<String>,
     /// Why this plan.
     #[serde(default)]
     pub reason: String,

@@ -178,6 +178,12 @@ async fn create_update_repair_scale_and_delete() {
     .await;
     assert_eq!(ready.observed_generation, Some(1));
     assert!(ready.selector.is_some());
+    let cron = h.api::<CronJob>().get("mem-cleanup").await.expect("cronjob");
+    assert_eq!(
+        ready.plan.as_ref().map(|p| p.schedule.clone()),
+        cron.spec.map(|s| s.schedule),
+        "status shows the CronJob's schedule"
+    );
     // An Event says what was applied; the metrics count the reconcile.
     let events: Api<k8s_openapi::api::events::v1::Event> = h.api();
     let applied = eventually("an Applied event", || async {

@@ -20,7 +20,7 @@ use kube::{Api, Client, Resource, ResourceExt};
 use kube::runtime::events::{Event as KubeEvent, EventType, Recorder, Reporter};
 
 use crate::build::{self, Inputs};
-use crate::crd::PhoenixMemory;
+use crate::crd::{CleanupPlan, PhoenixMemory};
 use crate::metrics::Metrics;
 use crate::validate;
 
@@ -341,7 +341,19 @@ pub async fn reconcile(memory: Arc<PhoenixMemory>, ctx: Arc<Context>) -> Result<
         )
         .await;
     }
-    status::ready(&ctx, &memory, &namespace, statefulset.as_ref()).await?;
+    let plan = CleanupPlan {
+        schedule: children
+            .cronjob
+            .spec
+            .as_ref()
+            .map(|s| s.schedule.clone())
+            .unwrap_or_default(),
+        time_zone: valid.spec.cleanup.time_zone.clone(),
+        interval_seconds: valid.max_interval.as_secs(),
+        predicted_breach: None,
+        reason: "maxInterval: no degradation policy yet".into(),
+    };
+    status::ready(&ctx, &memory, &namespace, statefulset.as_ref(), plan).await?;
     Ok(Action::requeue(ctx.settings.resync))
 }
 

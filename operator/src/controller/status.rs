@@ -8,7 +8,7 @@ use serde_json::json;
 
 use super::{Context, Error};
 use crate::build::selector_string;
-use crate::crd::{PhoenixMemory, PhoenixMemoryStatus, conditions};
+use crate::crd::{CleanupPlan, PhoenixMemory, PhoenixMemoryStatus, conditions};
 
 /// `conditions` with `new` set: the transition time only changes when the status does.
 fn with_condition(current: &[Condition], mut new: Condition) -> Vec<Condition> {
@@ -70,6 +70,7 @@ pub async fn ready(
     memory: &PhoenixMemory,
     namespace: &str,
     statefulset: Option<&StatefulSet>,
+    plan: CleanupPlan,
 ) -> Result<bool, Error> {
     let current = memory.status.clone().unwrap_or_default();
     let sts_status = statefulset.and_then(|s| s.status.as_ref());
@@ -78,6 +79,7 @@ pub async fn ready(
         replicas: sts_status.map_or(0, |s| s.replicas),
         ready_replicas: sts_status.and_then(|s| s.ready_replicas).unwrap_or(0),
         selector: Some(selector_string(&memory.name_any())),
+        plan: Some(plan),
         conditions: with_condition(
             &current.conditions,
             condition(

@@ -178,7 +178,11 @@ async fn create_update_repair_scale_and_delete() {
     .await;
     assert_eq!(ready.observed_generation, Some(1));
     assert!(ready.selector.is_some());
-    let cron = h.api::<CronJob>().get("mem-cleanup").await.expect("cronjob");
+    let cron = h
+        .api::<CronJob>()
+        .get("mem-cleanup")
+        .await
+        .expect("cronjob");
     assert_eq!(
         ready.plan.as_ref().map(|p| p.schedule.clone()),
         cron.spec.map(|s| s.schedule),

@@ -5,6 +5,7 @@
 //! - [`build`]: pure builders of every child.
 //! - [`controller`]: reconcile by server-side apply, status, leader election.
 //! - [`metrics`], [`http`]: the operator's metrics and its `/metrics`, `/healthz`, `/readyz`.
+//! - [`schedule`]: the pure cleanup policy (observations → cadence, emergency, decision).
 //!
 //! The controller (reconcile by server-side apply, status, leader election) and the
 //! observe → schedule policy join with their issues.
@@ -14,6 +15,7 @@ pub mod controller;
 pub mod crd;
 pub mod http;
 pub mod metrics;
+pub mod schedule;
 pub mod validate;
 
 /// The operator's version, kept in step with the node crate and the chart.

@@ -199,6 +199,15 @@ mod tests {
         }
     }
 
+    proptest::proptest! {
+        #[test]
+        fn every_schedule_parses_as_cron(seconds in 60u64..10_000_000, minute in 0u32..60) {
+            let schedule = schedule_for(Duration::from_secs(seconds), minute);
+            let parsed: Result<croner::Cron, _> = schedule.parse();
+            proptest::prop_assert!(parsed.is_ok(), "{schedule}: {parsed:?}");
+        }
+    }
+
     #[test]
     fn minutes_spread_across_the_hour() {
         let minutes: std::collections::BTreeSet<u32> = (0..200)

@@ -5,6 +5,7 @@
 //! - [`build`]: pure builders of every child.
 //! - [`controller`]: reconcile by server-side apply, status, leader election.
 //! - [`metrics`], [`http`]: the operator's metrics and its `/metrics`, `/healthz`, `/readyz`.
+//! - [`observe`]: scrape the nodes' metrics into observations (stale, never zero).
 //! - [`schedule`]: the pure cleanup policy (observations → cadence, emergency, decision).
 //!
 //! The controller (reconcile by server-side apply, status, leader election) and the
@@ -15,6 +16,7 @@ pub mod controller;
 pub mod crd;
 pub mod http;
 pub mod metrics;
+pub mod observe;
 pub mod schedule;
 pub mod validate;
 

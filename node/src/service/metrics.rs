@@ -24,7 +24,7 @@ pub struct Metrics {
 }
 
 /// State gauges written at scrape time: name and help.
-const GAUGES: [(&str, &str); 15] = [
+const GAUGES: [(&str, &str); 16] = [
     (
         "phoenix_node_ready",
         "1 when the node serves, 0 while opening, rebuilding or stopping.",
@@ -64,6 +64,10 @@ const GAUGES: [(&str, &str); 15] = [
     (
         "phoenix_node_probe_age_seconds",
         "Time since the probe last sampled.",
+    ),
+    (
+        "phoenix_node_probe_baseline_timestamp_seconds",
+        "When the baseline was taken (unix).",
     ),
     (
         "phoenix_node_last_cleanup_timestamp_seconds",
@@ -178,6 +182,9 @@ impl Metrics {
                 "phoenix_node_probe_ratio" => probe.ratio,
                 "phoenix_node_probe_samples" => Some(probe.samples as f64),
                 "phoenix_node_probe_age_seconds" => probe.age.map(|a| a.as_secs_f64()),
+                "phoenix_node_probe_baseline_timestamp_seconds" => {
+                    probe.baseline_taken_at_ms.map(|ms| ms as f64 / 1000.0)
+                }
                 "phoenix_node_last_cleanup_timestamp_seconds" => {
                     last_cleanup.map(|r| r.started_at_ms as f64 / 1000.0)
                 }

@@ -1,0 +1,202 @@
+//! Observe: scrape each node's `/metrics` (as Prometheus would) and turn it into an
+//! [`Observation`] for the policy. A node that does not answer, answers garbage, or reports
+//! a probe with too few samples or too old is *stale* — never read as zero.
+
+use std::time::Duration;
+
+use crate::schedule::{NodeReport, Observation};
+
+/// When a report is fresh enough to decide on.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Freshness {
+    /// Fewer probe samples than this: stale.
+    pub min_samples: f64,
+    /// A probe older than this: stale.
+    pub max_age: Duration,
+}
+
+impl Default for Freshness {
+    fn default() -> Self {
+        Freshness {
+            min_samples: 100.0,
+            max_age: Duration::from_secs(120),
+        }
+    }
+}
+
+/// The value of an unlabelled gauge in a parsed scrape.
+fn gauge(scrape: &prometheus_parse::Scrape, name: &str) -> Option<f64> {
+    scrape.samples.iter().find_map(|s| {
+        if s.metric != name {
+            return None;
+        }
+        match s.value {
+            prometheus_parse::Value::Gauge(v) | prometheus_parse::Value::Untyped(v) => Some(v),
+            _ => None,
+        }
+    })
+}
+
+/// Turns one node's metrics text into an observation. Pure; `now_unix` is the clock.
+pub fn from_metrics(node: &str, text: &str, freshness: &Freshness, now_unix: f64) -> Observation {
+    let stale = |reason: String| Observation::Stale {
+        node: node.to_string(),
+        reason,
+    };
+    let lines = text.lines().map(|l| Ok(l.to_string()));
+    let scrape = match prometheus_parse::Scrape::parse(lines) {
+        Ok(scrape) => scrape,
+        Err(error) => return stale(format!("metrics do not parse: {error}")),
+    };
+    if gauge(&scrape, "phoenix_node_ready").is_none() {
+        return stale("not a phoenix node's metrics".into());
+    }
+    let Some(ratio) = gauge(&scrape, "phoenix_node_probe_ratio").filter(|r| r.is_finite()) else {
+        return stale("the probe has no ratio yet".into());
+    };
+    let samples = gauge(&scrape, "phoenix_node_probe_samples").unwrap_or(0.0);
+    if samples < freshness.min_samples {
+        return stale(format!(
+            "{samples} probe samples, fewer than {}",
+            freshness.min_samples
+        ));
+    }
+    let age = gauge(&scrape, "phoenix_node_probe_age_seconds").unwrap_or(f64::INFINITY);
+    if age > freshness.max_age.as_secs_f64() {
+        return stale(format!("probe data is {age:.0} s old"));
+    }
+    let baseline_at =
+        gauge(&scrape, "phoenix_node_probe_baseline_timestamp_seconds").unwrap_or(now_unix);
+    let bytes = |name| gauge(&scrape, name).map_or(0, |v| v.max(0.0) as u64);
+    Observation::Fresh(NodeReport {
+        node: node.to_string(),
+        ratio,
+        seconds_since_baseline: (now_unix - baseline_at).max(0.0),
+        age_seconds: age,
+        logical_bytes: bytes("phoenix_node_logical_bytes"),
+        disk_bytes: bytes("phoenix_node_disk_bytes"),
+        cache_capacity_bytes: bytes("phoenix_node_cache_capacity_bytes"),
+    })
+}
+
+/// Scrapes `base_url/metrics` with a timeout.
+pub async fn scrape(
+    http: &reqwest::Client,
+    node: &str,
+    base_url: &str,
+    timeout: Duration,
+    freshness: &Freshness,
+) -> Observation {
+    let stale = |reason: String| Observation::Stale {
+        node: node.to_string(),
+        reason,
+    };
+    let response = match http
+        .get(format!("{base_url}/metrics"))
+        .timeout(timeout)
+        .send()
+        .await
+    {
+        Ok(r) if r.status().is_success() => r,
+        Ok(r) => return stale(format!("metrics answered {}", r.status())),
+        Err(error) => return stale(format!("unreachable: {error}")),
+    };
+    match response.text().await {
+        Ok(text) => {
+            let now = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0.0, |d| d.as_secs_f64());
+            from_metrics(node, &text, freshness, now)
+        }
+        Err(error) => stale(format!("metrics body unreadable: {error}")),
+    }
+}
+
+/// Scrapes every `(node, base_url)` concurrently.
+pub async fn scrape_all(
+    http: &reqwest::Client,
+    nodes: &[(String, String)],
+    timeout: Duration,
+    freshness: &Freshness,
+) -> Vec<Observation> {
+    futures::future::join_all(
+        nodes
+            .iter()
+            .map(|(node, url)| scrape(http, node, url, timeout, freshness)),
+    )
+    .await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const METRICS: &str = "# TYPE phoenix_node_ready gauge\nphoenix_node_ready 1\n\
+        # TYPE phoenix_node_probe_ratio gauge\nphoenix_node_probe_ratio 2.5\n\
+        # TYPE phoenix_node_probe_samples gauge\nphoenix_node_probe_samples 960\n\
+        # TYPE phoenix_node_probe_age_seconds gauge\nphoenix_node_probe_age_seconds 0.4\n\
+        # TYPE phoenix_node_probe_baseline_timestamp_seconds gauge\nphoenix_node_probe_baseline_timestamp_seconds 1000\n\
+        # TYPE phoenix_node_logical_bytes gauge\nphoenix_node_logical_bytes 500\n\
+        # TYPE phoenix_node_disk_bytes gauge\nphoenix_node_disk_bytes 900\n\
+        # TYPE phoenix_node_cache_capacity_bytes gauge\nphoenix_node_cache_capacity_bytes 4096\n";
+
+    #[test]
+    fn a_complete_report_is_fresh() {
+        match from_metrics("n0", METRICS, &Freshness::default(), 1600.0) {
+            Observation::Fresh(r) => {
+                assert_eq!(
+                    (
+                        r.ratio,
+                        r.seconds_since_baseline,
+                        r.logical_bytes,
+                        r.disk_bytes
+                    ),
+                    (2.5, 600.0, 500, 900)
+                );
+                assert_eq!(r.cache_capacity_bytes, 4096);
+            }
+            stale => panic!("expected fresh, got {stale:?}"),
+        }
+    }
+
+    #[test]
+    fn missing_few_old_or_garbage_data_is_stale_never_zero() {
+        let f = Freshness::default();
+        let no_ratio = METRICS.replace("phoenix_node_probe_ratio 2.5", "");
+        let few = METRICS.replace("samples 960", "samples 3");
+        let old = METRICS.replace("age_seconds 0.4", "age_seconds 9000");
+        for (text, expected) in [
+            (no_ratio.as_str(), "no ratio"),
+            (few.as_str(), "fewer than"),
+            (old.as_str(), "old"),
+            ("<html>not metrics</html>", "not a phoenix node"),
+            ("", "not a phoenix node"),
+        ] {
+            match from_metrics("n0", text, &f, 2000.0) {
+                Observation::Stale { reason, .. } => assert!(reason.contains(expected), "{reason}"),
+                fresh => panic!("expected stale for {expected}, got {fresh:?}"),
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn an_unreachable_node_is_stale() {
+        let http = reqwest::Client::new();
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .map(|a| a.port())
+            .expect("port");
+        let obs = scrape(
+            &http,
+            "down",
+            &format!("http://127.0.0.1:{port}"),
+            Duration::from_secs(1),
+            &Freshness::default(),
+        )
+        .await;
+        assert!(
+            matches!(obs, Observation::Stale { ref reason, .. } if reason.contains("unreachable")),
+            "{obs:?}"
+        );
+    }
+}

@@ -952,24 +952,16 @@ impl Store {
     /// Engine errors; undecodable records are reported as [`StoreError::Corrupt`].
     pub fn verify(&self) -> Result<VerifyReport> {
         let state = self.write.lock().unwrap_or_else(PoisonError::into_inner);
-        let engine = self.engine.load();
-        let mut leaves = Vec::with_capacity(usize::try_from(state.keys).unwrap_or(0));
-        let mut logical = 0u64;
-        for entry in engine.db.scan_prefix([DATA]) {
-            let (key, record) = entry?;
-            let value = record_value(&record).ok_or_else(corrupt_record)?;
-            logical += (key.len() - 1 + value.len()) as u64;
-            leaves.push((
-                merkle::key_path(&key[1..]),
-                merkle::leaf_hash(&key[1..], value),
-            ));
-        }
-        let keys = leaves.len() as u64;
+        let scanned = scan_tree(&self.engine.load().db)?;
         Ok(VerifyReport {
-            keys,
-            computed_root: merkle::compute_root(leaves),
+            keys: scanned.counters.keys,
+            computed_root: scanned.tree.root(),
             stored_root: state.tree.root(),
-            counters_match: keys == state.keys && logical == state.logical,
+            counters_match: scanned.counters
+                == Counters {
+                    keys: state.keys,
+                    logical: state.logical,
+                },
         })
     }
 
@@ -1102,7 +1094,7 @@ fn reclaim_write_garbage() {
     crossbeam_epoch::pin().flush();
 }
 
-/// Rebuilds the tree and counters from the leaf hashes stored in the records.
+/// Rebuilds the tree and counters by hashing every record (recovery and `verify`).
 fn scan_tree(db: &sled::Db) -> Result<Scanned> {
     let mut leaves = Vec::new();
     let mut logical = 0u64;

@@ -5,15 +5,12 @@
 use std::time::Duration;
 
 use k8s_openapi::api::batch::v1::{CronJob, CronJobSpec, JobSpec, JobTemplateSpec};
-use k8s_openapi::api::core::v1::{
-    Capabilities, Container, PodSecurityContext, PodSpec, PodTemplateSpec, SeccompProfile,
-    SecretVolumeSource, SecurityContext, Volume, VolumeMount,
-};
+use k8s_openapi::api::core::v1::{Container, PodSpec, PodTemplateSpec};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 
 use super::{
     Inputs, NODE_PORT, TOKEN_DIR, TOKEN_KEY, child_meta, cronjob_name, headless_name, labels,
-    secret_name,
+    restricted_container, restricted_pod, token_mount, token_volume,
 };
 use crate::crd::CleanupMode;
 
@@ -108,46 +105,16 @@ pub fn build_cronjob(inputs: &Inputs<'_>) -> CronJob {
                         spec: Some(PodSpec {
                             restart_policy: Some("Never".into()),
                             automount_service_account_token: Some(false),
-                            security_context: Some(PodSecurityContext {
-                                run_as_non_root: Some(true),
-                                run_as_user: Some(65532),
-                                seccomp_profile: Some(SeccompProfile {
-                                    type_: "RuntimeDefault".into(),
-                                    ..SeccompProfile::default()
-                                }),
-                                ..PodSecurityContext::default()
-                            }),
+                            security_context: Some(restricted_pod()),
                             containers: vec![Container {
                                 name: "cleanup".into(),
                                 image: Some(inputs.image()),
                                 args: Some(args),
-                                security_context: Some(SecurityContext {
-                                    allow_privilege_escalation: Some(false),
-                                    read_only_root_filesystem: Some(true),
-                                    run_as_non_root: Some(true),
-                                    capabilities: Some(Capabilities {
-                                        drop: Some(vec!["ALL".into()]),
-                                        ..Capabilities::default()
-                                    }),
-                                    ..SecurityContext::default()
-                                }),
-                                volume_mounts: Some(vec![VolumeMount {
-                                    name: "admin-token".into(),
-                                    mount_path: TOKEN_DIR.into(),
-                                    read_only: Some(true),
-                                    ..VolumeMount::default()
-                                }]),
+                                security_context: Some(restricted_container()),
+                                volume_mounts: Some(vec![token_mount()]),
                                 ..Container::default()
                             }],
-                            volumes: Some(vec![Volume {
-                                name: "admin-token".into(),
-                                secret: Some(SecretVolumeSource {
-                                    secret_name: Some(secret_name(&name)),
-                                    default_mode: Some(0o400),
-                                    ..SecretVolumeSource::default()
-                                }),
-                                ..Volume::default()
-                            }]),
+                            volumes: Some(vec![token_volume(&name)]),
                             ..PodSpec::default()
                         }),
                     },

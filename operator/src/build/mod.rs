@@ -11,7 +11,10 @@ use std::collections::BTreeMap;
 
 use k8s_openapi::api::apps::v1::StatefulSet;
 use k8s_openapi::api::batch::v1::CronJob;
-use k8s_openapi::api::core::v1::{ConfigMap, Secret, Service};
+use k8s_openapi::api::core::v1::{
+    Capabilities, ConfigMap, PodSecurityContext, SeccompProfile, Secret, SecretVolumeSource,
+    SecurityContext, Service, Volume, VolumeMount,
+};
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
 use kube::{Resource, ResourceExt};
@@ -65,6 +68,62 @@ impl Inputs<'_> {
             .image
             .clone()
             .unwrap_or_else(|| self.default_image.to_string())
+    }
+}
+
+/// The non-root user and group of the image.
+pub const RUN_AS: i64 = 65532;
+
+/// The container security context of the "restricted" Pod Security Standard.
+pub fn restricted_container() -> SecurityContext {
+    SecurityContext {
+        allow_privilege_escalation: Some(false),
+        read_only_root_filesystem: Some(true),
+        run_as_non_root: Some(true),
+        privileged: Some(false),
+        capabilities: Some(Capabilities {
+            drop: Some(vec!["ALL".into()]),
+            ..Capabilities::default()
+        }),
+        ..SecurityContext::default()
+    }
+}
+
+/// The pod security context of the "restricted" Pod Security Standard.
+pub fn restricted_pod() -> PodSecurityContext {
+    PodSecurityContext {
+        run_as_non_root: Some(true),
+        run_as_user: Some(RUN_AS),
+        run_as_group: Some(RUN_AS),
+        fs_group: Some(RUN_AS),
+        seccomp_profile: Some(SeccompProfile {
+            type_: "RuntimeDefault".into(),
+            ..SeccompProfile::default()
+        }),
+        ..PodSecurityContext::default()
+    }
+}
+
+/// The admin-token Secret as a volume (owner-read only).
+pub fn token_volume(memory: &str) -> Volume {
+    Volume {
+        name: "admin-token".into(),
+        secret: Some(SecretVolumeSource {
+            secret_name: Some(secret_name(memory)),
+            default_mode: Some(0o400),
+            ..SecretVolumeSource::default()
+        }),
+        ..Volume::default()
+    }
+}
+
+/// Where the admin token is mounted.
+pub fn token_mount() -> VolumeMount {
+    VolumeMount {
+        name: "admin-token".into(),
+        mount_path: TOKEN_DIR.into(),
+        read_only: Some(true),
+        ..VolumeMount::default()
     }
 }
 

@@ -7,9 +7,8 @@ use k8s_openapi::api::apps::v1::{
     StatefulSet, StatefulSetPersistentVolumeClaimRetentionPolicy, StatefulSetSpec,
 };
 use k8s_openapi::api::core::v1::{
-    Capabilities, ConfigMapVolumeSource, Container, ContainerPort, HTTPGetAction,
-    PersistentVolumeClaim, PersistentVolumeClaimSpec, PodSecurityContext, PodSpec, PodTemplateSpec,
-    Probe, SeccompProfile, SecretVolumeSource, SecurityContext, Volume, VolumeMount,
+    ConfigMapVolumeSource, Container, ContainerPort, HTTPGetAction, PersistentVolumeClaim,
+    PersistentVolumeClaimSpec, PodSpec, PodTemplateSpec, Probe, Volume, VolumeMount,
     VolumeResourceRequirements,
 };
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
@@ -18,16 +17,14 @@ use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 
 use super::configmap::config_path;
 use super::{
-    CONFIG_DIR, Inputs, NODE_PORT, TOKEN_DIR, child_meta, configmap_name, headless_name, labels,
-    secret_name, selector_labels,
+    CONFIG_DIR, Inputs, NODE_PORT, child_meta, configmap_name, headless_name, labels,
+    restricted_container, restricted_pod, selector_labels, token_mount, token_volume,
 };
 
 /// Annotation on the pod template carrying the config hash.
 pub const CONFIG_HASH_ANNOTATION: &str = "phoenix.dev/config-hash";
 /// Seconds a node gets to drain and flush after SIGTERM (its own deadline is 20 s).
 pub const TERMINATION_GRACE_SECONDS: i64 = 30;
-/// The non-root user of the image.
-const RUN_AS: i64 = 65532;
 
 fn probe(path: &str, period: i32, failures: i32) -> Probe {
     Probe {
@@ -58,17 +55,7 @@ fn container(inputs: &Inputs<'_>) -> Container {
         liveness_probe: Some(probe("/healthz", 10, 6)),
         startup_probe: Some(probe("/healthz", 2, 150)),
         resources: inputs.valid.spec.resources.clone(),
-        security_context: Some(SecurityContext {
-            allow_privilege_escalation: Some(false),
-            read_only_root_filesystem: Some(true),
-            run_as_non_root: Some(true),
-            privileged: Some(false),
-            capabilities: Some(Capabilities {
-                drop: Some(vec!["ALL".into()]),
-                ..Capabilities::default()
-            }),
-            ..SecurityContext::default()
-        }),
+        security_context: Some(restricted_container()),
         volume_mounts: Some(vec![
             VolumeMount {
                 name: "data".into(),
@@ -81,12 +68,7 @@ fn container(inputs: &Inputs<'_>) -> Container {
                 read_only: Some(true),
                 ..VolumeMount::default()
             },
-            VolumeMount {
-                name: "admin-token".into(),
-                mount_path: TOKEN_DIR.into(),
-                read_only: Some(true),
-                ..VolumeMount::default()
-            },
+            token_mount(),
         ]),
         ..Container::default()
     }
@@ -131,17 +113,7 @@ pub fn build_statefulset(inputs: &Inputs<'_>, config_hash: &str) -> StatefulSet 
                     containers: vec![container(inputs)],
                     termination_grace_period_seconds: Some(TERMINATION_GRACE_SECONDS),
                     automount_service_account_token: Some(false),
-                    security_context: Some(PodSecurityContext {
-                        run_as_non_root: Some(true),
-                        run_as_user: Some(RUN_AS),
-                        run_as_group: Some(RUN_AS),
-                        fs_group: Some(RUN_AS),
-                        seccomp_profile: Some(SeccompProfile {
-                            type_: "RuntimeDefault".into(),
-                            ..SeccompProfile::default()
-                        }),
-                        ..PodSecurityContext::default()
-                    }),
+                    security_context: Some(restricted_pod()),
                     volumes: Some(vec![
                         Volume {
                             name: "config".into(),
@@ -151,15 +123,7 @@ pub fn build_statefulset(inputs: &Inputs<'_>, config_hash: &str) -> StatefulSet 
                             }),
                             ..Volume::default()
                         },
-                        Volume {
-                            name: "admin-token".into(),
-                            secret: Some(SecretVolumeSource {
-                                secret_name: Some(secret_name(&name)),
-                                default_mode: Some(0o400),
-                                ..SecretVolumeSource::default()
-                            }),
-                            ..Volume::default()
-                        },
+                        token_volume(&name),
                     ]),
                     ..PodSpec::default()
                 }),

@@ -5,6 +5,7 @@
 //! - [`build`]: pure builders of every child.
 //! - [`controller`]: reconcile by server-side apply, status, leader election.
 //! - [`metrics`], [`http`]: the operator's metrics and its `/metrics`, `/healthz`, `/readyz`.
+//! - [`rbac`]: the API calls the operator makes, as the RBAC rules the chart grants.
 //! - [`observe`]: scrape the nodes' metrics into observations (stale, never zero).
 //! - [`schedule`]: the pure cleanup policy (observations → cadence, emergency, decision).
 //!
@@ -17,6 +18,7 @@ pub mod crd;
 pub mod http;
 pub mod metrics;
 pub mod observe;
+pub mod rbac;
 pub mod schedule;
 pub mod validate;
 

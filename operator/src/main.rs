@@ -16,6 +16,8 @@ struct Cli {
 enum Command {
     /// Print the PhoenixMemory CustomResourceDefinition as YAML (what `crds/` holds).
     Crd,
+    /// Print the RBAC rules the operator needs (the chart's roles are checked against them).
+    Rbac,
     /// Run the controller against the cluster of the current kubeconfig or service account.
     Run {
         /// Watch only this namespace (all namespaces by default).
@@ -133,6 +135,16 @@ fn plan(file: &std::path::Path, default_image: &str) -> anyhow::Result<String> {
 
 fn main() -> ExitCode {
     match Cli::parse().command {
+        Command::Rbac => match phoenix_operator::rbac::rules_yaml() {
+            Ok(yaml) => {
+                print!("{yaml}");
+                ExitCode::SUCCESS
+            }
+            Err(error) => {
+                eprintln!("error: {error}");
+                ExitCode::FAILURE
+            }
+        },
         Command::Run {
             namespace,
             default_image,

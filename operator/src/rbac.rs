@@ -1,0 +1,122 @@
+//! The API calls the operator makes, as RBAC rules: the one list the chart's ClusterRole (or
+//! Role) is checked against (`phoenix-operator rbac` prints it).
+
+use serde::Serialize;
+
+/// One RBAC rule.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Rule {
+    /// API groups ("" is core).
+    pub api_groups: &'static [&'static str],
+    /// Resources (with `/status` for subresources).
+    pub resources: &'static [&'static str],
+    /// Verbs.
+    pub verbs: &'static [&'static str],
+}
+
+/// Watching and reading: the controller's watches and the no-write check before an apply.
+const READ: &[&str] = &["get", "list", "watch"];
+/// Server-side apply of a child (`create` for the first apply of an absent object).
+const APPLY: &[&str] = &["get", "list", "watch", "create", "patch"];
+
+/// Every rule the operator needs, nothing more.
+pub const RULES: &[Rule] = &[
+    Rule {
+        api_groups: &["phoenix.dev"],
+        resources: &["phoenixmemories"],
+        verbs: READ,
+    },
+    Rule {
+        api_groups: &["phoenix.dev"],
+        resources: &["phoenixmemories/status"],
+        verbs: &["patch"],
+    },
+    Rule {
+        api_groups: &[""],
+        resources: &["configmaps", "secrets", "services"],
+        verbs: APPLY,
+    },
+    Rule {
+        api_groups: &["apps"],
+        resources: &["statefulsets"],
+        verbs: APPLY,
+    },
+    Rule {
+        api_groups: &["policy"],
+        resources: &["poddisruptionbudgets"],
+        verbs: APPLY,
+    },
+    Rule {
+        api_groups: &["batch"],
+        resources: &["cronjobs"],
+        verbs: APPLY,
+    },
+    Rule {
+        api_groups: &["events.k8s.io"],
+        resources: &["events"],
+        verbs: &["create", "patch"],
+    },
+];
+
+/// Rules for the leader-election Lease (in the operator's own namespace).
+pub const LEASE_RULES: &[Rule] = &[Rule {
+    api_groups: &["coordination.k8s.io"],
+    resources: &["leases"],
+    verbs: &["get", "create", "patch", "update"],
+}];
+
+/// Whether `verb` on `group`/`resource` is allowed by `rules`.
+pub fn allows(rules: &[Rule], group: &str, resource: &str, verb: &str) -> bool {
+    rules.iter().any(|r| {
+        r.api_groups.contains(&group) && r.resources.contains(&resource) && r.verbs.contains(&verb)
+    })
+}
+
+/// The rules as YAML (`phoenix-operator rbac`).
+///
+/// # Errors
+/// Only if serialisation fails.
+pub fn rules_yaml() -> Result<String, serde_yaml::Error> {
+    #[derive(Serialize)]
+    struct All {
+        rules: &'static [Rule],
+        #[serde(rename = "leaseRules")]
+        lease_rules: &'static [Rule],
+    }
+    serde_yaml::to_string(&All {
+        rules: RULES,
+        lease_rules: LEASE_RULES,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_rules_allow_what_the_operator_does_and_not_more() {
+        assert!(allows(RULES, "apps", "statefulsets", "patch"));
+        assert!(allows(
+            RULES,
+            "phoenix.dev",
+            "phoenixmemories/status",
+            "patch"
+        ));
+        assert!(
+            !allows(RULES, "phoenix.dev", "phoenixmemories", "patch"),
+            "the spec belongs to users"
+        );
+        assert!(
+            !allows(RULES, "", "secrets", "delete"),
+            "children go by garbage collection"
+        );
+        assert!(!allows(RULES, "", "pods", "get"));
+        assert!(allows(
+            LEASE_RULES,
+            "coordination.k8s.io",
+            "leases",
+            "patch"
+        ));
+    }
+}

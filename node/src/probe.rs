@@ -135,7 +135,7 @@ impl Probe {
     /// # Errors
     /// Engine errors (from the retrieves or from persisting a new baseline).
     pub fn tick(&mut self, store: &Store) -> Result<usize> {
-        let keys = store.stats()?.keys;
+        let keys = store.key_count();
         let sampled = store.sample_len() as u64;
         if keys > 0 && sampled < keys.min(1024) / 4 {
             store.refill_sample()?;

@@ -7,8 +7,3 @@
 //! `phoenix-node` binary.
 
 pub mod apiserver;
-
-/// The node crate's version; the operator and chart are kept in step with it.
-pub fn node_version() -> &'static str {
-    phoenix_node::VERSION
-}

@@ -71,6 +71,17 @@ impl Harness {
         Api::default_namespaced(self.client.clone())
     }
 
+    async fn exists<K>(&self, name: &str) -> bool
+    where
+        K: kube::Resource<Scope = k8s_openapi::NamespaceResourceScope>
+            + Clone
+            + serde::de::DeserializeOwned
+            + std::fmt::Debug,
+        K::DynamicType: Default,
+    {
+        self.api::<K>().get_opt(name).await.expect("get").is_some()
+    }
+
     async fn create(&self, name: &str, spec: serde_json::Value) {
         let memory: PhoenixMemory = serde_json::from_value(json!({
             "apiVersion": "phoenix.dev/v1alpha1", "kind": "PhoenixMemory",
@@ -122,50 +133,12 @@ async fn create_update_repair_scale_and_delete() {
     })
     .await;
     assert_eq!(first.spec.as_ref().and_then(|s| s.replicas), Some(2));
-    for name in ["mem-config"] {
-        assert!(
-            h.api::<ConfigMap>()
-                .get_opt(name)
-                .await
-                .expect("get")
-                .is_some()
-        );
-    }
-    assert!(
-        h.api::<Secret>()
-            .get_opt("mem-admin")
-            .await
-            .expect("get")
-            .is_some()
-    );
-    assert!(
-        h.api::<Service>()
-            .get_opt("mem")
-            .await
-            .expect("get")
-            .is_some()
-    );
-    assert!(
-        h.api::<Service>()
-            .get_opt("mem-nodes")
-            .await
-            .expect("get")
-            .is_some()
-    );
-    assert!(
-        h.api::<PodDisruptionBudget>()
-            .get_opt("mem")
-            .await
-            .expect("get")
-            .is_some()
-    );
-    assert!(
-        h.api::<CronJob>()
-            .get_opt("mem-cleanup")
-            .await
-            .expect("get")
-            .is_some()
-    );
+    assert!(h.exists::<ConfigMap>("mem-config").await);
+    assert!(h.exists::<Secret>("mem-admin").await);
+    assert!(h.exists::<Service>("mem").await);
+    assert!(h.exists::<Service>("mem-nodes").await);
+    assert!(h.exists::<PodDisruptionBudget>("mem").await);
+    assert!(h.exists::<CronJob>("mem-cleanup").await);
     let ready = eventually("Ready=True", || async {
         let m = h.memories().get("mem").await.ok()?;
         let status = m.status?;

@@ -76,6 +76,27 @@ impl Windows {
     }
 }
 
+/// Runs `client(t)` on `concurrency` threads and merges the windows they return.
+fn run_clients(
+    concurrency: usize,
+    client: impl Fn(usize) -> Result<Windows, BenchError> + Sync,
+) -> Result<Windows, BenchError> {
+    std::thread::scope(|scope| {
+        let client = &client;
+        let handles: Vec<_> = (0..concurrency)
+            .map(|t| scope.spawn(move || client(t)))
+            .collect();
+        let mut merged = Windows::new();
+        for handle in handles {
+            let windows = handle
+                .join()
+                .map_err(|_| BenchError::Http("client thread panicked".into()))??;
+            merged.merge(&windows);
+        }
+        Ok(merged)
+    })
+}
+
 fn key(id: u64) -> String {
     format!("mem-{id:012x}")
 }
@@ -109,117 +130,81 @@ pub(super) fn sustained(
     let agent = ureq::AgentBuilder::new()
         .max_idle_connections_per_host(concurrency)
         .build();
+    let url = &served.url;
     // Preload over HTTP too, concurrently.
-    let next_id = Arc::new(AtomicU64::new(0));
-    std::thread::scope(|scope| -> Result<(), BenchError> {
-        let handles: Vec<_> = (0..concurrency)
-            .map(|t| {
-                let (agent, url, next_id) =
-                    (agent.clone(), served.url.clone(), Arc::clone(&next_id));
-                scope.spawn(move || -> Result<(), BenchError> {
-                    let mut rng = fastrand::Rng::with_seed(options.seed + t as u64);
-                    loop {
-                        let id = next_id.fetch_add(1, Ordering::Relaxed);
-                        if id >= keys {
-                            return Ok(());
-                        }
+    let next_id = AtomicU64::new(0);
+    run_clients(concurrency, |t| {
+        let mut rng = fastrand::Rng::with_seed(options.seed + t as u64);
+        loop {
+            let id = next_id.fetch_add(1, Ordering::Relaxed);
+            if id >= keys {
+                return Ok(Windows::new());
+            }
+            check(
+                agent
+                    .put(&format!("{url}/v1/memories/{}", key(id)))
+                    .send_string(&value(&mut rng)),
+            )?;
+        }
+    })?;
+
+    let done = AtomicU64::new(0);
+    let merged = run_clients(concurrency, |t| {
+        let mut rng = fastrand::Rng::with_seed(options.seed ^ (1000 + t as u64));
+        let mut windows = Windows::new();
+        let mut own = 0u64;
+        loop {
+            let op = done.fetch_add(1, Ordering::Relaxed);
+            if op >= ops {
+                return Ok(windows);
+            }
+            let w = usize::try_from(op * WINDOWS as u64 / ops).unwrap_or(WINDOWS - 1);
+            own += 1;
+            // The live key range: ids below next_id, most of them present.
+            let top = next_id.load(Ordering::Relaxed).max(1);
+            let started = Instant::now();
+            let slot = if own % 10 == 0 {
+                check(agent.get(&format!("{url}/v1/ping")).call())?;
+                &mut windows.ping[w]
+            } else {
+                match rng.u8(0..100) {
+                    0..50 => {
+                        let id = rng.u64(0..top);
+                        check(agent.get(&format!("{url}/v1/memories/{}", key(id))).call())?;
+                        &mut windows.retrieve[w]
+                    }
+                    50..70 => {
+                        let id = rng.u64(0..top);
                         check(
                             agent
                                 .put(&format!("{url}/v1/memories/{}", key(id)))
                                 .send_string(&value(&mut rng)),
                         )?;
+                        &mut windows.store[w]
                     }
-                })
-            })
-            .collect();
-        for handle in handles {
-            handle
-                .join()
-                .map_err(|_| BenchError::Http("client thread panicked".into()))??;
-        }
-        Ok(())
-    })?;
-
-    let done = Arc::new(AtomicU64::new(0));
-    let mut merged = Windows::new();
-    std::thread::scope(|scope| -> Result<(), BenchError> {
-        let handles: Vec<_> = (0..concurrency)
-            .map(|t| {
-                let (agent, url, done, next_id) = (
-                    agent.clone(),
-                    served.url.clone(),
-                    Arc::clone(&done),
-                    Arc::clone(&next_id),
-                );
-                scope.spawn(move || -> Result<Windows, BenchError> {
-                    let mut rng = fastrand::Rng::with_seed(options.seed ^ (1000 + t as u64));
-                    let mut windows = Windows::new();
-                    let mut own = 0u64;
-                    loop {
-                        let op = done.fetch_add(1, Ordering::Relaxed);
-                        if op >= ops {
-                            return Ok(windows);
-                        }
-                        let w = usize::try_from(op * WINDOWS as u64 / ops).unwrap_or(WINDOWS - 1);
-                        own += 1;
-                        // The live key range: ids below next_id, most of them present.
-                        let top = next_id.load(Ordering::Relaxed).max(1);
-                        let started = Instant::now();
-                        let slot = if own % 10 == 0 {
-                            check(agent.get(&format!("{url}/v1/ping")).call())?;
-                            &mut windows.ping[w]
-                        } else {
-                            match rng.u8(0..100) {
-                                0..50 => {
-                                    let id = rng.u64(0..top);
-                                    check(
-                                        agent.get(&format!("{url}/v1/memories/{}", key(id))).call(),
-                                    )?;
-                                    &mut windows.retrieve[w]
-                                }
-                                50..70 => {
-                                    let id = rng.u64(0..top);
-                                    check(
-                                        agent
-                                            .put(&format!("{url}/v1/memories/{}", key(id)))
-                                            .send_string(&value(&mut rng)),
-                                    )?;
-                                    &mut windows.store[w]
-                                }
-                                70..85 => {
-                                    let id = next_id.fetch_add(1, Ordering::Relaxed);
-                                    check(
-                                        agent
-                                            .put(&format!("{url}/v1/memories/{}", key(id)))
-                                            .send_string(&value(&mut rng)),
-                                    )?;
-                                    &mut windows.store[w]
-                                }
-                                _ => {
-                                    let id = rng.u64(0..top);
-                                    check(
-                                        agent
-                                            .delete(&format!("{url}/v1/memories/{}", key(id)))
-                                            .call(),
-                                    )?;
-                                    continue;
-                                }
-                            }
-                        };
-                        slot.saturating_record(nanos(started.elapsed()));
+                    70..85 => {
+                        let id = next_id.fetch_add(1, Ordering::Relaxed);
+                        check(
+                            agent
+                                .put(&format!("{url}/v1/memories/{}", key(id)))
+                                .send_string(&value(&mut rng)),
+                        )?;
+                        &mut windows.store[w]
                     }
-                })
-            })
-            .collect();
-        for handle in handles {
-            let windows = handle
-                .join()
-                .map_err(|_| BenchError::Http("client thread panicked".into()))??;
-            merged.merge(&windows);
+                    _ => {
+                        let id = rng.u64(0..top);
+                        check(
+                            agent
+                                .delete(&format!("{url}/v1/memories/{}", key(id)))
+                                .call(),
+                        )?;
+                        continue;
+                    }
+                }
+            };
+            slot.saturating_record(nanos(started.elapsed()));
         }
-        Ok(())
     })?;
-    served.node.probe_tick();
     let windows: Vec<Window> = (0..WINDOWS)
         .map(|i| Window {
             keys: 0,
@@ -273,40 +258,26 @@ pub(super) fn durable(
     let agent = ureq::AgentBuilder::new()
         .max_idle_connections_per_host(concurrency)
         .build();
-    let done = Arc::new(AtomicU64::new(0));
+    let url = &served.url;
+    let done = AtomicU64::new(0);
     let started = Instant::now();
-    let mut merged = Windows::new();
-    std::thread::scope(|scope| -> Result<(), BenchError> {
-        let handles: Vec<_> = (0..concurrency)
-            .map(|t| {
-                let (agent, url, done) = (agent.clone(), served.url.clone(), Arc::clone(&done));
-                scope.spawn(move || -> Result<Windows, BenchError> {
-                    let mut rng = fastrand::Rng::with_seed(options.seed + 7 * t as u64);
-                    let mut windows = Windows::new();
-                    loop {
-                        let op = done.fetch_add(1, Ordering::Relaxed);
-                        if op >= ops {
-                            return Ok(windows);
-                        }
-                        let w = usize::try_from(op * WINDOWS as u64 / ops).unwrap_or(WINDOWS - 1);
-                        let at = Instant::now();
-                        check(
-                            agent
-                                .put(&format!("{url}/v1/memories/{}", key(op)))
-                                .send_string(&value(&mut rng)),
-                        )?;
-                        windows.store[w].saturating_record(nanos(at.elapsed()));
-                    }
-                })
-            })
-            .collect();
-        for handle in handles {
-            let windows = handle
-                .join()
-                .map_err(|_| BenchError::Http("client thread panicked".into()))??;
-            merged.merge(&windows);
+    let merged = run_clients(concurrency, |t| {
+        let mut rng = fastrand::Rng::with_seed(options.seed + 7 * t as u64);
+        let mut windows = Windows::new();
+        loop {
+            let op = done.fetch_add(1, Ordering::Relaxed);
+            if op >= ops {
+                return Ok(windows);
+            }
+            let w = usize::try_from(op * WINDOWS as u64 / ops).unwrap_or(WINDOWS - 1);
+            let at = Instant::now();
+            check(
+                agent
+                    .put(&format!("{url}/v1/memories/{}", key(op)))
+                    .send_string(&value(&mut rng)),
+            )?;
+            windows.store[w].saturating_record(nanos(at.elapsed()));
         }
-        Ok(())
     })?;
     let elapsed = started.elapsed();
     let flushes = served.node.store.durable_flushes();

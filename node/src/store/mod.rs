@@ -469,24 +469,35 @@ struct WriteState {
     logical: u64,
     /// The data matches the checkpoint file (`META_CHECKPOINT` is present).
     checkpointed: bool,
-    /// A uniform sample of stored keys for the latency probe (reservoir sampling).
-    sample: Vec<Vec<u8>>,
-    sampled_inserts: u64,
+    /// A uniform sample of stored keys for the latency probe.
+    sample: Reservoir,
+}
+
+/// A uniform sample of at most `SAMPLE_CAPACITY` keys (reservoir sampling, Algorithm R).
+#[derive(Debug)]
+struct Reservoir {
+    keys: Vec<Vec<u8>>,
+    offered: u64,
     rng: fastrand::Rng,
 }
 
-impl WriteState {
-    fn offer_sample(&mut self, key: &[u8]) {
-        self.sampled_inserts += 1;
-        if self.sample.len() < SAMPLE_CAPACITY {
-            self.sample.push(key.to_vec());
-        } else {
-            let slot = self.rng.u64(0..self.sampled_inserts);
-            if let Ok(slot) = usize::try_from(slot)
-                && slot < SAMPLE_CAPACITY
-            {
-                self.sample[slot] = key.to_vec();
-            }
+impl Reservoir {
+    fn new() -> Reservoir {
+        Reservoir {
+            keys: Vec::new(),
+            offered: 0,
+            rng: fastrand::Rng::new(),
+        }
+    }
+
+    fn offer(&mut self, key: &[u8]) {
+        self.offered += 1;
+        if self.keys.len() < SAMPLE_CAPACITY {
+            self.keys.push(key.to_vec());
+        } else if let Ok(slot) = usize::try_from(self.rng.u64(0..self.offered))
+            && slot < SAMPLE_CAPACITY
+        {
+            self.keys[slot] = key.to_vec();
         }
     }
 }
@@ -562,9 +573,7 @@ impl Store {
                 keys,
                 logical,
                 checkpointed: !recovered,
-                sample: Vec::new(),
-                sampled_inserts: 0,
-                rng: fastrand::Rng::new(),
+                sample: Reservoir::new(),
             }),
             rebuilding: AtomicBool::new(false),
             keys: AtomicU64::new(keys),
@@ -706,7 +715,7 @@ impl Store {
             state.keys = keys;
             state.logical = logical;
             if old.is_none() {
-                state.offer_sample(key);
+                state.sample.offer(key);
             }
             self.keys.store(keys, Ordering::Relaxed);
             self.logical.store(logical, Ordering::Relaxed);
@@ -868,7 +877,12 @@ impl Store {
         Ok(Some((value, proof, state.tree.root())))
     }
 
-    /// Key count, logical and on-disk bytes, cache capacity.
+    /// Stored memories (expired ones count until pruned). Reads a counter: no I/O.
+    pub fn key_count(&self) -> u64 {
+        self.keys.load(Ordering::Relaxed)
+    }
+
+    /// Key count, logical and on-disk bytes, cache capacity. Reads the file sizes.
     ///
     /// # Errors
     /// Engine errors reading the on-disk size.
@@ -968,13 +982,13 @@ impl Store {
     /// Up to `n` distinct stored keys drawn at random from the probe's sample.
     pub fn sample_keys(&self, n: usize, rng: &mut fastrand::Rng) -> Vec<Vec<u8>> {
         let state = self.write.lock().unwrap_or_else(PoisonError::into_inner);
-        let len = state.sample.len();
+        let len = state.sample.keys.len();
         if len <= n {
-            return state.sample.clone();
+            return state.sample.keys.clone();
         }
         rand_indices(rng, len, n)
             .into_iter()
-            .map(|i| state.sample[i].clone())
+            .map(|i| state.sample.keys[i].clone())
             .collect()
     }
 
@@ -984,14 +998,15 @@ impl Store {
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .sample
+            .keys
             .len()
     }
 
     /// Drops a key the probe found missing from the sample.
     pub fn forget_sample(&self, key: &[u8]) {
         let mut state = self.write.lock().unwrap_or_else(PoisonError::into_inner);
-        if let Some(i) = state.sample.iter().position(|k| k == key) {
-            state.sample.swap_remove(i);
+        if let Some(i) = state.sample.keys.iter().position(|k| k == key) {
+            state.sample.keys.swap_remove(i);
         }
     }
 
@@ -1001,26 +1016,16 @@ impl Store {
     /// # Errors
     /// Engine errors.
     pub fn refill_sample(&self) -> Result<usize> {
-        let mut rng = fastrand::Rng::new();
-        let mut sample: Vec<Vec<u8>> = Vec::with_capacity(SAMPLE_CAPACITY);
-        let mut seen = 0u64;
+        let mut sample = Reservoir::new();
         let engine = self.engine.load();
         for entry in engine.db.scan_prefix([DATA]) {
             let (key, _) = entry?;
-            seen += 1;
-            if sample.len() < SAMPLE_CAPACITY {
-                sample.push(key[1..].to_vec());
-            } else if let Ok(slot) = usize::try_from(rng.u64(0..seen))
-                && slot < SAMPLE_CAPACITY
-            {
-                sample[slot] = key[1..].to_vec();
-            }
+            sample.offer(&key[1..]);
         }
         drop(engine);
         let mut state = self.write.lock().unwrap_or_else(PoisonError::into_inner);
-        state.sampled_inserts = seen;
         state.sample = sample;
-        Ok(state.sample.len())
+        Ok(state.sample.keys.len())
     }
 
     /// A small named record kept with the data (probe baseline, last cleanup).

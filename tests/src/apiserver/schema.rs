@@ -9,40 +9,29 @@ use serde_json::Value;
 /// Validates `object` (its fields other than apiVersion, kind and metadata) and prunes
 /// unknown fields in place. Returns every violation as `path: message`.
 pub fn validate_and_prune(schema: &Value, object: &mut Value) -> Vec<String> {
-    let mut errors = Vec::new();
     let Some(map) = object.as_object_mut() else {
         return vec!["<root>: must be an object".into()];
     };
-    let properties = schema.get("properties").and_then(Value::as_object);
-    let required: Vec<&str> = schema
-        .get("required")
-        .and_then(Value::as_array)
-        .map(|r| r.iter().filter_map(Value::as_str).collect())
-        .unwrap_or_default();
-    for field in required {
-        if !map.contains_key(field) {
-            errors.push(format!("{field}: Required value"));
-        }
-    }
-    let keys: Vec<String> = map.keys().cloned().collect();
-    for key in keys {
-        if matches!(key.as_str(), "apiVersion" | "kind" | "metadata") {
-            continue;
-        }
-        match properties.and_then(|p| p.get(&key)) {
-            Some(sub) => {
-                if let Some(value) = map.get_mut(&key) {
-                    check(sub, value, &key, &mut errors);
-                }
-            }
-            None if schema.get("x-kubernetes-preserve-unknown-fields")
-                == Some(&Value::Bool(true)) => {}
-            None => {
-                map.remove(&key);
-            }
-        }
+    // apiVersion, kind and metadata are the server's, not the schema's: set them aside.
+    let identity: Vec<(String, Value)> = ["apiVersion", "kind", "metadata"]
+        .into_iter()
+        .filter_map(|k| map.remove(k).map(|v| (k.to_string(), v)))
+        .collect();
+    let mut errors = Vec::new();
+    check(schema, object, "", &mut errors);
+    if let Some(map) = object.as_object_mut() {
+        map.extend(identity);
     }
     errors
+}
+
+/// `path.key`, or `key` at the root.
+fn join(path: &str, key: &str) -> String {
+    if path.is_empty() {
+        key.to_string()
+    } else {
+        format!("{path}.{key}")
+    }
 }
 
 fn type_matches(expected: &str, value: &Value) -> bool {
@@ -151,7 +140,7 @@ fn check(schema: &Value, value: &mut Value, path: &str, errors: &mut Vec<String>
                 .unwrap_or_default();
             for field in required {
                 if !map.contains_key(field) {
-                    errors.push(format!("{path}.{field}: Required value"));
+                    errors.push(format!("{}: Required value", join(path, field)));
                 }
             }
             let properties = schema.get("properties").and_then(Value::as_object);
@@ -160,7 +149,7 @@ fn check(schema: &Value, value: &mut Value, path: &str, errors: &mut Vec<String>
                 schema.get("x-kubernetes-preserve-unknown-fields") == Some(&Value::Bool(true));
             let keys: Vec<String> = map.keys().cloned().collect();
             for key in keys {
-                let sub_path = format!("{path}.{key}");
+                let sub_path = join(path, &key);
                 if let Some(sub) = properties.and_then(|p| p.get(&key)) {
                     if let Some(v) = map.get_mut(&key) {
                         check(sub, v, &sub_path, errors);

@@ -101,6 +101,7 @@ pub fn run(store: &Store, probe: &mut Probe, options: CleanupOptions) -> Result<
             )
         };
     store.flush()?;
+    store.fault().on_cleanup();
 
     let window = probe.config().window_ticks;
     let after = probe.remeasure(store, window)?;

@@ -178,6 +178,8 @@ pub struct NodeConfig {
     pub admin_token_file: Option<PathBuf>,
     /// Time in-flight requests get to finish at shutdown, seconds.
     pub shutdown_timeout_seconds: u64,
+    /// Accept `PUT /v1/admin/faults` (tests and the sandbox only; see [`crate::fault`]).
+    pub fault_injection: bool,
     /// Log format.
     pub log_format: LogFormat,
 }
@@ -195,6 +197,7 @@ impl Default for NodeConfig {
             rebuild: RebuildSettings::default(),
             admin_token_file: None,
             shutdown_timeout_seconds: 20,
+            fault_injection: false,
             log_format: LogFormat::Human,
         }
     }

@@ -15,6 +15,7 @@ pub mod bench;
 pub mod cleanup;
 pub mod cleanup_job;
 pub mod config;
+pub mod fault;
 pub mod merkle;
 pub mod probe;
 pub mod service;

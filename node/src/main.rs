@@ -128,6 +128,9 @@ struct ServeArgs {
     /// Durable before acknowledged (group commit), overriding `durability.mode`.
     #[arg(long)]
     sync: bool,
+    /// Accept fault injection on `PUT /v1/admin/faults` (tests and the sandbox only).
+    #[arg(long, env = "PHOENIX_NODE_FAULT_INJECTION")]
+    fault_injection: bool,
     /// Log format.
     #[arg(long, env = "PHOENIX_NODE_LOG_FORMAT", value_enum)]
     log_format: Option<LogFormat>,
@@ -150,6 +153,9 @@ impl ServeArgs {
         }
         if self.sync {
             config.durability.mode = DurabilityMode::Sync;
+        }
+        if self.fault_injection {
+            config.fault_injection = true;
         }
         if let Some(format) = self.log_format {
             config.log_format = format;

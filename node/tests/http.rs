@@ -541,3 +541,83 @@ fn admin_endpoints_are_off_without_a_token() {
         other => panic!("expected 403, got {other:?}"),
     }
 }
+
+#[test]
+fn injected_slowdown_raises_the_ratio_and_a_cleanup_clears_a_transient_one() {
+    let probe = |c: &mut NodeConfig| {
+        c.probe.samples_per_tick = 64;
+        c.probe.window_ticks = 4;
+        c.probe.min_samples = 64;
+    };
+    let off = TestNode::start(probe);
+    let fault = br#"{"retrieveSlowdown": 20, "clearedByCleanup": true}"#;
+    let (status, body) = off.json(
+        "PUT",
+        "/v1/admin/faults",
+        &[(bearer().0, &bearer().1)],
+        fault,
+    );
+    assert_eq!(
+        (status, body["error"]["code"].as_str()),
+        (403, Some("fault_injection_disabled"))
+    );
+
+    let node = TestNode::start(|c| {
+        probe(c);
+        c.fault_injection = true;
+    });
+    for i in 0..500 {
+        node.json("PUT", &format!("/v1/memories/k{i}"), &[], b"value");
+    }
+    for _ in 0..4 {
+        node.node.probe_tick();
+    }
+    let ratio = |node: &TestNode| {
+        let text = String::from_utf8(node.send("GET", "/metrics", &[], b"").1).expect("utf-8");
+        phoenix_node::cleanup_job::metric_value(&text, "phoenix_node_probe_ratio").expect("ratio")
+    };
+    let before = ratio(&node);
+    let (status, _) = node.json("PUT", "/v1/admin/faults", &[], fault);
+    assert_eq!(status, 401, "the fault endpoint needs the token");
+    for bad in [
+        &br#"{"retrieveSlowdown": 0.5}"#[..],
+        br#"{"retrieveSlowdown": 2, "extra": 1}"#,
+        b"not json",
+    ] {
+        let (status, body) =
+            node.json("PUT", "/v1/admin/faults", &[(bearer().0, &bearer().1)], bad);
+        assert_eq!(status, 400, "{body}");
+    }
+    let (status, body) = node.json(
+        "PUT",
+        "/v1/admin/faults",
+        &[(bearer().0, &bearer().1)],
+        fault,
+    );
+    assert_eq!(
+        (status, body["retrieveSlowdown"].as_f64()),
+        (200, Some(20.0))
+    );
+    for _ in 0..4 {
+        node.node.probe_tick();
+    }
+    let slowed = ratio(&node);
+    assert!(
+        slowed > before * 5.0,
+        "ratio {before:.2} → {slowed:.2} under a 20× slowdown"
+    );
+    let (status, report) = node.json(
+        "POST",
+        "/v1/admin/cleanup",
+        &[(bearer().0, &bearer().1)],
+        b"",
+    );
+    assert_eq!(status, 200, "{report}");
+    let after = ratio(&node);
+    assert!(
+        after < slowed / 3.0,
+        "cleanup cleared it: {slowed:.2} → {after:.2}"
+    );
+    let (_, fault_now) = node.json("GET", "/v1/admin/faults", &[(bearer().0, &bearer().1)], b"");
+    assert_eq!(fault_now["retrieveSlowdown"].as_f64(), Some(1.0));
+}

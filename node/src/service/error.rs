@@ -41,6 +41,9 @@ pub enum ApiError {
     /// Admin endpoints are off (no token file configured).
     #[error("admin endpoints are disabled: the node has no adminTokenFile")]
     AdminDisabled,
+    /// `PUT /v1/admin/faults` on a node without `faultInjection`.
+    #[error("fault injection is disabled on this node")]
+    FaultInjectionDisabled,
     /// A cleanup is already running.
     #[error("a cleanup is already running")]
     CleanupRunning,
@@ -95,6 +98,9 @@ impl ApiError {
             ApiError::BodyTooLarge(_) => (StatusCode::PAYLOAD_TOO_LARGE, "body_too_large", None),
             ApiError::Unauthorized => (StatusCode::UNAUTHORIZED, "unauthorized", None),
             ApiError::AdminDisabled => (StatusCode::FORBIDDEN, "admin_disabled", None),
+            ApiError::FaultInjectionDisabled => {
+                (StatusCode::FORBIDDEN, "fault_injection_disabled", None)
+            }
             ApiError::CleanupRunning => (StatusCode::CONFLICT, "cleanup_running", None),
             ApiError::Timeout => (
                 StatusCode::SERVICE_UNAVAILABLE,

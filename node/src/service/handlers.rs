@@ -15,6 +15,7 @@ use serde::{Deserialize, Serialize};
 
 use super::{ApiError, Node};
 use crate::cleanup::{self, CleanupOptions, CleanupReport};
+use crate::fault::FaultSpec;
 use crate::merkle::{Proof, hex_hash};
 
 type ApiResult<T> = Result<T, ApiError>;
@@ -316,6 +317,45 @@ pub(super) async fn cleanup(
     node.metrics
         .count_cleanup(if result.is_ok() { "success" } else { "failure" });
     Ok(Json(result?))
+}
+
+fn faults_enabled(node: &Node, headers: &HeaderMap) -> ApiResult<()> {
+    authorize(node, headers)?;
+    if node.config.fault_injection {
+        Ok(())
+    } else {
+        Err(ApiError::FaultInjectionDisabled)
+    }
+}
+
+/// `GET /v1/admin/faults` (bearer token, `faultInjection` on): the fault in force.
+pub(super) async fn get_fault(
+    State(node): State<Arc<Node>>,
+    headers: HeaderMap,
+) -> ApiResult<Json<FaultSpec>> {
+    faults_enabled(&node, &headers)?;
+    Ok(Json(node.store.fault().get()))
+}
+
+/// `PUT /v1/admin/faults` (bearer token, `faultInjection` on): sets the retrieve fault.
+pub(super) async fn set_fault(
+    State(node): State<Arc<Node>>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> ApiResult<Json<FaultSpec>> {
+    faults_enabled(&node, &headers)?;
+    let spec: FaultSpec = serde_json::from_slice(&body)
+        .map_err(|e| ApiError::bad_request("invalid_body", format!("not a fault: {e}")))?;
+    node.store
+        .fault()
+        .set(spec)
+        .map_err(|e| ApiError::bad_request("invalid_fault", e))?;
+    tracing::warn!(
+        slowdown = spec.retrieve_slowdown,
+        cleared_by_cleanup = spec.cleared_by_cleanup,
+        "fault injected"
+    );
+    Ok(Json(node.store.fault().get()))
 }
 
 /// `GET /v1/ping`: an empty route, the floor for HTTP latency.

@@ -160,6 +160,7 @@ fn operation_of(method: &axum::http::Method, path: Option<&str>) -> &'static str
         (&Method::GET, "/v1/root") => "root",
         (&Method::GET, "/v1/proof/{*key}") => "proof",
         (&Method::POST, "/v1/admin/cleanup") => "cleanup",
+        (&Method::PUT | &Method::GET, "/v1/admin/faults") => "faults",
         (&Method::GET, "/v1/ping") => "ping",
         _ => "other",
     }
@@ -202,6 +203,10 @@ pub fn app(node: Arc<Node>) -> Router {
         .route("/v1/root", get(handlers::root))
         .route("/v1/proof/{*key}", get(handlers::proof))
         .route("/v1/admin/cleanup", post(handlers::cleanup))
+        .route(
+            "/v1/admin/faults",
+            put(handlers::set_fault).get(handlers::get_fault),
+        )
         .route("/v1/ping", get(handlers::ping))
         .route("/metrics", get(handlers::metrics))
         .route("/healthz", get(handlers::healthz))

@@ -512,6 +512,7 @@ pub struct Store {
     keys: AtomicU64,
     logical: AtomicU64,
     commit: GroupCommit,
+    fault: crate::fault::RetrieveFault,
 }
 
 impl Store {
@@ -576,6 +577,7 @@ impl Store {
                 sample: Reservoir::new(),
             }),
             rebuilding: AtomicBool::new(false),
+            fault: crate::fault::RetrieveFault::default(),
             keys: AtomicU64::new(keys),
             logical: AtomicU64::new(logical),
             commit: GroupCommit::default(),
@@ -758,6 +760,20 @@ impl Store {
     /// # Errors
     /// Engine errors.
     pub fn retrieve(&self, key: &[u8]) -> Result<Option<Value>> {
+        let Some(started) = self.fault.start() else {
+            return self.retrieve_unfaulted(key);
+        };
+        let result = self.retrieve_unfaulted(key);
+        self.fault.stretch(started);
+        result
+    }
+
+    /// The injected retrieve fault (see [`crate::fault`]); inert unless set.
+    pub fn fault(&self) -> &crate::fault::RetrieveFault {
+        &self.fault
+    }
+
+    fn retrieve_unfaulted(&self, key: &[u8]) -> Result<Option<Value>> {
         let engine = self.engine.load();
         let Some(record) = get_data(&engine.db, key)? else {
             return Ok(None);

@@ -319,9 +319,22 @@ pub struct PhoenixMemoryStatus {
     /// The cleanup plan in force.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub plan: Option<CleanupPlan>,
-    /// The last scheduling decision and why.
+    /// The last scheduling decision that changed something, and why.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_decision: Option<Decision>,
+    /// The last emergency cleanup Job the operator created.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_emergency_job: Option<EmergencyJob>,
+}
+
+/// An emergency cleanup Job.
+#[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct EmergencyJob {
+    /// The Job's name.
+    pub name: String,
+    /// When it was created (RFC 3339).
+    pub time: String,
 }
 
 /// What one node reported at the last scrape.
@@ -357,6 +370,9 @@ pub struct NodeObservation {
     /// The ratio before and after that cleanup, e.g. `6.1→1.1`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_cleanup_effect: Option<String>,
+    /// Cleanups in a row that did not lower this node's ratio.
+    #[serde(default)]
+    pub ineffective_cleanups: u32,
     /// Why the observation is not usable, when it is not (unreachable, too few samples, too old).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub stale_reason: Option<String>,
@@ -380,6 +396,15 @@ pub struct Decision {
     /// Age of the oldest observation used, seconds.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub data_age_seconds: Option<f64>,
+    /// The cadence decided, seconds.
+    #[serde(default)]
+    pub interval_seconds: u64,
+    /// Nodes with a usable observation.
+    #[serde(default)]
+    pub fresh_nodes: u32,
+    /// Nodes without one.
+    #[serde(default)]
+    pub stale_nodes: u32,
 }
 
 /// The cleanup plan in force.

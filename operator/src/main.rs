@@ -47,6 +47,12 @@ enum Command {
         /// Seconds a lease stays valid after its last renewal.
         #[arg(long, default_value_t = 15)]
         lease_seconds: u64,
+        /// Seconds between observations of each memory's nodes.
+        #[arg(long, default_value_t = 30, value_parser = clap::value_parser!(u64).range(1..=3600))]
+        observe_interval_seconds: u64,
+        /// Seconds a node scrape may take before the node counts as stale.
+        #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u64).range(1..=60))]
+        scrape_timeout_seconds: u64,
         /// Address of the operator's /metrics, /healthz and /readyz.
         #[arg(long, env = "PHOENIX_METRICS_ADDRESS", default_value = "0.0.0.0:8080")]
         metrics_address: std::net::SocketAddr,
@@ -103,7 +109,7 @@ fn run(
 
 fn plan(file: &std::path::Path, default_image: &str) -> anyhow::Result<String> {
     use anyhow::Context;
-    use phoenix_operator::build::{Inputs, build_all};
+    use phoenix_operator::build::{Inputs, build_all, build_emergency_job, emergency_job_name};
     use phoenix_operator::crd::PhoenixMemory;
     let text = std::fs::read_to_string(file)
         .with_context(|| format!("failed to read {}", file.display()))?;
@@ -120,7 +126,22 @@ fn plan(file: &std::path::Path, default_image: &str) -> anyhow::Result<String> {
         valid: &valid,
         default_image,
         admin_token: "<generated once at the first reconcile>",
+        cleanup_interval: valid.max_interval,
     })?;
+    let inputs = Inputs {
+        memory: &memory,
+        valid: &valid,
+        default_image,
+        admin_token: "",
+        cleanup_interval: valid.max_interval,
+    };
+    // What an emergency would create (only when the policy decides one).
+    let emergency = build_emergency_job(
+        &inputs,
+        &children.cronjob,
+        emergency_job_name(&memory.metadata.name.clone().unwrap_or_default(), 0),
+        valid.spec.cleanup.degradation_threshold,
+    );
     let documents = [
         serde_yaml::to_string(&children.configmap)?,
         serde_yaml::to_string(&children.secret)?,
@@ -129,6 +150,7 @@ fn plan(file: &std::path::Path, default_image: &str) -> anyhow::Result<String> {
         serde_yaml::to_string(&children.statefulset)?,
         serde_yaml::to_string(&children.pdb)?,
         serde_yaml::to_string(&children.cronjob)?,
+        serde_yaml::to_string(&emergency)?,
     ];
     Ok(documents.join("---\n"))
 }
@@ -155,6 +177,8 @@ fn main() -> ExitCode {
             lease_name,
             identity,
             lease_seconds,
+            observe_interval_seconds,
+            scrape_timeout_seconds,
             metrics_address,
         } => {
             let filter = tracing_subscriber::EnvFilter::try_from_default_env()
@@ -179,6 +203,8 @@ fn main() -> ExitCode {
                 namespace,
                 concurrency,
                 leader_election,
+                observe_interval: std::time::Duration::from_secs(observe_interval_seconds),
+                scrape_timeout: std::time::Duration::from_secs(scrape_timeout_seconds),
                 ..Default::default()
             };
             match run(settings, metrics_address) {

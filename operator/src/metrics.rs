@@ -2,7 +2,8 @@
 //! sets: results, error categories.
 
 use prometheus::{
-    Encoder, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, Opts, Registry, TextEncoder,
+    Encoder, GaugeVec, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, Opts,
+    Registry, TextEncoder,
 };
 
 /// The operator's metrics.
@@ -14,6 +15,10 @@ pub struct Metrics {
     errors: IntCounterVec,
     /// 1 while this replica reconciles (leads), 0 otherwise.
     pub leader: IntGauge,
+    scrapes: IntCounterVec,
+    decisions: IntCounterVec,
+    emergency_jobs: IntCounter,
+    cadence: GaugeVec,
 }
 
 impl Metrics {
@@ -52,6 +57,48 @@ impl Metrics {
         registry.register(Box::new(duration.clone()))?;
         registry.register(Box::new(errors.clone()))?;
         registry.register(Box::new(leader.clone()))?;
+        let scrapes = IntCounterVec::new(
+            Opts::new(
+                "phoenix_operator_node_scrapes_total",
+                "Node observations by outcome (fresh, stale).",
+            ),
+            &["outcome"],
+        )?;
+        let decisions = IntCounterVec::new(
+            Opts::new(
+                "phoenix_operator_decisions_total",
+                "Cleanup policy decisions by rule (stale, ineffective, emergency, degraded, rising, flat).",
+            ),
+            &["rule"],
+        )?;
+        let emergency_jobs = IntCounter::new(
+            "phoenix_operator_emergency_jobs_total",
+            "Emergency cleanup Jobs created (or adopted).",
+        )?;
+        let cadence = GaugeVec::new(
+            Opts::new(
+                "phoenix_operator_cleanup_interval_seconds",
+                "The cleanup cadence decided for each memory.",
+            ),
+            &["namespace", "name"],
+        )?;
+        registry.register(Box::new(scrapes.clone()))?;
+        registry.register(Box::new(decisions.clone()))?;
+        registry.register(Box::new(emergency_jobs.clone()))?;
+        registry.register(Box::new(cadence.clone()))?;
+        for outcome in ["fresh", "stale"] {
+            scrapes.with_label_values(&[outcome]);
+        }
+        for rule in [
+            "stale",
+            "ineffective",
+            "emergency",
+            "degraded",
+            "rising",
+            "flat",
+        ] {
+            decisions.with_label_values(&[rule]);
+        }
         for result in ["ok", "error"] {
             reconciles.with_label_values(&[result]);
         }
@@ -61,7 +108,33 @@ impl Metrics {
             duration,
             errors,
             leader,
+            scrapes,
+            decisions,
+            emergency_jobs,
+            cadence,
         })
+    }
+
+    /// Counts one node observation (`fresh` or `stale`).
+    pub fn scraped(&self, outcome: &'static str) {
+        self.scrapes.with_label_values(&[outcome]).inc();
+    }
+
+    /// Counts one decision by its rule.
+    pub fn decided(&self, rule: &'static str) {
+        self.decisions.with_label_values(&[rule]).inc();
+    }
+
+    /// Counts one emergency Job.
+    pub fn emergency_job(&self) {
+        self.emergency_jobs.inc();
+    }
+
+    /// Sets a memory's cadence.
+    pub fn cadence(&self, namespace: &str, name: &str, seconds: f64) {
+        self.cadence
+            .with_label_values(&[namespace, name])
+            .set(seconds);
     }
 
     /// Records one reconcile; `error` is the error's category when it failed.

@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use crate::schedule::{NodeReport, Observation};
+use crate::schedule::{LastCleanup, NodeReport, Observation};
 
 /// When a report is fresh enough to decide on.
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -67,15 +67,27 @@ pub fn from_metrics(node: &str, text: &str, freshness: &Freshness, now_unix: f64
     }
     let baseline_at =
         gauge(&scrape, "phoenix_node_probe_baseline_timestamp_seconds").unwrap_or(now_unix);
-    let bytes = |name| gauge(&scrape, name).map_or(0, |v| v.max(0.0) as u64);
+    let count = |name| gauge(&scrape, name).map_or(0, |v| v.max(0.0) as u64);
+    let finite = |name| gauge(&scrape, name).filter(|v| v.is_finite());
+    let last_cleanup =
+        finite("phoenix_node_last_cleanup_timestamp_seconds").map(|at| LastCleanup {
+            at_unix: at,
+            ratio_before: finite("phoenix_node_last_cleanup_ratio_before"),
+            ratio_after: finite("phoenix_node_last_cleanup_ratio_after"),
+        });
     Observation::Fresh(NodeReport {
         node: node.to_string(),
         ratio,
         seconds_since_baseline: (now_unix - baseline_at).max(0.0),
         age_seconds: age,
-        logical_bytes: bytes("phoenix_node_logical_bytes"),
-        disk_bytes: bytes("phoenix_node_disk_bytes"),
-        cache_capacity_bytes: bytes("phoenix_node_cache_capacity_bytes"),
+        logical_bytes: count("phoenix_node_logical_bytes"),
+        disk_bytes: count("phoenix_node_disk_bytes"),
+        cache_capacity_bytes: count("phoenix_node_cache_capacity_bytes"),
+        recent_seconds: finite("phoenix_node_probe_recent_seconds"),
+        baseline_seconds: finite("phoenix_node_probe_baseline_seconds"),
+        samples: samples.max(0.0) as u64,
+        keys: count("phoenix_node_keys"),
+        last_cleanup,
     })
 }
 
@@ -138,7 +150,10 @@ mod tests {
         # TYPE phoenix_node_probe_baseline_timestamp_seconds gauge\nphoenix_node_probe_baseline_timestamp_seconds 1000\n\
         # TYPE phoenix_node_logical_bytes gauge\nphoenix_node_logical_bytes 500\n\
         # TYPE phoenix_node_disk_bytes gauge\nphoenix_node_disk_bytes 900\n\
-        # TYPE phoenix_node_cache_capacity_bytes gauge\nphoenix_node_cache_capacity_bytes 4096\n";
+        # TYPE phoenix_node_cache_capacity_bytes gauge\nphoenix_node_cache_capacity_bytes 4096\n\
+        # TYPE phoenix_node_last_cleanup_timestamp_seconds gauge\nphoenix_node_last_cleanup_timestamp_seconds 1500\n\
+        # TYPE phoenix_node_last_cleanup_ratio_before gauge\nphoenix_node_last_cleanup_ratio_before 6.5\n\
+        # TYPE phoenix_node_last_cleanup_ratio_after gauge\nphoenix_node_last_cleanup_ratio_after 6.1\n";
 
     #[test]
     fn a_complete_report_is_fresh() {
@@ -154,6 +169,14 @@ mod tests {
                     (2.5, 600.0, 500, 900)
                 );
                 assert_eq!(r.cache_capacity_bytes, 4096);
+                assert_eq!(
+                    r.last_cleanup,
+                    Some(LastCleanup {
+                        at_unix: 1500.0,
+                        ratio_before: Some(6.5),
+                        ratio_after: Some(6.1)
+                    })
+                );
             }
             stale => panic!("expected fresh, got {stale:?}"),
         }

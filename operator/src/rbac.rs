@@ -53,6 +53,16 @@ pub const RULES: &[Rule] = &[
         verbs: APPLY,
     },
     Rule {
+        api_groups: &[""],
+        resources: &["pods"],
+        verbs: &["list"],
+    },
+    Rule {
+        api_groups: &["batch"],
+        resources: &["jobs"],
+        verbs: &["get", "create"],
+    },
+    Rule {
         api_groups: &["events.k8s.io"],
         resources: &["events"],
         verbs: &["create", "patch"],
@@ -111,7 +121,13 @@ mod tests {
             !allows(RULES, "", "secrets", "delete"),
             "children go by garbage collection"
         );
-        assert!(!allows(RULES, "", "pods", "get"));
+        assert!(allows(RULES, "", "pods", "list"), "observe lists the nodes");
+        assert!(
+            !allows(RULES, "", "pods", "get") && !allows(RULES, "", "pods", "delete"),
+            "nothing else on pods"
+        );
+        assert!(allows(RULES, "batch", "jobs", "create"), "emergency Jobs");
+        assert!(!allows(RULES, "batch", "jobs", "delete"));
         assert!(allows(
             LEASE_RULES,
             "coordination.k8s.io",

@@ -32,7 +32,7 @@ pub enum Observation {
 }
 
 /// A usable report of one node.
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, Debug, Default, PartialEq)]
 pub struct NodeReport {
     /// The node.
     pub node: String,
@@ -48,6 +48,41 @@ pub struct NodeReport {
     pub disk_bytes: u64,
     /// The node's cache capacity.
     pub cache_capacity_bytes: u64,
+    /// Recent median retrieve latency, seconds.
+    pub recent_seconds: Option<f64>,
+    /// Baseline median retrieve latency, seconds.
+    pub baseline_seconds: Option<f64>,
+    /// Retrieves in the probe's window.
+    pub samples: u64,
+    /// Memories stored.
+    pub keys: u64,
+    /// The node's last cleanup: when it started (Unix seconds) and the ratio before and
+    /// after it against the same baseline.
+    pub last_cleanup: Option<LastCleanup>,
+}
+
+/// A node's last cleanup, as it reports it.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct LastCleanup {
+    /// When it started, Unix seconds.
+    pub at_unix: f64,
+    /// Ratio before, when the probe had data.
+    pub ratio_before: Option<f64>,
+    /// Ratio after, when the probe had data.
+    pub ratio_after: Option<f64>,
+}
+
+impl LastCleanup {
+    /// Whether the cleanup helped: `None` when there is nothing to judge (no data, or the
+    /// node was not degraded — below `recover` — before it); otherwise whether it brought
+    /// the ratio below `recover` or cut it by at least a fifth.
+    pub fn helped(&self, recover: f64) -> Option<bool> {
+        let (before, after) = (self.ratio_before?, self.ratio_after?);
+        if before < recover {
+            return None;
+        }
+        Some(after < recover || after <= before * 0.8)
+    }
 }
 
 /// The thresholds and bounds of the spec, validated.
@@ -63,7 +98,7 @@ pub struct PolicySpec {
     pub min_interval: Duration,
     /// Longest cadence.
     pub max_interval: Duration,
-    /// Record decisions only; create no Job.
+    /// Record decisions only; create no Job (`DryRun`, or cleanup disabled or suspended).
     pub dry_run: bool,
 }
 
@@ -79,6 +114,9 @@ pub struct History {
     /// Consecutive cleanups that did not lower the ratio.
     pub ineffective_cleanups: u32,
 }
+
+/// A rise from the baseline smaller than this fraction of the way to `degradation` is noise.
+pub const RISING_FRACTION: f64 = 0.25;
 
 /// Cleanups in a row that must fail to help before automatic cleanup backs off.
 pub const INEFFECTIVE_LIMIT: u32 = 3;
@@ -208,7 +246,7 @@ pub fn decide(observations: &[Observation], spec: &PolicySpec, history: &History
             )
         } else if spec.dry_run {
             format!(
-                "{} at {ratio:.2}× is past the emergency line {:.2}×; DryRun: no Job",
+                "{} at {ratio:.2}× is past the emergency line {:.2}×; no Job (DryRun, disabled or suspended)",
                 worst.node, spec.emergency
             )
         } else {
@@ -231,10 +269,11 @@ pub fn decide(observations: &[Observation], spec: &PolicySpec, history: &History
             Some(0.0),
         );
     }
-    // Rising: the ratio grew from 1.0 at the baseline to `ratio` in `since` seconds.
+    // Rising: the ratio grew from 1.0 at the baseline to `ratio` in `since` seconds. Below
+    // a quarter of the way to the threshold it is read as noise, not a trend.
     let rise = ratio - 1.0;
     let since = worst.seconds_since_baseline.max(1.0);
-    if rise > 0.05 {
+    if rise >= RISING_FRACTION * (spec.degradation - 1.0) && rise > 0.0 {
         let per_second = rise / since;
         let to_breach = ((spec.degradation - ratio) / per_second).max(0.0);
         // Clean at half the predicted time, so the cleanup lands before the crossing.
@@ -288,6 +327,7 @@ mod tests {
             logical_bytes: 1 << 20,
             disk_bytes: 1 << 21,
             cache_capacity_bytes: 1 << 28,
+            ..NodeReport::default()
         })
     }
 
@@ -307,6 +347,35 @@ mod tests {
         assert_eq!(d.rule, "rising");
         assert_eq!(d.interval, Duration::from_secs(1800));
         assert!((d.predicted_breach_seconds.expect("breach") - 3600.0).abs() < 1.0);
+    }
+
+    #[test]
+    fn a_small_rise_is_noise_not_a_trend() {
+        // 1.2 is a fifth of the way from 1.0 to 2.0: flat, even right after the baseline.
+        let d = decide(&[report(1.2, 5.0)], &spec(), &History::default());
+        assert_eq!(d.rule, "flat");
+        assert_eq!(
+            decide(&[report(1.3, 5.0)], &spec(), &History::default()).rule,
+            "rising"
+        );
+    }
+
+    #[test]
+    fn a_cleanup_helps_when_it_recovers_or_cuts_the_ratio() {
+        let judge = |before, after| {
+            LastCleanup {
+                at_unix: 0.0,
+                ratio_before: before,
+                ratio_after: after,
+            }
+            .helped(1.5)
+        };
+        assert_eq!(judge(Some(6.0), Some(1.1)), Some(true));
+        assert_eq!(judge(Some(6.0), Some(4.0)), Some(true), "cut by a third");
+        assert_eq!(judge(Some(6.0), Some(5.5)), Some(false));
+        assert_eq!(judge(Some(1.2), Some(1.2)), None, "nothing to fix");
+        assert_eq!(judge(None, Some(1.0)), None, "no data before");
+        assert_eq!(judge(Some(3.0), None), None, "no data after");
     }
 
     #[test]
@@ -393,6 +462,7 @@ mod tests {
             logical_bytes: 1 << 30,
             disk_bytes: 1 << 30,
             cache_capacity_bytes: 1 << 24,
+            ..NodeReport::default()
         };
         let history = History {
             ineffective_cleanups: 3,

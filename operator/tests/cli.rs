@@ -48,7 +48,8 @@ fn plan_prints_every_child_of_each_example() {
                 "Service",
                 "StatefulSet",
                 "PodDisruptionBudget",
-                "CronJob"
+                "CronJob",
+                "Job"
             ],
             "{file}"
         );

@@ -8,6 +8,7 @@ mod service;
 mod statefulset;
 
 use std::collections::BTreeMap;
+use std::time::Duration;
 
 use k8s_openapi::api::apps::v1::StatefulSet;
 use k8s_openapi::api::batch::v1::CronJob;
@@ -23,7 +24,10 @@ use crate::crd::PhoenixMemory;
 use crate::validate::ValidSpec;
 
 pub use configmap::{CONFIG_FILE, build_configmap, config_hash};
-pub use cronjob::{build_cronjob, schedule_for};
+pub use cronjob::{
+    EMERGENCY_COMPONENT, build_cronjob, build_emergency_job, emergency_job_name, schedule_for,
+    spread_minute,
+};
 pub use pdb::build_pdb;
 pub use service::{build_client_service, build_headless_service};
 pub use statefulset::build_statefulset;
@@ -48,6 +52,8 @@ pub struct Inputs<'a> {
     pub default_image: &'a str,
     /// The admin token (generated once and kept in the Secret).
     pub admin_token: &'a str,
+    /// The cleanup cadence the policy decided (`maxInterval` before any observation).
+    pub cleanup_interval: Duration,
 }
 
 impl Inputs<'_> {
@@ -274,6 +280,7 @@ pub(crate) mod fixtures {
             valid: &valid,
             default_image: "phoenix-memory:test",
             admin_token: "secret-token",
+            cleanup_interval: valid.max_interval,
         })
     }
 }

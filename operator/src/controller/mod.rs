@@ -3,6 +3,7 @@
 //! cluster already matches) → status.
 
 mod apply;
+pub mod cleanup;
 mod status;
 
 use std::sync::Arc;
@@ -20,8 +21,9 @@ use kube::{Api, Client, Resource, ResourceExt};
 use kube::runtime::events::{Event as KubeEvent, EventType, Recorder, Reporter};
 
 use crate::build::{self, Inputs};
-use crate::crd::{CleanupPlan, PhoenixMemory};
+use crate::crd::{CleanupPlan, PhoenixMemory, conditions};
 use crate::metrics::Metrics;
+use crate::schedule;
 use crate::validate;
 
 /// The field manager of every write the operator makes.
@@ -67,6 +69,12 @@ pub struct Settings {
     pub resync: Duration,
     /// Leader election; `None` runs without (one replica only).
     pub leader_election: Option<LeaderElection>,
+    /// Time between observations of a memory's nodes (a reconcile also observes).
+    pub observe_interval: Duration,
+    /// Timeout of one node scrape.
+    pub scrape_timeout: Duration,
+    /// When a node's report is fresh enough to decide on.
+    pub freshness: crate::observe::Freshness,
 }
 
 /// Leader election on a `coordination.k8s.io/v1` Lease, so that of several operator replicas
@@ -93,6 +101,9 @@ impl Default for Settings {
             concurrency: 8,
             resync: Duration::from_secs(300),
             leader_election: None,
+            observe_interval: Duration::from_secs(30),
+            scrape_timeout: Duration::from_secs(5),
+            freshness: crate::observe::Freshness::default(),
         }
     }
 }
@@ -108,6 +119,8 @@ pub struct Context {
     pub metrics: Arc<Metrics>,
     /// Publishes Events on the PhoenixMemory.
     pub recorder: Recorder,
+    /// Scrapes the nodes.
+    pub http: reqwest::Client,
     /// Consecutive failures per object, for the error policy's backoff.
     failures: Arc<std::sync::Mutex<std::collections::HashMap<String, u32>>>,
 }
@@ -118,6 +131,18 @@ pub mod reasons {
     pub const APPLIED: &str = "Applied";
     /// The spec has a problem the schema could not catch.
     pub const INVALID_SPEC: &str = "InvalidSpec";
+    /// The cleanup schedule changed.
+    pub const PLAN_CHANGED: &str = "PlanChanged";
+    /// An emergency cleanup Job was created.
+    pub const EMERGENCY_CLEANUP: &str = "EmergencyCleanup";
+    /// A node crossed the degradation threshold.
+    pub const DEGRADED: &str = "Degraded";
+    /// The nodes are back below the recover threshold.
+    pub const RECOVERED: &str = "Recovered";
+    /// Some nodes' metrics are missing or too old.
+    pub const METRICS_STALE: &str = "MetricsStale";
+    /// Cleanups stopped helping; automatic cleanup backed off.
+    pub const CLEANUP_INEFFECTIVE: &str = "CleanupIneffective";
 }
 
 impl std::fmt::Debug for Context {
@@ -231,6 +256,7 @@ async fn run_controller(
         settings: settings.clone(),
         metrics,
         recorder: Recorder::new(client.clone(), reporter),
+        http: reqwest::Client::new(),
         failures: Arc::default(),
     });
     Controller::new(
@@ -323,13 +349,32 @@ pub async fn reconcile(memory: Arc<PhoenixMemory>, ctx: Arc<Context>) -> Result<
             return Ok(Action::await_change());
         }
     };
-    let token = apply::admin_token(&ctx, &namespace, &memory.name_any()).await?;
-    let children = build::build_all(&Inputs {
+    let name = memory.name_any();
+    let token = apply::admin_token(&ctx, &namespace, &name).await?;
+
+    // Observe → decide.
+    let now = cleanup::now_unix();
+    let current = memory.status.clone().unwrap_or_default();
+    let observations = cleanup::observe(&ctx, &namespace, &memory).await?;
+    let nodes = cleanup::node_statuses(
+        &observations,
+        &current.nodes,
+        valid.spec.cleanup.recover_threshold,
+    );
+    let history = cleanup::history(&current, &nodes, now);
+    let decision = schedule::decide(&observations, &cleanup::policy_spec(&valid), &history);
+    let outcome = cleanup::outcome(&decision, &history, valid.max_interval);
+    ctx.metrics.decided(decision.rule);
+
+    // Act: the children with the decided cadence, then the emergency Job.
+    let inputs = Inputs {
         memory: &memory,
         valid: &valid,
         default_image: &ctx.settings.default_image,
         admin_token: &token,
-    })?;
+        cleanup_interval: decision.interval,
+    };
+    let children = build::build_all(&inputs)?;
     let (statefulset, written) = apply::children(&ctx, &namespace, &children).await?;
     if !written.is_empty() {
         publish(
@@ -341,20 +386,113 @@ pub async fn reconcile(memory: Arc<PhoenixMemory>, ctx: Arc<Context>) -> Result<
         )
         .await;
     }
-    let plan = CleanupPlan {
-        schedule: children
-            .cronjob
-            .spec
-            .as_ref()
-            .map(|s| s.schedule.clone())
-            .unwrap_or_default(),
-        time_zone: valid.spec.cleanup.time_zone.clone(),
-        interval_seconds: valid.max_interval.as_secs(),
-        predicted_breach: None,
-        reason: "maxInterval: no degradation policy yet".into(),
+    let emergency = if decision.emergency_job {
+        Some(cleanup::emergency_job(&ctx, &inputs, &children.cronjob, now).await?)
+    } else {
+        None
     };
-    status::ready(&ctx, &memory, &namespace, statefulset.as_ref(), plan).await?;
-    Ok(Action::requeue(ctx.settings.resync))
+    let plan = cleanup::plan(&valid, &children.cronjob, &decision, now);
+    ctx.metrics
+        .cadence(&namespace, &name, decision.interval.as_secs_f64());
+    let record = cleanup::record(
+        &decision,
+        outcome,
+        &observations,
+        current.last_decision.as_ref(),
+        now,
+    );
+    let conditions =
+        cleanup::decision_conditions(&memory, &valid, &observations, &decision, &history, &plan);
+    let update = status::Observed {
+        worst_ratio: decision.worst_ratio.map(|r| (r * 100.0).round() / 100.0),
+        nodes,
+        plan: plan.clone(),
+        last_decision: record,
+        last_emergency_job: emergency.clone().or(current.last_emergency_job.clone()),
+        conditions: conditions.clone(),
+    };
+    status::ready(&ctx, &memory, &namespace, statefulset.as_ref(), update).await?;
+    explain(
+        &ctx,
+        &memory,
+        &current,
+        &plan,
+        &conditions,
+        emergency.as_ref(),
+        &decision,
+    )
+    .await;
+    Ok(Action::requeue(
+        ctx.settings.resync.min(ctx.settings.observe_interval),
+    ))
+}
+
+/// Events for what changed: the plan, an emergency Job, conditions turning True or
+/// `Degraded` turning False.
+async fn explain(
+    ctx: &Context,
+    memory: &PhoenixMemory,
+    before: &crate::crd::PhoenixMemoryStatus,
+    plan: &CleanupPlan,
+    conditions: &[k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition],
+    emergency: Option<&crate::crd::EmergencyJob>,
+    decision: &schedule::Decision,
+) {
+    let old_plan = before.plan.as_ref();
+    if old_plan.map(|p| (&p.schedule, p.interval_seconds))
+        != Some((&plan.schedule, plan.interval_seconds))
+    {
+        let from = old_plan.map_or_else(|| "none".to_string(), |p| p.schedule.clone());
+        publish(
+            ctx,
+            memory,
+            EventType::Normal,
+            reasons::PLAN_CHANGED,
+            format!(
+                "cleanup schedule {from} → {} ({} s): {}",
+                plan.schedule, plan.interval_seconds, plan.reason
+            ),
+        )
+        .await;
+    }
+    if let Some(job) = emergency
+        && before.last_emergency_job.as_ref().map(|j| &j.name) != Some(&job.name)
+    {
+        publish(
+            ctx,
+            memory,
+            EventType::Warning,
+            reasons::EMERGENCY_CLEANUP,
+            format!("created Job {}: {}", job.name, decision.reason),
+        )
+        .await;
+    }
+    let old = &before.conditions;
+    for (type_, reason) in [
+        (conditions::DEGRADED, reasons::DEGRADED),
+        (conditions::METRICS_STALE, reasons::METRICS_STALE),
+        (
+            conditions::CLEANUP_INEFFECTIVE,
+            reasons::CLEANUP_INEFFECTIVE,
+        ),
+    ] {
+        if let Some(message) = cleanup::turned_true(old, conditions, type_) {
+            publish(ctx, memory, EventType::Warning, reason, message).await;
+        }
+    }
+    let was_degraded = old
+        .iter()
+        .any(|c| c.type_ == conditions::DEGRADED && c.status == "True");
+    if was_degraded && !decision.degraded {
+        publish(
+            ctx,
+            memory,
+            EventType::Normal,
+            reasons::RECOVERED,
+            decision.reason.clone(),
+        )
+        .await;
+    }
 }
 
 /// Retries a failed reconcile with exponential backoff per object: 0.5 s, 1 s, 2 s, … up to

@@ -8,7 +8,10 @@ use serde_json::json;
 
 use super::{Context, Error};
 use crate::build::selector_string;
-use crate::crd::{CleanupPlan, PhoenixMemory, PhoenixMemoryStatus, conditions};
+use crate::crd::{
+    CleanupPlan, Decision, EmergencyJob, NodeObservation, PhoenixMemory, PhoenixMemoryStatus,
+    conditions,
+};
 
 /// `conditions` with `new` set: the transition time only changes when the status does.
 fn with_condition(current: &[Condition], mut new: Condition) -> Vec<Condition> {
@@ -44,6 +47,18 @@ fn condition(
     }
 }
 
+/// Status fields that may become absent (a merge patch must name them to clear them).
+const CLEARABLE: &[&str] = &[
+    "observedGeneration",
+    "selector",
+    "worstRatio",
+    "conditions",
+    "nodes",
+    "plan",
+    "lastDecision",
+    "lastEmergencyJob",
+];
+
 /// Writes `status` unless it is what the object already has; returns whether it wrote.
 async fn write(
     ctx: &Context,
@@ -54,43 +69,77 @@ async fn write(
     if memory.status.as_ref() == Some(&status) {
         return Ok(false);
     }
+    // A merge patch leaves absent fields as they were: clear what is now unknown.
+    let mut body = serde_json::to_value(&status).map_err(kube::Error::SerdeError)?;
+    if let Some(fields) = body.as_object_mut() {
+        for key in CLEARABLE {
+            fields
+                .entry(key.to_string())
+                .or_insert(serde_json::Value::Null);
+        }
+    }
     let api: Api<PhoenixMemory> = Api::namespaced(ctx.client.clone(), namespace);
     api.patch_status(
         &memory.name_any(),
         &PatchParams::default(),
-        &Patch::Merge(json!({ "status": status })),
+        &Patch::Merge(json!({ "status": body })),
     )
     .await?;
     Ok(true)
 }
 
-/// Every child applied: `Ready=True`, replicas from the StatefulSet.
+/// What the observe → decide step puts in status.
+#[derive(Clone, Debug)]
+pub struct Observed {
+    /// The worst fresh ratio, when known.
+    pub worst_ratio: Option<f64>,
+    /// Per-node observations.
+    pub nodes: Vec<NodeObservation>,
+    /// The plan in force.
+    pub plan: CleanupPlan,
+    /// The decision record.
+    pub last_decision: Decision,
+    /// The last emergency Job.
+    pub last_emergency_job: Option<EmergencyJob>,
+    /// `Degraded`, `MetricsStale`, `CleanupScheduled`, `CleanupIneffective`.
+    pub conditions: Vec<Condition>,
+}
+
+/// Every child applied: `Ready=True`, replicas from the StatefulSet, and what was observed
+/// and decided. Returns whether it wrote.
 pub async fn ready(
     ctx: &Context,
     memory: &PhoenixMemory,
     namespace: &str,
     statefulset: Option<&StatefulSet>,
-    plan: CleanupPlan,
+    observed: Observed,
 ) -> Result<bool, Error> {
     let current = memory.status.clone().unwrap_or_default();
     let sts_status = statefulset.and_then(|s| s.status.as_ref());
+    let mut conditions = with_condition(
+        &current.conditions,
+        condition(
+            memory,
+            conditions::READY,
+            true,
+            "Reconciled",
+            "every child is applied".into(),
+        ),
+    );
+    for new in observed.conditions {
+        conditions = with_condition(&conditions, new);
+    }
     let status = PhoenixMemoryStatus {
         observed_generation: memory.metadata.generation,
         replicas: sts_status.map_or(0, |s| s.replicas),
         ready_replicas: sts_status.and_then(|s| s.ready_replicas).unwrap_or(0),
         selector: Some(selector_string(&memory.name_any())),
-        plan: Some(plan),
-        conditions: with_condition(
-            &current.conditions,
-            condition(
-                memory,
-                conditions::READY,
-                true,
-                "Reconciled",
-                "every child is applied".into(),
-            ),
-        ),
-        ..current
+        worst_ratio: observed.worst_ratio,
+        conditions,
+        nodes: observed.nodes,
+        plan: Some(observed.plan),
+        last_decision: Some(observed.last_decision),
+        last_emergency_job: observed.last_emergency_job,
     };
     write(ctx, memory, namespace, status).await
 }

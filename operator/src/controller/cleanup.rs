@@ -1,0 +1,593 @@
+//! Observe → decide → act for one memory's cleanup.
+//!
+//! - **observe**: list the memory's pods, scrape each ready one's `/metrics` at its pod IP
+//!   and `http` container port; a missing, unready or silent node is a stale observation;
+//! - **history**: what was decided before, read back from status (the cadence in force,
+//!   `Degraded`, the last emergency Job, cleanups in a row that did not help);
+//! - **decide**: the pure [`crate::schedule::decide`];
+//! - **act**: the caller builds the CronJob with the decided cadence; this module creates
+//!   the emergency Job (deterministic name, an existing one adopted) and works out the
+//!   status, conditions and Events of the decision.
+
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use k8s_openapi::api::batch::v1::{CronJob, Job};
+use k8s_openapi::api::core::v1::Pod;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
+use kube::api::{ListParams, PostParams};
+use kube::{Api, ResourceExt};
+
+use super::{Context, Error};
+use crate::build::{self, Inputs, NODE_PORT};
+use crate::crd::{
+    CleanupMode, CleanupPlan, Decision as DecisionRecord, EmergencyJob, NodeObservation,
+    PhoenixMemory, PhoenixMemoryStatus, conditions,
+};
+use crate::schedule::{Decision, History, INEFFECTIVE_LIMIT, Observation, PolicySpec};
+use crate::validate::ValidSpec;
+
+/// Seconds since the Unix epoch.
+pub fn now_unix() -> f64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0.0, |d| d.as_secs_f64())
+}
+
+/// RFC 3339 of a Unix time (UTC, whole seconds).
+pub fn rfc3339(unix: f64) -> String {
+    k8s_openapi::jiff::Timestamp::from_second(unix as i64)
+        .map(|t| t.to_string())
+        .unwrap_or_default()
+}
+
+fn parse_rfc3339(text: &str) -> Option<f64> {
+    text.parse::<k8s_openapi::jiff::Timestamp>()
+        .ok()
+        .map(|t| t.as_second() as f64)
+}
+
+/// The policy's view of a validated spec.
+pub fn policy_spec(valid: &ValidSpec) -> PolicySpec {
+    let cleanup = &valid.spec.cleanup;
+    PolicySpec {
+        degradation: cleanup.degradation_threshold,
+        recover: cleanup.recover_threshold,
+        emergency: cleanup.emergency_threshold,
+        min_interval: valid.min_interval,
+        max_interval: valid.max_interval,
+        dry_run: jobs_off(valid).is_some(),
+    }
+}
+
+/// Why no cleanup Job may run (the CronJob is suspended and no emergency Job is made), if so.
+pub fn jobs_off(valid: &ValidSpec) -> Option<&'static str> {
+    let cleanup = &valid.spec.cleanup;
+    if !cleanup.enabled {
+        Some("Disabled")
+    } else if cleanup.mode == CleanupMode::DryRun {
+        Some("DryRun")
+    } else if cleanup.suspend {
+        Some("Suspended")
+    } else {
+        None
+    }
+}
+
+fn pod_ready(pod: &Pod) -> bool {
+    pod.status
+        .as_ref()
+        .and_then(|s| s.conditions.as_ref())
+        .is_some_and(|c| c.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
+}
+
+fn http_port(pod: &Pod) -> i32 {
+    pod.spec
+        .as_ref()
+        .and_then(|s| {
+            s.containers
+                .iter()
+                .flat_map(|c| c.ports.iter().flatten())
+                .find(|p| p.name.as_deref() == Some("http"))
+        })
+        .map_or(NODE_PORT, |p| p.container_port)
+}
+
+/// Where to scrape each expected node (`name-0` … `name-{replicas-1}`), or why not.
+pub fn targets(memory: &str, replicas: i32, pods: &[Pod]) -> Vec<(String, Result<String, String>)> {
+    (0..replicas.max(0))
+        .map(|ordinal| {
+            let node = format!("{memory}-{ordinal}");
+            let target = match pods.iter().find(|p| p.name_any() == node) {
+                None => Err("no pod".to_string()),
+                Some(pod) if !pod_ready(pod) => Err("pod not ready".to_string()),
+                Some(pod) => match pod.status.as_ref().and_then(|s| s.pod_ip.as_deref()) {
+                    None => Err("pod has no IP".to_string()),
+                    Some(ip) if ip.contains(':') => Ok(format!("http://[{ip}]:{}", http_port(pod))),
+                    Some(ip) => Ok(format!("http://{ip}:{}", http_port(pod))),
+                },
+            };
+            (node, target)
+        })
+        .collect()
+}
+
+/// Scrapes every expected node of `memory`.
+///
+/// # Errors
+/// Listing the pods failed.
+pub async fn observe(
+    ctx: &Context,
+    namespace: &str,
+    memory: &PhoenixMemory,
+) -> Result<Vec<Observation>, Error> {
+    let replicas = memory.spec.replicas;
+    if replicas <= 0 {
+        return Ok(Vec::new());
+    }
+    let name = memory.name_any();
+    let pods: Api<Pod> = Api::namespaced(ctx.client.clone(), namespace);
+    let listed = pods
+        .list(&ListParams::default().labels(&build::selector_string(&name)))
+        .await?;
+    let mut observations = Vec::new();
+    let mut scrape = Vec::new();
+    for (node, target) in targets(&name, replicas, &listed.items) {
+        match target {
+            Ok(url) => scrape.push((node, url)),
+            Err(reason) => observations.push(Observation::Stale { node, reason }),
+        }
+    }
+    let scraped = crate::observe::scrape_all(
+        &ctx.http,
+        &scrape,
+        ctx.settings.scrape_timeout,
+        &ctx.settings.freshness,
+    )
+    .await;
+    observations.extend(scraped);
+    observations.sort_by(|a, b| node_of(a).cmp(node_of(b)));
+    for observation in &observations {
+        ctx.metrics.scraped(match observation {
+            Observation::Fresh(_) => "fresh",
+            Observation::Stale { .. } => "stale",
+        });
+    }
+    Ok(observations)
+}
+
+fn node_of(observation: &Observation) -> &str {
+    match observation {
+        Observation::Fresh(r) => &r.node,
+        Observation::Stale { node, .. } => node,
+    }
+}
+
+fn round(value: f64, places: i32) -> f64 {
+    let scale = 10f64.powi(places);
+    (value * scale).round() / scale
+}
+
+/// Status entries for the observations, counting cleanups that did not help: a node's count
+/// goes up by one for each new cleanup (a new `lastCleanup` time) that did not lower its
+/// ratio, and back to zero after one that did.
+pub fn node_statuses(
+    observations: &[Observation],
+    previous: &[NodeObservation],
+    recover: f64,
+) -> Vec<NodeObservation> {
+    observations
+        .iter()
+        .map(|observation| {
+            let before = previous.iter().find(|p| p.name == node_of(observation));
+            let carried = |name: &str| NodeObservation {
+                name: name.to_string(),
+                last_cleanup: before.and_then(|b| b.last_cleanup.clone()),
+                last_cleanup_effect: before.and_then(|b| b.last_cleanup_effect.clone()),
+                ineffective_cleanups: before.map_or(0, |b| b.ineffective_cleanups),
+                ..NodeObservation::default()
+            };
+            match observation {
+                Observation::Stale { node, reason } => NodeObservation {
+                    stale_reason: Some(reason.clone()),
+                    ..carried(node)
+                },
+                Observation::Fresh(report) => {
+                    let mut out = NodeObservation {
+                        ratio: Some(round(report.ratio, 2)),
+                        recent_seconds: report.recent_seconds,
+                        baseline_seconds: report.baseline_seconds,
+                        samples: report.samples,
+                        keys: report.keys,
+                        logical_bytes: report.logical_bytes,
+                        disk_bytes: report.disk_bytes,
+                        ..carried(&report.node)
+                    };
+                    if let Some(cleanup) = report.last_cleanup {
+                        let at = rfc3339(cleanup.at_unix);
+                        if out.last_cleanup.as_deref() != Some(at.as_str()) {
+                            out.ineffective_cleanups = match cleanup.helped(recover) {
+                                Some(true) => 0,
+                                Some(false) => out.ineffective_cleanups.saturating_add(1),
+                                None => out.ineffective_cleanups,
+                            };
+                            out.last_cleanup = Some(at);
+                        }
+                        out.last_cleanup_effect = match (cleanup.ratio_before, cleanup.ratio_after)
+                        {
+                            (Some(b), Some(a)) => Some(format!("{b:.2}→{a:.2}")),
+                            _ => None,
+                        };
+                    }
+                    out
+                }
+            }
+        })
+        .collect()
+}
+
+/// What was decided before, from status.
+pub fn history(status: &PhoenixMemoryStatus, nodes: &[NodeObservation], now: f64) -> History {
+    History {
+        interval: status
+            .plan
+            .as_ref()
+            .map(|p| Duration::from_secs(p.interval_seconds)),
+        degraded: status
+            .conditions
+            .iter()
+            .any(|c| c.type_ == conditions::DEGRADED && c.status == "True"),
+        seconds_since_emergency: status
+            .last_emergency_job
+            .as_ref()
+            .and_then(|j| parse_rfc3339(&j.time))
+            .map(|at| (now - at).max(0.0)),
+        ineffective_cleanups: nodes
+            .iter()
+            .map(|n| n.ineffective_cleanups)
+            .max()
+            .unwrap_or(0),
+    }
+}
+
+/// Creates the emergency Job for this time slot, or adopts the one a previous attempt made.
+///
+/// # Errors
+/// The API server refused.
+pub async fn emergency_job(
+    ctx: &Context,
+    inputs: &Inputs<'_>,
+    cronjob: &CronJob,
+    now: f64,
+) -> Result<EmergencyJob, Error> {
+    let slot = (now as u64) / inputs.valid.min_interval.as_secs().max(1);
+    let name = build::emergency_job_name(&inputs.name(), slot);
+    let job = build::build_emergency_job(
+        inputs,
+        cronjob,
+        name.clone(),
+        inputs.valid.spec.cleanup.degradation_threshold,
+    );
+    let jobs: Api<Job> = Api::namespaced(ctx.client.clone(), &inputs.namespace());
+    let created = match jobs.create(&PostParams::default(), &job).await {
+        Ok(created) => created,
+        Err(kube::Error::Api(status)) if status.code == 409 => jobs.get(&name).await?,
+        Err(error) => return Err(error.into()),
+    };
+    let time = created
+        .metadata
+        .creation_timestamp
+        .map_or_else(|| rfc3339(now), |t| t.0.to_string());
+    ctx.metrics.emergency_job();
+    Ok(EmergencyJob { name, time })
+}
+
+/// How the decision changed the cadence.
+pub fn outcome(decision: &Decision, history: &History, max: Duration) -> &'static str {
+    let before = history.interval.unwrap_or(max);
+    if decision.emergency_job {
+        "emergency-job"
+    } else if decision.rule == "stale" {
+        "keep"
+    } else if decision.interval < before {
+        "tighten"
+    } else if decision.interval > before {
+        "relax"
+    } else {
+        "keep"
+    }
+}
+
+/// The decision record for status: the stored one is kept (with its time) while rule,
+/// outcome and cadence stay the same, so a steady state does not rewrite status.
+pub fn record(
+    decision: &Decision,
+    outcome: &str,
+    observations: &[Observation],
+    previous: Option<&DecisionRecord>,
+    now: f64,
+) -> DecisionRecord {
+    let fresh = observations
+        .iter()
+        .filter(|o| matches!(o, Observation::Fresh(_)))
+        .count();
+    let new = DecisionRecord {
+        time: rfc3339(now),
+        rule: decision.rule.into(),
+        outcome: outcome.into(),
+        reason: decision.reason.clone(),
+        worst_ratio: decision.worst_ratio.map(|r| round(r, 2)),
+        data_age_seconds: decision.data_age_seconds.map(|a| round(a, 1)),
+        interval_seconds: decision.interval.as_secs(),
+        fresh_nodes: u32::try_from(fresh).unwrap_or(u32::MAX),
+        stale_nodes: u32::try_from(observations.len() - fresh).unwrap_or(u32::MAX),
+    };
+    match previous {
+        Some(old)
+            if old.rule == new.rule
+                && old.outcome == new.outcome
+                && old.interval_seconds == new.interval_seconds
+                && old.stale_nodes == new.stale_nodes
+                && new.outcome != "emergency-job" =>
+        {
+            old.clone()
+        }
+        _ => new,
+    }
+}
+
+/// The cleanup plan in force.
+pub fn plan(valid: &ValidSpec, cronjob: &CronJob, decision: &Decision, now: f64) -> CleanupPlan {
+    let spec = cronjob.spec.as_ref();
+    let mut reason = decision.reason.clone();
+    if valid.spec.cleanup.schedule.is_some() {
+        reason = format!("fixed schedule from spec.cleanup.schedule (the policy says: {reason})");
+    }
+    if let Some(off) = jobs_off(valid) {
+        reason = format!("{off}: the CronJob is suspended (the policy says: {reason})");
+    }
+    CleanupPlan {
+        schedule: spec.map(|s| s.schedule.clone()).unwrap_or_default(),
+        time_zone: spec.and_then(|s| s.time_zone.clone()).unwrap_or_default(),
+        interval_seconds: decision.interval.as_secs(),
+        predicted_breach: decision
+            .predicted_breach_seconds
+            .filter(|s| *s > 0.0 && s.is_finite())
+            .map(|s| rfc3339(now + s)),
+        reason,
+    }
+}
+
+/// A condition (the transition time is fixed up when written).
+pub fn condition(
+    memory: &PhoenixMemory,
+    type_: &str,
+    status: bool,
+    reason: &str,
+    message: String,
+) -> Condition {
+    Condition {
+        type_: type_.into(),
+        status: if status { "True" } else { "False" }.into(),
+        reason: reason.into(),
+        message,
+        observed_generation: memory.metadata.generation,
+        last_transition_time: k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(
+            k8s_openapi::jiff::Timestamp::now(),
+        ),
+    }
+}
+
+/// The conditions the decision sets: `Degraded`, `MetricsStale`, `CleanupScheduled`,
+/// `CleanupIneffective`.
+pub fn decision_conditions(
+    memory: &PhoenixMemory,
+    valid: &ValidSpec,
+    observations: &[Observation],
+    decision: &Decision,
+    history: &History,
+    plan: &CleanupPlan,
+) -> Vec<Condition> {
+    let stale: Vec<String> = observations
+        .iter()
+        .filter_map(|o| match o {
+            Observation::Stale { node, reason } => Some(format!("{node}: {reason}")),
+            Observation::Fresh(_) => None,
+        })
+        .collect();
+    let metrics_stale = if observations.is_empty() {
+        condition(
+            memory,
+            conditions::METRICS_STALE,
+            false,
+            "NoNodes",
+            "the memory has no nodes to observe".into(),
+        )
+    } else if stale.is_empty() {
+        condition(
+            memory,
+            conditions::METRICS_STALE,
+            false,
+            "Fresh",
+            format!("{} nodes reported fresh metrics", observations.len()),
+        )
+    } else {
+        condition(
+            memory,
+            conditions::METRICS_STALE,
+            true,
+            "NodesNotReporting",
+            format!(
+                "{}; the schedule is kept and no Job is created",
+                stale.join("; ")
+            ),
+        )
+    };
+    let degraded = if decision.degraded {
+        condition(
+            memory,
+            conditions::DEGRADED,
+            true,
+            "RatioAboveThreshold",
+            decision.reason.clone(),
+        )
+    } else {
+        condition(
+            memory,
+            conditions::DEGRADED,
+            false,
+            "WithinThreshold",
+            decision.worst_ratio.map_or_else(
+                || "no fresh data".to_string(),
+                |r| {
+                    format!(
+                        "worst ratio {r:.2}× (degraded at {:.2}×)",
+                        valid.spec.cleanup.degradation_threshold
+                    )
+                },
+            ),
+        )
+    };
+    let scheduled = match jobs_off(valid) {
+        Some(off) => condition(
+            memory,
+            conditions::CLEANUP_SCHEDULED,
+            false,
+            off,
+            format!("{off}: the CronJob is suspended"),
+        ),
+        None => condition(
+            memory,
+            conditions::CLEANUP_SCHEDULED,
+            true,
+            "Scheduled",
+            format!("{} ({}): {}", plan.schedule, plan.time_zone, plan.reason),
+        ),
+    };
+    let ineffective = if history.ineffective_cleanups >= INEFFECTIVE_LIMIT {
+        condition(
+            memory,
+            conditions::CLEANUP_INEFFECTIVE,
+            true,
+            "CleanupDidNotHelp",
+            decision.reason.clone(),
+        )
+    } else {
+        condition(
+            memory,
+            conditions::CLEANUP_INEFFECTIVE,
+            false,
+            "CleanupsEffective",
+            format!(
+                "{} cleanups in a row did not help (backs off at {INEFFECTIVE_LIMIT})",
+                history.ineffective_cleanups
+            ),
+        )
+    };
+    vec![degraded, metrics_stale, scheduled, ineffective]
+}
+
+/// Whether condition `type_` turned True between `before` and `after`.
+pub fn turned_true(before: &[Condition], after: &[Condition], type_: &str) -> Option<String> {
+    let was = before
+        .iter()
+        .any(|c| c.type_ == type_ && c.status == "True");
+    after
+        .iter()
+        .find(|c| c.type_ == type_ && c.status == "True")
+        .filter(|_| !was)
+        .map(|c| c.message.clone())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::schedule::{LastCleanup, NodeReport};
+
+    fn fresh(node: &str, ratio: f64, cleanup: Option<(f64, f64, f64)>) -> Observation {
+        Observation::Fresh(NodeReport {
+            node: node.into(),
+            ratio,
+            last_cleanup: cleanup.map(|(at, before, after)| LastCleanup {
+                at_unix: at,
+                ratio_before: Some(before),
+                ratio_after: Some(after),
+            }),
+            ..NodeReport::default()
+        })
+    }
+
+    #[test]
+    fn each_new_cleanup_that_did_not_help_is_counted_once() {
+        let first = node_statuses(&[fresh("m-0", 6.0, Some((100.0, 6.0, 5.9)))], &[], 1.5);
+        assert_eq!(first[0].ineffective_cleanups, 1);
+        assert_eq!(first[0].last_cleanup_effect.as_deref(), Some("6.00→5.90"));
+        // The same cleanup seen again is not counted again.
+        let again = node_statuses(&[fresh("m-0", 6.0, Some((100.0, 6.0, 5.9)))], &first, 1.5);
+        assert_eq!(again[0].ineffective_cleanups, 1);
+        let second = node_statuses(&[fresh("m-0", 6.0, Some((200.0, 6.0, 6.1)))], &again, 1.5);
+        assert_eq!(second[0].ineffective_cleanups, 2);
+        // A stale scrape keeps the count and shows no ratio.
+        let stale = node_statuses(
+            &[Observation::Stale {
+                node: "m-0".into(),
+                reason: "unreachable".into(),
+            }],
+            &second,
+            1.5,
+        );
+        assert_eq!((stale[0].ineffective_cleanups, stale[0].ratio), (2, None));
+        let helped = node_statuses(&[fresh("m-0", 1.1, Some((300.0, 6.0, 1.1)))], &stale, 1.5);
+        assert_eq!(helped[0].ineffective_cleanups, 0);
+        let history = history(&PhoenixMemoryStatus::default(), &second, 0.0);
+        assert_eq!(history.ineffective_cleanups, 2);
+    }
+
+    #[test]
+    fn missing_unready_and_ip_less_pods_are_not_scraped() {
+        let pod = |name: &str, ready: bool, ip: Option<&str>| -> Pod {
+            serde_json::from_value(serde_json::json!({
+                "metadata": {"name": name},
+                "spec": {"containers": [{"name": "node", "ports": [{"name": "http", "containerPort": 9999}]}]},
+                "status": {
+                    "podIP": ip,
+                    "conditions": [{"type": "Ready", "status": if ready { "True" } else { "False" }}]
+                }
+            }))
+            .expect("pod")
+        };
+        let pods = [
+            pod("m-0", true, Some("127.0.0.2")),
+            pod("m-1", false, Some("127.0.0.3")),
+            pod("m-2", true, None),
+            pod("m-9", true, Some("127.0.0.9")),
+        ];
+        let targets = targets("m", 4, &pods);
+        assert_eq!(targets[0].1, Ok("http://127.0.0.2:9999".into()));
+        assert_eq!(targets[1].1, Err("pod not ready".into()));
+        assert_eq!(targets[2].1, Err("pod has no IP".into()));
+        assert_eq!(targets[3].1, Err("no pod".into()));
+        assert_eq!(targets.len(), 4, "m-9 is not one of the 4 replicas");
+    }
+
+    #[test]
+    fn a_steady_decision_keeps_its_record_and_a_change_replaces_it() {
+        let decision = Decision {
+            interval: Duration::from_secs(900),
+            emergency_job: false,
+            degraded: true,
+            predicted_breach_seconds: None,
+            rule: "degraded",
+            reason: "m-0 at 2.5×".into(),
+            worst_ratio: Some(2.5),
+            data_age_seconds: Some(1.0),
+        };
+        let obs = [fresh("m-0", 2.5, None)];
+        let first = record(&decision, "tighten", &obs, None, 1000.0);
+        let later = record(&decision, "tighten", &obs, Some(&first), 2000.0);
+        assert_eq!(later, first);
+        let relaxed = record(&decision, "relax", &obs, Some(&first), 3000.0);
+        assert_ne!(relaxed.time, first.time);
+        assert_eq!(rfc3339(0.0), "1970-01-01T00:00:00Z");
+        assert_eq!(parse_rfc3339("1970-01-01T00:16:40Z"), Some(1000.0));
+    }
+}

@@ -1,4 +1,5 @@
-//! Cleanup: prune expired memories, rebuild when disk has bloated, flush, re-measure.
+//! Cleanup: prune expired memories, rebuild when disk has bloated, flush; the probe then
+//! settles and re-measures, and [`record_settled`] completes the report.
 //!
 //! # Guarantees
 //! Reads are served throughout. Writes are applied, or refused with a retryable
@@ -9,7 +10,7 @@ use std::time::Instant;
 
 use serde::{Deserialize, Serialize};
 
-use crate::probe::Probe;
+use crate::probe::{Probe, Settled};
 use crate::store::{RebuildReport, Result, Store, StoreError};
 
 const LAST_CLEANUP_META: &str = "cleanup.last";
@@ -49,17 +50,27 @@ pub struct CleanupReport {
     pub disk_bytes_after: u64,
     /// Recent retrieve latency before, nanoseconds (`None`: no data).
     pub recent_before_ns: Option<f64>,
-    /// Re-measured retrieve latency after, nanoseconds.
+    /// Retrieve latency after, once the node settled, nanoseconds (`None` until then).
     pub recent_after_ns: Option<f64>,
     /// Ratio against the baseline in force before the cleanup.
     pub ratio_before: Option<f64>,
-    /// Re-measured latency against that same baseline.
+    /// The settled latency after against that same baseline (`None` until settled).
     pub ratio_after: Option<f64>,
     /// Whether the baseline was re-taken (only when latency came back).
     pub baseline_reset: bool,
+    /// Whether the "after" figures are in: the probe measures them a settle period plus a
+    /// window after the cleanup, not while the rebuild has everything hot.
+    #[serde(default)]
+    pub settled: bool,
 }
 
 impl CleanupReport {
+    fn save(&self, store: &Store) -> Result<()> {
+        let bytes = serde_json::to_vec(self)
+            .map_err(|e| StoreError::Corrupt(format!("cleanup report: {e}")))?;
+        store.set_meta(LAST_CLEANUP_META, &bytes)
+    }
+
     /// The last cleanup recorded in `store`, if any.
     ///
     /// # Errors
@@ -81,7 +92,6 @@ pub fn run(store: &Store, probe: &mut Probe, options: CleanupOptions) -> Result<
     let started_at_ms = store.config().clock.now_ms();
     let before = store.stats()?;
     let probe_before = probe.snapshot();
-    let baseline_before = probe.baseline();
 
     let pruned = store.prune_expired()?;
     let (rebuild, rebuild_skipped): (Option<RebuildReport>, Option<String>) =
@@ -103,13 +113,7 @@ pub fn run(store: &Store, probe: &mut Probe, options: CleanupOptions) -> Result<
     store.flush()?;
     store.fault().on_cleanup();
 
-    let window = probe.config().window_ticks;
-    let after = probe.remeasure(store, window)?;
-    let ratio_after = match (after.recent_ns, baseline_before) {
-        (Some(recent), Some(base)) if base.latency_ns > 0.0 => Some(recent / base.latency_ns),
-        _ => None,
-    };
-    let baseline_reset = probe.after_cleanup(store)?;
+    probe.begin_after_cleanup();
     let stats = store.stats()?;
     let report = CleanupReport {
         started_at_ms,
@@ -124,15 +128,49 @@ pub fn run(store: &Store, probe: &mut Probe, options: CleanupOptions) -> Result<
         disk_bytes_before: before.disk_bytes,
         disk_bytes_after: stats.disk_bytes,
         recent_before_ns: probe_before.recent_ns,
-        recent_after_ns: after.recent_ns,
+        recent_after_ns: None,
         ratio_before: probe_before.ratio,
-        ratio_after,
-        baseline_reset,
+        ratio_after: None,
+        baseline_reset: false,
+        settled: false,
     };
-    let bytes = serde_json::to_vec(&report)
-        .map_err(|e| StoreError::Corrupt(format!("cleanup report: {e}")))?;
-    store.set_meta(LAST_CLEANUP_META, &bytes)?;
+    report.save(store)?;
     Ok(report)
+}
+
+/// [`run`], then the probe settled by ticking every `interval` (for the bench and tests,
+/// which drive the probe themselves), and the report completed.
+///
+/// # Errors
+/// As [`run`].
+pub fn run_settled(
+    store: &Store,
+    probe: &mut Probe,
+    options: CleanupOptions,
+    interval: std::time::Duration,
+) -> Result<CleanupReport> {
+    let report = run(store, probe, options)?;
+    let max_ticks = 4 * (probe.config().settle_ticks + probe.config().window_ticks);
+    Ok(match probe.settle(store, interval, max_ticks)? {
+        Some(settled) => record_settled(store, settled)?.unwrap_or(report),
+        None => report,
+    })
+}
+
+/// Completes the last cleanup's report with the probe's settled measurement; returns it.
+///
+/// # Errors
+/// Engine errors.
+pub fn record_settled(store: &Store, settled: Settled) -> Result<Option<CleanupReport>> {
+    let Some(mut report) = CleanupReport::last(store)? else {
+        return Ok(None);
+    };
+    report.recent_after_ns = Some(settled.recent_ns);
+    report.ratio_after = settled.ratio_after;
+    report.baseline_reset = settled.baseline_reset;
+    report.settled = true;
+    report.save(store)?;
+    Ok(Some(report))
 }
 
 #[cfg(test)]
@@ -169,7 +207,7 @@ mod tests {
                 .expect("store");
         }
         let mut probe = Probe::load(&store, ProbeConfig::default()).expect("probe");
-        probe.remeasure(&store, 10).expect("baseline");
+        probe.settle(&store, Duration::ZERO, 100).expect("baseline");
         clock.advance(Duration::from_secs(6));
         let live_root = {
             let mut tree = crate::merkle::Tree::new();
@@ -187,7 +225,20 @@ mod tests {
             report.disk_bytes_after < report.disk_bytes_before,
             "{report:?}"
         );
-        assert!(report.ratio_before.is_some() && report.ratio_after.is_some());
+        assert!(report.ratio_before.is_some());
+        assert!(
+            !report.settled && report.ratio_after.is_none(),
+            "measured once settled"
+        );
+        let settled = probe
+            .settle(&store, Duration::ZERO, 100)
+            .expect("settle")
+            .expect("settled");
+        let completed = record_settled(&store, settled)
+            .expect("record")
+            .expect("report");
+        assert!(completed.settled && completed.ratio_after.is_some());
+        assert_eq!(CleanupReport::last(&store).expect("last"), Some(completed));
         assert_eq!(store.root(), live_root);
         assert!(store.verify().expect("verify").ok());
         for i in 0..2000u32 {

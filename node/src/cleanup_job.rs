@@ -196,11 +196,16 @@ pub fn run(args: &CleanupArgs) -> ExitCode {
             .and_then(|r| r.into_json::<CleanupReport>().map_err(|e| e.to_string()))
         {
             Ok(report) => {
+                let after = if report.settled {
+                    ratio_text(report.ratio_after)
+                } else {
+                    "(measured once the node settles; see phoenix_node_last_cleanup_ratio_after)"
+                        .to_string()
+                };
                 println!(
-                    "{url}: cleaned in {:.2} s: ratio {} → {}, disk {} → {} bytes, pruned {}, rebuilt {}",
+                    "{url}: cleaned in {:.2} s: ratio {} → {after}, disk {} → {} bytes, pruned {}, rebuilt {}",
                     report.seconds,
                     ratio_text(report.ratio_before),
-                    ratio_text(report.ratio_after),
                     report.disk_bytes_before,
                     report.disk_bytes_after,
                     report.pruned,

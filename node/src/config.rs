@@ -106,6 +106,8 @@ pub struct ProbeSettings {
     pub window_ticks: usize,
     /// Samples needed before a ratio is reported.
     pub min_samples: usize,
+    /// Ticks to wait after a start or a cleanup before measuring a baseline.
+    pub settle_ticks: usize,
 }
 
 impl Default for ProbeSettings {
@@ -116,6 +118,7 @@ impl Default for ProbeSettings {
             samples_per_tick: probe.samples_per_tick,
             window_ticks: probe.window_ticks,
             min_samples: probe.min_samples,
+            settle_ticks: probe.settle_ticks,
         }
     }
 }
@@ -436,6 +439,7 @@ impl NodeConfig {
             samples_per_tick: self.probe.samples_per_tick,
             window_ticks: self.probe.window_ticks,
             min_samples: self.probe.min_samples,
+            settle_ticks: self.probe.settle_ticks,
             ..ProbeConfig::default()
         }
     }

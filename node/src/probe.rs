@@ -3,8 +3,10 @@
 //!
 //! It keeps two figures:
 //! - **recent**: the median retrieve latency over the last `window_ticks` ticks;
-//! - **baseline**: the recent value taken once enough samples exist on a fresh database,
-//!   and again after each cleanup that brought latency back (see [`Probe::after_cleanup`]).
+//! - **baseline**: the recent value of a settled window on a fresh database, and again
+//!   after each cleanup that brought latency back (see [`Probe::begin_after_cleanup`]).
+//!   "Settled": the window starts `settle_ticks` ticks after the start or the cleanup, so
+//!   the baseline is not measured while bulk work has everything hot in the CPU's caches.
 //!   It is persisted with the data, so a restart keeps comparing against it.
 //!
 //! An empty store, or too few samples, gives "no data" (`None`), never zero.
@@ -31,6 +33,11 @@ pub struct ProbeConfig {
     /// multiple of the old baseline; otherwise the old one stays, so degradation a cleanup
     /// cannot fix (a hot set larger than the cache) stays visible.
     pub baseline_keep_ratio: f64,
+    /// Ticks to wait after a start or a cleanup before the window that gives a baseline
+    /// begins. Right after bulk work (the open's scan, loading data, a rebuild) the data is
+    /// hot in the CPU's caches, and a baseline measured then was 2–3× faster than the same
+    /// idle node a second later: every node looked degraded. See [`Probe::tick`].
+    pub settle_ticks: usize,
 }
 
 impl Default for ProbeConfig {
@@ -40,6 +47,7 @@ impl Default for ProbeConfig {
             window_ticks: 30,
             min_samples: 200,
             baseline_keep_ratio: 1.5,
+            settle_ticks: 10,
         }
     }
 }
@@ -98,7 +106,28 @@ pub struct Probe {
     window: VecDeque<Tick>,
     baseline: Option<Baseline>,
     last_sampled: Option<Instant>,
+    pending: Option<Pending>,
+    settled: Option<Settled>,
     rng: fastrand::Rng,
+}
+
+/// A baseline waiting for the node to settle.
+#[derive(Clone, Copy, Debug)]
+struct Pending {
+    /// `None`: a fresh start; `Some(old)`: after a cleanup, against the baseline then.
+    after_cleanup: Option<Option<Baseline>>,
+    ticks_left: usize,
+}
+
+/// The settled measurement after a cleanup.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Settled {
+    /// Recent retrieve latency, nanoseconds.
+    pub recent_ns: f64,
+    /// Against the baseline in force before the cleanup.
+    pub ratio_after: Option<f64>,
+    /// Whether the baseline was re-taken (latency came back within `baseline_keep_ratio`).
+    pub baseline_reset: bool,
 }
 
 impl Probe {
@@ -115,6 +144,8 @@ impl Probe {
             window: VecDeque::with_capacity(config.window_ticks + 1),
             baseline,
             last_sampled: None,
+            pending: None,
+            settled: None,
             rng: fastrand::Rng::new(),
         })
     }
@@ -163,12 +194,55 @@ impl Probe {
                 self.window.pop_front();
             }
         }
-        if self.baseline.is_none()
-            && let Some((recent, samples)) = self.recent()
-        {
-            self.set_baseline(store, recent, samples, BaselineReason::FreshStart)?;
+        if timed > 0 {
+            if self.baseline.is_none() && self.pending.is_none() {
+                self.pending = Some(Pending {
+                    after_cleanup: None,
+                    ticks_left: self.settle_and_window(),
+                });
+            }
+            self.advance(store)?;
         }
         Ok(timed)
+    }
+
+    fn settle_and_window(&self) -> usize {
+        self.config.settle_ticks + self.config.window_ticks
+    }
+
+    /// Counts a tick towards a pending baseline; takes it once the node has settled and a
+    /// whole window was measured after that.
+    fn advance(&mut self, store: &Store) -> Result<()> {
+        let Some(pending) = self.pending.as_mut() else {
+            return Ok(());
+        };
+        pending.ticks_left = pending.ticks_left.saturating_sub(1);
+        if pending.ticks_left > 0 {
+            return Ok(());
+        }
+        let after_cleanup = pending.after_cleanup;
+        let Some((recent, samples)) = self.recent() else {
+            return Ok(());
+        };
+        self.pending = None;
+        match after_cleanup {
+            None => self.set_baseline(store, recent, samples, BaselineReason::FreshStart)?,
+            Some(old) => {
+                let recovered =
+                    old.is_none_or(|b| recent <= b.latency_ns * self.config.baseline_keep_ratio);
+                if recovered {
+                    self.set_baseline(store, recent, samples, BaselineReason::AfterCleanup)?;
+                }
+                self.settled = Some(Settled {
+                    recent_ns: recent,
+                    ratio_after: old
+                        .filter(|b| b.latency_ns > 0.0)
+                        .map(|b| recent / b.latency_ns),
+                    baseline_reset: recovered,
+                });
+            }
+        }
+        Ok(())
     }
 
     /// Median of the window and its sample count, when there are enough samples.
@@ -224,7 +298,22 @@ impl Probe {
         }
     }
 
-    /// Forgets the window and takes `ticks` ticks back to back: a fresh recent value.
+    /// Called when a cleanup has finished: forgets the window and starts settling. Once
+    /// settled, the window is compared with the baseline in force now, and the baseline is
+    /// re-taken only if the cleanup brought latency back to within `baseline_keep_ratio` of
+    /// it (or there was none), so degradation a cleanup cannot fix stays visible. The result
+    /// comes from [`Probe::take_settled`].
+    pub fn begin_after_cleanup(&mut self) {
+        self.window.clear();
+        self.settled = None;
+        self.pending = Some(Pending {
+            after_cleanup: Some(self.baseline),
+            ticks_left: self.settle_and_window(),
+        });
+    }
+
+    /// Forgets the window and takes `ticks` ticks back to back: a fresh recent value (a
+    /// pending baseline counts these ticks too).
     ///
     /// # Errors
     /// Engine errors.
@@ -236,23 +325,37 @@ impl Probe {
         Ok(self.snapshot())
     }
 
-    /// Called with a re-measured window after a cleanup: takes the new baseline when the
-    /// cleanup brought latency back to within `baseline_keep_ratio` of the old one (or
-    /// there was none). Returns whether the baseline was reset.
+    /// Whether a baseline is waiting for the node to settle.
+    pub fn settling(&self) -> bool {
+        self.pending.is_some()
+    }
+
+    /// The settled measurement after a cleanup, once (then `None`).
+    pub fn take_settled(&mut self) -> Option<Settled> {
+        self.settled.take()
+    }
+
+    /// Ticks every `interval` until a baseline exists and none is pending (at most
+    /// `max_ticks`); for the
+    /// bench and tests, which drive the probe themselves. Returns the settled measurement
+    /// after a cleanup, if one was pending.
     ///
     /// # Errors
-    /// Engine errors persisting the baseline.
-    pub fn after_cleanup(&mut self, store: &Store) -> Result<bool> {
-        let Some((recent, samples)) = self.recent() else {
-            return Ok(false);
-        };
-        let recovered = self
-            .baseline
-            .is_none_or(|b| recent <= b.latency_ns * self.config.baseline_keep_ratio);
-        if recovered {
-            self.set_baseline(store, recent, samples, BaselineReason::AfterCleanup)?;
+    /// Engine errors.
+    pub fn settle(
+        &mut self,
+        store: &Store,
+        interval: Duration,
+        max_ticks: usize,
+    ) -> Result<Option<Settled>> {
+        for _ in 0..max_ticks {
+            if !self.settling() && self.baseline.is_some() {
+                break;
+            }
+            std::thread::sleep(interval);
+            self.tick(store)?;
         }
-        Ok(recovered)
+        Ok(self.take_settled())
     }
 }
 
@@ -267,6 +370,7 @@ mod tests {
             window_ticks: 4,
             min_samples: 32,
             baseline_keep_ratio: 1.5,
+            settle_ticks: 1,
         }
     }
 
@@ -296,13 +400,20 @@ mod tests {
         let mut probe = Probe::load(&store, config()).expect("probe");
         assert_eq!(probe.tick(&store).expect("tick"), 16);
         assert_eq!(probe.snapshot().ratio, None, "16 samples are not enough");
+        // One tick to settle, then a whole window of four.
+        for _ in 0..3 {
+            probe.tick(&store).expect("tick");
+            assert!(probe.baseline().is_none(), "no baseline before it settled");
+            assert!(probe.settling());
+        }
         probe.tick(&store).expect("tick");
+        assert!(!probe.settling());
         let snapshot = probe.snapshot();
         let baseline = probe.baseline().expect("baseline taken");
         assert_eq!(baseline.reason, BaselineReason::FreshStart);
         assert!(baseline.latency_ns > 0.0);
         assert_eq!(snapshot.ratio, Some(1.0));
-        assert_eq!(snapshot.samples, 32);
+        assert_eq!(snapshot.samples, 64);
         drop(probe);
         let reloaded = Probe::load(&store, config()).expect("probe");
         assert_eq!(reloaded.baseline(), Some(baseline));
@@ -345,27 +456,42 @@ mod tests {
             store.store(&i.to_be_bytes(), b"v", None).expect("store");
         }
         let mut probe = Probe::load(&store, config()).expect("probe");
-        probe.remeasure(&store, 4).expect("measure");
+        let none = probe
+            .settle(&store, Duration::ZERO, 10)
+            .expect("fresh baseline");
+        assert_eq!(none, None, "a fresh start is not a cleanup");
         // Pretend the reference was far faster than anything this machine can do now.
-        probe.baseline = Some(Baseline {
+        let fast = Baseline {
             latency_ns: 1.0,
             samples: 64,
             taken_at_ms: 0,
             reason: BaselineReason::FreshStart,
-        });
-        assert!(!probe.after_cleanup(&store).expect("after cleanup"));
-        assert_eq!(probe.baseline().map(|b| b.latency_ns), Some(1.0));
+        };
+        probe.baseline = Some(fast);
+        probe.begin_after_cleanup();
+        assert_eq!(probe.snapshot().samples, 0, "the window starts again");
+        let settled = probe
+            .settle(&store, Duration::ZERO, 10)
+            .expect("settle")
+            .expect("settled");
+        assert!(!settled.baseline_reset);
+        assert!(settled.ratio_after.is_some_and(|r| r > 1.5));
+        assert_eq!(probe.baseline(), Some(fast));
         // And reset when it did.
         probe.baseline = Some(Baseline {
             latency_ns: 1e12,
-            samples: 64,
-            taken_at_ms: 0,
-            reason: BaselineReason::FreshStart,
+            ..fast
         });
-        assert!(probe.after_cleanup(&store).expect("after cleanup"));
+        probe.begin_after_cleanup();
+        let settled = probe
+            .settle(&store, Duration::ZERO, 10)
+            .expect("settle")
+            .expect("settled");
+        assert!(settled.baseline_reset);
         assert_eq!(
             probe.baseline().map(|b| b.reason),
             Some(BaselineReason::AfterCleanup)
         );
+        assert_eq!(probe.take_settled(), None, "reported once");
     }
 }

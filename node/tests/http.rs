@@ -238,12 +238,15 @@ fn the_probe_ratio_appears_once_there_are_samples() {
         c.probe.samples_per_tick = 16;
         c.probe.window_ticks = 4;
         c.probe.min_samples = 32;
+        c.probe.settle_ticks = 0;
     });
     for i in 0..100 {
         node.json("PUT", &format!("/v1/memories/k{i}"), &[], b"value");
     }
-    node.node.probe_tick();
-    node.node.probe_tick();
+    // No settle ticks here: the baseline is the first whole window of four.
+    for _ in 0..4 {
+        node.node.probe_tick();
+    }
     let metrics = String::from_utf8(node.send("GET", "/metrics", &[], b"").1).expect("utf-8");
     assert!(metrics.contains("phoenix_node_probe_ratio 1"), "{metrics}");
     assert!(
@@ -548,6 +551,7 @@ fn injected_slowdown_raises_the_ratio_and_a_cleanup_clears_a_transient_one() {
         c.probe.samples_per_tick = 64;
         c.probe.window_ticks = 4;
         c.probe.min_samples = 64;
+        c.probe.settle_ticks = 1;
     };
     let off = TestNode::start(probe);
     let fault = br#"{"retrieveSlowdown": 20, "clearedByCleanup": true}"#;
@@ -569,7 +573,8 @@ fn injected_slowdown_raises_the_ratio_and_a_cleanup_clears_a_transient_one() {
     for i in 0..500 {
         node.json("PUT", &format!("/v1/memories/k{i}"), &[], b"value");
     }
-    for _ in 0..4 {
+    // One tick to settle, a window of four.
+    for _ in 0..5 {
         node.node.probe_tick();
     }
     let ratio = |node: &TestNode| {
@@ -613,7 +618,20 @@ fn injected_slowdown_raises_the_ratio_and_a_cleanup_clears_a_transient_one() {
         b"",
     );
     assert_eq!(status, 200, "{report}");
+    assert_eq!(
+        report["settled"], false,
+        "the after figures come once settled"
+    );
+    // The settle ticks, then a window.
+    for _ in 0..(node.node.config.probe.settle_ticks + 4) {
+        node.node.probe_tick();
+    }
     let after = ratio(&node);
+    let text = String::from_utf8(node.send("GET", "/metrics", &[], b"").1).expect("utf-8");
+    let ratio_after =
+        phoenix_node::cleanup_job::metric_value(&text, "phoenix_node_last_cleanup_ratio_after")
+            .expect("the settled cleanup's ratio");
+    assert!(ratio_after < slowed / 3.0, "{ratio_after}");
     assert!(
         after < slowed / 3.0,
         "cleanup cleared it: {slowed:.2} → {after:.2}"

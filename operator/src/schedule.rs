@@ -75,13 +75,15 @@ pub struct LastCleanup {
 impl LastCleanup {
     /// Whether the cleanup helped: `None` when there is nothing to judge (no data, or the
     /// node was not degraded — below `recover` — before it); otherwise whether it brought
-    /// the ratio below `recover` or cut it by at least a fifth.
+    /// the ratio below `recover` or at least halved it. (A smaller cut is within what the
+    /// probe's median moves by on its own under cache pressure: 2.2 → 7.8 → 9.7 between
+    /// scrapes of one node in the scenario test, with nothing cleaned in between.)
     pub fn helped(&self, recover: f64) -> Option<bool> {
         let (before, after) = (self.ratio_before?, self.ratio_after?);
         if before < recover {
             return None;
         }
-        Some(after < recover || after <= before * 0.8)
+        Some(after < recover || after <= before / 2.0)
     }
 }
 
@@ -371,7 +373,8 @@ mod tests {
             .helped(1.5)
         };
         assert_eq!(judge(Some(6.0), Some(1.1)), Some(true));
-        assert_eq!(judge(Some(6.0), Some(4.0)), Some(true), "cut by a third");
+        assert_eq!(judge(Some(6.0), Some(3.0)), Some(true), "halved");
+        assert_eq!(judge(Some(6.0), Some(4.0)), Some(false), "a third is noise");
         assert_eq!(judge(Some(6.0), Some(5.5)), Some(false));
         assert_eq!(judge(Some(1.2), Some(1.2)), None, "nothing to fix");
         assert_eq!(judge(None, Some(1.0)), None, "no data before");

@@ -19,6 +19,7 @@ async fn a_real_nodes_metrics_become_a_fresh_observation_and_a_dead_one_a_stale_
     config.probe.samples_per_tick = 50;
     config.probe.window_ticks = 4;
     config.probe.min_samples = 100;
+    config.probe.settle_ticks = 0;
     let store = Arc::new(Store::open(config.store_config()).expect("store"));
     for i in 0..2000u32 {
         store

@@ -471,6 +471,9 @@ fn growth(options: &BenchOptions, dir: &Path) -> Result<ScenarioResult, BenchErr
     })
 }
 
+/// Time between probe ticks while the bench waits for the probe to settle.
+const SETTLE_TICK: std::time::Duration = std::time::Duration::from_millis(20);
+
 fn cache_pressure(options: &BenchOptions, dir: &Path) -> Result<ScenarioResult, BenchError> {
     let cache = 16 * MIB;
     let start_keys = scaled(options, 10_000);
@@ -485,8 +488,8 @@ fn cache_pressure(options: &BenchOptions, dir: &Path) -> Result<ScenarioResult, 
         "cache pressure",
     );
     preload(&store, &mut work, start_keys, &bar)?;
-    // The baseline: the probe's first full window, while the data fits in the cache.
-    probe.remeasure(&store, probe.config().window_ticks)?;
+    // The baseline: the probe's first settled window, while the data fits in the cache.
+    probe.settle(&store, SETTLE_TICK, 1000)?;
     let baseline = probe.baseline();
     let mut recorder = Recorder::new(false);
     let mut windows = Vec::new();
@@ -511,7 +514,7 @@ fn cache_pressure(options: &BenchOptions, dir: &Path) -> Result<ScenarioResult, 
     bar.finish_and_clear();
     let stats = store.stats()?;
     // A cleanup cannot fix this: the report shows it, as the operator will see it.
-    let report = cleanup::run(&store, &mut probe, CleanupOptions::default())?;
+    let report = cleanup::run_settled(&store, &mut probe, CleanupOptions::default(), SETTLE_TICK)?;
     let fmt_ratio = |r: Option<f64>| r.map_or("no data".into(), |r| format!("{r:.2}×"));
     Ok(ScenarioResult {
         name: "cache-pressure",
@@ -562,7 +565,7 @@ fn churn(options: &BenchOptions, dir: &Path) -> Result<ScenarioResult, BenchErro
     let mut work = Workload::new(options.seed);
     let bar = progress(options, keys * (rounds + 1) + 2 * reads, "churn");
     preload(&store, &mut work, keys, &bar)?;
-    probe.remeasure(&store, probe.config().window_ticks)?;
+    probe.settle(&store, SETTLE_TICK, 1000)?;
     for round in 0..rounds {
         for i in 0..keys {
             let (index, id) = work.random_live().unwrap_or((0, 0));
@@ -596,7 +599,7 @@ fn churn(options: &BenchOptions, dir: &Path) -> Result<ScenarioResult, BenchErro
         };
     let before_window = measure(&store, &mut work, &mut probe)?;
     let before = store.stats()?;
-    let report = cleanup::run(&store, &mut probe, CleanupOptions::default())?;
+    let report = cleanup::run_settled(&store, &mut probe, CleanupOptions::default(), SETTLE_TICK)?;
     let after_window = measure(&store, &mut work, &mut probe)?;
     let after = store.stats()?;
     bar.finish_and_clear();

@@ -126,6 +126,18 @@ impl Node {
         if let Err(error) = probe.tick(&self.store) {
             tracing::warn!(%error, "probe tick failed");
         }
+        if let Some(settled) = probe.take_settled() {
+            match crate::cleanup::record_settled(&self.store, settled) {
+                Ok(Some(report)) => tracing::info!(
+                    ratio_before = ?report.ratio_before,
+                    ratio_after = ?report.ratio_after,
+                    baseline_reset = report.baseline_reset,
+                    "cleanup settled"
+                ),
+                Ok(None) => {}
+                Err(error) => tracing::warn!(%error, "failed to record the settled cleanup"),
+            }
+        }
         self.remember_snapshot(&probe);
     }
 

@@ -203,20 +203,24 @@ pub fn node_statuses(
                         ..carried(&report.node)
                     };
                     if let Some(cleanup) = report.last_cleanup {
+                        // A node reports the ratio after a cleanup once it has settled, so
+                        // a cleanup is judged when its effect first appears.
                         let at = rfc3339(cleanup.at_unix);
-                        if out.last_cleanup.as_deref() != Some(at.as_str()) {
+                        let effect = match (cleanup.ratio_before, cleanup.ratio_after) {
+                            (Some(b), Some(a)) => Some(format!("{b:.2}→{a:.2}")),
+                            _ => None,
+                        };
+                        let unjudged = out.last_cleanup.as_deref() != Some(at.as_str())
+                            || out.last_cleanup_effect.is_none();
+                        if unjudged && effect.is_some() {
                             out.ineffective_cleanups = match cleanup.helped(recover) {
                                 Some(true) => 0,
                                 Some(false) => out.ineffective_cleanups.saturating_add(1),
                                 None => out.ineffective_cleanups,
                             };
-                            out.last_cleanup = Some(at);
                         }
-                        out.last_cleanup_effect = match (cleanup.ratio_before, cleanup.ratio_after)
-                        {
-                            (Some(b), Some(a)) => Some(format!("{b:.2}→{a:.2}")),
-                            _ => None,
-                        };
+                        out.last_cleanup = Some(at);
+                        out.last_cleanup_effect = effect;
                     }
                     out
                 }
@@ -297,8 +301,9 @@ pub fn outcome(decision: &Decision, history: &History, max: Duration) -> &'stati
     }
 }
 
-/// The decision record for status: the stored one is kept (with its time) while rule,
-/// outcome and cadence stay the same, so a steady state does not rewrite status.
+/// The decision record for status: the stored one is kept (with its time) while the rule,
+/// the cadence and the stale nodes stay the same and nothing new was done, so a steady
+/// state does not rewrite status and `tighten`/`relax` stay visible until the next change.
 pub fn record(
     decision: &Decision,
     outcome: &str,
@@ -324,9 +329,9 @@ pub fn record(
     match previous {
         Some(old)
             if old.rule == new.rule
-                && old.outcome == new.outcome
                 && old.interval_seconds == new.interval_seconds
                 && old.stale_nodes == new.stale_nodes
+                && (new.outcome == "keep" || new.outcome == old.outcome)
                 && new.outcome != "emergency-job" =>
         {
             old.clone()
@@ -536,7 +541,33 @@ mod tests {
             1.5,
         );
         assert_eq!((stale[0].ineffective_cleanups, stale[0].ratio), (2, None));
-        let helped = node_statuses(&[fresh("m-0", 1.1, Some((300.0, 6.0, 1.1)))], &stale, 1.5);
+        // A cleanup whose effect is not in yet (the node is settling) is judged when it is.
+        let settling = node_statuses(
+            &[Observation::Fresh(NodeReport {
+                node: "m-0".into(),
+                ratio: 6.0,
+                last_cleanup: Some(LastCleanup {
+                    at_unix: 300.0,
+                    ratio_before: Some(6.0),
+                    ratio_after: None,
+                }),
+                ..NodeReport::default()
+            })],
+            &stale,
+            1.5,
+        );
+        assert_eq!(
+            (
+                settling[0].ineffective_cleanups,
+                &settling[0].last_cleanup_effect
+            ),
+            (2, &None)
+        );
+        let helped = node_statuses(
+            &[fresh("m-0", 1.1, Some((300.0, 6.0, 1.1)))],
+            &settling,
+            1.5,
+        );
         assert_eq!(helped[0].ineffective_cleanups, 0);
         let history = history(&PhoenixMemoryStatus::default(), &second, 0.0);
         assert_eq!(history.ineffective_cleanups, 2);
@@ -585,7 +616,17 @@ mod tests {
         let first = record(&decision, "tighten", &obs, None, 1000.0);
         let later = record(&decision, "tighten", &obs, Some(&first), 2000.0);
         assert_eq!(later, first);
-        let relaxed = record(&decision, "relax", &obs, Some(&first), 3000.0);
+        let kept = record(&decision, "keep", &obs, Some(&first), 2500.0);
+        assert_eq!(
+            kept.outcome, "tighten",
+            "a later keep does not hide the change"
+        );
+        let flat = Decision {
+            rule: "flat",
+            interval: Duration::from_secs(86_400),
+            ..decision.clone()
+        };
+        let relaxed = record(&flat, "relax", &obs, Some(&first), 3000.0);
         assert_ne!(relaxed.time, first.time);
         assert_eq!(rfc3339(0.0), "1970-01-01T00:00:00Z");
         assert_eq!(parse_rfc3339("1970-01-01T00:16:40Z"), Some(1000.0));

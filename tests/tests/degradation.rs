@@ -1,0 +1,385 @@
+//! Observe → schedule end to end: the operator's real controller against the in-process API
+//! server, with real `phoenix-node` processes on 127.0.0.x as the pods.
+//!
+//! Degradation is driven with the node's fault-injection hook (`PUT /v1/admin/faults`, on
+//! only with `--fault-injection`): every retrieve, the probe's included, takes N times as
+//! long. A fault marked `clearedByCleanup` stands for what a cleanup repairs; one that is
+//! not stands for what it cannot (here with a real hot set larger than `cacheCapacity`, so
+//! the operator names that cause from the node's own sizes).
+
+use std::time::Duration;
+
+use k8s_openapi::api::batch::v1::CronJob;
+use k8s_openapi::api::events::v1::Event;
+use kube::ResourceExt;
+use kube::api::ListParams;
+use phoenix_operator::crd::{PhoenixMemory, PhoenixMemoryStatus};
+use phoenix_tests::sandbox::{Options, Sandbox, Seed, find_node_bin};
+
+async fn sandbox() -> Sandbox {
+    let bin = find_node_bin().expect("the phoenix-node binary (cargo build -p phoenix-node)");
+    Sandbox::start(Options::new(bin)).await.expect("sandbox")
+}
+
+/// Polls the memory's status until `check` holds, or panics after `seconds` with the last
+/// status.
+async fn wait_status<F>(
+    sandbox: &Sandbox,
+    name: &str,
+    what: &str,
+    seconds: u64,
+    mut check: F,
+) -> PhoenixMemoryStatus
+where
+    F: FnMut(&PhoenixMemoryStatus) -> bool,
+{
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(seconds);
+    let mut last = None;
+    while tokio::time::Instant::now() < deadline {
+        if let Ok(memory) = sandbox.api::<PhoenixMemory>().get(name).await {
+            let status = memory.status.unwrap_or_default();
+            if check(&status) {
+                return status;
+            }
+            last = Some(status);
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    panic!(
+        "timed out waiting for {what}; last status:\n{}",
+        serde_yaml::to_string(&last).unwrap_or_default()
+    );
+}
+
+fn condition(status: &PhoenixMemoryStatus, type_: &str) -> Option<(String, String, String)> {
+    status
+        .conditions
+        .iter()
+        .find(|c| c.type_ == type_)
+        .map(|c| (c.status.clone(), c.reason.clone(), c.message.clone()))
+}
+
+fn is(status: &PhoenixMemoryStatus, type_: &str, value: &str) -> bool {
+    condition(status, type_).is_some_and(|c| c.0 == value)
+}
+
+fn interval(status: &PhoenixMemoryStatus) -> u64 {
+    status.plan.as_ref().map_or(0, |p| p.interval_seconds)
+}
+
+async fn start_pods(sandbox: &Sandbox, memory: &str, replicas: usize, seed: Seed) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    let mut started = 0;
+    while started < replicas {
+        match sandbox.sync_pods_seeded(memory, seed).await {
+            Ok(new) => started += new.len(),
+            Err(error) => assert!(
+                tokio::time::Instant::now() < deadline,
+                "pods of {memory}: {error:#}"
+            ),
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+async fn event_reasons(sandbox: &Sandbox) -> Vec<(String, String)> {
+    sandbox
+        .api::<Event>()
+        .list(&ListParams::default())
+        .await
+        .expect("events")
+        .items
+        .into_iter()
+        .map(|e| (e.reason.unwrap_or_default(), e.note.unwrap_or_default()))
+        .collect()
+}
+
+const MEMORY: &str = r#"
+apiVersion: phoenix.dev/v1alpha1
+kind: PhoenixMemory
+metadata:
+  name: mem
+  namespace: default
+spec:
+  replicas: 2
+  cleanup:
+    degradationThreshold: 2.0
+    recoverThreshold: 1.5
+    emergencyThreshold: 6.0
+    minInterval: 1m
+    maxInterval: 24h
+"#;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn degradation_tightens_the_schedule_an_emergency_job_cleans_and_it_relaxes() {
+    let sandbox = sandbox().await;
+    sandbox.create_memory(MEMORY).await.expect("memory");
+    let seed = Seed {
+        keys: 2000,
+        value_len: 100,
+    };
+    start_pods(&sandbox, "mem", 2, seed).await;
+
+    // Flat: both nodes fresh, cleanup every maxInterval.
+    let flat = wait_status(&sandbox, "mem", "fresh flat observations", 30, |s| {
+        s.nodes.len() == 2
+            && s.nodes.iter().all(|n| n.ratio.is_some())
+            && is(s, "MetricsStale", "False")
+            && s.last_decision.as_ref().is_some_and(|d| d.rule == "flat")
+    })
+    .await;
+    assert_eq!(interval(&flat), 86_400);
+    let flat_schedule = flat.plan.clone().expect("plan").schedule;
+
+    // mem-0 degrades (3×): Degraded, and the schedule tightens to minInterval.
+    sandbox
+        .set_fault("mem", "mem-0", 3.0, true)
+        .await
+        .expect("fault");
+    let degraded = wait_status(&sandbox, "mem", "Degraded", 30, |s| {
+        is(s, "Degraded", "True") && interval(s) == 60
+    })
+    .await;
+    let schedule = degraded.plan.clone().expect("plan").schedule;
+    assert_ne!(schedule, flat_schedule);
+    assert!(schedule.contains("* * * *"), "every minute: {schedule}");
+    let cronjob = sandbox
+        .api::<CronJob>()
+        .get("mem-cleanup")
+        .await
+        .expect("cronjob");
+    assert_eq!(cronjob.spec.expect("spec").schedule, schedule);
+    assert!(
+        sandbox
+            .emergency_jobs("mem")
+            .await
+            .expect("jobs")
+            .is_empty(),
+        "3× is below the emergency line"
+    );
+
+    // Past the emergency line (12×): one emergency Job, and not two.
+    sandbox
+        .set_fault("mem", "mem-0", 12.0, true)
+        .await
+        .expect("fault");
+    let emergency = wait_status(&sandbox, "mem", "an emergency Job", 30, |s| {
+        s.last_emergency_job.is_some()
+    })
+    .await;
+    let record = emergency.last_decision.clone().expect("decision");
+    println!(
+        "decision record:\n{}",
+        serde_yaml::to_string(&record).unwrap_or_default()
+    );
+    // The Job's decision, or a later one that keeps the plan (rate-limited: no second Job).
+    assert_eq!(record.rule, "emergency");
+    assert!(
+        record.outcome == "emergency-job" || record.outcome == "keep",
+        "{record:?}"
+    );
+    // Several more reconciles (observe interval 1 s) must not make a second Job.
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    let jobs = sandbox.emergency_jobs("mem").await.expect("jobs");
+    assert_eq!(jobs.len(), 1, "exactly one emergency Job");
+    let job = &jobs[0];
+    assert_eq!(
+        Some(job.name_any()),
+        emergency.last_emergency_job.map(|j| j.name)
+    );
+
+    // Running that Job's command against the nodes cleans mem-0 (the degraded one only).
+    let before = sandbox
+        .api::<PhoenixMemory>()
+        .get("mem")
+        .await
+        .expect("memory")
+        .status
+        .unwrap_or_default();
+    let ratio_before = before.nodes[0].ratio.expect("ratio");
+    let run = sandbox.run_job("mem", job).await.expect("run the job");
+    assert_eq!(run.code, Some(0), "{}\n{}", run.stdout, run.stderr);
+    assert!(
+        run.stdout.contains("skipped"),
+        "mem-1 is below the threshold: {}",
+        run.stdout
+    );
+    sandbox.finish_job(job, true).await.expect("finish");
+
+    // The ratio drops, Degraded clears and the schedule relaxes to maxInterval.
+    let relaxed = wait_status(&sandbox, "mem", "the schedule to relax", 30, |s| {
+        is(s, "Degraded", "False") && interval(s) == 86_400
+    })
+    .await;
+    let ratio_after = relaxed.nodes[0].ratio.expect("ratio");
+    println!("mem-0 ratio {ratio_before:.2} before the emergency cleanup, {ratio_after:.2} after");
+    assert!(
+        ratio_after < 1.5 && ratio_after < ratio_before / 3.0,
+        "{ratio_before} → {ratio_after}"
+    );
+    assert!(relaxed.nodes[0].last_cleanup.is_some());
+    assert_eq!(relaxed.nodes[0].ineffective_cleanups, 0);
+    assert_eq!(relaxed.plan.clone().expect("plan").schedule, flat_schedule);
+    println!(
+        "decision record:\n{}",
+        serde_yaml::to_string(&relaxed.last_decision).unwrap_or_default()
+    );
+
+    // mem-1's metrics endpoint goes away: MetricsStale names it, the plan stays, no Job.
+    sandbox
+        .set_fault("mem", "mem-0", 12.0, true)
+        .await
+        .expect("fault");
+    assert!(sandbox.kill_node("mem-1"));
+    let stale = wait_status(&sandbox, "mem", "MetricsStale", 30, |s| {
+        is(s, "MetricsStale", "True")
+    })
+    .await;
+    let (_, reason, message) = condition(&stale, "MetricsStale").expect("condition");
+    assert_eq!(reason, "NodesNotReporting");
+    assert!(message.contains("mem-1"), "{message}");
+    assert!(
+        stale.nodes[1].ratio.is_none(),
+        "stale data is not shown as a value"
+    );
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let still = wait_status(&sandbox, "mem", "still stale", 5, |s| {
+        is(s, "MetricsStale", "True")
+    })
+    .await;
+    assert_eq!(interval(&still), 86_400, "the plan is kept on stale data");
+    assert_eq!(
+        still.last_decision.as_ref().map(|d| d.rule.as_str()),
+        Some("stale")
+    );
+    assert_eq!(
+        sandbox.emergency_jobs("mem").await.expect("jobs").len(),
+        1,
+        "mem-0 is past the emergency line again, but stale data creates no Job"
+    );
+
+    let reasons: Vec<String> = event_reasons(&sandbox)
+        .await
+        .into_iter()
+        .map(|(r, _)| r)
+        .collect();
+    for expected in [
+        "PlanChanged",
+        "Degraded",
+        "EmergencyCleanup",
+        "Recovered",
+        "MetricsStale",
+    ] {
+        assert!(
+            reasons.iter().any(|r| r == expected),
+            "no {expected} Event in {reasons:?}"
+        );
+    }
+    let text = sandbox.metrics.render();
+    assert!(
+        text.contains("phoenix_operator_emergency_jobs_total 1"),
+        "{text}"
+    );
+    assert!(
+        text.contains(
+            "phoenix_operator_cleanup_interval_seconds{name=\"mem\",namespace=\"default\"} 86400"
+        ),
+        "{text}"
+    );
+    sandbox.shutdown().await;
+}
+
+const HOT: &str = r#"
+apiVersion: phoenix.dev/v1alpha1
+kind: PhoenixMemory
+metadata:
+  name: hot
+  namespace: default
+spec:
+  replicas: 1
+  node:
+    cacheCapacity: 1Mi
+  cleanup:
+    degradationThreshold: 2.0
+    recoverThreshold: 1.5
+    emergencyThreshold: 50.0
+    minInterval: 1m
+    maxInterval: 12h
+"#;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cleanups_that_do_not_help_back_off_with_the_cause() {
+    let sandbox = sandbox().await;
+    sandbox.create_memory(HOT).await.expect("memory");
+    // 3,000 × 1 KiB: the hot set is three times the 1 MiB cache.
+    let seed = Seed {
+        keys: 3000,
+        value_len: 1024,
+    };
+    start_pods(&sandbox, "hot", 1, seed).await;
+    wait_status(&sandbox, "hot", "a fresh observation", 30, |s| {
+        s.nodes.first().is_some_and(|n| n.ratio.is_some())
+    })
+    .await;
+    // A slowdown no cleanup removes.
+    sandbox
+        .set_fault("hot", "hot-0", 4.0, false)
+        .await
+        .expect("fault");
+    wait_status(&sandbox, "hot", "Degraded", 30, |s| {
+        is(s, "Degraded", "True") && interval(s) == 60
+    })
+    .await;
+
+    // Three scheduled runs of the CronJob's command, each seen by the operator.
+    for round in 1..=3u32 {
+        let run = sandbox.run_cronjob("hot").await.expect("run");
+        assert_eq!(run.code, Some(0), "{}\n{}", run.stdout, run.stderr);
+        let status = wait_status(&sandbox, "hot", "the cleanup to be counted", 30, |s| {
+            s.nodes
+                .first()
+                .is_some_and(|n| n.ineffective_cleanups == round)
+        })
+        .await;
+        println!(
+            "cleanup {round}: {}",
+            status.nodes[0]
+                .last_cleanup_effect
+                .clone()
+                .unwrap_or_default()
+        );
+    }
+    let backed_off = wait_status(&sandbox, "hot", "CleanupIneffective", 30, |s| {
+        is(s, "CleanupIneffective", "True")
+    })
+    .await;
+    let (_, reason, message) = condition(&backed_off, "CleanupIneffective").expect("condition");
+    assert_eq!(reason, "CleanupDidNotHelp");
+    assert!(message.contains("raise cacheCapacity"), "{message}");
+    assert_eq!(
+        interval(&backed_off),
+        12 * 3600,
+        "backed off to maxInterval"
+    );
+    let record = backed_off.last_decision.clone().expect("decision");
+    println!(
+        "decision record:\n{}",
+        serde_yaml::to_string(&record).unwrap_or_default()
+    );
+    assert_eq!(record.rule, "ineffective");
+    assert!(
+        event_reasons(&sandbox)
+            .await
+            .iter()
+            .any(|(r, note)| r == "CleanupIneffective" && note.contains("cacheCapacity")),
+        "a CleanupIneffective Event naming the cause"
+    );
+    assert!(
+        sandbox
+            .emergency_jobs("hot")
+            .await
+            .expect("jobs")
+            .is_empty()
+    );
+    sandbox.shutdown().await;
+}

@@ -298,13 +298,15 @@ impl Probe {
         }
     }
 
-    /// Called when a cleanup has finished: forgets the window and starts settling. Once
+    /// Called when a cleanup has finished: starts settling. Once
     /// settled, the window is compared with the baseline in force now, and the baseline is
     /// re-taken only if the cleanup brought latency back to within `baseline_keep_ratio` of
     /// it (or there was none), so degradation a cleanup cannot fix stays visible. The result
     /// comes from [`Probe::take_settled`].
     pub fn begin_after_cleanup(&mut self) {
-        self.window.clear();
+        // The window is kept (the ratio stays reported, never "no data" because of a
+        // cleanup); by the time the settled value is taken, `settle_ticks + window_ticks`
+        // ticks later, only post-settle ticks are left in it.
         self.settled = None;
         self.pending = Some(Pending {
             after_cleanup: Some(self.baseline),
@@ -469,7 +471,7 @@ mod tests {
         };
         probe.baseline = Some(fast);
         probe.begin_after_cleanup();
-        assert_eq!(probe.snapshot().samples, 0, "the window starts again");
+        assert!(probe.snapshot().ratio.is_some(), "still reported while settling");
         let settled = probe
             .settle(&store, Duration::ZERO, 10)
             .expect("settle")

@@ -272,10 +272,15 @@ pub fn decide(observations: &[Observation], spec: &PolicySpec, history: &History
         );
     }
     // Rising: the ratio grew from 1.0 at the baseline to `ratio` in `since` seconds. Below
-    // a quarter of the way to the threshold it is read as noise, not a trend.
+    // a quarter of the way to the threshold it is read as noise, not a trend; once the
+    // plan was tightened for a rise, it relaxes only below half of that (hysteresis, so a
+    // ratio moving around the line does not flip the schedule on every scrape).
     let rise = ratio - 1.0;
     let since = worst.seconds_since_baseline.max(1.0);
-    if rise >= RISING_FRACTION * (spec.degradation - 1.0) && rise > 0.0 {
+    let tightened = history.interval.is_some_and(|i| i < spec.max_interval);
+    let entry = RISING_FRACTION * (spec.degradation - 1.0);
+    let threshold = if tightened { entry / 2.0 } else { entry };
+    if rise >= threshold && rise > 0.0 {
         let per_second = rise / since;
         let to_breach = ((spec.degradation - ratio) / per_second).max(0.0);
         // Clean at half the predicted time, so the cleanup lands before the crossing.
@@ -359,6 +364,23 @@ mod tests {
         assert_eq!(
             decide(&[report(1.3, 5.0)], &spec(), &History::default()).rule,
             "rising"
+        );
+    }
+
+    #[test]
+    fn a_tightened_plan_relaxes_only_well_below_the_rising_line() {
+        let tightened = History {
+            interval: Some(Duration::from_secs(1800)),
+            ..History::default()
+        };
+        // 1.2 would not enter "rising" (see above) but does not leave it either.
+        assert_eq!(
+            decide(&[report(1.2, 600.0)], &spec(), &tightened).rule,
+            "rising"
+        );
+        assert_eq!(
+            decide(&[report(1.1, 600.0)], &spec(), &tightened).rule,
+            "flat"
         );
     }
 

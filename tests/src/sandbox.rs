@@ -47,8 +47,8 @@ pub struct Options {
 }
 
 impl Options {
-    /// Fast defaults: observe every second, a probe tick every 100 ms over 5 ticks, 5 ticks
-    /// to settle.
+    /// Fast defaults: observe every second; a probe tick every 100 ms, a window of 20 ticks
+    /// (1,280 samples, 2 s), 5 ticks to settle.
     pub fn new(node_bin: PathBuf) -> Options {
         Options {
             node_bin,
@@ -56,8 +56,8 @@ impl Options {
             probe: ProbeSettings {
                 interval_ms: 100,
                 samples_per_tick: 64,
-                window_ticks: 5,
-                min_samples: 128,
+                window_ticks: 20,
+                min_samples: 512,
                 settle_ticks: 5,
             },
             fault_injection: true,
@@ -333,6 +333,16 @@ impl Sandbox {
         Ok(started)
     }
 
+    /// The memory's admin token (as the kubelet mounted it).
+    ///
+    /// # Errors
+    /// No pod of the memory has started yet.
+    pub fn token(&self, memory: &str) -> anyhow::Result<String> {
+        Ok(std::fs::read_to_string(self.token_file(memory))?
+            .trim()
+            .to_string())
+    }
+
     fn token_file(&self, memory: &str) -> PathBuf {
         self.work.path().join(format!("{memory}.token"))
     }
@@ -438,10 +448,10 @@ impl Sandbox {
         let url = self
             .node_url(pod)
             .ok_or_else(|| anyhow!("{pod} is not running"))?;
-        let token = std::fs::read_to_string(self.token_file(memory))?;
+        let token = self.token(memory)?;
         let response = reqwest::Client::new()
             .put(format!("{url}/v1/admin/faults"))
-            .bearer_auth(token.trim())
+            .bearer_auth(token)
             .body(
                 json!({"retrieveSlowdown": slowdown, "clearedByCleanup": cleared_by_cleanup})
                     .to_string(),
@@ -566,6 +576,11 @@ impl Sandbox {
             )
             .await?;
         Ok(())
+    }
+
+    /// Stops (SIGKILL) every node process; the pods stay as they were.
+    pub fn stop_nodes(&self) {
+        self.lock().clear();
     }
 
     /// Stops the operator, then every node process.

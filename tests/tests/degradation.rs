@@ -129,6 +129,10 @@ async fn degradation_tightens_the_schedule_an_emergency_job_cleans_and_it_relaxe
     })
     .await;
     assert_eq!(interval(&flat), 86_400);
+    println!(
+        "idle seeded nodes after settling: ratios {:?}",
+        flat.nodes.iter().map(|n| n.ratio).collect::<Vec<_>>()
+    );
     let flat_schedule = flat.plan.clone().expect("plan").schedule;
 
     // mem-0 degrades (3×): Degraded, and the schedule tightens to minInterval.

@@ -471,7 +471,10 @@ mod tests {
         };
         probe.baseline = Some(fast);
         probe.begin_after_cleanup();
-        assert!(probe.snapshot().ratio.is_some(), "still reported while settling");
+        assert!(
+            probe.snapshot().ratio.is_some(),
+            "still reported while settling"
+        );
         let settled = probe
             .settle(&store, Duration::ZERO, 10)
             .expect("settle")

@@ -265,7 +265,11 @@ impl Sandbox {
             .await?
             .ok_or_else(|| anyhow!("no StatefulSet {memory} yet"))?;
         let replicas = sts.spec.as_ref().and_then(|s| s.replicas).unwrap_or(1);
-        let template = sts.spec.map(|s| s.template).unwrap_or_default();
+        let template = sts
+            .spec
+            .as_ref()
+            .map(|s| s.template.clone())
+            .unwrap_or_default();
         let config_text = self
             .api::<ConfigMap>()
             .get_opt(&configmap_name(memory))
@@ -329,6 +333,27 @@ impl Sandbox {
         for name in extra {
             self.lock().remove(&name);
             let _ = pods.delete(&name, &DeleteParams::default()).await;
+        }
+        // The StatefulSet controller's part: how many pods run and are ready.
+        let running = i32::try_from(
+            self.lock()
+                .keys()
+                .filter(|k| {
+                    k.strip_prefix(&format!("{memory}-"))
+                        .is_some_and(|o| o.parse::<u32>().is_ok())
+                })
+                .count(),
+        )
+        .unwrap_or(i32::MAX);
+        let status = json!({"status": {
+            "replicas": running, "readyReplicas": running, "availableReplicas": running,
+            "currentReplicas": running, "updatedReplicas": running,
+            "observedGeneration": sts.metadata.generation,
+        }});
+        if sts.status.as_ref().and_then(|s| s.ready_replicas) != Some(running) {
+            self.api::<StatefulSet>()
+                .patch_status(memory, &PatchParams::default(), &Patch::Merge(status))
+                .await?;
         }
         Ok(started)
     }

@@ -9,6 +9,7 @@ use std::fmt::Debug;
 
 use k8s_openapi::NamespaceResourceScope;
 use k8s_openapi::api::apps::v1::StatefulSet;
+use k8s_openapi::api::batch::v1::CronJob;
 use k8s_openapi::api::core::v1::Secret;
 use kube::api::{Patch, PatchParams};
 use kube::{Api, Resource, ResourceExt};
@@ -71,7 +72,8 @@ pub async fn admin_token(ctx: &Context, namespace: &str, memory: &str) -> Result
         .unwrap_or_else(|| format!("{:032x}{:032x}", fastrand::u128(..), fastrand::u128(..))))
 }
 
-/// Applies every child in order; returns the live StatefulSet and the kinds written.
+/// Applies every child but the CronJob, in order; returns the live StatefulSet and the
+/// kinds written.
 pub async fn children(
     ctx: &Context,
     namespace: &str,
@@ -134,16 +136,17 @@ pub async fn children(
         .await?
         .1,
     );
-    note(
-        "CronJob",
-        apply_one(
-            &Api::namespaced(ctx.client.clone(), namespace),
-            &children.cronjob,
-        )
-        .await?
-        .1,
-    );
     Ok((Some(statefulset), written))
+}
+
+/// Applies the CronJob (last: it cleans nodes that must exist, on the cadence decided from
+/// what they report); returns whether it was written.
+pub async fn cronjob(ctx: &Context, namespace: &str, cronjob: &CronJob) -> Result<bool, Error> {
+    Ok(
+        apply_one(&Api::namespaced(ctx.client.clone(), namespace), cronjob)
+            .await?
+            .1,
+    )
 }
 
 #[cfg(test)]

@@ -98,7 +98,7 @@ pub fn targets(memory: &str, replicas: i32, pods: &[Pod]) -> Vec<(String, Result
         .map(|ordinal| {
             let node = format!("{memory}-{ordinal}");
             let target = match pods.iter().find(|p| p.name_any() == node) {
-                None => Err("no pod".to_string()),
+                None => Err("no ready pod".to_string()),
                 Some(pod) if !pod_ready(pod) => Err("pod not ready".to_string()),
                 Some(pod) => match pod.status.as_ref().and_then(|s| s.pod_ip.as_deref()) {
                     None => Err("pod has no IP".to_string()),
@@ -119,19 +119,25 @@ pub async fn observe(
     ctx: &Context,
     namespace: &str,
     memory: &PhoenixMemory,
+    ready_replicas: i32,
 ) -> Result<Vec<Observation>, Error> {
     let replicas = memory.spec.replicas;
     if replicas <= 0 {
         return Ok(Vec::new());
     }
     let name = memory.name_any();
-    let pods: Api<Pod> = Api::namespaced(ctx.client.clone(), namespace);
-    let listed = pods
-        .list(&ListParams::default().labels(&build::selector_string(&name)))
-        .await?;
+    // No ready node (a new memory, pods starting): nothing to scrape, no list to make.
+    let listed = if ready_replicas > 0 {
+        let pods: Api<Pod> = Api::namespaced(ctx.client.clone(), namespace);
+        pods.list(&ListParams::default().labels(&build::selector_string(&name)))
+            .await?
+            .items
+    } else {
+        Vec::new()
+    };
     let mut observations = Vec::new();
     let mut scrape = Vec::new();
-    for (node, target) in targets(&name, replicas, &listed.items) {
+    for (node, target) in targets(&name, replicas, &listed) {
         match target {
             Ok(url) => scrape.push((node, url)),
             Err(reason) => observations.push(Observation::Stale { node, reason }),
@@ -491,15 +497,17 @@ pub fn decision_conditions(
     vec![degraded, metrics_stale, scheduled, ineffective]
 }
 
-/// Whether condition `type_` turned True between `before` and `after`.
+/// The message of condition `type_` when it turned from False to True between `before`
+/// and `after`. A condition set for the first time is not a change: a new memory whose
+/// pods have not started yet gets `MetricsStale=True` without a Warning Event.
 pub fn turned_true(before: &[Condition], after: &[Condition], type_: &str) -> Option<String> {
-    let was = before
+    let was_false = before
         .iter()
-        .any(|c| c.type_ == type_ && c.status == "True");
+        .any(|c| c.type_ == type_ && c.status == "False");
     after
         .iter()
         .find(|c| c.type_ == type_ && c.status == "True")
-        .filter(|_| !was)
+        .filter(|_| was_false)
         .map(|c| c.message.clone())
 }
 
@@ -596,7 +604,7 @@ mod tests {
         assert_eq!(targets[0].1, Ok("http://127.0.0.2:9999".into()));
         assert_eq!(targets[1].1, Err("pod not ready".into()));
         assert_eq!(targets[2].1, Err("pod has no IP".into()));
-        assert_eq!(targets[3].1, Err("no pod".into()));
+        assert_eq!(targets[3].1, Err("no ready pod".into()));
         assert_eq!(targets.len(), 4, "m-9 is not one of the 4 replicas");
     }
 

@@ -327,7 +327,8 @@ async fn publish(
     }
 }
 
-/// One reconcile: validate → build → apply → status.
+/// One reconcile: validate → build → apply (all but the CronJob) → observe → decide →
+/// apply the CronJob with the decided cadence → emergency Job → status → Events.
 ///
 /// # Errors
 /// API and build errors; the error policy retries with backoff.
@@ -352,10 +353,28 @@ pub async fn reconcile(memory: Arc<PhoenixMemory>, ctx: Arc<Context>) -> Result<
     let name = memory.name_any();
     let token = apply::admin_token(&ctx, &namespace, &name).await?;
 
-    // Observe → decide.
+    // Apply every child but the CronJob (its cadence is decided below), in order.
     let now = cleanup::now_unix();
     let current = memory.status.clone().unwrap_or_default();
-    let observations = cleanup::observe(&ctx, &namespace, &memory).await?;
+    let keep = current.plan.as_ref().map_or(valid.max_interval, |p| {
+        Duration::from_secs(p.interval_seconds)
+    });
+    let first = build::build_all(&Inputs {
+        memory: &memory,
+        valid: &valid,
+        default_image: &ctx.settings.default_image,
+        admin_token: &token,
+        cleanup_interval: keep,
+    })?;
+    let (statefulset, mut written) = apply::children(&ctx, &namespace, &first).await?;
+
+    // Observe → decide.
+    let ready_replicas = statefulset
+        .as_ref()
+        .and_then(|s| s.status.as_ref())
+        .and_then(|s| s.ready_replicas)
+        .unwrap_or(0);
+    let observations = cleanup::observe(&ctx, &namespace, &memory, ready_replicas).await?;
     let nodes = cleanup::node_statuses(
         &observations,
         &current.nodes,
@@ -366,7 +385,7 @@ pub async fn reconcile(memory: Arc<PhoenixMemory>, ctx: Arc<Context>) -> Result<
     let outcome = cleanup::outcome(&decision, &history, valid.max_interval);
     ctx.metrics.decided(decision.rule);
 
-    // Act: the children with the decided cadence, then the emergency Job.
+    // Act: the CronJob with the decided cadence, then the emergency Job.
     let inputs = Inputs {
         memory: &memory,
         valid: &valid,
@@ -375,7 +394,9 @@ pub async fn reconcile(memory: Arc<PhoenixMemory>, ctx: Arc<Context>) -> Result<
         cleanup_interval: decision.interval,
     };
     let children = build::build_all(&inputs)?;
-    let (statefulset, written) = apply::children(&ctx, &namespace, &children).await?;
+    if apply::cronjob(&ctx, &namespace, &children.cronjob).await? {
+        written.push("CronJob");
+    }
     if !written.is_empty() {
         publish(
             &ctx,
@@ -438,11 +459,12 @@ async fn explain(
     emergency: Option<&crate::crd::EmergencyJob>,
     decision: &schedule::Decision,
 ) {
-    let old_plan = before.plan.as_ref();
-    if old_plan.map(|p| (&p.schedule, p.interval_seconds))
-        != Some((&plan.schedule, plan.interval_seconds))
+    // The first plan comes with the `Applied` Event of the new CronJob; changes get their own.
+    if let Some(old_plan) = before.plan.as_ref()
+        && (&old_plan.schedule, old_plan.interval_seconds)
+            != (&plan.schedule, plan.interval_seconds)
     {
-        let from = old_plan.map_or_else(|| "none".to_string(), |p| p.schedule.clone());
+        let from = old_plan.schedule.clone();
         publish(
             ctx,
             memory,

@@ -36,16 +36,24 @@ struct Args {
     /// Stop after this many seconds (default: run until Ctrl-C).
     #[arg(long)]
     seconds: Option<u64>,
-    /// Print one line per refresh instead of a live table (the default when stdout is not
-    /// a terminal).
-    #[arg(long)]
-    plain: bool,
+    /// `live`: a table redrawn every second (one line per refresh when stdout is not a
+    /// terminal); `table`: the table printed every second; `lines`: one line per second.
+    #[arg(long, value_enum, default_value_t = Output::Live)]
+    output: Output,
     /// Memories each node starts with.
     #[arg(long, default_value_t = 5000)]
     seed_keys: usize,
     /// Seconds of flat latency before each degradation.
     #[arg(long, default_value_t = 20)]
     calm_seconds: u64,
+}
+
+/// How the state is shown.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+enum Output {
+    Live,
+    Table,
+    Lines,
 }
 
 /// What the sandbox is doing, for the table.
@@ -117,7 +125,10 @@ async fn run(args: Args) -> anyhow::Result<()> {
             Arc::clone(&shared),
         )),
     ];
-    let live = !args.plain && std::io::stdout().is_terminal();
+    let output = match args.output {
+        Output::Live if !std::io::stdout().is_terminal() => Output::Lines,
+        other => other,
+    };
     let started = Instant::now();
     let deadline = args.seconds.map(|s| started + Duration::from_secs(s));
     let mut refresh = tokio::time::interval(Duration::from_secs(1));
@@ -130,11 +141,10 @@ async fn run(args: Args) -> anyhow::Result<()> {
                 if deadline.is_some_and(|d| Instant::now() >= d) {
                     break;
                 }
-                let view = render(&sandbox, &name, &shared, started, live).await;
-                if live {
-                    print!("\x1b[2J\x1b[H{view}");
-                } else {
-                    println!("{view}");
+                let view = render(&sandbox, &name, &shared, started, output != Output::Lines).await;
+                match output {
+                    Output::Live => print!("\x1b[2J\x1b[H{view}"),
+                    Output::Table | Output::Lines => println!("{view}"),
                 }
             }
         }
@@ -368,6 +378,7 @@ async fn fault_now(sandbox: &Sandbox, memory: &str, pod: &str) -> Option<f64> {
 
 fn seconds_text(seconds: u64) -> String {
     match seconds {
+        0 => "-".into(),
         s if s % 86_400 == 0 => format!("{}d", s / 86_400),
         s if s % 3600 == 0 => format!("{}h", s / 3600),
         s if s % 60 == 0 => format!("{}m", s / 60),
@@ -380,7 +391,7 @@ async fn render(
     memory: &str,
     shared: &Shared,
     started: Instant,
-    live: bool,
+    table: bool,
 ) -> String {
     let status: PhoenixMemoryStatus = sandbox
         .api::<PhoenixMemory>()
@@ -400,7 +411,7 @@ async fn render(
         let story = story(shared);
         (story.phase.clone(), story.jobs.clone())
     };
-    if !live {
+    if !table {
         let ratios: Vec<String> = status
             .nodes
             .iter()

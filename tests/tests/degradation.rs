@@ -262,11 +262,20 @@ async fn degradation_tightens_the_schedule_an_emergency_job_cleans_and_it_relaxe
         "mem-0 is past the emergency line again, but stale data creates no Job"
     );
 
-    let reasons: Vec<String> = event_reasons(&sandbox)
-        .await
-        .into_iter()
-        .map(|(r, _)| r)
+    let events = event_reasons(&sandbox).await;
+    let plan_changes: Vec<&String> = events
+        .iter()
+        .filter(|(r, _)| r == "PlanChanged")
+        .map(|(_, note)| note)
         .collect();
+    assert!(
+        plan_changes.iter().any(|n| n.contains("→ 0-59/1"))
+            && plan_changes
+                .iter()
+                .any(|n| n.contains(&format!("→ {flat_schedule}"))),
+        "a PlanChanged Event for the tightening and one for the relaxing, each with its own note: {plan_changes:?}"
+    );
+    let reasons: Vec<String> = events.into_iter().map(|(r, _)| r).collect();
     for expected in [
         "PlanChanged",
         "Degraded",

@@ -4,21 +4,22 @@
 
 mod apply;
 pub mod cleanup;
+pub mod events;
 mod status;
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use futures::StreamExt;
+
+use events::Kind as EventType;
 use k8s_openapi::api::apps::v1::StatefulSet;
 use k8s_openapi::api::batch::v1::CronJob;
 use k8s_openapi::api::core::v1::{ConfigMap, Secret, Service};
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use kube::runtime::controller::{Action, Controller};
 use kube::runtime::watcher;
-use kube::{Api, Client, Resource, ResourceExt};
-
-use kube::runtime::events::{Event as KubeEvent, EventType, Recorder, Reporter};
+use kube::{Api, Client, ResourceExt};
 
 use crate::build::{self, Inputs};
 use crate::crd::{CleanupPlan, PhoenixMemory, conditions};
@@ -118,7 +119,7 @@ pub struct Context {
     /// Metrics.
     pub metrics: Arc<Metrics>,
     /// Publishes Events on the PhoenixMemory.
-    pub recorder: Recorder,
+    pub events: events::Publisher,
     /// Scrapes the nodes.
     pub http: reqwest::Client,
     /// Consecutive failures per object, for the error policy's backoff.
@@ -244,18 +245,18 @@ async fn run_controller(
 ) {
     let ns = settings.namespace.clone();
     let owned = watcher::Config::default().labels("app.kubernetes.io/managed-by=phoenix-operator");
-    let reporter = Reporter {
-        controller: FIELD_MANAGER.into(),
-        instance: settings
-            .leader_election
-            .as_ref()
-            .map(|l| l.identity.clone()),
-    };
     let context = Arc::new(Context {
         client: client.clone(),
         settings: settings.clone(),
         metrics,
-        recorder: Recorder::new(client.clone(), reporter),
+        events: events::Publisher::new(
+            client.clone(),
+            FIELD_MANAGER,
+            settings
+                .leader_election
+                .as_ref()
+                .map(|l| l.identity.clone()),
+        ),
         http: reqwest::Client::new(),
         failures: Arc::default(),
     });
@@ -311,20 +312,11 @@ fn object_key(memory: &PhoenixMemory) -> String {
 async fn publish(
     ctx: &Context,
     memory: &PhoenixMemory,
-    type_: EventType,
+    kind: EventType,
     reason: &str,
     note: String,
 ) {
-    let event = KubeEvent {
-        type_,
-        reason: reason.into(),
-        note: Some(note),
-        action: "Reconcile".into(),
-        secondary: None,
-    };
-    if let Err(error) = ctx.recorder.publish(&event, &memory.object_ref(&())).await {
-        tracing::warn!(%error, "failed to publish an event");
-    }
+    ctx.events.publish(memory, kind, reason, note).await;
 }
 
 /// One reconcile: validate → build → apply (all but the CronJob) → observe → decide →
@@ -511,7 +503,14 @@ async fn explain(
             memory,
             EventType::Normal,
             reasons::RECOVERED,
-            decision.reason.clone(),
+            format!(
+                "worst ratio {} is below the recover threshold {:.2}×; now: {}",
+                decision
+                    .worst_ratio
+                    .map_or_else(|| "-".to_string(), |r| format!("{r:.2}×")),
+                memory.spec.cleanup.recover_threshold,
+                decision.reason
+            ),
         )
         .await;
     }

@@ -256,7 +256,11 @@ async fn run_one(sandbox: &Sandbox, memory: &str, job: &Job, shared: &Shared, ki
                 .lines()
                 .filter(|l| l.contains("cleaned in"))
                 .count();
-            let skipped = run.stdout.lines().filter(|l| l.contains("skipped")).count();
+            let skipped = run
+                .stdout
+                .lines()
+                .filter(|l| l.contains(": skipped"))
+                .count();
             note_job(
                 shared,
                 format!(

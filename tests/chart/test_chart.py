@@ -4,8 +4,10 @@
 Run by `scripts/test` after the Rust tests; `PHOENIX_OPERATOR_BIN` names the operator binary.
 """
 
+import json
 import os
 import pathlib
+import re
 import subprocess
 
 import helm_python
@@ -75,6 +77,24 @@ def test_optional_features_appear_only_when_enabled():
     args = by_kind(all_on, "Deployment")[0]["spec"]["template"]["spec"]["containers"][0]["args"]
     assert "--leader-election" in args, "two replicas need leader election"
     assert "--leader-election" not in by_kind(render({}), "Deployment")[0]["spec"]["template"]["spec"]["containers"][0]["args"]
+
+
+def test_dashboard_and_alerts_name_only_metrics_that_exist():
+    """Every phoenix_* metric the dashboard and the alerts query is one the code exports."""
+    exported = (ROOT / "node" / "src" / "service" / "metrics.rs").read_text() + (
+        ROOT / "operator" / "src" / "metrics.rs"
+    ).read_text()
+    all_on = render(ALL_ON)
+    dashboard = next(o for o in all_on if o["kind"] == "ConfigMap" and "grafana_dashboard" in o["metadata"]["labels"])
+    panels = [json.loads(text)["panels"] for text in dashboard["data"].values()][0]
+    queries = [t["expr"] for p in panels for t in p["targets"]]
+    rules = by_kind(all_on, "PrometheusRule")[0]["spec"]["groups"]
+    queries += [r["expr"] for g in rules for r in g["rules"]]
+    names = {n for q in queries for n in re.findall(r"phoenix_(?:node|operator)_[a-z_]+", q)}
+    assert len(names) > 8, names
+    for name in sorted(names):
+        base = re.sub(r"_(bucket|sum|count)$", "", name)
+        assert f'"{base}"' in exported, f"{name} is not exported by the node or the operator"
 
 
 def test_the_operator_pod_is_restricted():

@@ -166,18 +166,23 @@ pub fn ineffective_cause(report: &NodeReport) -> String {
     }
 }
 
-/// Decides. Pure: same inputs, same decision.
-pub fn decide(observations: &[Observation], spec: &PolicySpec, history: &History) -> Decision {
-    let keep = history
-        .interval
-        .map_or(spec.max_interval, |i| clamp(i, spec));
-    let stale: Vec<String> = observations
+/// `node: reason` for each stale observation.
+pub fn stale_nodes(observations: &[Observation]) -> Vec<String> {
+    observations
         .iter()
         .filter_map(|o| match o {
             Observation::Stale { node, reason } => Some(format!("{node}: {reason}")),
             Observation::Fresh(_) => None,
         })
-        .collect();
+        .collect()
+}
+
+/// Decides. Pure: same inputs, same decision.
+pub fn decide(observations: &[Observation], spec: &PolicySpec, history: &History) -> Decision {
+    let keep = history
+        .interval
+        .map_or(spec.max_interval, |i| clamp(i, spec));
+    let stale = stale_nodes(observations);
     if observations.is_empty() || !stale.is_empty() {
         return Decision {
             interval: keep,

@@ -17,13 +17,14 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
 use kube::api::{ListParams, PostParams};
 use kube::{Api, ResourceExt};
 
+use super::status::condition;
 use super::{Context, Error};
 use crate::build::{self, Inputs, NODE_PORT};
 use crate::crd::{
     CleanupMode, CleanupPlan, Decision as DecisionRecord, EmergencyJob, NodeObservation,
     PhoenixMemory, PhoenixMemoryStatus, conditions,
 };
-use crate::schedule::{Decision, History, INEFFECTIVE_LIMIT, Observation, PolicySpec};
+use crate::schedule::{self, Decision, History, INEFFECTIVE_LIMIT, Observation, PolicySpec};
 use crate::validate::ValidSpec;
 
 /// Seconds since the Unix epoch.
@@ -368,26 +369,6 @@ pub fn plan(valid: &ValidSpec, cronjob: &CronJob, decision: &Decision, now: f64)
     }
 }
 
-/// A condition (the transition time is fixed up when written).
-pub fn condition(
-    memory: &PhoenixMemory,
-    type_: &str,
-    status: bool,
-    reason: &str,
-    message: String,
-) -> Condition {
-    Condition {
-        type_: type_.into(),
-        status: if status { "True" } else { "False" }.into(),
-        reason: reason.into(),
-        message,
-        observed_generation: memory.metadata.generation,
-        last_transition_time: k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(
-            k8s_openapi::jiff::Timestamp::now(),
-        ),
-    }
-}
-
 /// The conditions the decision sets: `Degraded`, `MetricsStale`, `CleanupScheduled`,
 /// `CleanupIneffective`.
 pub fn decision_conditions(
@@ -398,13 +379,7 @@ pub fn decision_conditions(
     history: &History,
     plan: &CleanupPlan,
 ) -> Vec<Condition> {
-    let stale: Vec<String> = observations
-        .iter()
-        .filter_map(|o| match o {
-            Observation::Stale { node, reason } => Some(format!("{node}: {reason}")),
-            Observation::Fresh(_) => None,
-        })
-        .collect();
+    let stale = schedule::stale_nodes(observations);
     let metrics_stale = if observations.is_empty() {
         condition(
             memory,

@@ -30,7 +30,9 @@ fn with_condition(current: &[Condition], mut new: Condition) -> Vec<Condition> {
     out
 }
 
-fn condition(
+/// A condition; its transition time is kept from the current one when the status is unchanged
+/// (see `with_condition`).
+pub(super) fn condition(
     memory: &PhoenixMemory,
     type_: &str,
     ok: bool,

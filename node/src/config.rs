@@ -390,6 +390,11 @@ impl NodeConfig {
             ),
         );
         check(
+            p.settle_ticks <= 10_000,
+            "probe.settleTicks",
+            format!("must lie in 0..=10000, got {}", p.settle_ticks),
+        );
+        check(
             self.rebuild.disk_ratio.is_finite() && self.rebuild.disk_ratio >= 1.0,
             "rebuild.diskRatio",
             format!("must be at least 1.0, got {}", self.rebuild.disk_ratio),
@@ -478,7 +483,7 @@ mod tests {
     #[test]
     fn every_bad_field_is_named() {
         let error = NodeConfig::from_yaml(
-            "cacheCapacity: 10\nlimits: {maxKeyBytes: 0, maxListLimit: 0}\nprobe: {intervalMs: 1}\n",
+            "cacheCapacity: 10\nlimits: {maxKeyBytes: 0, maxListLimit: 0}\nprobe: {intervalMs: 1, settleTicks: 20000}\n",
         )
         .expect_err("invalid");
         let text = error.to_string();
@@ -487,6 +492,7 @@ mod tests {
             "limits.maxKeyBytes",
             "limits.maxListLimit",
             "probe.intervalMs",
+            "probe.settleTicks",
         ] {
             assert!(text.contains(field), "{field} missing from: {text}");
         }

@@ -298,11 +298,11 @@ impl Probe {
         }
     }
 
-    /// Called when a cleanup has finished: starts settling. Once
-    /// settled, the window is compared with the baseline in force now, and the baseline is
-    /// re-taken only if the cleanup brought latency back to within `baseline_keep_ratio` of
-    /// it (or there was none), so degradation a cleanup cannot fix stays visible. The result
-    /// comes from [`Probe::take_settled`].
+    /// Called when a cleanup has finished: starts settling. Once settled, the window is
+    /// compared with the baseline in force now, and the baseline is re-taken only if the
+    /// cleanup brought latency back to within `baseline_keep_ratio` of it (or there was
+    /// none), so degradation a cleanup cannot fix stays visible. The result comes from
+    /// [`Probe::take_settled`].
     pub fn begin_after_cleanup(&mut self) {
         // The window is kept (the ratio stays reported, never "no data" because of a
         // cleanup); by the time the settled value is taken, `settle_ticks + window_ticks`
@@ -338,9 +338,8 @@ impl Probe {
     }
 
     /// Ticks every `interval` until a baseline exists and none is pending (at most
-    /// `max_ticks`); for the
-    /// bench and tests, which drive the probe themselves. Returns the settled measurement
-    /// after a cleanup, if one was pending.
+    /// `max_ticks`); for the bench and tests, which drive the probe themselves. Returns the
+    /// settled measurement after a cleanup, if one was pending.
     ///
     /// # Errors
     /// Engine errors.

@@ -1,6 +1,7 @@
 //! The controller: a short `reconcile` driving named steps — validate (pure) → build (pure)
 //! → apply (server-side apply, one field manager, a documented order, no write when the
-//! cluster already matches) → status.
+//! cluster already matches) → observe the nodes → decide (pure, `crate::schedule`) → apply
+//! the CronJob with the decided cadence and any emergency Job → status → Events.
 
 mod apply;
 pub mod cleanup;
@@ -10,9 +11,8 @@ mod status;
 use std::sync::Arc;
 use std::time::Duration;
 
-use futures::StreamExt;
-
 use events::Kind as EventType;
+use futures::StreamExt;
 use k8s_openapi::api::apps::v1::StatefulSet;
 use k8s_openapi::api::batch::v1::CronJob;
 use k8s_openapi::api::core::v1::{ConfigMap, Secret, Service};

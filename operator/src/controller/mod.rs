@@ -27,6 +27,10 @@ use crate::metrics::Metrics;
 use crate::schedule;
 use crate::validate;
 
+/// Reconcile requests for one object within this time are merged (a new memory's seven
+/// children each trigger one; its status write another).
+const DEBOUNCE: Duration = Duration::from_millis(200);
+
 /// The field manager of every write the operator makes.
 pub const FIELD_MANAGER: &str = "phoenix-operator";
 
@@ -270,7 +274,11 @@ async fn run_controller(
     .owns(api::<Service>(&client, &ns), owned.clone())
     .owns(api::<PodDisruptionBudget>(&client, &ns), owned.clone())
     .owns(api::<CronJob>(&client, &ns), owned)
-    .with_config(kube::runtime::controller::Config::default().concurrency(settings.concurrency))
+    .with_config(
+        kube::runtime::controller::Config::default()
+            .concurrency(settings.concurrency)
+            .debounce(DEBOUNCE),
+    )
     .graceful_shutdown_on(shutdown)
     .run(measured_reconcile, error_policy, context)
     .for_each(|result| async move {

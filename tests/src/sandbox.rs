@@ -155,6 +155,15 @@ impl std::fmt::Debug for Sandbox {
     }
 }
 
+/// The ordinal of `pod` when it is one of `memory`'s (`memory-N`).
+fn ordinal(memory: &str, pod: &str) -> Option<i32> {
+    pod.strip_prefix(memory)?
+        .strip_prefix('-')?
+        .parse()
+        .ok()
+        .filter(|o: &i32| *o >= 0)
+}
+
 fn free_port(ip: Ipv4Addr) -> anyhow::Result<u16> {
     let listener = std::net::TcpListener::bind(SocketAddr::from((ip, 0)))
         .with_context(|| format!("bind {ip}:0"))?;
@@ -323,11 +332,7 @@ impl Sandbox {
         let extra: Vec<String> = self
             .lock()
             .keys()
-            .filter(|k| {
-                k.strip_prefix(&format!("{memory}-"))
-                    .and_then(|o| o.parse::<i32>().ok())
-                    .is_some_and(|o| o >= replicas)
-            })
+            .filter(|k| ordinal(memory, k).is_some_and(|o| o >= replicas))
             .cloned()
             .collect();
         for name in extra {
@@ -338,10 +343,7 @@ impl Sandbox {
         let running = i32::try_from(
             self.lock()
                 .keys()
-                .filter(|k| {
-                    k.strip_prefix(&format!("{memory}-"))
-                        .is_some_and(|o| o.parse::<u32>().is_ok())
-                })
+                .filter(|k| ordinal(memory, k).is_some())
                 .count(),
         )
         .unwrap_or(i32::MAX);
@@ -489,6 +491,22 @@ impl Sandbox {
         Ok(())
     }
 
+    /// The node's injected retrieve slowdown (1 = none), if the node answers.
+    pub async fn fault(&self, memory: &str, pod: &str) -> Option<f64> {
+        let url = self.node_url(pod)?;
+        let token = self.token(memory).ok()?;
+        let text = reqwest::Client::new()
+            .get(format!("{url}/v1/admin/faults"))
+            .bearer_auth(token)
+            .send()
+            .await
+            .ok()?
+            .text()
+            .await
+            .ok()?;
+        serde_json::from_str::<serde_json::Value>(&text).ok()?["retrieveSlowdown"].as_f64()
+    }
+
     /// The command line of a Job's container, made to run here (see the module docs).
     ///
     /// # Errors
@@ -517,10 +535,7 @@ impl Sandbox {
             }
         }
         for (pod, node) in self.lock().iter() {
-            if pod
-                .strip_prefix(&format!("{memory}-"))
-                .is_some_and(|o| o.parse::<u32>().is_ok())
-            {
+            if ordinal(memory, pod).is_some() {
                 out.push("--node".into());
                 out.push(node.url.clone());
             }

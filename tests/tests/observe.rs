@@ -6,8 +6,11 @@ use std::time::Duration;
 use phoenix_node::config::NodeConfig;
 use phoenix_node::service::{Node, app};
 use phoenix_node::store::Store;
+use phoenix_operator::controller::cleanup::policy_spec;
+use phoenix_operator::crd::PhoenixMemorySpec;
 use phoenix_operator::observe::{Freshness, scrape_all};
-use phoenix_operator::schedule::{History, Observation, PolicySpec, decide};
+use phoenix_operator::schedule::{History, Observation, decide};
+use phoenix_operator::validate::validate;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_real_nodes_metrics_become_a_fresh_observation_and_a_dead_one_a_stale_one() {
@@ -65,15 +68,9 @@ async fn a_real_nodes_metrics_become_a_fresh_observation_and_a_dead_one_a_stale_
     }
     assert!(matches!(&observations[1], Observation::Stale { node, .. } if node == "mem-1"));
 
-    // The policy keeps the plan when any node is stale.
-    let spec = PolicySpec {
-        degradation: 2.0,
-        recover: 1.5,
-        emergency: 8.0,
-        min_interval: Duration::from_secs(900),
-        max_interval: Duration::from_secs(86_400),
-        dry_run: false,
-    };
+    // The policy (a default PhoenixMemory's) keeps the plan when any node is stale.
+    let defaults: PhoenixMemorySpec = serde_json::from_str("{}").expect("defaults");
+    let spec = policy_spec(&validate(&defaults).expect("valid defaults"));
     let decision = decide(&observations, &spec, &History::default());
     assert_eq!((decision.rule, decision.emergency_job), ("stale", false));
     assert!(decision.reason.contains("mem-1"));

@@ -94,6 +94,21 @@ impl Harness {
             .expect("create memory");
     }
 
+    /// The first Event with `reason`, waiting for it.
+    async fn event(&self, reason: &str) -> k8s_openapi::api::events::v1::Event {
+        let events: Api<k8s_openapi::api::events::v1::Event> = self.api();
+        eventually(&format!("a {reason} event"), || async {
+            events
+                .list(&Default::default())
+                .await
+                .ok()?
+                .items
+                .into_iter()
+                .find(|e| e.reason.as_deref() == Some(reason))
+        })
+        .await
+    }
+
     async fn stop(mut self) {
         if let Some(stop) = self.stop.take() {
             let _ = stop.send(());
@@ -162,17 +177,7 @@ async fn create_update_repair_scale_and_delete() {
         "status shows the CronJob's schedule"
     );
     // An Event says what was applied; the metrics count the reconcile.
-    let events: Api<k8s_openapi::api::events::v1::Event> = h.api();
-    let applied = eventually("an Applied event", || async {
-        events
-            .list(&Default::default())
-            .await
-            .ok()?
-            .items
-            .into_iter()
-            .find(|e| e.reason.as_deref() == Some("Applied"))
-    })
-    .await;
+    let applied = h.event("Applied").await;
     assert!(applied.note.unwrap_or_default().contains("StatefulSet"));
     let text = h.metrics.render();
     assert!(
@@ -334,17 +339,7 @@ async fn an_invalid_combination_gives_ready_false_and_no_children() {
     })
     .await;
     assert_eq!(condition.reason, "InvalidSpec");
-    let events: Api<k8s_openapi::api::events::v1::Event> = h.api();
-    let warning = eventually("an InvalidSpec event", || async {
-        events
-            .list(&Default::default())
-            .await
-            .ok()?
-            .items
-            .into_iter()
-            .find(|e| e.reason.as_deref() == Some("InvalidSpec"))
-    })
-    .await;
+    let warning = h.event("InvalidSpec").await;
     assert_eq!(warning.type_.as_deref(), Some("Warning"));
     assert!(
         condition.message.contains("must not exceed"),

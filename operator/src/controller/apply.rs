@@ -33,12 +33,14 @@ pub fn is_subset(desired: &Value, current: &Value) -> bool {
     }
 }
 
-/// Applies `desired` unless the live object already matches; returns the live object and
-/// whether it was written.
-async fn apply_one<K>(api: &Api<K>, desired: &K) -> Result<(K, bool), Error>
+/// Applies `desired` in `namespace` unless the live object already matches; returns the
+/// live object and whether it was written.
+async fn apply_one<K>(ctx: &Context, namespace: &str, desired: &K) -> Result<(K, bool), Error>
 where
     K: Resource<Scope = NamespaceResourceScope> + Clone + DeserializeOwned + Serialize + Debug,
+    K::DynamicType: Default,
 {
+    let api: Api<K> = Api::namespaced(ctx.client.clone(), namespace);
     let name = desired.name_any();
     if let Some(current) = api.get_opt(&name).await? {
         let wanted =
@@ -78,75 +80,33 @@ pub async fn children(
     ctx: &Context,
     namespace: &str,
     children: &Children,
-) -> Result<(Option<StatefulSet>, Vec<&'static str>), Error> {
-    let mut written = Vec::new();
-    let mut note = |kind: &'static str, changed: bool| {
-        if changed {
-            written.push(kind);
-        }
-    };
-    note(
-        "ConfigMap",
-        apply_one(
-            &Api::namespaced(ctx.client.clone(), namespace),
-            &children.configmap,
-        )
+) -> Result<(StatefulSet, Vec<&'static str>), Error> {
+    let configmap = apply_one(ctx, namespace, &children.configmap).await?.1;
+    let secret = apply_one(ctx, namespace, &children.secret).await?.1;
+    let headless = apply_one(ctx, namespace, &children.headless_service)
         .await?
-        .1,
-    );
-    note(
-        "Secret",
-        apply_one(
-            &Api::namespaced(ctx.client.clone(), namespace),
-            &children.secret,
-        )
-        .await?
-        .1,
-    );
-    note(
-        "headless Service",
-        apply_one(
-            &Api::namespaced(ctx.client.clone(), namespace),
-            &children.headless_service,
-        )
-        .await?
-        .1,
-    );
-    note(
-        "client Service",
-        apply_one(
-            &Api::namespaced(ctx.client.clone(), namespace),
-            &children.client_service,
-        )
-        .await?
-        .1,
-    );
-    let (statefulset, changed) = apply_one(
-        &Api::namespaced(ctx.client.clone(), namespace),
-        &children.statefulset,
-    )
-    .await?;
-    note("StatefulSet", changed);
-    note(
-        "PodDisruptionBudget",
-        apply_one(
-            &Api::namespaced(ctx.client.clone(), namespace),
-            &children.pdb,
-        )
-        .await?
-        .1,
-    );
-    Ok((Some(statefulset), written))
+        .1;
+    let client = apply_one(ctx, namespace, &children.client_service).await?.1;
+    let (statefulset, nodes) = apply_one(ctx, namespace, &children.statefulset).await?;
+    let pdb = apply_one(ctx, namespace, &children.pdb).await?.1;
+    let written = [
+        ("ConfigMap", configmap),
+        ("Secret", secret),
+        ("headless Service", headless),
+        ("client Service", client),
+        ("StatefulSet", nodes),
+        ("PodDisruptionBudget", pdb),
+    ]
+    .into_iter()
+    .filter_map(|(kind, changed)| changed.then_some(kind))
+    .collect();
+    Ok((statefulset, written))
 }
 
 /// Applies the CronJob (last: it cleans nodes that must exist, on the cadence decided from
 /// what they report); returns whether it was written.
 pub async fn cronjob(ctx: &Context, namespace: &str, cronjob: &CronJob) -> Result<bool, Error> {
-    Ok(
-        apply_one(&Api::namespaced(ctx.client.clone(), namespace), cronjob)
-            .await?
-            .1,
-    )
+    Ok(apply_one(ctx, namespace, cronjob).await?.1)
 }
 
 #[cfg(test)]

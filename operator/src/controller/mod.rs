@@ -359,19 +359,20 @@ pub async fn reconcile(memory: Arc<PhoenixMemory>, ctx: Arc<Context>) -> Result<
     let keep = current.plan.as_ref().map_or(valid.max_interval, |p| {
         Duration::from_secs(p.interval_seconds)
     });
-    let first = build::build_all(&Inputs {
+    let in_force = Inputs {
         memory: &memory,
         valid: &valid,
         default_image: &ctx.settings.default_image,
         admin_token: &token,
         cleanup_interval: keep,
-    })?;
-    let (statefulset, mut written) = apply::children(&ctx, &namespace, &first).await?;
+    };
+    let children = build::build_all(&in_force)?;
+    let (statefulset, mut written) = apply::children(&ctx, &namespace, &children).await?;
 
     // Observe → decide.
     let ready_replicas = statefulset
+        .status
         .as_ref()
-        .and_then(|s| s.status.as_ref())
         .and_then(|s| s.ready_replicas)
         .unwrap_or(0);
     let observations = cleanup::observe(&ctx, &namespace, &memory, ready_replicas).await?;
@@ -387,14 +388,11 @@ pub async fn reconcile(memory: Arc<PhoenixMemory>, ctx: Arc<Context>) -> Result<
 
     // Act: the CronJob with the decided cadence, then the emergency Job.
     let inputs = Inputs {
-        memory: &memory,
-        valid: &valid,
-        default_image: &ctx.settings.default_image,
-        admin_token: &token,
         cleanup_interval: decision.interval,
+        ..in_force
     };
-    let children = build::build_all(&inputs)?;
-    if apply::cronjob(&ctx, &namespace, &children.cronjob).await? {
+    let cronjob = build::build_cronjob(&inputs);
+    if apply::cronjob(&ctx, &namespace, &cronjob).await? {
         written.push("CronJob");
     }
     if !written.is_empty() {
@@ -408,11 +406,11 @@ pub async fn reconcile(memory: Arc<PhoenixMemory>, ctx: Arc<Context>) -> Result<
         .await;
     }
     let emergency = if decision.emergency_job {
-        Some(cleanup::emergency_job(&ctx, &inputs, &children.cronjob, now).await?)
+        Some(cleanup::emergency_job(&ctx, &inputs, &cronjob, now).await?)
     } else {
         None
     };
-    let plan = cleanup::plan(&valid, &children.cronjob, &decision, now);
+    let plan = cleanup::plan(&valid, &cronjob, &decision, now);
     ctx.metrics
         .cadence(&namespace, &name, decision.interval.as_secs_f64());
     let record = cleanup::record(
@@ -432,7 +430,7 @@ pub async fn reconcile(memory: Arc<PhoenixMemory>, ctx: Arc<Context>) -> Result<
         last_emergency_job: emergency.clone().or(current.last_emergency_job.clone()),
         conditions: conditions.clone(),
     };
-    status::ready(&ctx, &memory, &namespace, statefulset.as_ref(), update).await?;
+    status::ready(&ctx, &memory, &namespace, &statefulset, update).await?;
     explain(
         &ctx,
         &memory,

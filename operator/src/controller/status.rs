@@ -113,11 +113,11 @@ pub async fn ready(
     ctx: &Context,
     memory: &PhoenixMemory,
     namespace: &str,
-    statefulset: Option<&StatefulSet>,
+    statefulset: &StatefulSet,
     observed: Observed,
 ) -> Result<bool, Error> {
     let current = memory.status.clone().unwrap_or_default();
-    let sts_status = statefulset.and_then(|s| s.status.as_ref());
+    let sts_status = statefulset.status.as_ref();
     let mut conditions = with_condition(
         &current.conditions,
         condition(

@@ -333,14 +333,16 @@ async fn load(sandbox: Arc<Sandbox>, memory: String, seed: Seed, calm: Duration,
             // Stop early when a cleanup already removed the fault.
             for _ in 0..seconds {
                 tokio::time::sleep(Duration::from_secs(1)).await;
-                if fault_now(&sandbox, &memory, &first)
+                if sandbox
+                    .fault(&memory, &first)
                     .await
                     .is_some_and(|f| f <= 1.0)
                 {
                     break;
                 }
             }
-            if fault_now(&sandbox, &memory, &first)
+            if sandbox
+                .fault(&memory, &first)
                 .await
                 .is_some_and(|f| f <= 1.0)
             {
@@ -362,22 +364,6 @@ impl Drop for AbortOnDrop {
     fn drop(&mut self) {
         self.0.abort();
     }
-}
-
-async fn fault_now(sandbox: &Sandbox, memory: &str, pod: &str) -> Option<f64> {
-    let url = sandbox.node_url(pod)?;
-    let token = sandbox.token(memory).ok()?;
-    let text = reqwest::Client::new()
-        .get(format!("{url}/v1/admin/faults"))
-        .bearer_auth(token)
-        .send()
-        .await
-        .ok()?
-        .text()
-        .await
-        .ok()?;
-    let body: serde_json::Value = serde_json::from_str(&text).ok()?;
-    body["retrieveSlowdown"].as_f64()
 }
 
 fn seconds_text(seconds: u64) -> String {

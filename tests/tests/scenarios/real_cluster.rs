@@ -1,7 +1,7 @@
 //! Against a real cluster: the operator's controller (from this build, in the test process)
 //! with the cluster of the current kubeconfig. Ignored by default — no cluster runs on our
 //! development machines. Run it with
-//! `PHOENIX_REAL_CLUSTER=1 cargo nextest run -p phoenix-tests --test real_cluster --run-ignored all`
+//! `PHOENIX_REAL_CLUSTER=1 cargo nextest run -p phoenix-tests --run-ignored only real_cluster::`
 //! (kind or k3d is enough; the node image need not be pullable: the test checks what the
 //! operator creates and reports, not the pods).
 
@@ -62,7 +62,7 @@ async fn a_memory_on_a_real_cluster_gets_its_children_and_a_plan() {
 
     let memories: Api<PhoenixMemory> = Api::namespaced(client.clone(), &namespace);
     let memory: PhoenixMemory =
-        serde_yaml::from_str(include_str!("../../examples/minimal.yaml")).expect("example");
+        serde_yaml::from_str(include_str!("../../../examples/minimal.yaml")).expect("example");
     memories
         .create(&PostParams::default(), &memory)
         .await

@@ -210,6 +210,7 @@ pub struct MaintenanceWindow {
 #[x_kube(validation = Rule::new("self.emergencyThreshold > self.degradationThreshold").message("emergencyThreshold must be greater than degradationThreshold"))]
 #[x_kube(validation = Rule::new("self.degradationThreshold > self.recoverThreshold").message("degradationThreshold must be greater than recoverThreshold"))]
 #[x_kube(validation = Rule::new("duration(self.minInterval) <= duration(self.maxInterval)").message("minInterval must not exceed maxInterval"))]
+#[x_kube(validation = Rule::new("duration(self.maxInterval) <= duration('168h')").message("maxInterval must not exceed 168h: a cron schedule repeats evenly at most weekly"))]
 pub struct CleanupSpec {
     /// Schedule cleanups at all; `false` suspends the CronJob.
     #[serde(default = "default_true")]
@@ -233,7 +234,8 @@ pub struct CleanupSpec {
     #[serde(default = "default_min_interval")]
     #[schemars(regex(pattern = r"^([0-9]+(s|m|h))+$"))]
     pub min_interval: String,
-    /// Longest time between cleanups, a duration; the cadence while latency is flat.
+    /// Longest time between cleanups, a duration; the cadence while latency is flat. At
+    /// most `168h` (a cron schedule repeats evenly at most weekly).
     #[serde(default = "default_max_interval")]
     #[schemars(regex(pattern = r"^([0-9]+(s|m|h))+$"))]
     pub max_interval: String,
@@ -416,8 +418,13 @@ pub struct CleanupPlan {
     /// The schedule's time zone.
     #[serde(default)]
     pub time_zone: String,
-    /// Time between cleanups, seconds.
+    /// The cadence the policy decided, seconds.
     pub interval_seconds: u64,
+    /// Shortest time between two runs of `schedule`, seconds: `intervalSeconds` rounded to
+    /// a step cron repeats evenly (a divisor of an hour or a day, 2 or 3 days, a week),
+    /// never below `minInterval`. Absent with a fixed `spec.cleanup.schedule`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub runs_every_seconds: Option<u64>,
     /// When the worst node is predicted to cross `degradationThreshold` (RFC 3339).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub predicted_breach: Option<String>,

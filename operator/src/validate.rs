@@ -88,6 +88,12 @@ pub fn validate(spec: &PhoenixMemorySpec) -> Result<ValidSpec, Vec<String>> {
             cleanup.min_interval, cleanup.max_interval
         ));
     }
+    if max > crate::build::LONGEST_INTERVAL {
+        problems.push(format!(
+            "cleanup.maxInterval ({}) must not exceed 168h: a cron schedule repeats evenly at most weekly",
+            cleanup.max_interval
+        ));
+    }
     if min < Duration::from_secs(60) && min != Duration::ZERO {
         problems.push("cleanup.minInterval: must be at least 1m (the CronJob's resolution)".into());
     }
@@ -169,5 +175,20 @@ mod tests {
         assert!(problems.iter().any(|p| p.contains("must not exceed")));
         assert!(problems.iter().any(|p| p.contains("thresholds")));
         assert!(problems.iter().any(|p| p.starts_with("cleanup.schedule")));
+    }
+
+    #[test]
+    fn max_interval_is_at_most_a_week() {
+        let mut week = spec();
+        week.cleanup.max_interval = "168h".into();
+        assert!(validate(&week).is_ok());
+        let mut longer = spec();
+        longer.cleanup.max_interval = "169h".into();
+        let problems = validate(&longer).expect_err("invalid");
+        assert_eq!(problems.len(), 1, "{problems:?}");
+        assert!(
+            problems[0].starts_with("cleanup.maxInterval (169h)"),
+            "{problems:?}"
+        );
     }
 }

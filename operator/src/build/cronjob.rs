@@ -68,54 +68,138 @@ fn list(values: &[u32]) -> String {
         .join(",")
 }
 
-/// A five-field cron schedule that runs about every `interval`, at `minute` past the hour,
-/// only inside `windows` (their hours and days; with several windows, the union of both).
-/// The interval is rounded down to a step cron can express evenly (a divisor of 60 minutes
-/// or 24 hours, or whole days).
-pub fn schedule_for(interval: Duration, minute: u32, windows: &[MaintenanceWindow]) -> String {
+/// A repetition a five-field cron schedule expresses evenly.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CronStep {
+    /// Every N minutes, N a divisor of 60.
+    Minutes(u32),
+    /// Every N hours, N a divisor of 24.
+    Hours(u32),
+    /// Once a day on days of the week at least N days apart: 1 (daily), 2 (Sun, Tue, Thu),
+    /// 3 (Sun, Wed) or 7 (weekly).
+    Days(u32),
+}
+
+impl CronStep {
+    /// Every step cron repeats evenly, shortest first.
+    const ALL: [CronStep; 22] = [
+        CronStep::Minutes(1),
+        CronStep::Minutes(2),
+        CronStep::Minutes(3),
+        CronStep::Minutes(4),
+        CronStep::Minutes(5),
+        CronStep::Minutes(6),
+        CronStep::Minutes(10),
+        CronStep::Minutes(12),
+        CronStep::Minutes(15),
+        CronStep::Minutes(20),
+        CronStep::Minutes(30),
+        CronStep::Hours(1),
+        CronStep::Hours(2),
+        CronStep::Hours(3),
+        CronStep::Hours(4),
+        CronStep::Hours(6),
+        CronStep::Hours(8),
+        CronStep::Hours(12),
+        CronStep::Days(1),
+        CronStep::Days(2),
+        CronStep::Days(3),
+        CronStep::Days(7),
+    ];
+
+    /// The shortest time between two runs.
+    pub fn shortest(self) -> Duration {
+        Duration::from_secs(match self {
+            CronStep::Minutes(n) => u64::from(n) * 60,
+            CronStep::Hours(n) => u64::from(n) * 3600,
+            CronStep::Days(n) => u64::from(n) * 86_400,
+        })
+    }
+
+    /// The longest time between two runs without windows: a week of 7 days does not split
+    /// evenly in 2 or 3, so those steps have one longer gap (Thu → Sun, Wed → Sun).
+    pub fn longest(self) -> Duration {
+        match self {
+            CronStep::Days(2) => Duration::from_secs(3 * 86_400),
+            CronStep::Days(3) => Duration::from_secs(4 * 86_400),
+            step => step.shortest(),
+        }
+    }
+}
+
+/// The longest `maxInterval` a schedule honours: cron repeats evenly at most weekly.
+pub const LONGEST_INTERVAL: Duration = Duration::from_secs(7 * 86_400);
+
+/// The step a schedule for `interval` runs at: the longest step whose runs are never more
+/// than `interval` apart, among those never closer than `floor` (`minInterval`, the limit
+/// that protects nodes from cleaning too often). When no step fits both, `floor` wins: the
+/// shortest step at or above it.
+pub fn cron_step(interval: Duration, floor: Duration) -> CronStep {
+    let mut allowed = CronStep::ALL
+        .into_iter()
+        .filter(|step| step.shortest() >= floor);
+    let first = allowed.clone().next().unwrap_or(CronStep::Days(7));
+    allowed
+        .rfind(|step| step.longest() <= interval)
+        .unwrap_or(first)
+}
+
+/// From `values` (sorted, each below `modulus`), the first and then every next one at least
+/// `step` after the last picked, dropping the last picked while it is closer than `step` to
+/// the first one's repetition `modulus` later: consecutive picks, the wrap included, are at
+/// least `step` apart.
+fn spaced(values: &[u32], step: u32, modulus: u32) -> Vec<u32> {
+    let mut picked: Vec<u32> = Vec::new();
+    for &value in values {
+        if picked.last().is_none_or(|last| value - last >= step) {
+            picked.push(value);
+        }
+    }
+    while picked.len() > 1
+        && picked
+            .last()
+            .zip(picked.first())
+            .is_some_and(|(last, first)| first + modulus - last < step)
+    {
+        picked.pop();
+    }
+    picked
+}
+
+/// A five-field cron schedule that runs every `step`, at `minute` past the hour, only inside
+/// `windows` (their hours and days; with several windows, the union of both). Two runs are
+/// never closer than `step.shortest()`; windows only make gaps longer.
+pub fn schedule_for(step: CronStep, minute: u32, windows: &[MaintenanceWindow]) -> String {
     let minute = minute % 60;
     let (hours, days) = window_hours_and_days(windows);
     let all_hours = hours.len() == 24;
     let dow = days.as_deref().map_or_else(|| "*".to_string(), list);
-    let minutes = (interval.as_secs() / 60).max(1);
-    if minutes < 60 {
-        // Every N minutes, N a divisor of 60 so runs are evenly spaced.
-        let step = [1, 2, 3, 4, 5, 6, 10, 12, 15, 20, 30]
-            .into_iter()
-            .rev()
-            .find(|d| *d <= minutes)
-            .unwrap_or(1);
-        let offset = minute % step as u32;
-        let hour_field = if all_hours { "*".into() } else { list(&hours) };
-        return format!("{offset}-59/{step} {hour_field} * * {dow}");
-    }
-    let whole_hours = minutes / 60;
-    if whole_hours < 24 {
-        let step = [1, 2, 3, 4, 6, 8, 12]
-            .into_iter()
-            .rev()
-            .find(|d| *d <= whole_hours)
-            .unwrap_or(1);
-        if all_hours {
-            return format!("{minute} */{step} * * {dow}");
+    match step {
+        CronStep::Minutes(n) => {
+            // n divides 60, so runs continue evenly from one hour into the next.
+            let offset = minute % n;
+            let hour_field = if all_hours { "*".into() } else { list(&hours) };
+            format!("{offset}-59/{n} {hour_field} * * {dow}")
         }
-        let picked: Vec<u32> = hours.iter().copied().step_by(step as usize).collect();
-        return format!("{minute} {} * * {dow}", list(&picked));
-    }
-    // Daily or rarer: once, at the first window hour (03:00 without windows).
-    let hour = if all_hours { 3 } else { hours[0] };
-    let every_days = (whole_hours / 24).clamp(1, 28);
-    match days {
-        // Day-of-month and day-of-week together mean "either" in cron: pick weekdays only,
-        // about one run per `every_days` among the window's days.
-        Some(days) => {
-            let per_week = (7 / every_days).max(1) as usize;
-            let stride = days.len().div_ceil(per_week).max(1);
-            let picked: Vec<u32> = days.iter().copied().step_by(stride).collect();
-            format!("{minute} {hour} * * {}", list(&picked))
+        // n divides 24, so runs continue evenly from one day into the next.
+        CronStep::Hours(n) if all_hours => format!("{minute} */{n} * * {dow}"),
+        CronStep::Hours(n) => format!("{minute} {} * * {dow}", list(&spaced(&hours, n, 24))),
+        CronStep::Days(n) => {
+            // Once a day, at the first window hour (03:00 without windows).
+            let hour = if all_hours {
+                3
+            } else {
+                hours.first().copied().unwrap_or(3)
+            };
+            let week: Vec<u32> = days.unwrap_or_else(|| (0..7).collect());
+            let picked = spaced(&week, n, 7);
+            let dow = if picked.len() == 7 {
+                "*".to_string()
+            } else {
+                list(&picked)
+            };
+            format!("{minute} {hour} * * {dow}")
         }
-        None if every_days <= 1 => format!("{minute} {hour} * * *"),
-        None => format!("{minute} {hour} */{every_days} * *"),
     }
 }
 
@@ -126,7 +210,7 @@ pub fn build_cronjob(inputs: &Inputs<'_>) -> CronJob {
     let namespace = inputs.namespace();
     let schedule = spec.cleanup.schedule.clone().unwrap_or_else(|| {
         schedule_for(
-            inputs.cleanup_interval,
+            cron_step(inputs.cleanup_interval, inputs.valid.min_interval),
             spread_minute(&namespace, &name),
             &spec.cleanup.windows,
         )
@@ -256,42 +340,53 @@ mod tests {
     use super::super::fixtures::*;
     use super::*;
 
+    /// The schedule for a cadence of `seconds` with no `minInterval`.
+    fn every(seconds: u64, minute: u32, windows: &[MaintenanceWindow]) -> String {
+        schedule_for(
+            cron_step(Duration::from_secs(seconds), Duration::ZERO),
+            minute,
+            windows,
+        )
+    }
+
     #[test]
     fn schedules_cover_minutes_hours_and_days() {
+        assert_eq!(every(15 * 60, 7, &[]), "7-59/15 * * * *");
+        // Rounded down to a step cron repeats evenly: runs never further apart than decided.
+        assert_eq!(every(7 * 60, 7, &[]), "1-59/6 * * * *");
+        assert_eq!(every(6 * 3600, 42, &[]), "42 */6 * * *");
+        assert_eq!(every(5 * 3600, 42, &[]), "42 */4 * * *");
+        assert_eq!(every(86_400, 5, &[]), "5 3 * * *");
+        assert_eq!(every(2 * 86_400, 5, &[]), "5 3 * * *");
+        assert_eq!(every(3 * 86_400, 5, &[]), "5 3 * * 0,2,4");
+        assert_eq!(every(5 * 86_400, 5, &[]), "5 3 * * 0,3");
+        assert_eq!(every(7 * 86_400, 5, &[]), "5 3 * * 0");
+        assert_eq!(every(30 * 86_400, 5, &[]), "5 3 * * 0");
+    }
+
+    #[test]
+    fn min_interval_wins_over_rounding_down() {
+        let minutes = |m: u64| Duration::from_secs(m * 60);
+        // 7 min has no even step; 6 would break a 7 min minInterval, so 10.
+        assert_eq!(cron_step(minutes(7), minutes(7)), CronStep::Minutes(10));
+        assert_eq!(cron_step(minutes(7), minutes(5)), CronStep::Minutes(6));
+        assert_eq!(cron_step(minutes(90), minutes(61)), CronStep::Hours(2));
+        assert_eq!(cron_step(minutes(90), minutes(60)), CronStep::Hours(1));
         assert_eq!(
-            schedule_for(Duration::from_secs(15 * 60), 7, &[]),
-            "7-59/15 * * * *"
+            cron_step(
+                Duration::from_secs(2 * 86_400),
+                Duration::from_secs(36 * 3600)
+            ),
+            CronStep::Days(2)
         );
+        // Weekly is the rarest even repetition.
         assert_eq!(
-            schedule_for(Duration::from_secs(7 * 60), 7, &[]),
-            "1-59/6 * * * *"
+            cron_step(
+                Duration::from_secs(30 * 86_400),
+                Duration::from_secs(20 * 86_400)
+            ),
+            CronStep::Days(7)
         );
-        assert_eq!(
-            schedule_for(Duration::from_secs(6 * 3600), 42, &[]),
-            "42 */6 * * *"
-        );
-        assert_eq!(
-            schedule_for(Duration::from_secs(5 * 3600), 42, &[]),
-            "42 */4 * * *"
-        );
-        assert_eq!(
-            schedule_for(Duration::from_secs(86_400), 5, &[]),
-            "5 3 * * *"
-        );
-        assert_eq!(
-            schedule_for(Duration::from_secs(3 * 86_400), 5, &[]),
-            "5 3 */3 * *"
-        );
-        for minute in 0..60 {
-            for secs in [60, 600, 3600, 7200, 86_400, 864_000] {
-                assert_eq!(
-                    schedule_for(Duration::from_secs(secs), minute, &[])
-                        .split_whitespace()
-                        .count(),
-                    5
-                );
-            }
-        }
     }
 
     fn window(days: &[Weekday], start_hour: u8, end_hour: u8) -> MaintenanceWindow {
@@ -305,18 +400,13 @@ mod tests {
     #[test]
     fn windows_restrict_hours_and_days() {
         let nights = [window(&[Weekday::Mon, Weekday::Tue], 22, 1)];
-        assert_eq!(
-            schedule_for(Duration::from_secs(900), 7, &nights),
-            "7-59/15 0,1,22,23 * * 1,2"
-        );
-        assert_eq!(
-            schedule_for(Duration::from_secs(2 * 3600), 7, &nights),
-            "7 0,22 * * 1,2"
-        );
-        assert_eq!(
-            schedule_for(Duration::from_secs(86_400), 7, &nights),
-            "7 0 * * 1,2"
-        );
+        assert_eq!(every(900, 7, &nights), "7-59/15 0,1,22,23 * * 1,2");
+        assert_eq!(every(2 * 3600, 7, &nights), "7 0,22 * * 1,2");
+        // 0 and 23 are an hour apart across midnight: 23 is dropped.
+        assert_eq!(every(3 * 3600, 7, &nights), "7 0 * * 1,2");
+        assert_eq!(every(86_400, 7, &nights), "7 0 * * 1,2");
+        // Mon and Tue are a day apart: every two days keeps Mon only.
+        assert_eq!(every(3 * 86_400, 7, &nights), "7 0 * * 1");
         let weekdays = [window(
             &[
                 Weekday::Mon,
@@ -328,17 +418,11 @@ mod tests {
             2,
             4,
         )];
-        // Every two days among Mon–Fri: Mon, Wed, Fri.
-        assert_eq!(
-            schedule_for(Duration::from_secs(2 * 86_400), 30, &weekdays),
-            "30 2 * * 1,3,5"
-        );
+        // Every two to three days among Mon–Fri: Mon, Wed, Fri.
+        assert_eq!(every(3 * 86_400, 30, &weekdays), "30 2 * * 1,3,5");
         // A window without days is every day; hours from several windows are merged.
         let any_day = [window(&[], 1, 2), window(&[Weekday::Sun], 5, 5)];
-        assert_eq!(
-            schedule_for(Duration::from_secs(3600), 0, &any_day),
-            "0 1,2,5 * * *"
-        );
+        assert_eq!(every(3600, 0, &any_day), "0 1,2,5 * * *");
     }
 
     fn arb_windows() -> impl proptest::strategy::Strategy<Value = Vec<MaintenanceWindow>> {
@@ -364,10 +448,29 @@ mod tests {
         )
     }
 
+    /// The gaps between consecutive runs of `schedule` (UTC) over five weeks from `start`
+    /// (Unix seconds), at most 3,000 runs.
+    fn gaps(schedule: &str, start: i64) -> Vec<u64> {
+        let cron: croner::Cron = schedule.parse().expect("schedule parses");
+        let start = jiff::Timestamp::from_second(start)
+            .expect("start")
+            .to_zoned(jiff::tz::TimeZone::UTC);
+        let end = start.timestamp().as_second() + 35 * 86_400;
+        let runs: Vec<i64> = cron
+            .iter_after(start)
+            .map(|run| run.timestamp().as_second())
+            .take_while(|run| *run <= end)
+            .take(3000)
+            .collect();
+        runs.windows(2)
+            .map(|pair| u64::try_from(pair[1] - pair[0]).expect("runs ascend"))
+            .collect()
+    }
+
     proptest::proptest! {
         #[test]
         fn every_schedule_parses_as_cron(seconds in 60u64..10_000_000, minute in 0u32..60, windows in arb_windows()) {
-            let schedule = schedule_for(Duration::from_secs(seconds), minute, &windows);
+            let schedule = every(seconds, minute, &windows);
             let parsed: Result<croner::Cron, _> = schedule.parse();
             proptest::prop_assert!(parsed.is_ok(), "{schedule}: {parsed:?}");
             proptest::prop_assert_eq!(schedule.split_whitespace().count(), 5);
@@ -375,7 +478,7 @@ mod tests {
 
         #[test]
         fn scheduled_runs_fall_inside_the_windows(seconds in 60u64..1_000_000, minute in 0u32..60, windows in arb_windows()) {
-            let schedule = schedule_for(Duration::from_secs(seconds), minute, &windows);
+            let schedule = every(seconds, minute, &windows);
             let (hours, days) = window_hours_and_days(&windows);
             let fields: Vec<&str> = schedule.split_whitespace().collect();
             if fields[1] != "*" && !fields[1].starts_with("*/") {
@@ -386,12 +489,47 @@ mod tests {
             } else {
                 proptest::prop_assert_eq!(hours.len(), 24);
             }
-            match days {
-                Some(days) => for day in fields[4].split(',') {
+            // No days in the windows: every day is inside.
+            if let Some(days) = days {
+                for day in fields[4].split(',') {
                     let day: u32 = day.parse().expect("day");
                     proptest::prop_assert!(days.contains(&day), "{schedule}: day {day}");
-                },
-                None => proptest::prop_assert_eq!(fields[4], "*"),
+                }
+            }
+        }
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::test_runner::Config::with_cases(64))]
+
+        /// The runs themselves, as croner computes them: never closer than `minInterval`;
+        /// without windows, never further apart than the decided cadence unless
+        /// `minInterval` leaves no step that short.
+        #[test]
+        fn runs_are_never_closer_than_min_interval(
+            floor in 60u64..=7 * 86_400,
+            extra in 0u64..7 * 86_400,
+            minute in 0u32..60,
+            windows in arb_windows(),
+            start in 1_700_000_000i64..1_900_000_000,
+        ) {
+            let interval = (floor + extra).min(7 * 86_400);
+            let step = cron_step(Duration::from_secs(interval), Duration::from_secs(floor));
+            proptest::prop_assert!(step.shortest().as_secs() >= floor, "{step:?} for floor {floor}");
+            let schedule = schedule_for(step, minute, &windows);
+            let gaps = gaps(&schedule, start);
+            proptest::prop_assert!(!gaps.is_empty(), "{schedule}: fewer than two runs in five weeks");
+            for gap in &gaps {
+                proptest::prop_assert!(*gap >= floor, "{schedule}: runs {gap} s apart, minInterval {floor} s");
+            }
+            if windows.is_empty() {
+                let longest = gaps.iter().copied().max().unwrap_or(0);
+                proptest::prop_assert_eq!(longest, step.longest().as_secs(), "{}", schedule);
+                let shortest_allowed = cron_step(Duration::ZERO, Duration::from_secs(floor));
+                proptest::prop_assert!(
+                    longest <= interval || step == shortest_allowed,
+                    "{schedule}: runs {longest} s apart, cadence {interval} s"
+                );
             }
         }
     }

@@ -463,14 +463,20 @@ async fn explain(
             != (&plan.schedule, plan.interval_seconds)
     {
         let from = old_plan.schedule.clone();
+        let cadence = match plan.runs_every_seconds {
+            Some(every) if every != plan.interval_seconds => {
+                format!("every {every} s; decided {} s", plan.interval_seconds)
+            }
+            _ => format!("{} s", plan.interval_seconds),
+        };
         publish(
             ctx,
             memory,
             EventType::Normal,
             reasons::PLAN_CHANGED,
             format!(
-                "cleanup schedule {from} → {} ({} s): {}",
-                plan.schedule, plan.interval_seconds, plan.reason
+                "cleanup schedule {from} → {} ({cadence}): {}",
+                plan.schedule, plan.reason
             ),
         )
         .await;

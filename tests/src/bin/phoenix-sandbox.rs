@@ -418,7 +418,7 @@ async fn render(
             started.elapsed().as_secs_f64(),
             ratios.join(" "),
             plan.schedule,
-            seconds_text(plan.interval_seconds),
+            seconds_text(plan.runs_every_seconds.unwrap_or(plan.interval_seconds)),
             decision.rule,
             decision.outcome,
             conditions.join(" "),
@@ -453,7 +453,7 @@ async fn render(
         "\nPLAN       {} ({}), every {} — {}\n",
         plan.schedule,
         plan.time_zone,
-        seconds_text(plan.interval_seconds),
+        seconds_text(plan.runs_every_seconds.unwrap_or(plan.interval_seconds)),
         plan.reason
     ));
     out.push_str(&format!(

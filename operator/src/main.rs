@@ -53,6 +53,10 @@ enum Command {
         /// Seconds a node scrape may take before the node counts as stale.
         #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u64).range(1..=60))]
         scrape_timeout_seconds: u64,
+        /// Longest time, seconds, node figures that only jitter (ratios and sizes moving by
+        /// less than 10%) stay unwritten in a memory's status.
+        #[arg(long, default_value_t = 300, value_parser = clap::value_parser!(u64).range(1..=86_400))]
+        status_refresh_seconds: u64,
         /// Address of the operator's /metrics, /healthz and /readyz.
         #[arg(long, env = "PHOENIX_METRICS_ADDRESS", default_value = "0.0.0.0:8080")]
         metrics_address: std::net::SocketAddr,
@@ -179,6 +183,7 @@ fn main() -> ExitCode {
             lease_seconds,
             observe_interval_seconds,
             scrape_timeout_seconds,
+            status_refresh_seconds,
             metrics_address,
         } => {
             let filter = tracing_subscriber::EnvFilter::try_from_default_env()
@@ -205,6 +210,7 @@ fn main() -> ExitCode {
                 leader_election,
                 observe_interval: std::time::Duration::from_secs(observe_interval_seconds),
                 scrape_timeout: std::time::Duration::from_secs(scrape_timeout_seconds),
+                status_refresh: std::time::Duration::from_secs(status_refresh_seconds),
                 ..Default::default()
             };
             match run(settings, metrics_address) {

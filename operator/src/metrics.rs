@@ -19,6 +19,7 @@ pub struct Metrics {
     decisions: IntCounterVec,
     emergency_jobs: IntCounter,
     cadence: GaugeVec,
+    status_writes: IntCounterVec,
 }
 
 impl Metrics {
@@ -82,6 +83,17 @@ impl Metrics {
             ),
             &["namespace", "name"],
         )?;
+        let status_writes = IntCounterVec::new(
+            Opts::new(
+                "phoenix_operator_status_writes_total",
+                "Status updates by outcome (written; deferred: only jittering figures changed).",
+            ),
+            &["outcome"],
+        )?;
+        registry.register(Box::new(status_writes.clone()))?;
+        for outcome in ["written", "deferred"] {
+            status_writes.with_label_values(&[outcome]);
+        }
         registry.register(Box::new(scrapes.clone()))?;
         registry.register(Box::new(decisions.clone()))?;
         registry.register(Box::new(emergency_jobs.clone()))?;
@@ -112,6 +124,7 @@ impl Metrics {
             decisions,
             emergency_jobs,
             cadence,
+            status_writes,
         })
     }
 
@@ -130,11 +143,22 @@ impl Metrics {
         self.emergency_jobs.inc();
     }
 
+    /// Counts one status update by outcome (`written`, `deferred`).
+    pub fn status_write(&self, outcome: &'static str) {
+        self.status_writes.with_label_values(&[outcome]).inc();
+    }
+
     /// Sets a memory's cadence.
     pub fn cadence(&self, namespace: &str, name: &str, seconds: f64) {
         self.cadence
             .with_label_values(&[namespace, name])
             .set(seconds);
+    }
+
+    /// Drops a deleted memory's series.
+    pub fn forget(&self, namespace: &str, name: &str) {
+        // Absent when the memory never got a plan: nothing to drop.
+        let _ = self.cadence.remove_label_values(&[namespace, name]);
     }
 
     /// Records one reconcile; `error` is the error's category when it failed.

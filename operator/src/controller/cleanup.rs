@@ -41,7 +41,8 @@ pub fn rfc3339(unix: f64) -> String {
         .unwrap_or_default()
 }
 
-fn parse_rfc3339(text: &str) -> Option<f64> {
+/// The Unix time of an RFC 3339 timestamp.
+pub fn parse_rfc3339(text: &str) -> Option<f64> {
     text.parse::<k8s_openapi::jiff::Timestamp>()
         .ok()
         .map(|t| t.as_second() as f64)
@@ -110,6 +111,63 @@ pub fn targets(memory: &str, replicas: i32, pods: &[Pod]) -> Vec<(String, Result
             (node, target)
         })
         .collect()
+}
+
+/// A memory's last observation, with what it was taken for.
+#[derive(Clone, Debug)]
+pub struct Observed {
+    at: std::time::Instant,
+    generation: Option<i64>,
+    ready_replicas: i32,
+    observations: Vec<Observation>,
+}
+
+/// The memory's observations, scraped at most about once per `interval`: a reconcile that
+/// comes sooner (woken by its own status write or a child's change) for the same generation
+/// and ready replicas reuses the last ones. Without this, each status write woke a
+/// reconcile that scraped figures which had moved again, and wrote again.
+///
+/// # Errors
+/// Listing the pods failed.
+pub async fn observe_at_most_every(
+    ctx: &Context,
+    namespace: &str,
+    memory: &PhoenixMemory,
+    ready_replicas: i32,
+    interval: Duration,
+) -> Result<Vec<Observation>, Error> {
+    let key = format!("{namespace}/{}", memory.name_any());
+    let generation = memory.metadata.generation;
+    // Three quarters: a requeue after `interval` must find the last observation old enough.
+    let reuse_within = interval.mul_f64(0.75);
+    let cached = ctx
+        .observed
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+        .get(&key)
+        .filter(|last| {
+            last.at.elapsed() < reuse_within
+                && last.generation == generation
+                && last.ready_replicas == ready_replicas
+        })
+        .map(|last| last.observations.clone());
+    if let Some(observations) = cached {
+        return Ok(observations);
+    }
+    let observations = observe(ctx, namespace, memory, ready_replicas).await?;
+    ctx.observed
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+        .insert(
+            key,
+            Observed {
+                at: std::time::Instant::now(),
+                generation,
+                ready_replicas,
+                observations: observations.clone(),
+            },
+        );
+    Ok(observations)
 }
 
 /// Scrapes every expected node of `memory`.

@@ -80,6 +80,8 @@ pub struct Settings {
     pub scrape_timeout: Duration,
     /// When a node's report is fresh enough to decide on.
     pub freshness: crate::observe::Freshness,
+    /// Longest time node figures that only jitter stay unwritten in status.
+    pub status_refresh: Duration,
 }
 
 /// Leader election on a `coordination.k8s.io/v1` Lease, so that of several operator replicas
@@ -109,6 +111,7 @@ impl Default for Settings {
             observe_interval: Duration::from_secs(30),
             scrape_timeout: Duration::from_secs(5),
             freshness: crate::observe::Freshness::default(),
+            status_refresh: Duration::from_secs(300),
         }
     }
 }
@@ -128,6 +131,25 @@ pub struct Context {
     pub http: reqwest::Client,
     /// Consecutive failures per object, for the error policy's backoff.
     failures: Arc<std::sync::Mutex<std::collections::HashMap<String, u32>>>,
+    /// Each memory's last observation (see `cleanup::observe`).
+    observed: Arc<std::sync::Mutex<std::collections::HashMap<String, cleanup::Observed>>>,
+}
+
+impl Context {
+    /// Forgets what is kept for a memory that is gone: its metric series, its last
+    /// observation, its failure count.
+    fn forget(&self, namespace: &str, name: &str) {
+        self.metrics.forget(namespace, name);
+        let key = format!("{namespace}/{name}");
+        self.observed
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .remove(&key);
+        self.failures
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .remove(&key);
+    }
 }
 
 /// Event reasons (a fixed set).
@@ -263,6 +285,7 @@ async fn run_controller(
         ),
         http: reqwest::Client::new(),
         failures: Arc::default(),
+        observed: Arc::default(),
     });
     Controller::new(
         api::<PhoenixMemory>(&client, &ns),
@@ -280,10 +303,20 @@ async fn run_controller(
             .debounce(DEBOUNCE),
     )
     .graceful_shutdown_on(shutdown)
-    .run(measured_reconcile, error_policy, context)
-    .for_each(|result| async move {
-        if let Err(error) = result {
-            tracing::debug!(%error, "reconcile failed");
+    .run(measured_reconcile, error_policy, Arc::clone(&context))
+    .for_each(|result| {
+        // A memory that is gone (deleted, then requeued or woken by its children's
+        // deletion) keeps nothing behind.
+        if let Err(kube::runtime::controller::Error::ObjectNotFound(object)) = &result {
+            context.forget(
+                object.namespace.as_deref().unwrap_or_default(),
+                &object.name,
+            );
+        }
+        async move {
+            if let Err(error) = result {
+                tracing::debug!(%error, "reconcile failed");
+            }
         }
     })
     .await;
@@ -375,7 +408,14 @@ pub async fn reconcile(memory: Arc<PhoenixMemory>, ctx: Arc<Context>) -> Result<
         .as_ref()
         .and_then(|s| s.ready_replicas)
         .unwrap_or(0);
-    let observations = cleanup::observe(&ctx, &namespace, &memory, ready_replicas).await?;
+    let observations = cleanup::observe_at_most_every(
+        &ctx,
+        &namespace,
+        &memory,
+        ready_replicas,
+        ctx.settings.observe_interval,
+    )
+    .await?;
     let nodes = cleanup::node_statuses(
         &observations,
         &current.nodes,
@@ -430,7 +470,7 @@ pub async fn reconcile(memory: Arc<PhoenixMemory>, ctx: Arc<Context>) -> Result<
         last_emergency_job: emergency.clone().or(current.last_emergency_job.clone()),
         conditions: conditions.clone(),
     };
-    status::ready(&ctx, &memory, &namespace, &statefulset, update).await?;
+    status::ready(&ctx, &memory, &namespace, &statefulset, update, now).await?;
     explain(
         &ctx,
         &memory,

@@ -396,3 +396,66 @@ async fn cleanups_that_do_not_help_back_off_with_the_cause() {
     );
     sandbox.shutdown().await;
 }
+
+/// Steady nodes do not make the operator rewrite status at every observe: figures that
+/// merely jitter wait for the status refresh; a ratio that moves is written at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn steady_nodes_do_not_rewrite_status_at_every_observe() {
+    let bin = find_node_bin().expect("the phoenix-node binary (cargo build -p phoenix-node)");
+    let sandbox = Sandbox::start(Options {
+        status_refresh: Duration::from_secs(600),
+        ..Options::new(bin)
+    })
+    .await
+    .expect("sandbox");
+    sandbox.create_memory(MEMORY).await.expect("memory");
+    let seed = Seed {
+        keys: 2000,
+        value_len: 100,
+    };
+    start_pods(&sandbox, "mem", 2, seed).await;
+    let flat = wait_status(&sandbox, "mem", "fresh flat observations", 30, |s| {
+        s.nodes.len() == 2
+            && s.nodes.iter().all(|n| n.ratio.is_some())
+            && s.last_decision.as_ref().is_some_and(|d| d.rule == "flat")
+    })
+    .await;
+    sandbox.server.reset_counts();
+    // Ten observes (one a second) of idle, settled nodes.
+    tokio::time::sleep(Duration::from_secs(10)).await;
+    let writes = sandbox.server.requests(
+        phoenix_tests::apiserver::Verb::Patch,
+        "phoenixmemories/status",
+    );
+    let ratios = |s: &PhoenixMemoryStatus| s.nodes.iter().map(|n| n.ratio).collect::<Vec<_>>();
+    println!(
+        "status writes over 10 observes of steady nodes: {writes}; ratios in status {:?}",
+        ratios(&flat)
+    );
+    // Before: 45 writes in these 10 s (each write woke a reconcile that scraped again). Now
+    // at most one per observe, and only when a ratio moved by 10% or more (idle nodes on two
+    // shared cores do move that much at times: that is the probe, not the operator).
+    assert!(
+        writes <= 10,
+        "{writes} status writes in 10 s of steady nodes"
+    );
+
+    // mem-0 slows by 1.2×: the ratio moves by more than 10% without changing the rule (the
+    // rising rule starts at 1.25): status shows it without waiting for the refresh.
+    sandbox
+        .set_fault("mem", "mem-0", 1.2, true)
+        .await
+        .expect("fault");
+    let moved = wait_status(&sandbox, "mem", "mem-0's higher ratio", 20, |s| {
+        s.nodes
+            .iter()
+            .find(|n| n.name == "mem-0")
+            .and_then(|n| n.ratio)
+            .is_some_and(|r| r >= 1.1)
+    })
+    .await;
+    println!(
+        "after a 1.2× fault on mem-0: ratios in status {:?}",
+        ratios(&moved)
+    );
+}

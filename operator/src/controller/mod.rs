@@ -131,7 +131,7 @@ pub struct Context {
     pub http: reqwest::Client,
     /// Consecutive failures per object, for the error policy's backoff.
     failures: Arc<std::sync::Mutex<std::collections::HashMap<String, u32>>>,
-    /// Each memory's last observation (see `cleanup::observe`).
+    /// Each memory's last observation (see `cleanup::observe_at_most_every`).
     observed: Arc<std::sync::Mutex<std::collections::HashMap<String, cleanup::Observed>>>,
 }
 

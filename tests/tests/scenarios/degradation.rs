@@ -398,7 +398,7 @@ async fn cleanups_that_do_not_help_back_off_with_the_cause() {
 }
 
 /// Steady nodes do not make the operator rewrite status at every observe: figures that
-/// merely jitter wait for the status refresh; a ratio that moves is written at once.
+/// merely jitter wait for the status refresh; a real move is written without waiting.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn steady_nodes_do_not_rewrite_status_at_every_observe() {
     let bin = find_node_bin().expect("the phoenix-node binary (cargo build -p phoenix-node)");
@@ -440,10 +440,10 @@ async fn steady_nodes_do_not_rewrite_status_at_every_observe() {
         "{writes} status writes in 10 s of steady nodes"
     );
 
-    // mem-0 slows by 1.2×: the ratio moves by more than 10% without changing the rule (the
-    // rising rule starts at 1.25): status shows it without waiting for the refresh.
+    // mem-0 slows by 2×: deferring jitter must not hide a real move (which change is
+    // written at once and which waits is the unit test's, in `status::tests`).
     sandbox
-        .set_fault("mem", "mem-0", 1.2, true)
+        .set_fault("mem", "mem-0", 2.0, true)
         .await
         .expect("fault");
     let moved = wait_status(&sandbox, "mem", "mem-0's higher ratio", 20, |s| {
@@ -451,11 +451,11 @@ async fn steady_nodes_do_not_rewrite_status_at_every_observe() {
             .iter()
             .find(|n| n.name == "mem-0")
             .and_then(|n| n.ratio)
-            .is_some_and(|r| r >= 1.1)
+            .is_some_and(|r| r >= 1.5)
     })
     .await;
     println!(
-        "after a 1.2× fault on mem-0: ratios in status {:?}",
+        "after a 2× fault on mem-0: ratios in status {:?}",
         ratios(&moved)
     );
 }

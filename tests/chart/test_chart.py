@@ -107,7 +107,24 @@ def test_the_operator_pod_is_restricted():
     assert container["capabilities"]["drop"] == ["ALL"]
 
 
+@pytest.mark.parametrize("values", [{}, ALL_ON, NAMESPACED])
+def test_the_operator_accepts_every_flag_the_chart_passes(values):
+    container = by_kind(render(values), "Deployment")[0]["spec"]["template"]["spec"]["containers"][0]
+    args = container["args"]
+    assert args[0] == "run"
+    help_text = subprocess.run([OPERATOR, "run", "--help"], check=True, capture_output=True, text=True).stdout
+    accepted = set(re.findall(r"--[a-z][a-z-]*", help_text))
+    for arg in args[1:]:
+        flag = arg.split("=", 1)[0]
+        assert flag in accepted, f"{flag} is not a flag of `phoenix-operator run`"
+    flags = {a.split("=", 1)[0]: a.split("=", 1)[1] for a in args[1:] if "=" in a}
+    assert flags["--observe-interval-seconds"] == "30"
+    assert flags["--status-refresh-seconds"] == "300"
+
+
 @pytest.mark.parametrize("bad", [
+    {"observe": {"intervalSeconds": 0}},
+    {"observe": {"statusRefreshSeconds": "5m"}},
     {"replicaCount": 0},
     {"bogus": True},
     {"image": {"pullPolicy": "Sometimes"}},

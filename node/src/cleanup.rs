@@ -82,6 +82,21 @@ impl CleanupReport {
     }
 }
 
+/// After a restart: when the last cleanup's report is still waiting for its settled
+/// figures (the node stopped before the probe settled), settles `probe` again against the
+/// baseline in force, so the report is completed — and the operator can judge whether the
+/// cleanup helped — instead of staying unsettled for good. Returns whether it resumed.
+///
+/// # Errors
+/// Engine errors reading the report.
+pub fn resume_unsettled(store: &Store, probe: &mut Probe) -> Result<bool> {
+    let unsettled = CleanupReport::last(store)?.is_some_and(|report| !report.settled);
+    if unsettled {
+        probe.begin_after_cleanup();
+    }
+    Ok(unsettled)
+}
+
 /// Runs one cleanup of `store`, re-measuring with `probe`.
 ///
 /// # Errors
@@ -266,6 +281,41 @@ mod tests {
                 report.disk_bytes_after
             )
         );
+    }
+
+    #[test]
+    fn a_cleanup_interrupted_before_settling_is_completed_after_a_restart() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = Store::open(StoreConfig::new(dir.path())).expect("open");
+        for i in 0..500u32 {
+            store
+                .store(&i.to_be_bytes(), &[1u8; 100], None)
+                .expect("store");
+        }
+        let mut probe = Probe::load(&store, ProbeConfig::default()).expect("probe");
+        probe.settle(&store, Duration::ZERO, 100).expect("baseline");
+        let report = run(&store, &mut probe, CleanupOptions::default()).expect("cleanup");
+        assert!(!report.settled);
+        // The node stops before its probe settles; a new process loads a new probe.
+        drop(probe);
+        let mut restarted = Probe::load(&store, ProbeConfig::default()).expect("probe");
+        assert!(resume_unsettled(&store, &mut restarted).expect("resume"));
+        let settled = restarted
+            .settle(&store, Duration::ZERO, 100)
+            .expect("settle")
+            .expect("settled after the restart");
+        let completed = record_settled(&store, settled)
+            .expect("record")
+            .expect("report");
+        assert!(
+            completed.settled && completed.ratio_after.is_some(),
+            "{completed:?}"
+        );
+        assert_eq!(completed.started_at_ms, report.started_at_ms);
+        // Settled reports are not resumed again.
+        let mut again = Probe::load(&store, ProbeConfig::default()).expect("probe");
+        assert!(!resume_unsettled(&store, &mut again).expect("resume"));
+        assert!(!again.settling());
     }
 
     #[test]

@@ -97,7 +97,10 @@ impl Node {
         config: NodeConfig,
         admin_token: Option<AdminToken>,
     ) -> anyhow::Result<Node> {
-        let probe = Probe::load(&store, config.probe_config())?;
+        let mut probe = Probe::load(&store, config.probe_config())?;
+        if crate::cleanup::resume_unsettled(&store, &mut probe)? {
+            tracing::info!("the last cleanup had not settled before the restart: settling now");
+        }
         Ok(Node {
             store,
             last_snapshot: Mutex::new(probe.snapshot()),

@@ -189,6 +189,9 @@ pub enum Weekday {
 }
 
 /// A maintenance window: scheduled cleanups run only inside one (emergencies may not wait).
+/// It opens on each of its days at `startHour` and stays open through `endHour`; one that
+/// ends before it starts runs past midnight into the next day. The schedule uses the
+/// largest set of days × hours that lies inside the windows.
 #[derive(Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct MaintenanceWindow {

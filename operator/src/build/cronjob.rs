@@ -23,41 +23,64 @@ pub fn spread_minute(namespace: &str, name: &str) -> u32 {
     u32::from(u16::from_le_bytes([bytes[0], bytes[1]])) % 60
 }
 
-/// Hours (0–23) and cron days of the week (0 = Sunday) the windows open; `None` days means
-/// every day. No windows: every hour of every day.
-fn window_hours_and_days(windows: &[MaintenanceWindow]) -> (Vec<u32>, Option<Vec<u32>>) {
-    if windows.is_empty() {
-        return ((0..24).collect(), None);
+/// Cron day of the week (0 = Sunday).
+fn cron_day(day: Weekday) -> u32 {
+    match day {
+        Weekday::Sun => 0,
+        Weekday::Mon => 1,
+        Weekday::Tue => 2,
+        Weekday::Wed => 3,
+        Weekday::Thu => 4,
+        Weekday::Fri => 5,
+        Weekday::Sat => 6,
     }
-    let mut hours = std::collections::BTreeSet::new();
-    let mut days = std::collections::BTreeSet::new();
-    let mut every_day = false;
+}
+
+/// Every (cron day, hour) some window covers. A window opens on each of its days (every day
+/// when it names none) at `startHour` and stays open through `endHour`; one that ends
+/// before it starts runs past midnight, so those hours fall on the next day.
+fn window_slots(windows: &[MaintenanceWindow]) -> [[bool; 24]; 7] {
+    let mut open = [[windows.is_empty(); 24]; 7];
     for window in windows {
-        let (start, end) = (u32::from(window.start_hour), u32::from(window.end_hour));
-        // A window from 22 to 2 wraps past midnight.
-        let mut hour = start % 24;
-        loop {
-            hours.insert(hour);
-            if hour == end % 24 {
-                break;
+        let days: Vec<u32> = if window.days.is_empty() {
+            (0..7).collect()
+        } else {
+            window.days.iter().copied().map(cron_day).collect()
+        };
+        let start = u32::from(window.start_hour) % 24;
+        let end = u32::from(window.end_hour) % 24;
+        let length = (end + 24 - start) % 24 + 1;
+        for day in days {
+            for offset in 0..length {
+                let hour = start + offset;
+                open[((day + hour / 24) % 7) as usize][(hour % 24) as usize] = true;
             }
-            hour = (hour + 1) % 24;
         }
-        if window.days.is_empty() {
-            every_day = true;
-        }
-        days.extend(window.days.iter().map(|d| match d {
-            Weekday::Sun => 0,
-            Weekday::Mon => 1,
-            Weekday::Tue => 2,
-            Weekday::Wed => 3,
-            Weekday::Thu => 4,
-            Weekday::Fri => 5,
-            Weekday::Sat => 6,
-        }));
     }
-    let days = (!every_day && days.len() < 7).then(|| days.into_iter().collect());
-    (hours.into_iter().collect(), days)
+    open
+}
+
+/// The hours (0–23) and cron days of the week a schedule may use: the largest set of days
+/// times hours (most day-hours; then most days) whose every pair lies inside a window, since
+/// one cron schedule runs at each of its hours on each of its days. `None` days means every
+/// day. No windows: every hour of every day. Windows that cannot all be honoured by one
+/// schedule (different hours on different days) give the largest part that can.
+fn window_hours_and_days(windows: &[MaintenanceWindow]) -> (Vec<u32>, Option<Vec<u32>>) {
+    let open = window_slots(windows);
+    let mut best: (usize, usize, Vec<u32>, Vec<u32>) = (0, 0, Vec::new(), Vec::new());
+    for mask in 1u32..(1 << 7) {
+        let days: Vec<u32> = (0..7).filter(|d| mask & (1 << d) != 0).collect();
+        let hours: Vec<u32> = (0..24)
+            .filter(|&h| days.iter().all(|&d| open[d as usize][h as usize]))
+            .collect();
+        let score = (days.len() * hours.len(), days.len());
+        if score > (best.0, best.1) {
+            best = (score.0, score.1, days, hours);
+        }
+    }
+    let (_, _, days, hours) = best;
+    let days = (days.len() < 7).then_some(days);
+    (hours, days)
 }
 
 fn list(values: &[u32]) -> String {
@@ -399,14 +422,20 @@ mod tests {
 
     #[test]
     fn windows_restrict_hours_and_days() {
+        // Mon and Tue 22:00–01:59: open Mon 22–23, Tue 0–1 and 22–23, Wed 0–1. One schedule
+        // runs at each of its hours on each of its days: the largest such part is Mon and
+        // Tue at 22–23 (Mon at 00:00 is not in a window).
         let nights = [window(&[Weekday::Mon, Weekday::Tue], 22, 1)];
-        assert_eq!(every(900, 7, &nights), "7-59/15 0,1,22,23 * * 1,2");
-        assert_eq!(every(2 * 3600, 7, &nights), "7 0,22 * * 1,2");
-        // 0 and 23 are an hour apart across midnight: 23 is dropped.
-        assert_eq!(every(3 * 3600, 7, &nights), "7 0 * * 1,2");
-        assert_eq!(every(86_400, 7, &nights), "7 0 * * 1,2");
+        assert_eq!(every(900, 7, &nights), "7-59/15 22,23 * * 1,2");
+        assert_eq!(every(2 * 3600, 7, &nights), "7 22 * * 1,2");
+        assert_eq!(every(86_400, 7, &nights), "7 22 * * 1,2");
         // Mon and Tue are a day apart: every two days keeps Mon only.
-        assert_eq!(every(3 * 86_400, 7, &nights), "7 0 * * 1");
+        assert_eq!(every(3 * 86_400, 7, &nights), "7 22 * * 1");
+        // Every night: every hour of the window, midnight included.
+        let nightly = [window(&[], 22, 1)];
+        assert_eq!(every(3600, 7, &nightly), "7 0,1,22,23 * * *");
+        // 0 and 23 are an hour apart across midnight: 23 is dropped.
+        assert_eq!(every(3 * 3600, 7, &nightly), "7 0 * * *");
         let weekdays = [window(
             &[
                 Weekday::Mon,
@@ -420,9 +449,10 @@ mod tests {
         )];
         // Every two to three days among Mon–Fri: Mon, Wed, Fri.
         assert_eq!(every(3 * 86_400, 30, &weekdays), "30 2 * * 1,3,5");
-        // A window without days is every day; hours from several windows are merged.
+        // Every day at 1–2, and Sunday at 5 too: 5:00 on other days is outside, so the
+        // schedule keeps 1–2 every day.
         let any_day = [window(&[], 1, 2), window(&[Weekday::Sun], 5, 5)];
-        assert_eq!(every(3600, 0, &any_day), "0 1,2,5 * * *");
+        assert_eq!(every(3600, 0, &any_day), "0 1,2 * * *");
     }
 
     fn arb_windows() -> impl proptest::strategy::Strategy<Value = Vec<MaintenanceWindow>> {
@@ -448,19 +478,25 @@ mod tests {
         )
     }
 
-    /// The gaps between consecutive runs of `schedule` (UTC) over five weeks from `start`
-    /// (Unix seconds), at most 3,000 runs.
-    fn gaps(schedule: &str, start: i64) -> Vec<u64> {
+    /// The runs of `schedule` (UTC) over `days` days from `start` (Unix seconds), at most
+    /// 3,000.
+    fn runs(schedule: &str, start: i64, days: i64) -> Vec<jiff::Zoned> {
         let cron: croner::Cron = schedule.parse().expect("schedule parses");
         let start = jiff::Timestamp::from_second(start)
             .expect("start")
             .to_zoned(jiff::tz::TimeZone::UTC);
-        let end = start.timestamp().as_second() + 35 * 86_400;
-        let runs: Vec<i64> = cron
-            .iter_after(start)
-            .map(|run| run.timestamp().as_second())
-            .take_while(|run| *run <= end)
+        let end = start.timestamp().as_second() + days * 86_400;
+        cron.iter_after(start)
+            .take_while(|run| run.timestamp().as_second() <= end)
             .take(3000)
+            .collect()
+    }
+
+    /// The gaps between consecutive runs of `schedule` over five weeks from `start`.
+    fn gaps(schedule: &str, start: i64) -> Vec<u64> {
+        let runs: Vec<i64> = runs(schedule, start, 35)
+            .iter()
+            .map(|run| run.timestamp().as_second())
             .collect();
         runs.windows(2)
             .map(|pair| u64::try_from(pair[1] - pair[0]).expect("runs ascend"))
@@ -476,25 +512,26 @@ mod tests {
             proptest::prop_assert_eq!(schedule.split_whitespace().count(), 5);
         }
 
+        /// Every run croner computes over two weeks falls on an hour of a day some window
+        /// covers.
         #[test]
-        fn scheduled_runs_fall_inside_the_windows(seconds in 60u64..1_000_000, minute in 0u32..60, windows in arb_windows()) {
+        fn scheduled_runs_fall_inside_the_windows(
+            seconds in 60u64..1_000_000,
+            minute in 0u32..60,
+            windows in arb_windows(),
+            start in 1_700_000_000i64..1_900_000_000,
+        ) {
             let schedule = every(seconds, minute, &windows);
-            let (hours, days) = window_hours_and_days(&windows);
-            let fields: Vec<&str> = schedule.split_whitespace().collect();
-            if fields[1] != "*" && !fields[1].starts_with("*/") {
-                for hour in fields[1].split(',') {
-                    let hour: u32 = hour.parse().expect("hour");
-                    proptest::prop_assert!(hours.contains(&hour), "{schedule}: hour {hour}");
-                }
-            } else {
-                proptest::prop_assert_eq!(hours.len(), 24);
-            }
-            // No days in the windows: every day is inside.
-            if let Some(days) = days {
-                for day in fields[4].split(',') {
-                    let day: u32 = day.parse().expect("day");
-                    proptest::prop_assert!(days.contains(&day), "{schedule}: day {day}");
-                }
+            let open = window_slots(&windows);
+            let runs = runs(&schedule, start, 14);
+            proptest::prop_assert!(!runs.is_empty(), "{schedule}: no run in two weeks");
+            for run in runs {
+                let day = run.weekday().to_sunday_zero_offset();
+                let hour = run.hour();
+                proptest::prop_assert!(
+                    open[day as usize][hour as usize],
+                    "{schedule}: runs at {run} (day {day}, hour {hour}), outside {windows:?}"
+                );
             }
         }
     }
@@ -507,8 +544,8 @@ mod tests {
         /// `minInterval` leaves no step that short.
         #[test]
         fn runs_are_never_closer_than_min_interval(
-            floor in 60u64..=7 * 86_400,
-            extra in 0u64..7 * 86_400,
+            floor in proptest::prop_oneof![60u64..3600, 3600u64..86_400, 86_400u64..=7 * 86_400],
+            extra in proptest::prop_oneof![0u64..3600, 3600u64..86_400, 86_400u64..7 * 86_400],
             minute in 0u32..60,
             windows in arb_windows(),
             start in 1_700_000_000i64..1_900_000_000,

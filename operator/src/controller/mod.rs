@@ -4,6 +4,7 @@
 //! the CronJob with the decided cadence and any emergency Job → status → Events.
 
 mod apply;
+pub mod changes;
 pub mod cleanup;
 pub mod events;
 mod status;
@@ -133,6 +134,26 @@ pub struct Context {
     failures: Arc<std::sync::Mutex<std::collections::HashMap<String, u32>>>,
     /// Each memory's last observation (see `cleanup::observe_at_most_every`).
     observed: Arc<std::sync::Mutex<std::collections::HashMap<String, cleanup::Observed>>>,
+    /// Which memories' children changed, from watches of the children.
+    changes: Arc<changes::Changes>,
+    /// What the last full check of each memory's children found.
+    verified: Arc<std::sync::Mutex<std::collections::HashMap<String, Verified>>>,
+}
+
+/// What a reconcile found when it last read (and applied) every child of a memory. Reused
+/// while the generation is the same, no child changed since (`changes`) and `resync` has
+/// not passed. No `Debug`: it holds the admin token.
+#[derive(Clone)]
+struct Verified {
+    generation: Option<i64>,
+    /// The point in `changes` before the children were read.
+    seq: u64,
+    at: std::time::Instant,
+    token: String,
+    /// The StatefulSet's status (all a reuse needs of it; a change of it is a change).
+    statefulset_status: Option<k8s_openapi::api::apps::v1::StatefulSetStatus>,
+    /// A hash of the CronJob as last applied (or found already applied).
+    cronjob: blake3::Hash,
 }
 
 impl Context {
@@ -141,6 +162,11 @@ impl Context {
     fn forget(&self, namespace: &str, name: &str) {
         self.metrics.forget(namespace, name);
         let key = format!("{namespace}/{name}");
+        self.changes.forget(&key);
+        self.verified
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .remove(&key);
         self.observed
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
@@ -271,6 +297,15 @@ async fn run_controller(
 ) {
     let ns = settings.namespace.clone();
     let owned = watcher::Config::default().labels("app.kubernetes.io/managed-by=phoenix-operator");
+    let changes = Arc::new(changes::Changes::default());
+    let trackers = [
+        track(api::<ConfigMap>(&client, &ns), &owned, &changes),
+        track(api::<Secret>(&client, &ns), &owned, &changes),
+        track(api::<Service>(&client, &ns), &owned, &changes),
+        track(api::<StatefulSet>(&client, &ns), &owned, &changes),
+        track(api::<PodDisruptionBudget>(&client, &ns), &owned, &changes),
+        track(api::<CronJob>(&client, &ns), &owned, &changes),
+    ];
     let context = Arc::new(Context {
         client: client.clone(),
         settings: settings.clone(),
@@ -286,6 +321,8 @@ async fn run_controller(
         http: reqwest::Client::new(),
         failures: Arc::default(),
         observed: Arc::default(),
+        changes: Arc::clone(&changes),
+        verified: Arc::default(),
     });
     Controller::new(
         api::<PhoenixMemory>(&client, &ns),
@@ -320,6 +357,23 @@ async fn run_controller(
         }
     })
     .await;
+    for tracker in trackers {
+        tracker.abort();
+    }
+}
+
+/// Records changes of the children in `api` (see `changes`) until aborted.
+fn track<K>(
+    api: Api<K>,
+    config: &watcher::Config,
+    changes: &Arc<changes::Changes>,
+) -> tokio::task::JoinHandle<()>
+where
+    K: kube::Resource + Clone + serde::de::DeserializeOwned + std::fmt::Debug + Send + 'static,
+{
+    let config = config.clone();
+    let changes = Arc::clone(changes);
+    tokio::spawn(async move { changes::track(api, config, &changes).await })
 }
 
 /// [`reconcile`], timed and counted; success resets the object's backoff.
@@ -384,9 +438,26 @@ pub async fn reconcile(memory: Arc<PhoenixMemory>, ctx: Arc<Context>) -> Result<
         }
     };
     let name = memory.name_any();
-    let token = apply::admin_token(&ctx, &namespace, &name).await?;
+    let key = object_key(&memory);
 
-    // Apply every child but the CronJob (its cadence is decided below), in order.
+    // Apply every child but the CronJob (its cadence is decided below), in order — unless
+    // they were all checked at this generation and none changed since (see `changes`).
+    let seq = ctx.changes.now();
+    let verified = ctx
+        .verified
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+        .get(&key)
+        .filter(|v| {
+            v.generation == memory.metadata.generation
+                && v.at.elapsed() < ctx.settings.resync
+                && !ctx.changes.changed_since(&key, v.seq)
+        })
+        .cloned();
+    let token = match &verified {
+        Some(v) => v.token.clone(),
+        None => apply::admin_token(&ctx, &namespace, &name).await?,
+    };
     let now = cleanup::now_unix();
     let current = memory.status.clone().unwrap_or_default();
     let keep = current.plan.as_ref().map_or(valid.max_interval, |p| {
@@ -399,8 +470,16 @@ pub async fn reconcile(memory: Arc<PhoenixMemory>, ctx: Arc<Context>) -> Result<
         admin_token: &token,
         cleanup_interval: keep,
     };
-    let children = build::build_all(&in_force)?;
-    let (statefulset, mut written) = apply::children(&ctx, &namespace, &children).await?;
+    let (statefulset, mut written) = match &verified {
+        Some(v) => (
+            StatefulSet {
+                status: v.statefulset_status.clone(),
+                ..StatefulSet::default()
+            },
+            Vec::new(),
+        ),
+        None => apply::children(&ctx, &namespace, &build::build_all(&in_force)?).await?,
+    };
 
     // Observe → decide.
     let ready_replicas = statefulset
@@ -432,9 +511,27 @@ pub async fn reconcile(memory: Arc<PhoenixMemory>, ctx: Arc<Context>) -> Result<
         ..in_force
     };
     let cronjob = build::build_cronjob(&inputs);
-    if apply::cronjob(&ctx, &namespace, &cronjob).await? {
+    let desired = blake3::hash(&serde_json::to_vec(&cronjob).map_err(kube::Error::SerdeError)?);
+    let unchanged = verified.as_ref().is_some_and(|v| v.cronjob == desired);
+    if !unchanged && apply::cronjob(&ctx, &namespace, &cronjob).await? {
         written.push("CronJob");
     }
+    ctx.verified
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+        .insert(
+            key,
+            Verified {
+                generation: memory.metadata.generation,
+                seq: verified.as_ref().map_or(seq, |v| v.seq),
+                at: verified
+                    .as_ref()
+                    .map_or_else(std::time::Instant::now, |v| v.at),
+                token: token.clone(),
+                statefulset_status: statefulset.status.clone(),
+                cronjob: desired,
+            },
+        );
     if !written.is_empty() {
         publish(
             &ctx,

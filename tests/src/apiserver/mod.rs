@@ -500,6 +500,15 @@ impl ApiServer {
             .unwrap_or(0)
     }
 
+    /// Every request count so far, by verb and resource.
+    pub fn request_counts(&self) -> std::collections::BTreeMap<(Verb, String), u64> {
+        self.instrument()
+            .counts
+            .iter()
+            .map(|(key, count)| (key.clone(), *count))
+            .collect()
+    }
+
     /// Every mutating request so far, in order.
     pub fn mutations(&self) -> Vec<Mutation> {
         self.instrument().mutations.clone()

@@ -2,7 +2,8 @@
 //! converging N PhoenixMemory resources. Prints the time to converge and the operator
 //! process's peak RSS; never asserts timings.
 //!
-//! Run: `cargo build --release --workspace --bins && target/release/operator-bench [N]`.
+//! Run: `cargo build --release --workspace --bins && target/release/operator-bench [N]`
+//! (`PHOENIX_OPERATOR_BIN` runs another operator binary, to compare two builds in one run).
 
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -13,6 +14,9 @@ use kube::CustomResourceExt;
 use kube::api::{Api, ListParams, PostParams};
 use phoenix_operator::crd::PhoenixMemory;
 use phoenix_tests::apiserver::{ApiServer, Verb};
+
+/// The operator's observe interval here (30 s by default; shorter keeps the run short).
+const OBSERVE_SECONDS: u64 = 10;
 
 fn peak_rss_kib(pid: u32) -> Option<u64> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
@@ -32,9 +36,14 @@ fn ready(memory: &PhoenixMemory) -> bool {
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() -> anyhow::Result<()> {
     let count: usize = std::env::args().nth(1).map_or(Ok(1000), |n| n.parse())?;
-    let operator = std::env::current_exe()?
-        .parent()
-        .map(|d| d.join("phoenix-operator"))
+    let operator = std::env::var_os("PHOENIX_OPERATOR_BIN")
+        .map(std::path::PathBuf::from)
+        .or_else(|| {
+            std::env::current_exe()
+                .ok()?
+                .parent()
+                .map(|d| d.join("phoenix-operator"))
+        })
         .filter(|p| p.exists())
         .ok_or_else(|| anyhow::anyhow!("phoenix-operator is not built next to this program: run `cargo build --release --workspace --bins`"))?;
 
@@ -61,6 +70,8 @@ async fn main() -> anyhow::Result<()> {
             "127.0.0.1:0",
             "--concurrency",
             "16",
+            "--observe-interval-seconds",
+            &OBSERVE_SECONDS.to_string(),
         ])
         .env("KUBECONFIG", &kubeconfig)
         .env("RUST_LOG", "warn")
@@ -105,11 +116,13 @@ async fn main() -> anyhow::Result<()> {
     let sts_patches = server.requests(Verb::Patch, "statefulsets");
     let status_patches = server.requests(Verb::Patch, "phoenixmemories/status");
     let gets = server.requests(Verb::Get, "statefulsets");
-    // A converged operator makes no writes on its own.
+    // A converged operator makes no writes on its own; what it reads over one observe
+    // interval (every memory is observed once) is its steady load on the API server.
     tokio::time::sleep(Duration::from_secs(2)).await;
     server.reset_counts();
-    tokio::time::sleep(Duration::from_secs(5)).await;
+    tokio::time::sleep(Duration::from_secs(OBSERVE_SECONDS)).await;
     let idle_writes = server.mutations().len();
+    let idle_requests = server.request_counts();
     let rss = peak_rss_kib(pid);
     let _ = child.kill();
     let _ = child.wait();
@@ -129,7 +142,19 @@ async fn main() -> anyhow::Result<()> {
         ),
         None => println!("operator peak RSS: unavailable"),
     }
-    println!("writes by the converged operator over 5 s: {idle_writes}");
+    println!(
+        "writes by the converged operator over one observe interval ({OBSERVE_SECONDS} s): {idle_writes}"
+    );
+    let total: u64 = idle_requests.values().sum();
+    let by_kind: Vec<String> = idle_requests
+        .iter()
+        .map(|((verb, resource), n)| format!("{n} {verb:?} {resource}"))
+        .collect();
+    println!(
+        "requests by the converged operator over one observe interval: {total} ({:.1} per memory): {}",
+        total as f64 / count as f64,
+        by_kind.join(", ")
+    );
     println!(
         "API requests until converged: {sts_patches} StatefulSet applies, {gets} StatefulSet reads, {status_patches} status patches"
     );

@@ -26,6 +26,15 @@ struct Harness {
 
 impl Harness {
     async fn start() -> Harness {
+        Harness::start_with(Settings {
+            default_image: "phoenix-memory:test".into(),
+            resync: Duration::from_secs(1),
+            ..Settings::default()
+        })
+        .await
+    }
+
+    async fn start_with(settings: Settings) -> Harness {
         let server = ApiServer::start().await.expect("server");
         let client = server.client().expect("client");
         Api::<CustomResourceDefinition>::all(client.clone())
@@ -36,11 +45,6 @@ impl Harness {
         let client_for_task = client.clone();
         let metrics = Arc::new(Metrics::new().expect("metrics"));
         let metrics_for_task = Arc::clone(&metrics);
-        let settings = Settings {
-            default_image: "phoenix-memory:test".into(),
-            resync: Duration::from_secs(1),
-            ..Settings::default()
-        };
         let task = tokio::spawn(async move {
             let _ = controller::run(client_for_task, settings, metrics_for_task, async move {
                 let _ = stopped.await;
@@ -134,6 +138,72 @@ where
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+}
+
+/// Reconciles of a converged memory (here every second, the observe interval) do not read
+/// its children again until one changes; a change is seen and repaired at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_converged_memory_is_not_reread_until_a_child_changes() {
+    let h = Harness::start_with(Settings {
+        default_image: "phoenix-memory:test".into(),
+        resync: Duration::from_secs(600),
+        observe_interval: Duration::from_secs(1),
+        ..Settings::default()
+    })
+    .await;
+    h.create("mem", json!({"replicas": 1})).await;
+    eventually("Ready=True", || async {
+        let status = h.memories().get("mem").await.ok()?.status?;
+        status
+            .conditions
+            .iter()
+            .any(|c| c.type_ == "Ready" && c.status == "True")
+            .then_some(())
+    })
+    .await;
+    // Let the reconciles woken by the operator's own writes pass.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let reconciles = || {
+        h.metrics
+            .render()
+            .lines()
+            .find(|l| l.starts_with("phoenix_operator_reconciles_total{result=\"ok\"}"))
+            .and_then(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .unwrap_or(0.0)
+    };
+    h.server.reset_counts();
+    let before = reconciles();
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let reads: u64 = h
+        .server
+        .request_counts()
+        .iter()
+        .filter(|((verb, resource), _)| *verb == Verb::Get && resource != "phoenixmemories")
+        .map(|(_, n)| n)
+        .sum();
+    assert!(
+        reconciles() - before >= 2.0,
+        "the observe interval requeues"
+    );
+    assert_eq!(reads, 0, "{:?}", h.server.request_counts());
+
+    // A child changed behind the operator's back: read, and repaired.
+    let configmaps: Api<ConfigMap> = h.api();
+    configmaps
+        .patch(
+            "mem-config",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"data": {"node.yaml": "tampered"}})),
+        )
+        .await
+        .expect("tamper");
+    eventually("the ConfigMap repaired", || async {
+        let data = configmaps.get("mem-config").await.ok()?.data?;
+        (data.get("node.yaml").map(String::as_str) != Some("tampered")).then_some(())
+    })
+    .await;
+    assert!(h.server.requests(Verb::Get, "configmaps") >= 1);
+    h.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -16,9 +16,12 @@ use kube::api::ListParams;
 use phoenix_operator::crd::{PhoenixMemory, PhoenixMemoryStatus};
 use phoenix_tests::sandbox::{Options, Sandbox, Seed, find_node_bin};
 
+fn options() -> Options {
+    Options::new(find_node_bin().expect("the phoenix-node binary (cargo build -p phoenix-node)"))
+}
+
 async fn sandbox() -> Sandbox {
-    let bin = find_node_bin().expect("the phoenix-node binary (cargo build -p phoenix-node)");
-    Sandbox::start(Options::new(bin)).await.expect("sandbox")
+    Sandbox::start(options()).await.expect("sandbox")
 }
 
 /// Polls the memory's status until `check` holds, or panics after `seconds` with the last
@@ -110,24 +113,29 @@ spec:
     maxInterval: 24h
 "#;
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn degradation_tightens_the_schedule_an_emergency_job_cleans_and_it_relaxes() {
-    let sandbox = sandbox().await;
+/// `MEMORY` with two nodes of 2,000 seeded keys each, once both report and the plan is flat.
+async fn two_flat_nodes(sandbox: &Sandbox) -> PhoenixMemoryStatus {
     sandbox.create_memory(MEMORY).await.expect("memory");
     let seed = Seed {
         keys: 2000,
         value_len: 100,
     };
-    start_pods(&sandbox, "mem", 2, seed).await;
-
-    // Flat: both nodes fresh, cleanup every maxInterval.
-    let flat = wait_status(&sandbox, "mem", "fresh flat observations", 30, |s| {
+    start_pods(sandbox, "mem", 2, seed).await;
+    wait_status(sandbox, "mem", "fresh flat observations", 30, |s| {
         s.nodes.len() == 2
             && s.nodes.iter().all(|n| n.ratio.is_some())
             && is(s, "MetricsStale", "False")
             && s.last_decision.as_ref().is_some_and(|d| d.rule == "flat")
     })
-    .await;
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn degradation_tightens_the_schedule_an_emergency_job_cleans_and_it_relaxes() {
+    let sandbox = sandbox().await;
+
+    // Flat: both nodes fresh, cleanup every maxInterval.
+    let flat = two_flat_nodes(&sandbox).await;
     assert_eq!(interval(&flat), 86_400);
     println!(
         "idle seeded nodes after settling: ratios {:?}",
@@ -401,25 +409,13 @@ async fn cleanups_that_do_not_help_back_off_with_the_cause() {
 /// merely jitter wait for the status refresh; a real move is written without waiting.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn steady_nodes_do_not_rewrite_status_at_every_observe() {
-    let bin = find_node_bin().expect("the phoenix-node binary (cargo build -p phoenix-node)");
     let sandbox = Sandbox::start(Options {
         status_refresh: Duration::from_secs(600),
-        ..Options::new(bin)
+        ..options()
     })
     .await
     .expect("sandbox");
-    sandbox.create_memory(MEMORY).await.expect("memory");
-    let seed = Seed {
-        keys: 2000,
-        value_len: 100,
-    };
-    start_pods(&sandbox, "mem", 2, seed).await;
-    let flat = wait_status(&sandbox, "mem", "fresh flat observations", 30, |s| {
-        s.nodes.len() == 2
-            && s.nodes.iter().all(|n| n.ratio.is_some())
-            && s.last_decision.as_ref().is_some_and(|d| d.rule == "flat")
-    })
-    .await;
+    let flat = two_flat_nodes(&sandbox).await;
     sandbox.server.reset_counts();
     // Ten observes (one a second) of idle, settled nodes.
     tokio::time::sleep(Duration::from_secs(10)).await;

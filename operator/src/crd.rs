@@ -321,7 +321,8 @@ pub struct PhoenixMemoryStatus {
     /// Per-node observations from the nodes' metrics.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub nodes: Vec<NodeObservation>,
-    /// When the figures in `nodes` and `worstRatio` were scraped (RFC 3339). Figures that
+    /// When the figures in `nodes` and `worstRatio` were observed (RFC 3339; a scrape is
+    /// reused by reconciles within the observe interval). Figures that
     /// only jitter are rewritten at most every `--status-refresh-seconds` (5 min); a ratio,
     /// baseline or size that moves by 10% or more, and everything a decision depends on,
     /// are written at once.

@@ -60,7 +60,7 @@ pub const RULES: &[Rule] = &[
     Rule {
         api_groups: &["batch"],
         resources: &["jobs"],
-        verbs: &["get", "create"],
+        verbs: &["get", "list", "create"],
     },
     Rule {
         api_groups: &["events.k8s.io"],

@@ -318,7 +318,26 @@ pub fn history(status: &PhoenixMemoryStatus, nodes: &[NodeObservation], now: f64
     }
 }
 
-/// Creates the emergency Job for this time slot, or adopts the one a previous attempt made.
+/// The newest of `jobs` (a memory's emergency Jobs) created less than `min_interval` before
+/// `now`, if any.
+pub fn recent_emergency(jobs: &[Job], now: f64, min_interval: Duration) -> Option<EmergencyJob> {
+    jobs.iter()
+        .filter_map(|job| {
+            let created = job.metadata.creation_timestamp.as_ref()?.0;
+            Some((created, job.name_any()))
+        })
+        .filter(|(created, _)| now - (created.as_second() as f64) < min_interval.as_secs_f64())
+        .max_by_key(|(created, _)| *created)
+        .map(|(created, name)| EmergencyJob {
+            name,
+            time: created.to_string(),
+        })
+}
+
+/// Creates the emergency Job for this time slot, or adopts the one a previous attempt made:
+/// the slot's own (a 409), or any of the memory's emergency Jobs created within
+/// `minInterval` — status may have missed it (a status write that failed after the create)
+/// and the slot may have turned since.
 ///
 /// # Errors
 /// The API server refused.
@@ -328,6 +347,19 @@ pub async fn emergency_job(
     cronjob: &CronJob,
     now: f64,
 ) -> Result<EmergencyJob, Error> {
+    let jobs: Api<Job> = Api::namespaced(ctx.client.clone(), &inputs.namespace());
+    let selector = format!(
+        "app.kubernetes.io/instance={},app.kubernetes.io/component={}",
+        inputs.name(),
+        build::EMERGENCY_COMPONENT
+    );
+    let existing = jobs
+        .list(&ListParams::default().labels(&selector))
+        .await?
+        .items;
+    if let Some(recent) = recent_emergency(&existing, now, inputs.valid.min_interval) {
+        return Ok(recent);
+    }
     let slot = (now as u64) / inputs.valid.min_interval.as_secs().max(1);
     let name = build::emergency_job_name(&inputs.name(), slot);
     let job = build::build_emergency_job(
@@ -336,7 +368,6 @@ pub async fn emergency_job(
         name.clone(),
         inputs.valid.spec.cleanup.degradation_threshold,
     );
-    let jobs: Api<Job> = Api::namespaced(ctx.client.clone(), &inputs.namespace());
     let created = match jobs.create(&PostParams::default(), &job).await {
         Ok(created) => created,
         Err(kube::Error::Api(status)) if status.code == 409 => jobs.get(&name).await?,
@@ -553,6 +584,36 @@ pub fn turned_true(before: &[Condition], after: &[Condition], type_: &str) -> Op
 mod tests {
     use super::*;
     use crate::schedule::{LastCleanup, NodeReport};
+
+    fn job(name: &str, created: i64) -> Job {
+        Job {
+            metadata: k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta {
+                name: Some(name.into()),
+                creation_timestamp: Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(
+                    k8s_openapi::jiff::Timestamp::from_second(created).expect("time"),
+                )),
+                ..Default::default()
+            },
+            ..Job::default()
+        }
+    }
+
+    #[test]
+    fn an_emergency_job_within_min_interval_is_adopted_whatever_its_slot() {
+        let min = Duration::from_secs(900);
+        let jobs = [
+            job("mem-emergency-1", 1_000),
+            job("mem-emergency-2", 1_800),
+            job("mem-emergency-0", 100),
+        ];
+        // 2,000: the Job of 1,800 is 200 s old (another slot than now's, 2): adopted.
+        let adopted = recent_emergency(&jobs, 2_000.0, min).expect("recent");
+        assert_eq!(adopted.name, "mem-emergency-2");
+        assert_eq!(adopted.time, rfc3339(1_800.0));
+        // 2,700: the newest is exactly minInterval old: a new Job may run.
+        assert_eq!(recent_emergency(&jobs, 2_700.0, min), None);
+        assert_eq!(recent_emergency(&[], 2_000.0, min), None);
+    }
 
     fn fresh(node: &str, ratio: f64, cleanup: Option<(f64, f64, f64)>) -> Observation {
         Observation::Fresh(NodeReport {

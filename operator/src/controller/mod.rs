@@ -1,6 +1,7 @@
 //! The controller: a short `reconcile` driving named steps — validate (pure) → build (pure)
 //! → apply (server-side apply, one field manager, a documented order, no write when the
-//! cluster already matches) → observe the nodes → decide (pure, `crate::schedule`) → apply
+//! cluster already matches, no read when no child changed since the last check — see
+//! `changes`) → observe the nodes (at most about once per observe interval) → decide (pure, `crate::schedule`) → apply
 //! the CronJob with the decided cadence and any emergency Job → status → Events.
 
 mod apply;

@@ -14,6 +14,7 @@ use super::{
     restricted_container, restricted_pod, token_mount, token_volume,
 };
 use crate::crd::{CleanupMode, MaintenanceWindow, Weekday};
+use crate::validate::ValidSpec;
 
 /// The minute of the hour a memory's cleanups start at: spread by a hash of
 /// namespace/name so many memories do not all clean at :00.
@@ -226,18 +227,30 @@ pub fn schedule_for(step: CronStep, minute: u32, windows: &[MaintenanceWindow]) 
     }
 }
 
+/// The step of the computed schedule for `interval`; `None` when `spec.cleanup.schedule`
+/// fixes the schedule.
+pub fn computed_step(valid: &ValidSpec, interval: Duration) -> Option<CronStep> {
+    valid
+        .spec
+        .cleanup
+        .schedule
+        .is_none()
+        .then(|| cron_step(interval, valid.min_interval))
+}
+
 /// The CronJob.
 pub fn build_cronjob(inputs: &Inputs<'_>) -> CronJob {
     let spec = &inputs.valid.spec;
     let name = inputs.name();
     let namespace = inputs.namespace();
-    let schedule = spec.cleanup.schedule.clone().unwrap_or_else(|| {
-        schedule_for(
-            cron_step(inputs.cleanup_interval, inputs.valid.min_interval),
+    let schedule = match computed_step(inputs.valid, inputs.cleanup_interval) {
+        Some(step) => schedule_for(
+            step,
             spread_minute(&namespace, &name),
             &spec.cleanup.windows,
-        )
-    });
+        ),
+        None => spec.cleanup.schedule.clone().unwrap_or_default(),
+    };
     // DryRun decides and records; it creates no Jobs, so its CronJob stays suspended too.
     let suspend =
         !spec.cleanup.enabled || spec.cleanup.suspend || spec.cleanup.mode == CleanupMode::DryRun;

@@ -450,11 +450,8 @@ pub fn plan(valid: &ValidSpec, cronjob: &CronJob, decision: &Decision, now: f64)
         schedule: spec.map(|s| s.schedule.clone()).unwrap_or_default(),
         time_zone: spec.and_then(|s| s.time_zone.clone()).unwrap_or_default(),
         interval_seconds: decision.interval.as_secs(),
-        runs_every_seconds: valid.spec.cleanup.schedule.is_none().then(|| {
-            build::cron_step(decision.interval, valid.min_interval)
-                .shortest()
-                .as_secs()
-        }),
+        runs_every_seconds: build::computed_step(valid, decision.interval)
+            .map(|step| step.shortest().as_secs()),
         predicted_breach: decision
             .predicted_breach_seconds
             .filter(|s| *s > 0.0 && s.is_finite())

@@ -52,6 +52,9 @@ pub struct DurabilityConfig {
     pub mode: DurabilityMode,
     /// Flush interval for `periodic`, milliseconds.
     pub flush_every_ms: u64,
+    /// A flush that has not returned (or, periodic, no flush succeeding) for this long
+    /// refuses writes and fails `/healthz`, milliseconds.
+    pub stall_timeout_ms: u64,
 }
 
 impl Default for DurabilityConfig {
@@ -59,6 +62,44 @@ impl Default for DurabilityConfig {
         DurabilityConfig {
             mode: DurabilityMode::Periodic,
             flush_every_ms: 500,
+            stall_timeout_ms: 10_000,
+        }
+    }
+}
+
+/// The data volume.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields, default)]
+pub struct DiskSettings {
+    /// Free space to keep on the data volume: writes get 507 below it (plus about 100
+    /// bytes per key for the tree checkpoint). 0 turns the guard off (not recommended: a
+    /// full volume then fails a flush, and the node refuses writes until restarted).
+    pub min_free_bytes: Quantity,
+}
+
+impl Default for DiskSettings {
+    fn default() -> Self {
+        DiskSettings {
+            min_free_bytes: Quantity(64 << 20),
+        }
+    }
+}
+
+/// The background scrub.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields, default)]
+pub struct ScrubSettings {
+    /// Records checked per second (0: no scrub).
+    pub keys_per_second: u64,
+    /// Time from the start of one full pass to the start of the next, seconds.
+    pub period_seconds: u64,
+}
+
+impl Default for ScrubSettings {
+    fn default() -> Self {
+        ScrubSettings {
+            keys_per_second: 2000,
+            period_seconds: 3600,
         }
     }
 }
@@ -77,8 +118,15 @@ pub struct LimitsConfig {
     pub max_list_limit: usize,
     /// Time a request may take before it is answered 503, milliseconds.
     pub request_timeout_ms: u64,
-    /// Requests served at once; more wait.
+    /// Requests served at once by the whole node; more wait (health, readiness and
+    /// metrics are not counted, so probes answer under load).
     pub max_concurrent_requests: usize,
+    /// Open client connections; more wait in the listen backlog.
+    pub max_connections: usize,
+    /// Time a client gets to send a request's headers, milliseconds.
+    pub header_timeout_ms: u64,
+    /// Largest request head (request line and headers), bytes.
+    pub max_header_bytes: usize,
 }
 
 impl Default for LimitsConfig {
@@ -90,6 +138,9 @@ impl Default for LimitsConfig {
             max_list_limit: 1000,
             request_timeout_ms: 10_000,
             max_concurrent_requests: 512,
+            max_connections: 512,
+            header_timeout_ms: 10_000,
+            max_header_bytes: 16 << 10,
         }
     }
 }
@@ -177,6 +228,10 @@ pub struct NodeConfig {
     pub probe: ProbeSettings,
     /// Rebuild policy of cleanup.
     pub rebuild: RebuildSettings,
+    /// The data volume's free-space reserve.
+    pub disk: DiskSettings,
+    /// The background corruption scrub.
+    pub scrub: ScrubSettings,
     /// File holding the admin bearer token; without it the admin endpoints answer 403.
     pub admin_token_file: Option<PathBuf>,
     /// Time in-flight requests get to finish at shutdown, seconds.
@@ -198,6 +253,8 @@ impl Default for NodeConfig {
             limits: LimitsConfig::default(),
             probe: ProbeSettings::default(),
             rebuild: RebuildSettings::default(),
+            disk: DiskSettings::default(),
+            scrub: ScrubSettings::default(),
             admin_token_file: None,
             shutdown_timeout_seconds: 20,
             fault_injection: false,
@@ -364,6 +421,42 @@ impl NodeConfig {
             "limits.maxConcurrentRequests",
             format!("must lie in 1..=100000, got {}", l.max_concurrent_requests),
         );
+        check(
+            (1..=100_000).contains(&l.max_connections),
+            "limits.maxConnections",
+            format!("must lie in 1..=100000, got {}", l.max_connections),
+        );
+        check(
+            (10..=600_000).contains(&l.header_timeout_ms),
+            "limits.headerTimeoutMs",
+            format!("must lie in 10..=600000, got {}", l.header_timeout_ms),
+        );
+        check(
+            (1024..=1 << 20).contains(&l.max_header_bytes),
+            "limits.maxHeaderBytes",
+            format!("must lie in 1024..=1Mi, got {}", l.max_header_bytes),
+        );
+        check(
+            (100..=3_600_000).contains(&self.durability.stall_timeout_ms),
+            "durability.stallTimeoutMs",
+            format!(
+                "must lie in 100..=3600000, got {}",
+                self.durability.stall_timeout_ms
+            ),
+        );
+        check(
+            self.scrub.keys_per_second <= 10_000_000,
+            "scrub.keysPerSecond",
+            format!(
+                "must lie in 0..=10000000, got {}",
+                self.scrub.keys_per_second
+            ),
+        );
+        check(
+            (1..=30 * 24 * 3600).contains(&self.scrub.period_seconds),
+            "scrub.periodSeconds",
+            format!("must lie in 1..=2592000, got {}", self.scrub.period_seconds),
+        );
         let p = &self.probe;
         check(
             (10..=3_600_000).contains(&p.interval_ms),
@@ -424,6 +517,8 @@ impl NodeConfig {
             },
             DurabilityMode::Sync => Durability::Sync,
         };
+        store.min_free_bytes = self.disk.min_free_bytes.0;
+        store.stall_after = Duration::from_millis(self.durability.stall_timeout_ms);
         store.default_ttl =
             (self.default_ttl_seconds > 0).then(|| Duration::from_secs(self.default_ttl_seconds));
         store.limits = Limits {

@@ -314,6 +314,16 @@ impl Tree {
         Some(Proof { steps })
     }
 
+    /// The leaf hash stored at `path`, or `None` when absent.
+    pub fn leaf(&self, path: &Hash) -> Option<Hash> {
+        let root = self.root?;
+        let (_, at) = self.descend(root, path, 256);
+        match self.node(at) {
+            Node::Leaf { path: p, hash } if p == path => Some(*hash),
+            _ => None,
+        }
+    }
+
     /// Every leaf (path, leaf hash) in path order.
     pub fn leaves(&self) -> Vec<(Hash, Hash)> {
         let mut out = Vec::with_capacity(self.leaves);

@@ -7,7 +7,7 @@ use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde_json::json;
 
-use crate::store::StoreError;
+use crate::store::{FlushError, StoreError};
 
 /// Everything a request can fail with.
 #[derive(Debug, thiserror::Error)]
@@ -53,6 +53,12 @@ pub enum ApiError {
     /// The node is shutting down or still opening.
     #[error("the node is not ready")]
     NotReady,
+    /// `/healthz`: the node cannot make writes durable.
+    #[error("unhealthy: {0}")]
+    Unhealthy(String),
+    /// `/readyz`: the node should get no traffic, and why.
+    #[error("not ready: {0}")]
+    Unready(String),
     /// Anything else (a task panicked, a response could not be built).
     #[error("internal error: {0}")]
     Internal(String),
@@ -85,7 +91,27 @@ impl ApiError {
             ApiError::Store(S::InsufficientSpace { .. }) => (
                 StatusCode::INSUFFICIENT_STORAGE,
                 "insufficient_storage",
-                None,
+                Some(Duration::from_secs(30)),
+            ),
+            ApiError::Store(S::NoSpace(_)) => (
+                StatusCode::INSUFFICIENT_STORAGE,
+                "insufficient_storage",
+                Some(Duration::from_secs(5)),
+            ),
+            ApiError::Store(S::NotDurable(FlushError::Failed { no_space: true, .. })) => (
+                StatusCode::INSUFFICIENT_STORAGE,
+                "not_durable",
+                Some(Duration::from_secs(10)),
+            ),
+            ApiError::Store(S::NotDurable(FlushError::Failed { .. })) => (
+                StatusCode::SERVICE_UNAVAILABLE,
+                "not_durable",
+                Some(Duration::from_secs(10)),
+            ),
+            ApiError::Store(S::NotDurable(FlushError::Stalled(_))) => (
+                StatusCode::SERVICE_UNAVAILABLE,
+                "flush_stalled",
+                Some(Duration::from_secs(1)),
             ),
             ApiError::Store(S::Corrupt(_) | S::Io { .. } | S::Engine(_))
             | ApiError::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal", None),
@@ -107,11 +133,12 @@ impl ApiError {
                 "timeout",
                 Some(Duration::from_secs(1)),
             ),
-            ApiError::NotReady => (
+            ApiError::NotReady | ApiError::Unready(_) => (
                 StatusCode::SERVICE_UNAVAILABLE,
                 "not_ready",
                 Some(Duration::from_secs(1)),
             ),
+            ApiError::Unhealthy(_) => (StatusCode::SERVICE_UNAVAILABLE, "unhealthy", None),
         }
     }
 
@@ -130,7 +157,13 @@ impl IntoResponse for ApiError {
                 ApiError::Store(StoreError::Busy { .. })
                     | ApiError::Timeout
                     | ApiError::NotReady
-                    | ApiError::Store(StoreError::InsufficientSpace { .. })
+                    | ApiError::Unready(_)
+                    | ApiError::Unhealthy(_)
+                    | ApiError::Store(
+                        StoreError::InsufficientSpace { .. }
+                            | StoreError::NoSpace(_)
+                            | StoreError::NotDurable(_)
+                    )
             ) {
             tracing::error!(error = %self, "request failed");
             "internal error; see the node's log".to_string()

@@ -271,13 +271,18 @@ pub(super) struct CleanupParams {
     force_rebuild: bool,
 }
 
+/// The bearer token of `headers`: the scheme is matched without regard to case (RFC 9110).
+fn bearer(headers: &HeaderMap) -> Option<&str> {
+    let value = headers.get(header::AUTHORIZATION)?.to_str().ok()?;
+    let (scheme, token) = value.trim_start().split_once(' ')?;
+    scheme
+        .eq_ignore_ascii_case("bearer")
+        .then(|| token.trim_start())
+}
+
 fn authorize(node: &Node, headers: &HeaderMap) -> ApiResult<()> {
     let token = node.admin_token.as_ref().ok_or(ApiError::AdminDisabled)?;
-    let presented = headers
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .ok_or(ApiError::Unauthorized)?;
+    let presented = bearer(headers).ok_or(ApiError::Unauthorized)?;
     if token.matches(presented) {
         Ok(())
     } else {
@@ -285,13 +290,24 @@ fn authorize(node: &Node, headers: &HeaderMap) -> ApiResult<()> {
     }
 }
 
+/// Middleware of the admin routes: the token is checked before the handler runs, so no
+/// body is read for a request without it.
+pub(super) async fn require_admin(
+    State(node): State<Arc<Node>>,
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    match authorize(&node, request.headers()) {
+        Ok(()) => next.run(request).await,
+        Err(error) => error.into_response(),
+    }
+}
+
 /// `POST /v1/admin/cleanup?forceRebuild=true` (bearer token): the cleanup report.
 pub(super) async fn cleanup(
     State(node): State<Arc<Node>>,
-    headers: HeaderMap,
     params: Result<Query<CleanupParams>, QueryRejection>,
 ) -> ApiResult<Json<CleanupReport>> {
-    authorize(&node, &headers)?;
     let params = query(params)?;
     let Ok(_running) = node.cleanup_running.try_lock() else {
         node.metrics.count_cleanup("refused");
@@ -319,8 +335,7 @@ pub(super) async fn cleanup(
     Ok(Json(result?))
 }
 
-fn faults_enabled(node: &Node, headers: &HeaderMap) -> ApiResult<()> {
-    authorize(node, headers)?;
+fn faults_enabled(node: &Node) -> ApiResult<()> {
     if node.config.fault_injection {
         Ok(())
     } else {
@@ -329,21 +344,17 @@ fn faults_enabled(node: &Node, headers: &HeaderMap) -> ApiResult<()> {
 }
 
 /// `GET /v1/admin/faults` (bearer token, `faultInjection` on): the fault in force.
-pub(super) async fn get_fault(
-    State(node): State<Arc<Node>>,
-    headers: HeaderMap,
-) -> ApiResult<Json<FaultSpec>> {
-    faults_enabled(&node, &headers)?;
+pub(super) async fn get_fault(State(node): State<Arc<Node>>) -> ApiResult<Json<FaultSpec>> {
+    faults_enabled(&node)?;
     Ok(Json(node.store.fault().get()))
 }
 
 /// `PUT /v1/admin/faults` (bearer token, `faultInjection` on): sets the retrieve fault.
 pub(super) async fn set_fault(
     State(node): State<Arc<Node>>,
-    headers: HeaderMap,
     body: Bytes,
 ) -> ApiResult<Json<FaultSpec>> {
-    faults_enabled(&node, &headers)?;
+    faults_enabled(&node)?;
     let spec: FaultSpec = serde_json::from_slice(&body)
         .map_err(|e| ApiError::bad_request("invalid_body", format!("not a fault: {e}")))?;
     node.store
@@ -368,24 +379,33 @@ pub(super) async fn metrics(State(node): State<Arc<Node>>) -> Response {
     let stats = node.store.stats().ok();
     let probe = node.probe_snapshot();
     let last = CleanupReport::last(&node.store).ok().flatten();
+    let safety = super::metrics::Safety {
+        flush: node.store.flush_health(),
+        corruption: node.store.corruption().detected,
+        resident_bytes: super::metrics::resident_memory_bytes(),
+    };
     let text = node
         .metrics
-        .render(stats.as_ref(), &probe, last.as_ref(), node.ready());
+        .render(stats.as_ref(), &probe, last.as_ref(), node.ready(), &safety);
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text).into_response()
 }
 
-/// `GET /healthz`: the process serves and the store answers.
+/// `GET /healthz`: the process serves, the store answers and writes can be made durable
+/// (a failed or hung flush fails it, so the kubelet restarts the node).
 pub(super) async fn healthz(State(node): State<Arc<Node>>) -> ApiResult<&'static str> {
     node.store.stats()?;
-    Ok("ok")
+    match node.health_problem() {
+        None => Ok("ok"),
+        Some(problem) => Err(ApiError::Unhealthy(problem)),
+    }
 }
 
-/// `GET /readyz`: ready for traffic (not opening, rebuilding or stopping).
+/// `GET /readyz`: ready for traffic (not opening, rebuilding or stopping, no corruption
+/// found, writes durable); the body says why not.
 pub(super) async fn readyz(State(node): State<Arc<Node>>) -> ApiResult<&'static str> {
-    if node.ready() {
-        Ok("ready")
-    } else {
-        Err(ApiError::NotReady)
+    match node.unready_reason() {
+        None => Ok("ready"),
+        Some(reason) => Err(ApiError::Unready(reason)),
     }
 }
 

@@ -7,7 +7,60 @@ use prometheus::{
 
 use crate::cleanup::CleanupReport;
 use crate::probe::ProbeSnapshot;
-use crate::store::Stats;
+use crate::store::{FlushHealth, Stats};
+
+/// What the data-safety metrics are rendered from.
+#[derive(Clone, Debug, Default)]
+pub struct Safety {
+    /// The flusher's state.
+    pub flush: FlushHealth,
+    /// Corruption findings so far.
+    pub corruption: u64,
+    /// The process's resident memory, when the platform tells.
+    pub resident_bytes: Option<u64>,
+}
+
+/// The process's resident set size (`VmRSS` in `/proc/self/status`), bytes.
+pub fn resident_memory_bytes() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
+    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib * 1024)
+}
+
+/// Safety series written at scrape time: name, type and help.
+const SAFETY: [(&str, &str, &str); 6] = [
+    (
+        "phoenix_node_durable",
+        "gauge",
+        "1 while writes can be made durable; 0 after a failed flush or while one hangs (writes are refused, /healthz fails).",
+    ),
+    (
+        "phoenix_node_last_flush_success_timestamp_seconds",
+        "gauge",
+        "When a flush last succeeded (unix).",
+    ),
+    (
+        "phoenix_node_flush_errors_total",
+        "counter",
+        "Flushes that failed.",
+    ),
+    (
+        "phoenix_node_corrupted",
+        "gauge",
+        "1 once corruption has been found (by the scrub or a read): the node is unready.",
+    ),
+    (
+        "phoenix_node_corruption_detected_total",
+        "counter",
+        "Corrupt records or pages found by the scrub or by reads.",
+    ),
+    (
+        "phoenix_node_resident_memory_bytes",
+        "gauge",
+        "Resident memory of the node process.",
+    ),
+];
 
 /// Operation label values (a fixed set).
 pub const OPERATIONS: [&str; 9] = [
@@ -164,6 +217,7 @@ impl Metrics {
         probe: &ProbeSnapshot,
         last_cleanup: Option<&CleanupReport>,
         ready: bool,
+        safety: &Safety,
     ) -> String {
         let mut buffer = Vec::new();
         if let Err(error) = TextEncoder::new().encode(&self.registry.gather(), &mut buffer) {
@@ -205,6 +259,26 @@ impl Metrics {
             if let Some(v) = value(name) {
                 text.push_str(&format!(
                     "# HELP {name} {help}\n# TYPE {name} gauge\n{name} {v}\n"
+                ));
+            }
+        }
+        let safety_value = |name: &str| -> Option<f64> {
+            match name {
+                "phoenix_node_durable" => Some(f64::from(u8::from(safety.flush.ok()))),
+                "phoenix_node_last_flush_success_timestamp_seconds" => {
+                    safety.flush.last_success_unix
+                }
+                "phoenix_node_flush_errors_total" => Some(safety.flush.errors as f64),
+                "phoenix_node_corrupted" => Some(f64::from(u8::from(safety.corruption > 0))),
+                "phoenix_node_corruption_detected_total" => Some(safety.corruption as f64),
+                "phoenix_node_resident_memory_bytes" => safety.resident_bytes.map(|b| b as f64),
+                _ => None,
+            }
+        };
+        for (name, kind, help) in SAFETY {
+            if let Some(v) = safety_value(name) {
+                text.push_str(&format!(
+                    "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {v}\n"
                 ));
             }
         }

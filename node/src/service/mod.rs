@@ -1,8 +1,14 @@
 //! `phoenix-node serve`: the HTTP service over the store.
 //!
 //! [`app`] builds the router so tests drive it without a socket; [`serve`] binds, runs the
-//! probe on its cadence, and shuts down on SIGTERM/SIGINT: stop accepting, drain in-flight
-//! requests under `shutdownTimeoutSeconds`, checkpoint and flush, return.
+//! probe and the scrub on their cadences, and shuts down on SIGTERM, SIGINT or SIGHUP: stop
+//! accepting, drain in-flight requests, checkpoint and flush, all within
+//! `shutdownTimeoutSeconds` (a final flush that hangs is abandoned and reported as an error).
+//!
+//! Connections are served by hyper's HTTP/1 server directly (not `axum::serve`) so that a
+//! client gets `limits.headerTimeoutMs` to send its request head, at most
+//! `limits.maxHeaderBytes` of it, and at most `limits.maxConnections` connections are open
+//! at once (more wait in the listen backlog instead of exhausting file descriptors).
 
 mod error;
 mod handlers;
@@ -85,6 +91,8 @@ pub struct Node {
     accepting: AtomicBool,
     /// Held while a cleanup runs.
     cleanup_running: tokio::sync::Mutex<()>,
+    /// Requests served at once, node-wide (`limits.maxConcurrentRequests`).
+    requests: tokio::sync::Semaphore,
 }
 
 impl Node {
@@ -107,15 +115,45 @@ impl Node {
             probe: Mutex::new(probe),
             metrics: Metrics::new()?,
             admin_token,
-            config,
             accepting: AtomicBool::new(true),
             cleanup_running: tokio::sync::Mutex::new(()),
+            requests: tokio::sync::Semaphore::new(config.limits.max_concurrent_requests),
+            config,
         })
     }
 
-    /// Whether `/readyz` says ready: accepting, and not swapping to a rebuilt database.
+    /// Why `/readyz` says not ready, if it does: opening or stopping, swapping to a rebuilt
+    /// database, corruption found, or writes that cannot be made durable.
+    pub fn unready_reason(&self) -> Option<String> {
+        if !self.accepting.load(Ordering::SeqCst) {
+            return Some("the node is opening or stopping".into());
+        }
+        if self.store.is_rebuilding() {
+            return Some("the store is being rebuilt".into());
+        }
+        let corruption = self.store.corruption();
+        if corruption.detected > 0 {
+            return Some(format!(
+                "corruption detected ({} findings, keys {:?}); the node serves what it can \
+                 read and needs repair",
+                corruption.detected, corruption.keys
+            ));
+        }
+        self.health_problem()
+    }
+
+    /// Whether `/readyz` says ready.
     pub fn ready(&self) -> bool {
-        self.accepting.load(Ordering::SeqCst) && !self.store.is_rebuilding()
+        self.unready_reason().is_none()
+    }
+
+    /// Why `/healthz` fails, if it does: writes cannot be made durable (a flush failed, or
+    /// none has succeeded for `durability.stallTimeoutMs`). A restart is what recovers.
+    pub fn health_problem(&self) -> Option<String> {
+        self.store
+            .flush_health()
+            .refusing
+            .map(|error| error.to_string())
     }
 
     /// Marks the node as stopping (readiness goes false first, so traffic drains away).
@@ -204,10 +242,49 @@ async fn observe(State(node): State<Arc<Node>>, request: Request, next: Next) ->
     response
 }
 
+/// Bounds the requests served at once by the whole node (`limits.maxConcurrentRequests`):
+/// one semaphore in [`Node`], whatever the route.
+async fn limit_concurrency(
+    State(node): State<Arc<Node>>,
+    request: Request,
+    next: Next,
+) -> Response {
+    match node.requests.acquire().await {
+        Ok(_permit) => next.run(request).await,
+        Err(_) => ApiError::NotReady.into_response(),
+    }
+}
+
+/// Answers 413 when the declared body is over `limits.maxBodyBytes`, before any of it is
+/// read (so a client sending `Expect: 100-continue` never gets `100 Continue` for it).
+async fn refuse_oversized(State(node): State<Arc<Node>>, request: Request, next: Next) -> Response {
+    let max = node.config.limits.max_body_bytes;
+    let declared = request
+        .headers()
+        .get(axum::http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<u64>().ok());
+    match declared {
+        Some(length) if length > max as u64 => ApiError::BodyTooLarge(max).into_response(),
+        _ => next.run(request).await,
+    }
+}
+
 /// The node's router.
 pub fn app(node: Arc<Node>) -> Router {
     let limits = node.config.limits;
-    Router::new()
+    // Admin routes check the token before anything else, the body included.
+    let admin = Router::new()
+        .route("/v1/admin/cleanup", post(handlers::cleanup))
+        .route(
+            "/v1/admin/faults",
+            put(handlers::set_fault).get(handlers::get_fault),
+        )
+        .route_layer(middleware::from_fn_with_state(
+            Arc::clone(&node),
+            handlers::require_admin,
+        ));
+    let work = Router::new()
         .route(
             "/v1/memories/{*key}",
             put(handlers::store)
@@ -217,75 +294,196 @@ pub fn app(node: Arc<Node>) -> Router {
         .route("/v1/memories", get(handlers::list))
         .route("/v1/root", get(handlers::root))
         .route("/v1/proof/{*key}", get(handlers::proof))
-        .route("/v1/admin/cleanup", post(handlers::cleanup))
-        .route(
-            "/v1/admin/faults",
-            put(handlers::set_fault).get(handlers::get_fault),
-        )
         .route("/v1/ping", get(handlers::ping))
+        .merge(admin)
+        .layer(middleware::from_fn_with_state(
+            Arc::clone(&node),
+            limit_concurrency,
+        ));
+    // Probes and scrapes are not counted against the limit: the kubelet must get answers
+    // from a busy node.
+    let probes = Router::new()
         .route("/metrics", get(handlers::metrics))
         .route("/healthz", get(handlers::healthz))
-        .route("/readyz", get(handlers::readyz))
+        .route("/readyz", get(handlers::readyz));
+    Router::new()
+        .merge(work)
+        .merge(probes)
         .fallback(handlers::no_route)
         .method_not_allowed_fallback(handlers::method_not_allowed)
         .layer(DefaultBodyLimit::max(limits.max_body_bytes))
-        .layer(middleware::from_fn_with_state(Arc::clone(&node), observe))
-        .layer(tower::limit::ConcurrencyLimitLayer::new(
-            limits.max_concurrent_requests,
+        .layer(middleware::from_fn_with_state(
+            Arc::clone(&node),
+            refuse_oversized,
         ))
+        .layer(middleware::from_fn_with_state(Arc::clone(&node), observe))
         .with_state(node)
 }
 
-/// Resolves on SIGTERM or SIGINT.
+/// The node could not start (configuration, token, data directory, listen address): the
+/// CLI exits 2 for these, 1 for failures after it started serving.
+#[derive(Debug, thiserror::Error)]
+#[error("{0:#}")]
+pub struct CannotStart(pub anyhow::Error);
+
+/// Resolves on SIGTERM, SIGINT or SIGHUP (all three drain, checkpoint and flush).
 async fn shutdown_signal() {
     let interrupt = tokio::signal::ctrl_c();
     #[cfg(unix)]
-    let terminate = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut signal) => {
-                signal.recv().await;
+    let (terminate, hangup) = {
+        use tokio::signal::unix::{SignalKind, signal};
+        let wait = |kind: SignalKind, name: &'static str| async move {
+            match signal(kind) {
+                Ok(mut signal) => {
+                    signal.recv().await;
+                }
+                Err(error) => {
+                    tracing::error!(%error, "cannot listen for {name}");
+                    std::future::pending::<()>().await;
+                }
             }
-            Err(error) => {
-                tracing::error!(%error, "cannot listen for SIGTERM");
-                std::future::pending::<()>().await;
-            }
-        }
+        };
+        (
+            wait(SignalKind::terminate(), "SIGTERM"),
+            wait(SignalKind::hangup(), "SIGHUP"),
+        )
     };
     #[cfg(not(unix))]
-    let terminate = std::future::pending::<()>();
+    let (terminate, hangup) = (std::future::pending::<()>(), std::future::pending::<()>());
     tokio::select! {
         _ = interrupt => tracing::info!("SIGINT received, shutting down"),
-        _ = terminate => tracing::info!("SIGTERM received, shutting down"),
+        () = terminate => tracing::info!("SIGTERM received, shutting down"),
+        () = hangup => tracing::info!("SIGHUP received, shutting down"),
     }
 }
 
-/// Opens the store and serves until SIGTERM/SIGINT, then drains and closes.
+/// Accepts connections until `shutdown` resolves, then stops accepting and returns the
+/// handle that waits for the open connections to finish.
+async fn accept(
+    listener: tokio::net::TcpListener,
+    router: Router,
+    limits: crate::config::LimitsConfig,
+    shutdown: impl std::future::Future<Output = ()>,
+) -> hyper_util::server::graceful::GracefulShutdown {
+    use hyper_util::rt::{TokioIo, TokioTimer};
+    let mut builder = hyper::server::conn::http1::Builder::new();
+    builder
+        .timer(TokioTimer::new())
+        .header_read_timeout(Duration::from_millis(limits.header_timeout_ms))
+        .max_header_size(limits.max_header_bytes);
+    let connections = Arc::new(tokio::sync::Semaphore::new(limits.max_connections));
+    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+    tokio::pin!(shutdown);
+    loop {
+        let permit = tokio::select! {
+            permit = Arc::clone(&connections).acquire_owned() => match permit {
+                Ok(permit) => permit,
+                Err(_) => break,
+            },
+            () = &mut shutdown => break,
+        };
+        let stream = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok((stream, _)) => stream,
+                Err(error) => {
+                    // Out of file descriptors and the like: back off instead of spinning.
+                    tracing::warn!(%error, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            () = &mut shutdown => break,
+        };
+        let _ = stream.set_nodelay(true);
+        let service = hyper_util::service::TowerToHyperService::new(router.clone());
+        let connection = graceful.watch(builder.serve_connection(TokioIo::new(stream), service));
+        tokio::spawn(async move {
+            if let Err(error) = connection.await {
+                tracing::debug!(%error, "connection ended with an error");
+            }
+            drop(permit);
+        });
+    }
+    graceful
+}
+
+/// Checks records in the background at `scrub.keysPerSecond`, a full pass every
+/// `scrub.periodSeconds`.
+async fn scrub(node: Arc<Node>, mut stop: tokio::sync::watch::Receiver<bool>) {
+    let settings = node.config.scrub;
+    if settings.keys_per_second == 0 {
+        return;
+    }
+    const TICKS_PER_SECOND: u64 = 10;
+    let batch =
+        usize::try_from(settings.keys_per_second.div_ceil(TICKS_PER_SECOND)).unwrap_or(usize::MAX);
+    let mut ticker = tokio::time::interval(Duration::from_millis(1000 / TICKS_PER_SECOND));
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let cursor = Arc::new(Mutex::new(crate::store::ScrubCursor::default()));
+    let mut pass_started = tokio::time::Instant::now();
+    loop {
+        tokio::select! {
+            _ = ticker.tick() => {}
+            _ = stop.changed() => return,
+        }
+        let worker = Arc::clone(&node);
+        let at = Arc::clone(&cursor);
+        let step = tokio::task::spawn_blocking(move || {
+            let mut cursor = at.lock().unwrap_or_else(PoisonError::into_inner);
+            worker.store.scrub_step(&mut cursor, batch)
+        })
+        .await;
+        match step {
+            Ok(Ok(crate::store::ScrubStep::More)) => {}
+            Ok(Ok(crate::store::ScrubStep::PassDone)) => {
+                tracing::debug!(corrupted = node.store.is_corrupted(), "scrub pass done");
+                let next = pass_started + Duration::from_secs(settings.period_seconds);
+                tokio::select! {
+                    () = tokio::time::sleep_until(next) => {}
+                    _ = stop.changed() => return,
+                }
+                pass_started = tokio::time::Instant::now();
+            }
+            Ok(Err(error)) => tracing::warn!(%error, "scrub step failed"),
+            Err(_) => tracing::error!("scrub step panicked"),
+        }
+    }
+}
+
+/// Opens the store and serves until SIGTERM/SIGINT/SIGHUP, then drains and closes.
 ///
 /// # Errors
-/// Bind, open and token errors at start; a failed checkpoint or flush at the end.
+/// [`CannotStart`] for bind, open and token errors; a drain, checkpoint or flush that
+/// fails or does not finish within `shutdownTimeoutSeconds` at the end.
 pub async fn serve(config: NodeConfig) -> anyhow::Result<()> {
     use anyhow::Context;
-    let admin_token = match &config.admin_token_file {
-        Some(path) => Some(AdminToken::from_file(path).map_err(anyhow::Error::msg)?),
-        None => {
-            tracing::warn!("no adminTokenFile: admin endpoints are disabled");
-            None
-        }
+    let start = async {
+        let admin_token = match &config.admin_token_file {
+            Some(path) => Some(AdminToken::from_file(path).map_err(anyhow::Error::msg)?),
+            None => {
+                tracing::warn!("no adminTokenFile: admin endpoints are disabled");
+                None
+            }
+        };
+        let store_config = config.store_config();
+        let data_dir = config.data_dir.clone();
+        let store = tokio::task::spawn_blocking(move || Store::open(store_config))
+            .await
+            .context("store open task failed")?
+            .with_context(|| format!("failed to open the store in {}", data_dir.display()))?;
+        let store = Arc::new(store);
+        let node = Arc::new(Node::new(Arc::clone(&store), config.clone(), admin_token)?);
+        let listener = tokio::net::TcpListener::bind(config.listen)
+            .await
+            .with_context(|| format!("failed to listen on {}", config.listen))?;
+        anyhow::Ok((store, node, listener))
     };
-    let store_config = config.store_config();
-    let store = tokio::task::spawn_blocking(move || Store::open(store_config))
-        .await
-        .context("store open task failed")?
-        .with_context(|| format!("failed to open the store in {}", config.data_dir.display()))?;
-    let store = Arc::new(store);
-    let node = Arc::new(Node::new(Arc::clone(&store), config.clone(), admin_token)?);
-    let listener = tokio::net::TcpListener::bind(config.listen)
-        .await
-        .with_context(|| format!("failed to listen on {}", config.listen))?;
+    let (store, node, listener) = start.await.map_err(CannotStart)?;
     tracing::info!(address = %listener.local_addr()?, data = %config.data_dir.display(), "serving");
 
     // The probe: a fixed cadence, on a blocking thread (it times blocking retrieves).
     let (stop_tx, mut stop_rx) = tokio::sync::watch::channel(false);
+    let scrub_task = tokio::spawn(scrub(Arc::clone(&node), stop_tx.subscribe()));
     let probe_node = Arc::clone(&node);
     let interval = Duration::from_millis(config.probe.interval_ms);
     let probe_task = tokio::spawn(async move {
@@ -304,34 +502,42 @@ pub async fn serve(config: NodeConfig) -> anyhow::Result<()> {
         }
     });
 
-    let drain_node = Arc::clone(&node);
-    let (drained_tx, drained_rx) = tokio::sync::oneshot::channel::<()>();
-    let server = axum::serve(listener, app(Arc::clone(&node))).with_graceful_shutdown(async move {
-        shutdown_signal().await;
-        drain_node.stop_accepting();
-        let _ = drained_tx.send(());
-    });
-    let deadline = Duration::from_secs(config.shutdown_timeout_seconds);
-    let drain_deadline = async move {
-        if drained_rx.await.is_ok() {
-            tokio::time::sleep(deadline).await;
-        } else {
-            std::future::pending::<()>().await;
-        }
-    };
-    tokio::select! {
-        result = server => result.context("server failed")?,
-        _ = drain_deadline => tracing::warn!(?deadline, "in-flight requests did not finish in time"),
+    let graceful = accept(
+        listener,
+        app(Arc::clone(&node)),
+        config.limits,
+        shutdown_signal(),
+    )
+    .await;
+    node.stop_accepting();
+    // One budget for the whole shutdown (the pod's grace period is longer): the drain may
+    // use three quarters of it, the checkpoint and flush what is left.
+    let budget = Duration::from_secs(config.shutdown_timeout_seconds);
+    let stopping = tokio::time::Instant::now();
+    let deadline = stopping + budget;
+    if tokio::time::timeout_at(stopping + budget * 3 / 4, graceful.shutdown())
+        .await
+        .is_err()
+    {
+        tracing::warn!("in-flight requests did not finish in time");
     }
     let _ = stop_tx.send(true);
     let _ = probe_task.await;
-    tokio::task::spawn_blocking(move || {
+    let _ = scrub_task.await;
+    let closing = tokio::task::spawn_blocking(move || {
         store.checkpoint()?;
         store.flush()
-    })
-    .await
-    .context("final flush task failed")?
-    .context("failed to flush at shutdown")?;
+    });
+    match tokio::time::timeout_at(deadline, closing).await {
+        Ok(joined) => joined
+            .context("final flush task failed")?
+            .context("failed to flush at shutdown")?,
+        Err(_) => anyhow::bail!(
+            "the final checkpoint and flush did not finish within shutdownTimeoutSeconds ({} s); \
+             writes acknowledged since the last successful flush may be lost",
+            config.shutdown_timeout_seconds
+        ),
+    }
     tracing::info!("flushed; bye");
     Ok(())
 }

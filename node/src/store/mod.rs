@@ -30,7 +30,10 @@
 
 mod checkpoint;
 mod commit;
+mod generations;
 mod rebuild;
+mod scrub;
+mod space;
 
 use std::ops::Bound;
 use std::path::{Path, PathBuf};
@@ -42,8 +45,12 @@ use arc_swap::ArcSwap;
 use serde::{Deserialize, Serialize};
 
 use crate::merkle::{self, Hash, Proof, Tree};
-use commit::GroupCommit;
+use commit::Flusher;
+pub use commit::{FlushError, FlushHealth};
 pub use rebuild::RebuildReport;
+pub use scrub::{Corruption, ScrubCursor, ScrubStep};
+use space::SpaceGuard;
+pub use space::{FreeSpace, LowSpace, VolumeSpace};
 
 const DATA: u8 = b'd';
 const EXPIRY: u8 = b'e';
@@ -106,6 +113,17 @@ pub enum StoreError {
         /// Bytes available on the data volume.
         available: u64,
     },
+    /// Free space on the data volume is below the reserve; the write was not applied.
+    /// Reads keep working and writes resume by themselves once space returns.
+    #[error(
+        "the data volume has {} bytes free, below the reserve of {} bytes; writes resume when space is freed",
+        .0.available, .0.reserve
+    )]
+    NoSpace(LowSpace),
+    /// The store cannot make writes durable (a flush failed or hangs); the write was not
+    /// applied.
+    #[error(transparent)]
+    NotDurable(#[from] FlushError),
     /// Stored data does not decode or does not match the integrity tree.
     #[error("store is corrupt: {0}")]
     Corrupt(String),
@@ -251,7 +269,17 @@ pub struct StoreConfig {
     pub rebuild: RebuildPolicy,
     /// The clock used for expiry.
     pub clock: Arc<dyn Clock>,
+    /// Free bytes to keep on the data volume: writes are refused below it (0: no guard).
+    /// The checkpoint's size (about [`CHECKPOINT_BYTES_PER_KEY`] per key) is added to it.
+    pub min_free_bytes: u64,
+    /// Where free space is read from.
+    pub free_space: Arc<dyn FreeSpace>,
+    /// A flush running (or none succeeding) for this long refuses writes and fails health.
+    pub stall_after: Duration,
 }
+
+/// Bytes a key takes in the tree checkpoint (an upper estimate), reserved on the volume.
+pub const CHECKPOINT_BYTES_PER_KEY: u64 = 100;
 
 impl StoreConfig {
     /// Defaults for a store in `path`: 256 MiB cache, flush every 500 ms.
@@ -266,6 +294,9 @@ impl StoreConfig {
             limits: Limits::default(),
             rebuild: RebuildPolicy::default(),
             clock: Arc::new(SystemClock),
+            min_free_bytes: 64 << 20,
+            free_space: Arc::new(VolumeSpace),
+            stall_after: Duration::from_secs(10),
         }
     }
 }
@@ -409,7 +440,7 @@ impl Engine {
             Durability::Sync => Some(1000),
         };
         let sled_config = sled::Config::new()
-            .path(generation_dir(dir, generation))
+            .path(generations::dir_of(dir, generation))
             .cache_capacity(config.cache_capacity)
             .flush_every_ms(flush_every_ms);
         // A handle dropped a moment ago may still hold the directory's lock while sled's
@@ -430,10 +461,6 @@ impl Engine {
     }
 }
 
-fn generation_dir(dir: &Path, generation: u64) -> PathBuf {
-    dir.join(format!("gen-{generation}"))
-}
-
 fn prefixed(prefix: u8, key: &[u8]) -> Vec<u8> {
     let mut out = Vec::with_capacity(1 + key.len());
     out.push(prefix);
@@ -447,6 +474,13 @@ fn expiry_key(at: u64, key: &[u8]) -> Vec<u8> {
     out.extend_from_slice(&at.to_be_bytes());
     out.extend_from_slice(key);
     out
+}
+
+/// A failed flush as the flusher records it: the message and whether the volume was full.
+fn describe_flush_error(error: sled::Error) -> (String, bool) {
+    let no_space = matches!(&error, sled::Error::Io(io)
+        if io.kind() == std::io::ErrorKind::StorageFull || io.raw_os_error() == Some(28));
+    (error.to_string(), no_space)
 }
 
 /// Looks `key` up under the `d` prefix without allocating for ordinary key lengths.
@@ -506,12 +540,14 @@ impl Reservoir {
 #[derive(Debug)]
 pub struct Store {
     config: StoreConfig,
-    engine: ArcSwap<Engine>,
+    engine: Arc<ArcSwap<Engine>>,
     write: Mutex<WriteState>,
     rebuilding: AtomicBool,
     keys: AtomicU64,
     logical: AtomicU64,
-    commit: GroupCommit,
+    flusher: Flusher,
+    space: SpaceGuard,
+    corruption: Mutex<Corruption>,
     fault: crate::fault::RetrieveFault,
 }
 
@@ -525,8 +561,8 @@ impl Store {
     pub fn open(config: StoreConfig) -> Result<Store> {
         std::fs::create_dir_all(&config.path).map_err(io("create the data directory"))?;
         let started = std::time::Instant::now();
-        let generation = rebuild::current_generation(&config.path)?;
-        rebuild::remove_stale_generations(&config.path, generation)?;
+        let opening = generations::choose(&config.path)?;
+        let generation = opening.live;
         // Read the tree checkpoint while sled opens; both take a few hundred ms at 1M keys.
         let (engine, checkpoint) = std::thread::scope(|scope| {
             let reader = scope.spawn(|| checkpoint::read(&config.path));
@@ -546,8 +582,17 @@ impl Store {
             Some(_) => {}
             None => {
                 engine.db.insert(META_FORMAT, FORMAT_VERSION)?;
+                engine.db.flush()?;
             }
         }
+        // The live generation is open and ours: only now is anything written or deleted.
+        if opening.fresh || opening.mark_complete {
+            generations::mark_complete(&config.path, generation)?;
+        }
+        if opening.rewrite_current {
+            generations::write_current(&config.path, generation)?;
+        }
+        generations::remove(&config.path, &opening.stale)?;
         let loaded = match checkpoint? {
             Some(checkpoint) if checkpoint.matches(&engine.db)? => Some(checkpoint.scanned),
             _ => None,
@@ -567,8 +612,37 @@ impl Store {
             keys,
             "store opened"
         );
+        let engine = Arc::new(ArcSwap::from_pointee(engine));
+        let flushed = Arc::clone(&engine);
+        let flusher = Flusher::start(
+            match config.durability {
+                Durability::Periodic { flush_every_ms } => {
+                    Duration::from_millis(flush_every_ms.max(1))
+                }
+                // Idle sync stores still flush now and then, so a failure shows in health.
+                Durability::Sync => Duration::from_secs(1),
+            },
+            config.stall_after,
+            move || {
+                flushed
+                    .load()
+                    .db
+                    .flush()
+                    .map(drop)
+                    .map_err(describe_flush_error)
+            },
+        )
+        .map_err(io("start the flusher thread"))?;
+        let space = SpaceGuard::new(
+            config.path.clone(),
+            config.min_free_bytes,
+            Arc::clone(&config.free_space),
+        );
         let store = Store {
-            engine: ArcSwap::from_pointee(engine),
+            engine,
+            flusher,
+            space,
+            corruption: Mutex::new(Corruption::default()),
             write: Mutex::new(WriteState {
                 tree,
                 keys,
@@ -580,7 +654,6 @@ impl Store {
             fault: crate::fault::RetrieveFault::default(),
             keys: AtomicU64::new(keys),
             logical: AtomicU64::new(logical),
-            commit: GroupCommit::default(),
             config,
         };
         if recovered && keys > 0 {
@@ -689,6 +762,7 @@ impl Store {
                 .now_ms()
                 .saturating_add(u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX)),
         };
+        self.admit_write(key.len() + value.len(), false)?;
         let leaf = merkle::leaf_hash(key, value);
         let record = encode_record(expires_at, value);
 
@@ -721,7 +795,7 @@ impl Store {
             }
             self.keys.store(keys, Ordering::Relaxed);
             self.logical.store(logical, Ordering::Relaxed);
-            (self.commit.applied(), old.is_none())
+            (self.flusher.applied(), old.is_none())
         };
         reclaim_write_garbage();
         self.make_durable(seq)?;
@@ -743,16 +817,30 @@ impl Store {
 
     fn make_durable(&self, seq: u64) -> Result<()> {
         if self.config.durability == Durability::Sync {
-            self.commit.wait_durable(seq, || {
-                self.engine
-                    .load()
-                    .db
-                    .flush()
-                    .map(drop)
-                    .map_err(StoreError::from)
-            })?;
+            self.flusher.wait_durable(seq)?;
         }
         Ok(())
+    }
+
+    /// Refuses a write of `bytes` bytes that could not be made durable: a flush failed or
+    /// hangs, or (unless `freeing`, a delete) the volume is below its free-space reserve.
+    fn admit_write(&self, bytes: usize, freeing: bool) -> Result<()> {
+        self.flusher.admit()?;
+        if !freeing {
+            let checkpoint = self
+                .keys
+                .load(Ordering::Relaxed)
+                .saturating_mul(CHECKPOINT_BYTES_PER_KEY);
+            self.space
+                .admit(bytes, checkpoint)
+                .map_err(StoreError::NoSpace)?;
+        }
+        Ok(())
+    }
+
+    /// Whether writes can be made durable, with flush counts and the last success.
+    pub fn flush_health(&self) -> FlushHealth {
+        self.flusher.health()
     }
 
     /// The value under `key`, unless absent or expired. One point lookup.
@@ -775,10 +863,17 @@ impl Store {
 
     fn retrieve_unfaulted(&self, key: &[u8]) -> Result<Option<Value>> {
         let engine = self.engine.load();
-        let Some(record) = get_data(&engine.db, key)? else {
-            return Ok(None);
+        let record = match get_data(&engine.db, key) {
+            Ok(Some(record)) => record,
+            Ok(None) => return Ok(None),
+            Err(error @ sled::Error::Corruption { .. }) => {
+                self.found_corruption(Some(key), "a read hit a page the database cannot read");
+                return Err(error.into());
+            }
+            Err(error) => return Err(error.into()),
         };
         if record_header(&record).is_none() {
+            self.found_corruption(Some(key), "a read found a record that does not decode");
             return Err(corrupt_record());
         }
         if let Some(at) = record_expiry(&record)
@@ -795,6 +890,7 @@ impl Store {
     /// Invalid key, [`StoreError::Busy`] during a rebuild swap, engine errors.
     pub fn delete(&self, key: &[u8]) -> Result<bool> {
         self.validate(key, None)?;
+        self.admit_write(key.len(), true)?;
         let seq = {
             let mut state = self.lock_write()?;
             let Some(seq) = self.delete_locked(&mut state, key)? else {
@@ -829,7 +925,7 @@ impl Store {
         }
         self.keys.store(state.keys, Ordering::Relaxed);
         self.logical.store(state.logical, Ordering::Relaxed);
-        Ok(Some(self.commit.applied()))
+        Ok(Some(self.flusher.applied()))
     }
 
     /// Up to `limit` live memories whose keys start with `prefix`, after key `after`.
@@ -937,6 +1033,7 @@ impl Store {
             if due.is_empty() {
                 break;
             }
+            self.admit_write(0, true)?;
             let mut last = 0;
             {
                 let mut state = self.lock_write()?;
@@ -972,7 +1069,7 @@ impl Store {
 
     /// Number of group-commit flushes so far.
     pub fn durable_flushes(&self) -> u64 {
-        self.commit.flushes()
+        self.flusher.flushes()
     }
 
     /// Recomputes the root and counters from the stored keys and values and compares them

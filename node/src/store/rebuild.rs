@@ -7,11 +7,13 @@
 //! # Guarantees
 //! - Reads are served from the old database until the handle is swapped.
 //! - Writes arriving during the copy get [`StoreError::Busy`] (retryable), never dropped.
-//! - `CURRENT` is replaced by an atomic rename after the copy is flushed, so a crash leaves
-//!   either the old or the new generation live, each complete; [`remove_stale_generations`]
-//!   deletes the other at the next open.
+//! - The copy is marked complete after it is flushed, then `CURRENT` is replaced by an
+//!   atomic rename (see [`super::generations`] for why start-up can never pick or delete the
+//!   wrong generation after a crash at any point).
+//! - If the switch fails after the copy was marked complete, the copy is removed before
+//!   writes resume; if even that fails the store refuses writes, since a restart would roll
+//!   forward to a copy that lacks them.
 
-use std::io::Write;
 use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -19,9 +21,8 @@ use std::time::{Duration, Instant};
 
 use serde::Serialize;
 
-use super::{Engine, Result, Store, StoreError, generation_dir, io};
-
-const CURRENT: &str = "CURRENT";
+use super::generations::{self, dir_of};
+use super::{Engine, FlushError, Result, Store, StoreError, io};
 
 /// What a rebuild did.
 #[derive(Clone, Debug, PartialEq, Serialize)]
@@ -39,55 +40,6 @@ pub struct RebuildReport {
     pub seconds: f64,
 }
 
-/// The live generation named by `CURRENT` (0 for a new directory).
-pub(super) fn current_generation(dir: &Path) -> Result<u64> {
-    match std::fs::read_to_string(dir.join(CURRENT)) {
-        Ok(text) => text.trim().parse().map_err(|_| {
-            StoreError::Corrupt(format!("{CURRENT} holds {text:?}, not a generation number"))
-        }),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            write_current(dir, 0)?;
-            Ok(0)
-        }
-        Err(source) => Err(StoreError::Io {
-            action: "read CURRENT",
-            source,
-        }),
-    }
-}
-
-/// Atomically points `CURRENT` at `generation`.
-fn write_current(dir: &Path, generation: u64) -> Result<()> {
-    let tmp = dir.join("CURRENT.tmp");
-    let mut file = std::fs::File::create(&tmp).map_err(io("create CURRENT.tmp"))?;
-    writeln!(file, "{generation}").map_err(io("write CURRENT.tmp"))?;
-    file.sync_all().map_err(io("sync CURRENT.tmp"))?;
-    std::fs::rename(&tmp, dir.join(CURRENT)).map_err(io("replace CURRENT"))?;
-    std::fs::File::open(dir)
-        .and_then(|d| d.sync_all())
-        .map_err(io("sync the data directory"))?;
-    Ok(())
-}
-
-/// Deletes every `gen-N` directory but the live one (leftovers of an interrupted rebuild).
-pub(super) fn remove_stale_generations(dir: &Path, live: u64) -> Result<()> {
-    for entry in std::fs::read_dir(dir).map_err(io("read the data directory"))? {
-        let entry = entry.map_err(io("read the data directory"))?;
-        let name = entry.file_name();
-        let Some(generation) = name
-            .to_str()
-            .and_then(|n| n.strip_prefix("gen-"))
-            .and_then(|n| n.parse::<u64>().ok())
-        else {
-            continue;
-        };
-        if generation != live {
-            std::fs::remove_dir_all(entry.path()).map_err(io("remove a stale generation"))?;
-        }
-    }
-    Ok(())
-}
-
 impl Store {
     /// Rebuilds the database into a fresh directory and switches to it.
     ///
@@ -99,6 +51,7 @@ impl Store {
     pub fn rebuild(&self) -> Result<RebuildReport> {
         let started = Instant::now();
         let dir = self.config.path.clone();
+        self.flusher.admit()?;
         let before = self.stats()?;
         // The copy is compact: it cannot be larger than the bloated original, and a fresh
         // sled database holds about 1.5× its logical bytes plus tree records.
@@ -138,7 +91,7 @@ impl Store {
         let old = self.engine.load_full();
         old.db.flush()?;
         let next = old.generation + 1;
-        let next_dir = generation_dir(dir, next);
+        let next_dir = dir_of(dir, next);
         if next_dir.exists() {
             std::fs::remove_dir_all(&next_dir).map_err(io("clear the rebuild directory"))?;
         }
@@ -149,7 +102,23 @@ impl Store {
         let reopened = Engine::open(dir, &self.config, next).inspect_err(|_| {
             let _ = std::fs::remove_dir_all(&next_dir);
         })?;
-        write_current(dir, next)?;
+        let switched = generations::mark_complete(dir, next)
+            .and_then(|()| generations::write_current(dir, next));
+        if let Err(error) = switched {
+            drop(reopened);
+            if let Err(cleanup) = std::fs::remove_dir_all(&next_dir) {
+                // A restart would roll forward to the complete copy, which lacks any write
+                // taken from now on: take none.
+                tracing::error!(%error, %cleanup, "rebuild failed and its copy could not be removed");
+                self.flusher.fail(FlushError::Failed {
+                    message: format!(
+                        "a rebuild failed ({error}) and its copy could not be removed ({cleanup})"
+                    ),
+                    no_space: false,
+                });
+            }
+            return Err(error);
+        }
         self.engine.store(Arc::new(reopened));
         // The copy left the checkpoint marker behind (see `copy_into`).
         state.checkpointed = false;
@@ -159,7 +128,7 @@ impl Store {
         while Arc::strong_count(&old) > 1 && Instant::now() < deadline {
             std::thread::sleep(Duration::from_millis(1));
         }
-        let old_dir = generation_dir(dir, old.generation);
+        let old_dir = dir_of(dir, old.generation);
         drop(old);
         if let Err(error) = std::fs::remove_dir_all(&old_dir) {
             tracing::warn!(%error, "old generation could not be removed; it goes at next open");

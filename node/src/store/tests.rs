@@ -587,3 +587,197 @@ fn a_restart_after_a_rebuild_agrees_with_the_data() {
     assert_eq!(stats.keys, 70);
     assert!(store.verify().expect("verify").ok());
 }
+
+/// A store rebuilt twice (live generation 2) holding `k0..k49`, closed.
+fn rebuilt_twice(dir: &Path) -> Hash {
+    let store = open_in(dir);
+    for i in 0..50 {
+        store
+            .store(format!("k{i}").as_bytes(), b"value", None)
+            .expect("store");
+    }
+    store.rebuild().expect("rebuild 1");
+    store.rebuild().expect("rebuild 2");
+    assert_eq!(store.generation(), 2);
+    let root = store.root();
+    store.close().expect("close");
+    root
+}
+
+/// Every file under `dir` with its contents, to show that a refused open touched nothing.
+fn snapshot(dir: &Path) -> BTreeMap<PathBuf, Vec<u8>> {
+    let mut out = BTreeMap::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(at) = stack.pop() {
+        for entry in std::fs::read_dir(&at).expect("read dir") {
+            let path = entry.expect("entry").path();
+            if path.is_dir() {
+                stack.push(path);
+            } else {
+                out.insert(path.clone(), std::fs::read(&path).expect("read"));
+            }
+        }
+    }
+    out
+}
+
+#[test]
+fn a_missing_current_after_a_rebuild_opens_the_live_generation() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let root = rebuilt_twice(dir.path());
+    std::fs::remove_file(dir.path().join("CURRENT")).expect("rm CURRENT");
+    let store = open_in(dir.path());
+    assert_eq!(store.generation(), 2);
+    assert_eq!(store.key_count(), 50);
+    assert_eq!(store.root(), root);
+    assert_eq!(
+        std::fs::read_to_string(dir.path().join("CURRENT")).expect("CURRENT rewritten"),
+        "2\n"
+    );
+}
+
+#[test]
+fn a_current_that_cannot_be_trusted_is_refused_and_touches_nothing() {
+    for text in ["7\n", "", "garbage", "-1", "1\n"] {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let root = rebuilt_twice(dir.path());
+        std::fs::write(dir.path().join("CURRENT"), text).expect("write CURRENT");
+        let before = snapshot(dir.path());
+        let error = Store::open(StoreConfig::new(dir.path()))
+            .expect_err(&format!("CURRENT {text:?} refused"))
+            .to_string();
+        assert!(error.contains("refusing to start"), "{text:?}: {error}");
+        assert_eq!(
+            snapshot(dir.path()),
+            before,
+            "{text:?}: the directory changed"
+        );
+        // Put the right generation back: everything is there.
+        std::fs::write(dir.path().join("CURRENT"), "2\n").expect("repair");
+        let store = open_in(dir.path());
+        assert_eq!(store.root(), root, "{text:?}");
+        assert_eq!(store.key_count(), 50);
+    }
+}
+
+#[test]
+fn an_older_current_next_to_a_newer_complete_generation_rolls_forward() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let root = rebuilt_twice(dir.path());
+    // What an interrupted switch (or a hand edit) leaves: the old generation still there
+    // and CURRENT naming it.
+    let copy = |from: &Path, to: &Path| {
+        std::fs::create_dir_all(to).expect("mkdir");
+        for entry in std::fs::read_dir(from).expect("read") {
+            let entry = entry.expect("entry");
+            if entry.path().is_file() {
+                std::fs::copy(entry.path(), to.join(entry.file_name())).expect("copy");
+            }
+        }
+    };
+    let store = open_in(dir.path());
+    store.store(b"newest", b"write", None).expect("store");
+    store.close().expect("close");
+    copy(&dir.path().join("gen-2"), &dir.path().join("gen-1"));
+    std::fs::remove_file(dir.path().join("gen-2").join("COMPLETE")).expect("unmark");
+    std::fs::write(dir.path().join("gen-2").join("COMPLETE"), "2\n").expect("mark");
+    std::fs::write(dir.path().join("CURRENT"), "1\n").expect("older CURRENT");
+    let store = open_in(dir.path());
+    assert_eq!(store.generation(), 2);
+    assert!(store.retrieve(b"newest").expect("get").is_some());
+    assert_ne!(store.root(), root);
+    assert!(!dir.path().join("gen-1").exists());
+}
+
+#[test]
+fn a_failed_flush_refuses_writes_and_keeps_reads() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut config = StoreConfig::new(dir.path());
+    config.durability = Durability::Sync;
+    let store = Store::open(config).expect("open");
+    store.store(b"kept", b"v", None).expect("store");
+    store.flusher.fail(FlushError::Failed {
+        message: "No space left on device (os error 28)".into(),
+        no_space: true,
+    });
+    let error = store.store(b"lost", b"v", None).expect_err("refused");
+    assert!(matches!(error, StoreError::NotDurable(_)), "{error}");
+    assert!(store.delete(b"kept").is_err());
+    assert!(store.rebuild().is_err());
+    assert!(store.retrieve(b"lost").expect("read").is_none());
+    assert!(store.retrieve(b"kept").expect("read").is_some());
+    assert!(!store.flush_health().ok());
+}
+
+#[derive(Debug)]
+struct FixedSpace(AtomicU64);
+
+impl FreeSpace for FixedSpace {
+    fn available(&self, _: &Path) -> std::io::Result<u64> {
+        Ok(self.0.load(Ordering::SeqCst))
+    }
+}
+
+#[test]
+fn a_volume_below_the_reserve_refuses_stores_but_not_reads_or_deletes() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let space = Arc::new(FixedSpace(AtomicU64::new(1 << 30)));
+    let mut config = StoreConfig::new(dir.path());
+    config.min_free_bytes = 64 << 20;
+    config.free_space = space.clone();
+    let store = Store::open(config).expect("open");
+    store.store(b"a", b"1", None).expect("store");
+    store.store(b"b", b"2", None).expect("store");
+    space.0.store(10 << 20, Ordering::SeqCst);
+    // The budget granted at 1 GiB free may still cover a write or two: spend it.
+    let mut refused = None;
+    for i in 0..100_000 {
+        if let Err(error) = store.store(format!("x{i}").as_bytes(), &[7u8; 4096], None) {
+            refused = Some(error);
+            break;
+        }
+    }
+    let refused = refused.expect("a write is refused below the reserve");
+    assert!(matches!(refused, StoreError::NoSpace(_)), "{refused}");
+    assert!(store.retrieve(b"a").expect("read").is_some());
+    assert!(store.delete(b"b").expect("delete frees space"));
+    space.0.store(1 << 30, Ordering::SeqCst);
+    store.store(b"c", b"3", None).expect("writes resume");
+}
+
+#[test]
+fn the_scrub_finds_a_record_that_does_not_match_its_leaf_and_reads_record_bad_records() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = open_in(dir.path());
+    for i in 0..300 {
+        store
+            .store(format!("k{i:03}").as_bytes(), b"value", None)
+            .expect("store");
+    }
+    let mut cursor = ScrubCursor::default();
+    while store.scrub_step(&mut cursor, 64).expect("scrub") == ScrubStep::More {}
+    assert!(!store.is_corrupted(), "a clean store scrubs clean");
+    // Bytes changed under the store (what bit rot or a bad disk does).
+    let engine = store.engine.load();
+    engine
+        .db
+        .insert(prefixed(DATA, b"k123"), encode_record(0, b"VALUE"))
+        .expect("tamper");
+    engine
+        .db
+        .insert(prefixed(DATA, b"k200"), &[9u8, 9, 9][..])
+        .expect("tamper");
+    drop(engine);
+    let mut steps = 0;
+    while store.scrub_step(&mut cursor, 64).expect("scrub") == ScrubStep::More {
+        steps += 1;
+    }
+    assert_eq!(steps, 4, "300 records in batches of 64");
+    let corruption = store.corruption();
+    assert_eq!(corruption.detected, 2);
+    assert!(corruption.keys.contains("k123") && corruption.keys.contains("k200"));
+    // Reads of what is intact keep working; the undecodable record is an error.
+    assert!(store.retrieve(b"k001").expect("read").is_some());
+    assert!(store.retrieve(b"k200").is_err());
+    assert_eq!(store.corruption().detected, 3);
+}

@@ -26,6 +26,7 @@ pub fn node_config(inputs: &Inputs<'_>) -> NodeConfig {
                 crd::DurabilityMode::Sync => DurabilityMode::Sync,
             },
             flush_every_ms: node.flush_every_ms,
+            ..DurabilityConfig::default()
         },
         default_ttl_seconds: node.default_ttl_seconds,
         admin_token_file: Some(PathBuf::from(format!("{TOKEN_DIR}/{TOKEN_KEY}"))),

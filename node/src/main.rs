@@ -210,7 +210,14 @@ fn main() -> ExitCode {
         Ok(code) => code,
         Err(error) => {
             eprintln!("error: {error:#}");
-            ExitCode::FAILURE
+            if error
+                .downcast_ref::<phoenix_node::service::CannotStart>()
+                .is_some()
+            {
+                ExitCode::from(2)
+            } else {
+                ExitCode::FAILURE
+            }
         }
     }
 }
@@ -223,7 +230,10 @@ fn run(cli: Cli, serve_config: Option<NodeConfig>) -> anyhow::Result<ExitCode> {
                 .enable_all()
                 .build()
                 .context("failed to start the async runtime")?;
-            runtime.block_on(phoenix_node::service::serve(config))?;
+            let served = runtime.block_on(phoenix_node::service::serve(config));
+            // A final flush that hung is abandoned: do not wait for its thread.
+            runtime.shutdown_timeout(std::time::Duration::from_secs(1));
+            served?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Cleanup(args) => Ok(phoenix_node::cleanup_job::run(&args)),

@@ -311,3 +311,6 @@ fn the_cleanup_job_refuses_with_a_peer_down_then_cleans_and_skips_by_threshold()
         "{text}"
     );
 }
+
+#[path = "process/safety.rs"]
+mod safety;

@@ -388,6 +388,11 @@ pub struct NodeObservation {
     /// Why the observation is not usable, when it is not (unreachable, too few samples, too old).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub stale_reason: Option<String>,
+    /// The node found corruption in its data (by its background scrub or a read): it is
+    /// unready, serves only what it can still read, and needs repair (restore its volume;
+    /// with replication, from a peer).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub corrupted: bool,
 }
 
 /// A scheduling decision: inputs, rule, outcome, reason.

@@ -24,6 +24,10 @@ impl Default for Freshness {
     }
 }
 
+/// The stale reason of a node that found corruption in its data (`status.nodes[].corrupted`
+/// is set from it).
+pub const CORRUPTED: &str = "corruption detected in the node's data";
+
 /// The value of an unlabelled gauge in a parsed scrape.
 fn gauge(scrape: &prometheus_parse::Scrape, name: &str) -> Option<f64> {
     scrape.samples.iter().find_map(|s| {
@@ -50,6 +54,19 @@ pub fn from_metrics(node: &str, text: &str, freshness: &Freshness, now_unix: f64
     };
     if gauge(&scrape, "phoenix_node_ready").is_none() {
         return stale("not a phoenix node's metrics".into());
+    }
+    // A node whose data or durability is in doubt says nothing the policy may act on.
+    if gauge(&scrape, "phoenix_node_corrupted").is_some_and(|v| v > 0.0) {
+        return stale(format!(
+            "{CORRUPTED}: it is unready, serves what it can read and needs repair"
+        ));
+    }
+    if gauge(&scrape, "phoenix_node_durable") == Some(0.0) {
+        return stale(
+            "it cannot make writes durable (a flush failed or hangs) and refuses them; \
+             its liveness probe fails so the kubelet restarts it"
+                .into(),
+        );
     }
     let Some(ratio) = gauge(&scrape, "phoenix_node_probe_ratio").filter(|r| r.is_finite()) else {
         return stale("the probe has no ratio yet".into());
@@ -193,6 +210,16 @@ mod tests {
             (few.as_str(), "fewer than"),
             (old.as_str(), "old"),
             ("<html>not metrics</html>", "not a phoenix node"),
+            (
+                &format!(
+                    "{METRICS}# TYPE phoenix_node_corrupted gauge\nphoenix_node_corrupted 1\n"
+                ),
+                CORRUPTED,
+            ),
+            (
+                &format!("{METRICS}# TYPE phoenix_node_durable gauge\nphoenix_node_durable 0\n"),
+                "cannot make writes durable",
+            ),
             ("", "not a phoenix node"),
         ] {
             match from_metrics("n0", text, &f, 2000.0) {

@@ -398,6 +398,11 @@ impl Sandbox {
         config.data_dir = self.work.path().join(pod);
         config.admin_token_file = Some(token_file.to_path_buf());
         config.probe = self.options.probe;
+        // A scrub pass every second, so damage shows within seconds, not within the hour.
+        config.scrub = phoenix_node::config::ScrubSettings {
+            keys_per_second: 50_000,
+            period_seconds: 1,
+        };
         config.fault_injection = self.options.fault_injection;
         config.shutdown_timeout_seconds = 2;
         if seed.keys > 0 {
@@ -493,6 +498,71 @@ impl Sandbox {
         if !response.status().is_success() {
             bail!("{pod}: fault answered {}", response.status());
         }
+        Ok(())
+    }
+
+    /// Damages the stored record of `key` on a node, as a bad disk would (fault injection).
+    ///
+    /// # Errors
+    /// The node is not running, or refuses.
+    pub async fn corrupt(&self, memory: &str, pod: &str, key: &str) -> anyhow::Result<()> {
+        let url = self
+            .node_url(pod)
+            .ok_or_else(|| anyhow!("{pod} is not running"))?;
+        let response = reqwest::Client::new()
+            .post(format!("{url}/v1/admin/faults/corrupt"))
+            .bearer_auth(self.token(memory)?)
+            .body(json!({ "key": key }).to_string())
+            .send()
+            .await?;
+        if !response.status().is_success() {
+            bail!("{pod}: corrupt answered {}", response.status());
+        }
+        Ok(())
+    }
+
+    /// The kubelet's readiness probe: asks each running node of `memory` for `/readyz` and
+    /// writes the answer into its pod's Ready condition and the StatefulSet's ready count.
+    ///
+    /// # Errors
+    /// API server errors.
+    pub async fn probe_readiness(&self, memory: &str) -> anyhow::Result<()> {
+        let nodes: Vec<(String, String)> = self
+            .lock()
+            .iter()
+            .filter(|(pod, _)| ordinal(memory, pod).is_some())
+            .map(|(pod, process)| (pod.clone(), process.url.clone()))
+            .collect();
+        let http = reqwest::Client::new();
+        let pods = self.api::<Pod>();
+        let mut ready = 0;
+        for (pod, url) in &nodes {
+            let is_ready = http
+                .get(format!("{url}/readyz"))
+                .timeout(Duration::from_secs(2))
+                .send()
+                .await
+                .is_ok_and(|r| r.status().is_success());
+            ready += i32::from(is_ready);
+            let status = if is_ready { "True" } else { "False" };
+            pods.patch_status(
+                pod,
+                &PatchParams::default(),
+                &Patch::Merge(
+                    json!({"status": {"conditions": [{"type": "Ready", "status": status}]}}),
+                ),
+            )
+            .await?;
+        }
+        self.api::<StatefulSet>()
+            .patch_status(
+                memory,
+                &PatchParams::default(),
+                &Patch::Merge(
+                    json!({"status": {"readyReplicas": ready, "availableReplicas": ready}}),
+                ),
+            )
+            .await?;
         Ok(())
     }
 

@@ -369,6 +369,29 @@ pub(super) async fn set_fault(
     Ok(Json(node.store.fault().get()))
 }
 
+/// Body of `POST /v1/admin/faults/corrupt`.
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub(super) struct CorruptBody {
+    key: String,
+}
+
+/// `POST /v1/admin/faults/corrupt` `{"key": K}` (bearer token, `faultInjection` on):
+/// damages the stored record of K under the store, as a bad disk would; 404 when absent.
+pub(super) async fn corrupt(State(node): State<Arc<Node>>, body: Bytes) -> ApiResult<StatusCode> {
+    faults_enabled(&node)?;
+    let CorruptBody { key } = serde_json::from_slice(&body)
+        .map_err(|e| ApiError::bad_request("invalid_body", format!("not {{\"key\": …}}: {e}")))?;
+    let worker = Arc::clone(&node);
+    let damaged = blocking(move || Ok(worker.store.damage_record(key.as_bytes())?)).await?;
+    if damaged {
+        tracing::warn!("fault injected: a stored record was damaged");
+        Ok(StatusCode::NO_CONTENT)
+    } else {
+        Err(ApiError::NotFound)
+    }
+}
+
 /// `GET /v1/ping`: an empty route, the floor for HTTP latency.
 pub(super) async fn ping() -> StatusCode {
     StatusCode::OK

@@ -213,7 +213,8 @@ fn operation_of(method: &axum::http::Method, path: Option<&str>) -> &'static str
         (&Method::GET, "/v1/root") => "root",
         (&Method::GET, "/v1/proof/{*key}") => "proof",
         (&Method::POST, "/v1/admin/cleanup") => "cleanup",
-        (&Method::PUT | &Method::GET, "/v1/admin/faults") => "faults",
+        (&Method::PUT | &Method::GET, "/v1/admin/faults")
+        | (&Method::POST, "/v1/admin/faults/corrupt") => "faults",
         (&Method::GET, "/v1/ping") => "ping",
         _ => "other",
     }
@@ -280,6 +281,7 @@ pub fn app(node: Arc<Node>) -> Router {
             "/v1/admin/faults",
             put(handlers::set_fault).get(handlers::get_fault),
         )
+        .route("/v1/admin/faults/corrupt", post(handlers::corrupt))
         .route_layer(middleware::from_fn_with_state(
             Arc::clone(&node),
             handlers::require_admin,
@@ -467,10 +469,17 @@ pub async fn serve(config: NodeConfig) -> anyhow::Result<()> {
         };
         let store_config = config.store_config();
         let data_dir = config.data_dir.clone();
-        let store = tokio::task::spawn_blocking(move || Store::open(store_config))
-            .await
-            .context("store open task failed")?
-            .with_context(|| format!("failed to open the store in {}", data_dir.display()))?;
+        let opened = tokio::task::spawn_blocking(move || Store::open(store_config)).await;
+        let store = match opened {
+            Ok(store) => store
+                .with_context(|| format!("failed to open the store in {}", data_dir.display()))?,
+            Err(panicked) => anyhow::bail!(
+                "failed to open the store in {}: the database engine panicked ({panicked}); \
+                 its files are likely corrupt. This node changed nothing; `phoenix-node verify \
+                 --data DIR` checks a copy offline",
+                data_dir.display()
+            ),
+        };
         let store = Arc::new(store);
         let node = Arc::new(Node::new(Arc::clone(&store), config.clone(), admin_token)?);
         let listener = tokio::net::TcpListener::bind(config.listen)

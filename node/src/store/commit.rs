@@ -165,6 +165,11 @@ impl Flusher {
         self.shared.applied.fetch_add(1, Ordering::SeqCst) + 1
     }
 
+    /// Writes applied so far.
+    pub(crate) fn applied_count(&self) -> u64 {
+        self.shared.applied.load(Ordering::SeqCst)
+    }
+
     /// Number of successful flushes so far.
     pub(crate) fn flushes(&self) -> u64 {
         self.lock().flushes

@@ -501,8 +501,10 @@ struct WriteState {
     tree: Tree,
     keys: u64,
     logical: u64,
-    /// The data matches the checkpoint file (`META_CHECKPOINT` is present).
+    /// The data matches the checkpoint file (`META_CHECKPOINT` says clean).
     checkpointed: bool,
+    /// The newest checkpoint's sequence number.
+    checkpoint_seq: u64,
     /// A uniform sample of stored keys for the latency probe.
     sample: Reservoir,
 }
@@ -585,7 +587,20 @@ impl Store {
                 engine.db.flush()?;
             }
         }
-        // The live generation is open and ours: only now is anything written or deleted.
+        // The database must hold everything the last checkpoint says it had made durable.
+        let marker_seq = checkpoint::marker_seq(&engine.db)?;
+        let (loaded, checkpoint_seq) = match checkpoint? {
+            Some(checkpoint) => {
+                let seq = checkpoint.seq().max(marker_seq);
+                match checkpoint.judge(&engine.db, generation)? {
+                    checkpoint::Verdict::Matches(scanned) => (Some(scanned), seq),
+                    checkpoint::Verdict::Stale => (None, seq),
+                }
+            }
+            None => (None, marker_seq),
+        };
+        // The live generation is open, ours and whole: only now is anything written or
+        // deleted.
         if opening.fresh || opening.mark_complete {
             generations::mark_complete(&config.path, generation)?;
         }
@@ -593,10 +608,6 @@ impl Store {
             generations::write_current(&config.path, generation)?;
         }
         generations::remove(&config.path, &opening.stale)?;
-        let loaded = match checkpoint? {
-            Some(checkpoint) if checkpoint.matches(&engine.db)? => Some(checkpoint.scanned),
-            _ => None,
-        };
         let recovered = loaded.is_none();
         let Scanned {
             tree,
@@ -648,6 +659,7 @@ impl Store {
                 keys,
                 logical,
                 checkpointed: !recovered,
+                checkpoint_seq,
                 sample: Reservoir::new(),
             }),
             rebuilding: AtomicBool::new(false),
@@ -684,15 +696,19 @@ impl Store {
             return Ok(());
         }
         let engine = self.engine.load();
+        let seq = state.checkpoint_seq + 1;
         checkpoint::save(
             &self.config.path,
             &engine.db,
+            seq,
+            engine.generation,
             &Counters {
                 keys: state.keys,
                 logical: state.logical,
             },
             &state.tree,
         )?;
+        state.checkpoint_seq = seq;
         state.checkpointed = true;
         Ok(())
     }
@@ -766,8 +782,8 @@ impl Store {
         let leaf = merkle::leaf_hash(key, value);
         let record = encode_record(expires_at, value);
 
-        let (seq, created) = {
-            let mut state = self.lock_write()?;
+        let mut state = self.lock_write()?;
+        let applied = (|| {
             let engine = self.engine.load();
             self.invalidate_checkpoint(&mut state, &engine)?;
             // The index entry goes first: an entry without its record (a crash between the
@@ -795,8 +811,10 @@ impl Store {
             }
             self.keys.store(keys, Ordering::Relaxed);
             self.logical.store(logical, Ordering::Relaxed);
-            (self.flusher.applied(), old.is_none())
-        };
+            Ok((self.flusher.applied(), old.is_none()))
+        })();
+        drop(state);
+        let (seq, created) = applied.map_err(|e| self.write_failed(e))?;
         reclaim_write_garbage();
         self.make_durable(seq)?;
         Ok(Stored {
@@ -805,11 +823,11 @@ impl Store {
         })
     }
 
-    /// Removes the checkpoint marker before the first write after a checkpoint. sled
-    /// recovers a prefix of its log, so any write that survives a crash finds it removed.
+    /// Marks the checkpoint dirty before the first write after it. sled recovers a prefix
+    /// of its log, so any write that survives a crash finds the mark.
     fn invalidate_checkpoint(&self, state: &mut WriteState, engine: &Engine) -> Result<()> {
         if state.checkpointed {
-            engine.db.remove(META_CHECKPOINT)?;
+            checkpoint::mark_dirty(&engine.db, state.checkpoint_seq)?;
             state.checkpointed = false;
         }
         Ok(())
@@ -836,6 +854,21 @@ impl Store {
                 .map_err(StoreError::NoSpace)?;
         }
         Ok(())
+    }
+
+    /// A write sled refused with an I/O error: sled keeps such an error for good (nothing
+    /// reaches its log again in this process), so the store stops acknowledging writes.
+    fn write_failed(&self, error: StoreError) -> StoreError {
+        let StoreError::Engine(EngineError(sled::Error::Io(io))) = &error else {
+            return error;
+        };
+        let failure = FlushError::Failed {
+            message: io.to_string(),
+            no_space: io.kind() == std::io::ErrorKind::StorageFull || io.raw_os_error() == Some(28),
+        };
+        tracing::error!(%error, "a write failed: refusing writes from now on; restart the node to recover");
+        self.flusher.fail(failure.clone());
+        StoreError::NotDurable(failure)
     }
 
     /// Whether writes can be made durable, with flush counts and the last success.
@@ -893,7 +926,8 @@ impl Store {
         self.admit_write(key.len(), true)?;
         let seq = {
             let mut state = self.lock_write()?;
-            let Some(seq) = self.delete_locked(&mut state, key)? else {
+            let deleted = self.delete_locked(&mut state, key);
+            let Some(seq) = deleted.map_err(|e| self.write_failed(e))? else {
                 return Ok(false);
             };
             seq
@@ -1043,7 +1077,8 @@ impl Store {
                     let at = u64::from_be_bytes(at.try_into().unwrap_or_default());
                     let record = get_data(&engine.db, key)?;
                     if record.as_deref().and_then(record_expiry) == Some(at) {
-                        if let Some(seq) = self.delete_locked(&mut state, key)? {
+                        let deleted = self.delete_locked(&mut state, key);
+                        if let Some(seq) = deleted.map_err(|e| self.write_failed(e))? {
                             pruned += 1;
                             last = seq;
                         }

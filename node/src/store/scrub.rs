@@ -38,6 +38,9 @@ pub struct Corruption {
 #[derive(Clone, Debug, Default)]
 pub struct ScrubCursor {
     after: Option<Vec<u8>>,
+    /// Writes applied when the pass began: a pass during which nothing was written must
+    /// have seen exactly as many records as the tree has leaves.
+    began_at_write: Option<u64>,
     /// Records checked in this pass so far.
     pub checked: u64,
 }
@@ -93,6 +96,23 @@ impl Store {
         self.lock_corruption().detected > 0
     }
 
+    /// Fault injection (tests and the sandbox, behind `faultInjection`): replaces the stored
+    /// record of `key` with bytes that do not decode, under the store, as a bad disk would.
+    /// Reads of the key and the scrub then find it. False when the key is absent.
+    ///
+    /// # Errors
+    /// Engine errors.
+    pub fn damage_record(&self, key: &[u8]) -> Result<bool> {
+        let _state = self.write.lock().unwrap_or_else(PoisonError::into_inner);
+        let engine = self.engine.load();
+        let data_key = prefixed(DATA, key);
+        if engine.db.get(&data_key)?.is_none() {
+            return Ok(false);
+        }
+        engine.db.insert(data_key, &[0xff_u8, 0xde, 0xad][..])?;
+        Ok(true)
+    }
+
     /// Checks up to `batch` records after `cursor` against the Merkle tree.
     ///
     /// # Errors
@@ -105,6 +125,8 @@ impl Store {
         let upper = Bound::Excluded(vec![DATA + 1]);
         // The write lock keeps records and tree in step for the batch.
         let state = self.write.lock().unwrap_or_else(PoisonError::into_inner);
+        let writes = self.flusher.applied_count();
+        let began_at_write = *cursor.began_at_write.get_or_insert(writes);
         let engine = self.engine.load();
         let mut seen = 0;
         for entry in engine.db.range::<Vec<u8>, _>((lower, upper)) {
@@ -141,6 +163,17 @@ impl Store {
             if seen == batch {
                 return Ok(ScrubStep::More);
             }
+        }
+        let (checked, leaves) = (cursor.checked, state.tree.len() as u64);
+        drop(state);
+        if began_at_write == writes && checked != leaves {
+            self.found_corruption(
+                None,
+                &format!(
+                    "the database holds {checked} records but the Merkle tree {leaves}: \
+                     records are missing or unreadable"
+                ),
+            );
         }
         *cursor = ScrubCursor::default();
         Ok(ScrubStep::PassDone)

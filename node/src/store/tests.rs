@@ -781,3 +781,32 @@ fn the_scrub_finds_a_record_that_does_not_match_its_leaf_and_reads_record_bad_re
     assert!(store.retrieve(b"k200").is_err());
     assert_eq!(store.corruption().detected, 3);
 }
+
+#[test]
+fn the_scrub_finds_records_missing_from_the_database() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = open_in(dir.path());
+    for i in 0..100 {
+        store
+            .store(format!("k{i:03}").as_bytes(), b"value", None)
+            .expect("store");
+    }
+    // A record lost under the store (a truncated log, a bad sector).
+    store
+        .engine
+        .load()
+        .db
+        .remove(prefixed(DATA, b"k042"))
+        .expect("lose a record");
+    let mut cursor = ScrubCursor::default();
+    while store.scrub_step(&mut cursor, 30).expect("scrub") == ScrubStep::More {}
+    let corruption = store.corruption();
+    assert_eq!(corruption.detected, 1, "{corruption:?}");
+    assert!(
+        corruption
+            .last_message
+            .as_deref()
+            .is_some_and(|m| m.contains("99 records but the Merkle tree 100")),
+        "{corruption:?}"
+    );
+}

@@ -94,18 +94,35 @@ fn http_port(pod: &Pod) -> i32 {
         .map_or(NODE_PORT, |p| p.container_port)
 }
 
+/// A node to scrape: its URL, and whether its pod is ready. An unready pod with an IP is
+/// scraped too, so that a node that is unready because it found corruption says so; its
+/// figures never reach the policy.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Target {
+    /// `http://IP:PORT`.
+    pub url: String,
+    /// The pod's Ready condition.
+    pub ready: bool,
+}
+
 /// Where to scrape each expected node (`name-0` … `name-{replicas-1}`), or why not.
-pub fn targets(memory: &str, replicas: i32, pods: &[Pod]) -> Vec<(String, Result<String, String>)> {
+pub fn targets(memory: &str, replicas: i32, pods: &[Pod]) -> Vec<(String, Result<Target, String>)> {
     (0..replicas.max(0))
         .map(|ordinal| {
             let node = format!("{memory}-{ordinal}");
             let target = match pods.iter().find(|p| p.name_any() == node) {
                 None => Err("no ready pod".to_string()),
-                Some(pod) if !pod_ready(pod) => Err("pod not ready".to_string()),
                 Some(pod) => match pod.status.as_ref().and_then(|s| s.pod_ip.as_deref()) {
+                    None if !pod_ready(pod) => Err("pod not ready".to_string()),
                     None => Err("pod has no IP".to_string()),
-                    Some(ip) if ip.contains(':') => Ok(format!("http://[{ip}]:{}", http_port(pod))),
-                    Some(ip) => Ok(format!("http://{ip}:{}", http_port(pod))),
+                    Some(ip) => Ok(Target {
+                        url: if ip.contains(':') {
+                            format!("http://[{ip}]:{}", http_port(pod))
+                        } else {
+                            format!("http://{ip}:{}", http_port(pod))
+                        },
+                        ready: pod_ready(pod),
+                    }),
                 },
             };
             (node, target)
@@ -133,7 +150,7 @@ pub async fn observe_at_most_every(
     ctx: &Context,
     namespace: &str,
     memory: &PhoenixMemory,
-    ready_replicas: i32,
+    (ready_replicas, present_replicas): (i32, i32),
     interval: Duration,
 ) -> Result<Vec<Observation>, Error> {
     let key = format!("{namespace}/{}", memory.name_any());
@@ -154,7 +171,7 @@ pub async fn observe_at_most_every(
     if let Some(observations) = cached {
         return Ok(observations);
     }
-    let observations = observe(ctx, namespace, memory, ready_replicas).await?;
+    let observations = observe(ctx, namespace, memory, (ready_replicas, present_replicas)).await?;
     ctx.observed
         .lock()
         .unwrap_or_else(std::sync::PoisonError::into_inner)
@@ -178,15 +195,16 @@ pub async fn observe(
     ctx: &Context,
     namespace: &str,
     memory: &PhoenixMemory,
-    ready_replicas: i32,
+    (ready_replicas, present_replicas): (i32, i32),
 ) -> Result<Vec<Observation>, Error> {
     let replicas = memory.spec.replicas;
     if replicas <= 0 {
         return Ok(Vec::new());
     }
     let name = memory.name_any();
-    // No ready node (a new memory, pods starting): nothing to scrape, no list to make.
-    let listed = if ready_replicas > 0 {
+    // No pod yet (a new memory): nothing to scrape, no list to make. Unready pods are
+    // listed and scraped too: a node that found corruption is unready and must say why.
+    let listed = if ready_replicas > 0 || present_replicas > 0 {
         let pods: Api<Pod> = Api::namespaced(ctx.client.clone(), namespace);
         pods.list(&ListParams::default().labels(&build::selector_string(&name)))
             .await?
@@ -196,9 +214,15 @@ pub async fn observe(
     };
     let mut observations = Vec::new();
     let mut scrape = Vec::new();
+    let mut unready = std::collections::BTreeSet::new();
     for (node, target) in targets(&name, replicas, &listed) {
         match target {
-            Ok(url) => scrape.push((node, url)),
+            Ok(target) => {
+                if !target.ready {
+                    unready.insert(node.clone());
+                }
+                scrape.push((node, target.url));
+            }
             Err(reason) => observations.push(Observation::Stale { node, reason }),
         }
     }
@@ -209,7 +233,17 @@ pub async fn observe(
         &ctx.settings.freshness,
     )
     .await;
-    observations.extend(scraped);
+    observations.extend(scraped.into_iter().map(|observation| match observation {
+        Observation::Fresh(report) if unready.contains(&report.node) => Observation::Stale {
+            node: report.node,
+            reason: "pod not ready".into(),
+        },
+        Observation::Stale { node, reason } if unready.contains(&node) => Observation::Stale {
+            reason: format!("pod not ready: {reason}"),
+            node,
+        },
+        other => other,
+    }));
     observations.sort_by(|a, b| node_of(a).cmp(node_of(b)));
     for observation in &observations {
         ctx.metrics.scraped(match observation {
@@ -254,6 +288,7 @@ pub fn node_statuses(
             match observation {
                 Observation::Stale { node, reason } => NodeObservation {
                     stale_reason: Some(reason.clone()),
+                    corrupted: reason.contains(crate::observe::CORRUPTED),
                     ..carried(node)
                 },
                 Observation::Fresh(report) => {
@@ -678,7 +713,7 @@ mod tests {
     }
 
     #[test]
-    fn missing_unready_and_ip_less_pods_are_not_scraped() {
+    fn missing_and_ip_less_pods_are_not_scraped_and_unready_ones_are_marked() {
         let pod = |name: &str, ready: bool, ip: Option<&str>| -> Pod {
             serde_json::from_value(serde_json::json!({
                 "metadata": {"name": name},
@@ -697,8 +732,15 @@ mod tests {
             pod("m-9", true, Some("127.0.0.9")),
         ];
         let targets = targets("m", 4, &pods);
-        assert_eq!(targets[0].1, Ok("http://127.0.0.2:9999".into()));
-        assert_eq!(targets[1].1, Err("pod not ready".into()));
+        let target = |url: &str, ready| {
+            Ok(Target {
+                url: url.into(),
+                ready,
+            })
+        };
+        assert_eq!(targets[0].1, target("http://127.0.0.2:9999", true));
+        // Scraped so that it can say why it is unready; never decided on.
+        assert_eq!(targets[1].1, target("http://127.0.0.3:9999", false));
         assert_eq!(targets[2].1, Err("pod has no IP".into()));
         assert_eq!(targets[3].1, Err("no ready pod".into()));
         assert_eq!(targets.len(), 4, "m-9 is not one of the 4 replicas");

@@ -195,6 +195,8 @@ pub mod reasons {
     pub const RECOVERED: &str = "Recovered";
     /// Some nodes' metrics are missing or too old.
     pub const METRICS_STALE: &str = "MetricsStale";
+    /// A node found corruption in its data.
+    pub const NODE_CORRUPTED: &str = "NodeCorrupted";
     /// Cleanups stopped helping; automatic cleanup backed off.
     pub const CLEANUP_INEFFECTIVE: &str = "CleanupIneffective";
 }
@@ -483,16 +485,14 @@ pub async fn reconcile(memory: Arc<PhoenixMemory>, ctx: Arc<Context>) -> Result<
     };
 
     // Observe → decide.
-    let ready_replicas = statefulset
-        .status
-        .as_ref()
-        .and_then(|s| s.ready_replicas)
-        .unwrap_or(0);
+    let sts_status = statefulset.status.as_ref();
+    let ready_replicas = sts_status.and_then(|s| s.ready_replicas).unwrap_or(0);
+    let present_replicas = sts_status.map_or(0, |s| s.replicas);
     let observations = cleanup::observe_at_most_every(
         &ctx,
         &namespace,
         &memory,
-        ready_replicas,
+        (ready_replicas, present_replicas),
         ctx.settings.observe_interval,
     )
     .await?;
@@ -560,6 +560,17 @@ pub async fn reconcile(memory: Arc<PhoenixMemory>, ctx: Arc<Context>) -> Result<
     );
     let conditions =
         cleanup::decision_conditions(&memory, &valid, &observations, &decision, &history, &plan);
+    let newly_corrupted: Vec<String> = nodes
+        .iter()
+        .filter(|n| n.corrupted)
+        .filter(|n| {
+            !current
+                .nodes
+                .iter()
+                .any(|p| p.name == n.name && p.corrupted)
+        })
+        .map(|n| n.name.clone())
+        .collect();
     let update = status::Observed {
         worst_ratio: decision.worst_ratio.map(|r| (r * 100.0).round() / 100.0),
         nodes,
@@ -569,6 +580,20 @@ pub async fn reconcile(memory: Arc<PhoenixMemory>, ctx: Arc<Context>) -> Result<
         conditions: conditions.clone(),
     };
     status::ready(&ctx, &memory, &namespace, &statefulset, update, now).await?;
+    if !newly_corrupted.is_empty() {
+        publish(
+            &ctx,
+            &memory,
+            EventType::Warning,
+            reasons::NODE_CORRUPTED,
+            format!(
+                "{} found corruption in its data: unready, serving what it can read; restore \
+                 its volume (see status.nodes[].staleReason)",
+                newly_corrupted.join(", ")
+            ),
+        )
+        .await;
+    }
     explain(
         &ctx,
         &memory,

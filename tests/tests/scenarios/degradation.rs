@@ -455,3 +455,73 @@ async fn steady_nodes_do_not_rewrite_status_at_every_observe() {
         ratios(&moved)
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_that_finds_corruption_turns_unready_and_the_memory_shows_it() {
+    let sandbox = sandbox().await;
+    two_flat_nodes(&sandbox).await;
+    // A bad disk under mem-1: the node's scrub finds the damaged record.
+    sandbox
+        .corrupt("mem", "mem-1", "key-000042")
+        .await
+        .expect("damage a record");
+    // The kubelet's part: mem-1's readiness probe fails, its pod turns unready.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        sandbox.probe_readiness("mem").await.expect("probe");
+        let pod = sandbox
+            .api::<k8s_openapi::api::core::v1::Pod>()
+            .get("mem-1")
+            .await
+            .expect("pod");
+        let unready = pod
+            .status
+            .and_then(|s| s.conditions)
+            .is_some_and(|c| c.iter().any(|c| c.type_ == "Ready" && c.status == "False"));
+        if unready {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "mem-1 never turned unready"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let status = wait_status(&sandbox, "mem", "mem-1 shown corrupted", 30, |s| {
+        s.nodes.iter().any(|n| n.name == "mem-1" && n.corrupted)
+    })
+    .await;
+    let node = status
+        .nodes
+        .iter()
+        .find(|n| n.name == "mem-1")
+        .expect("mem-1");
+    assert!(
+        node.stale_reason
+            .as_deref()
+            .is_some_and(|r| r.contains("corruption detected")),
+        "{node:?}"
+    );
+    assert!(
+        status
+            .nodes
+            .iter()
+            .any(|n| n.name == "mem-0" && !n.corrupted),
+        "mem-0 is fine"
+    );
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let events = event_reasons(&sandbox).await;
+        if let Some((_, note)) = events.iter().find(|(r, _)| r == "NodeCorrupted") {
+            assert!(note.contains("mem-1"), "{note}");
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no NodeCorrupted Event: {events:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    // Reads of intact keys still work on the damaged node.
+    assert!(sandbox.node_url("mem-1").is_some());
+}

@@ -7,6 +7,8 @@
 FROM rust:1.95-bookworm AS build
 WORKDIR /src
 COPY Cargo.toml Cargo.lock ./
+# jemalloc's build-time configuration (see .cargo/config.toml).
+COPY .cargo .cargo
 COPY operator operator
 COPY node node
 COPY tests tests

@@ -121,6 +121,9 @@ pub struct LimitsConfig {
     /// Requests served at once by the whole node; more wait (health, readiness and
     /// metrics are not counted, so probes answer under load).
     pub max_concurrent_requests: usize,
+    /// Request-body bytes held at once by the whole node (each request reserves its
+    /// declared length, or `maxBodyBytes` without one, before its body is read); more wait.
+    pub max_inflight_body_bytes: usize,
     /// Open client connections; more wait in the listen backlog.
     pub max_connections: usize,
     /// Time a client gets to send a request's headers, milliseconds.
@@ -138,6 +141,7 @@ impl Default for LimitsConfig {
             max_list_limit: 1000,
             request_timeout_ms: 10_000,
             max_concurrent_requests: 512,
+            max_inflight_body_bytes: 64 << 20,
             max_connections: 512,
             header_timeout_ms: 10_000,
             max_header_bytes: 16 << 10,
@@ -420,6 +424,14 @@ impl NodeConfig {
             (1..=100_000).contains(&l.max_concurrent_requests),
             "limits.maxConcurrentRequests",
             format!("must lie in 1..=100000, got {}", l.max_concurrent_requests),
+        );
+        check(
+            l.max_inflight_body_bytes >= l.max_body_bytes && l.max_inflight_body_bytes <= 16 << 30,
+            "limits.maxInflightBodyBytes",
+            format!(
+                "must lie in maxBodyBytes ({})..=16Gi, got {}",
+                l.max_body_bytes, l.max_inflight_body_bytes
+            ),
         );
         check(
             (1..=100_000).contains(&l.max_connections),

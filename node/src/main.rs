@@ -10,6 +10,14 @@ use phoenix_node::config::{DurabilityMode, LogFormat, NodeConfig};
 use phoenix_node::merkle::hex_hash;
 use phoenix_node::store::{Store, StoreConfig};
 
+#[cfg(feature = "jemalloc")]
+#[global_allocator]
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
+#[cfg(all(feature = "mimalloc", not(feature = "jemalloc")))]
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// A Phoenix memory node.
 #[derive(Debug, Parser)]
 #[command(name = "phoenix-node", version, about)]

@@ -53,7 +53,11 @@ pub struct PhoenixMemorySpec {
     /// Container image of the nodes; defaults to the operator's `--default-image`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub image: Option<String>,
-    /// CPU and memory requests and limits of each node container.
+    /// CPU and memory requests and limits of each node container. When unset, memory is
+    /// derived from `node.cacheCapacity`: request `cacheCapacity + 128Mi`, limit
+    /// `2 × cacheCapacity + 512Mi` (measured peaks: the cache, up to ~280 MiB of pages sled
+    /// counts late, 64 MiB of request bodies, ~150 bytes per key for the Merkle tree), and
+    /// 100m CPU requested.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub resources: Option<ResourceRequirements>,
     /// Persistent storage of each node.
@@ -119,8 +123,9 @@ pub enum DurabilityMode {
 #[serde(rename_all = "camelCase")]
 pub struct NodeSpec {
     /// sled's page cache per node, a quantity (e.g. `256Mi`). It counts serialised page
-    /// bytes: the pod's memory use exceeds it (the Merkle tree adds ~110 bytes per key), so
-    /// set the memory limit above it. A hot set larger than this is what slows retrieves.
+    /// bytes: the pod's memory use exceeds it (sled counts recently read pages late, up to
+    /// ~280 MiB; the Merkle tree adds ~150 bytes per key), so a memory limit must be well
+    /// above it (see `resources`). A hot set larger than this is what slows retrieves.
     #[serde(default = "default_cache")]
     #[schemars(regex(pattern = r"^[0-9]+(Ki|Mi|Gi|Ti|k|M|G|T)?$"))]
     pub cache_capacity: String,

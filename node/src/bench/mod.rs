@@ -6,6 +6,7 @@
 //! (reset at the start of each scenario through `/proc/self/clear_refs`).
 
 mod http;
+mod memory;
 mod plot;
 mod scenarios;
 
@@ -230,7 +231,11 @@ pub fn run(
         reset_peak_rss();
         let result = run(workdir.path())?;
         print_result(out, &result)?;
-        if let Some(dir) = &options.plot_dir {
+        if let Some(dir) = options
+            .plot_dir
+            .as_ref()
+            .filter(|_| !result.windows.is_empty())
+        {
             std::fs::create_dir_all(dir)?;
             let path = dir.join(format!("{}.svg", result.name));
             plot::write_svg(&path, &result).map_err(BenchError::Plot)?;

@@ -26,6 +26,9 @@ pub enum Scenario {
     CachePressure,
     /// Overwrites and deletes bloat the disk; cleanup rebuilds it.
     Churn,
+    /// Memory with 1 MiB values over HTTP: bursts, overwrites, a read pass (not in the
+    /// default set: it writes 1 GiB; run it with `--scenario large-values`).
+    LargeValues,
 }
 
 impl Scenario {
@@ -47,6 +50,7 @@ impl Scenario {
             Scenario::Growth => growth(options, dir),
             Scenario::CachePressure => cache_pressure(options, dir),
             Scenario::Churn => churn(options, dir),
+            Scenario::LargeValues => super::memory::large_values(options, dir),
         }
     }
 }

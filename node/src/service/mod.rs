@@ -93,6 +93,8 @@ pub struct Node {
     cleanup_running: tokio::sync::Mutex<()>,
     /// Requests served at once, node-wide (`limits.maxConcurrentRequests`).
     requests: tokio::sync::Semaphore,
+    /// Request-body KiB held at once, node-wide (`limits.maxInflightBodyBytes`).
+    body_kib: tokio::sync::Semaphore,
 }
 
 impl Node {
@@ -118,6 +120,9 @@ impl Node {
             accepting: AtomicBool::new(true),
             cleanup_running: tokio::sync::Mutex::new(()),
             requests: tokio::sync::Semaphore::new(config.limits.max_concurrent_requests),
+            body_kib: tokio::sync::Semaphore::new(
+                config.limits.max_inflight_body_bytes.div_ceil(1024),
+            ),
             config,
         })
     }
@@ -243,17 +248,41 @@ async fn observe(State(node): State<Arc<Node>>, request: Request, next: Next) ->
     response
 }
 
-/// Bounds the requests served at once by the whole node (`limits.maxConcurrentRequests`):
-/// one semaphore in [`Node`], whatever the route.
+/// Bounds the requests served at once by the whole node (`limits.maxConcurrentRequests`)
+/// and the request-body bytes they hold (`limits.maxInflightBodyBytes`): one pair of
+/// semaphores in [`Node`], whatever the route. A request reserves its declared length (or
+/// `maxBodyBytes` without one) before its body is read.
 async fn limit_concurrency(
     State(node): State<Arc<Node>>,
     request: Request,
     next: Next,
 ) -> Response {
-    match node.requests.acquire().await {
-        Ok(_permit) => next.run(request).await,
-        Err(_) => ApiError::NotReady.into_response(),
-    }
+    let limits = node.config.limits;
+    let declared = request
+        .headers()
+        .get(axum::http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<usize>().ok());
+    let has_body = declared.is_some_and(|n| n > 0)
+        || (declared.is_none()
+            && request
+                .headers()
+                .contains_key(axum::http::header::TRANSFER_ENCODING));
+    let body_bytes = if has_body {
+        declared
+            .unwrap_or(limits.max_body_bytes)
+            .min(limits.max_body_bytes)
+    } else {
+        0
+    };
+    let kib = u32::try_from(body_bytes.div_ceil(1024)).unwrap_or(u32::MAX);
+    let Ok(_request) = node.requests.acquire().await else {
+        return ApiError::NotReady.into_response();
+    };
+    let Ok(_body) = node.body_kib.acquire_many(kib).await else {
+        return ApiError::NotReady.into_response();
+    };
+    next.run(request).await
 }
 
 /// Answers 413 when the declared body is over `limits.maxBodyBytes`, before any of it is

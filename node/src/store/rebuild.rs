@@ -156,10 +156,18 @@ fn copy_into(
     generation: u64,
 ) -> Result<u64> {
     let fresh = Engine::open(dir, config, generation)?;
+    // Chunk sets some record names; others are left by a crash and not copied.
+    let mut live = std::collections::HashSet::new();
+    for entry in old.db.scan_prefix([super::DATA]) {
+        let (_, record) = entry?;
+        if let Some((id, _)) = super::chunks::body(&record).and_then(|b| b.chunk_set()) {
+            live.insert(id);
+        }
+    }
     let mut records = 0u64;
     for entry in old.db.iter() {
         let (key, value) = entry?;
-        if key == super::META_CHECKPOINT {
+        if key == super::META_CHECKPOINT || super::chunks::is_orphan(&key, &live) {
             // The checkpoint is re-taken for the new generation once it is live.
             continue;
         }

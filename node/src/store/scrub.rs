@@ -14,7 +14,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use serde::Serialize;
 
-use super::{DATA, Result, Store, StoreError, prefixed, record_value};
+use super::{DATA, Result, Store, StoreError, full_value, prefixed};
 use crate::merkle;
 
 /// Keys named in the corruption record (the counter keeps counting past it).
@@ -146,10 +146,13 @@ impl Store {
             };
             let user_key = &key[1..];
             let expected = state.tree.leaf(&merkle::key_path(user_key));
-            let problem = match (record_value(&record), expected) {
-                (None, _) => Some("the record does not decode"),
-                (Some(_), None) => Some("the record has no Merkle leaf"),
-                (Some(value), Some(leaf)) if merkle::leaf_hash(user_key, value) != leaf => {
+            let problem = match (full_value(&engine.db, &record), expected) {
+                (Err(error), _) if error.is_corruption() => {
+                    Some("the record does not decode, or its chunks are missing or unreadable")
+                }
+                (Err(error), _) => return Err(error),
+                (Ok(_), None) => Some("the record has no Merkle leaf"),
+                (Ok(value), Some(leaf)) if merkle::leaf_hash(user_key, &value) != leaf => {
                     Some("the value does not match its Merkle leaf")
                 }
                 _ => None,

@@ -761,7 +761,10 @@ fn the_scrub_finds_a_record_that_does_not_match_its_leaf_and_reads_record_bad_re
     let engine = store.engine.load();
     engine
         .db
-        .insert(prefixed(DATA, b"k123"), encode_record(0, b"VALUE"))
+        .insert(
+            prefixed(DATA, b"k123"),
+            chunks::encode(0, chunks::Body::Inline(b"VALUE")),
+        )
         .expect("tamper");
     engine
         .db
@@ -809,4 +812,113 @@ fn the_scrub_finds_records_missing_from_the_database() {
             .is_some_and(|m| m.contains("99 records but the Merkle tree 100")),
         "{corruption:?}"
     );
+}
+
+#[test]
+fn large_values_are_chunked_round_trip_and_leave_no_chunks_behind() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let clock = Arc::new(ManualClock::new(1_000_000));
+    let store = with_clock(dir.path(), clock.clone());
+    let big: Vec<u8> = (0..300_000u32).map(|i| (i % 253) as u8).collect();
+    let chunk_records =
+        |store: &Store| store.engine.load().db.scan_prefix([chunks::CHUNKS]).count();
+    store.store(b"big", &big, None).expect("store big");
+    assert_eq!(
+        store
+            .retrieve(b"big")
+            .expect("get")
+            .expect("present")
+            .as_bytes(),
+        &big[..]
+    );
+    assert_eq!(chunk_records(&store), 300_000usize.div_ceil(chunks::CHUNK));
+    let page = store.list(b"", None, 10).expect("list");
+    assert_eq!(page.items[0].value_bytes, 300_000);
+    // Large → small → large again: the old chunks go each time.
+    store.store(b"big", b"small", None).expect("small");
+    assert_eq!(chunk_records(&store), 0);
+    let bigger: Vec<u8> = big
+        .iter()
+        .rev()
+        .copied()
+        .chain(big.iter().copied())
+        .collect();
+    store.store(b"big", &bigger, None).expect("bigger");
+    assert_eq!(
+        store
+            .retrieve(b"big")
+            .expect("get")
+            .expect("present")
+            .as_bytes(),
+        &bigger[..]
+    );
+    // A large value that expires, pruned with its chunks.
+    store
+        .store(b"brief", &big, Some(Duration::from_secs(1)))
+        .expect("brief");
+    let root = store.root();
+    assert!(store.verify().expect("verify").ok());
+    store.close().expect("close");
+    let store = with_clock(dir.path(), clock.clone());
+    assert_eq!(store.root(), root, "the root survives a reopen");
+    // Without the checkpoint the tree is rebuilt by reading the chunks.
+    std::fs::remove_file(dir.path().join("tree.checkpoint")).expect("rm checkpoint");
+    drop(store);
+    let store = with_clock(dir.path(), clock.clone());
+    assert_eq!(store.root(), root, "the scan hashes chunked values whole");
+    clock.advance(Duration::from_secs(2));
+    assert_eq!(store.prune_expired().expect("prune"), 1);
+    assert!(store.delete(b"big").expect("delete"));
+    assert_eq!(chunk_records(&store), 0);
+    assert_eq!(store.key_count(), 0);
+}
+
+#[test]
+fn a_rebuild_drops_chunks_no_record_names_and_the_scrub_finds_missing_ones() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = open_in(dir.path());
+    let big = vec![7u8; 50_000];
+    store.store(b"kept", &big, None).expect("store");
+    // What a crash between a value's chunks and its record leaves.
+    let engine = store.engine.load();
+    let orphan = chunks::write(&engine.db, &big).expect("orphan chunks");
+    drop(engine);
+    store.rebuild().expect("rebuild");
+    let engine = store.engine.load();
+    assert_eq!(
+        chunks::read(&engine.db, orphan, big.len() as u64).expect("read"),
+        None,
+        "orphan chunks are not copied"
+    );
+    assert_eq!(
+        store
+            .retrieve(b"kept")
+            .expect("get")
+            .expect("present")
+            .as_bytes(),
+        &big[..]
+    );
+    // Lose one chunk of the live value: the scrub and a read both say so.
+    let (_, record) = engine
+        .db
+        .scan_prefix([DATA])
+        .next()
+        .expect("a record")
+        .expect("read");
+    let (id, _) = chunks::body(&record)
+        .and_then(|b| b.chunk_set())
+        .expect("chunked");
+    let first = engine
+        .db
+        .scan_prefix([chunks::CHUNKS])
+        .keys()
+        .find(|k| k.as_ref().is_ok_and(|k| k[1..9] == id.to_be_bytes()))
+        .expect("a chunk")
+        .expect("key");
+    engine.db.remove(first).expect("lose a chunk");
+    drop(engine);
+    let mut cursor = ScrubCursor::default();
+    while store.scrub_step(&mut cursor, 10).expect("scrub") == ScrubStep::More {}
+    assert!(store.is_corrupted());
+    assert!(store.retrieve(b"kept").is_err());
 }

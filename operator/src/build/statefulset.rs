@@ -8,8 +8,8 @@ use k8s_openapi::api::apps::v1::{
 };
 use k8s_openapi::api::core::v1::{
     ConfigMapVolumeSource, Container, ContainerPort, HTTPGetAction, PersistentVolumeClaim,
-    PersistentVolumeClaimSpec, PodSpec, PodTemplateSpec, Probe, Volume, VolumeMount,
-    VolumeResourceRequirements,
+    PersistentVolumeClaimSpec, PodSpec, PodTemplateSpec, Probe, ResourceRequirements, Volume,
+    VolumeMount, VolumeResourceRequirements,
 };
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
@@ -40,6 +40,33 @@ fn probe(path: &str, period: i32, failures: i32) -> Probe {
     }
 }
 
+/// The node container's resources: the spec's, or (when it sets none) derived from
+/// `cacheCapacity`. Measured (`phoenix-node bench --scenario large-values`, 64 MiB cache,
+/// 1 MiB values, docs/bench/large-values.txt): resident memory peaked at 342 MiB during 200
+/// concurrent 1 MiB stores, i.e. the cache plus sled's lazily counted pages (up to ~280 MiB)
+/// plus request bodies (`maxInflightBodyBytes`, 64 MiB); the Merkle tree adds ~150 bytes per
+/// key (150 MiB at a million keys). So: request `cacheCapacity + 128Mi` (what a node
+/// usually holds), limit `2 × cacheCapacity + 512Mi` (the worst measured, a million keys'
+/// tree, and headroom).
+pub fn node_resources(inputs: &Inputs<'_>) -> ResourceRequirements {
+    if let Some(resources) = &inputs.valid.spec.resources {
+        return resources.clone();
+    }
+    let cache_mi = inputs.valid.cache_capacity_bytes.div_ceil(1 << 20);
+    let mi = |n: u64| Quantity(format!("{n}Mi"));
+    ResourceRequirements {
+        requests: Some(BTreeMap::from([
+            ("cpu".to_string(), Quantity("100m".into())),
+            ("memory".to_string(), mi(cache_mi + 128)),
+        ])),
+        limits: Some(BTreeMap::from([(
+            "memory".to_string(),
+            mi(2 * cache_mi + 512),
+        )])),
+        ..ResourceRequirements::default()
+    }
+}
+
 fn container(inputs: &Inputs<'_>) -> Container {
     Container {
         name: "node".into(),
@@ -54,7 +81,7 @@ fn container(inputs: &Inputs<'_>) -> Container {
         readiness_probe: Some(probe("/readyz", 5, 2)),
         liveness_probe: Some(probe("/healthz", 10, 6)),
         startup_probe: Some(probe("/healthz", 2, 150)),
-        resources: inputs.valid.spec.resources.clone(),
+        resources: Some(node_resources(inputs)),
         security_context: Some(restricted_container()),
         volume_mounts: Some(vec![
             VolumeMount {
@@ -240,6 +267,38 @@ mod tests {
         assert_eq!(
             container.args.as_ref().map(|a| a[0].as_str()),
             Some("serve")
+        );
+    }
+
+    #[test]
+    fn memory_is_derived_from_the_cache_unless_resources_are_set() {
+        let derived = memory(serde_json::json!({"node": {"cacheCapacity": "64Mi"}}));
+        let sts = with_inputs(&derived, |i| build_statefulset(i, "x"));
+        let resources = sts
+            .spec
+            .and_then(|s| s.template.spec)
+            .and_then(|p| p.containers.into_iter().next())
+            .and_then(|c| c.resources)
+            .expect("resources");
+        let memory_of =
+            |map: Option<BTreeMap<String, Quantity>>| map.and_then(|m| m.get("memory").cloned());
+        assert_eq!(
+            memory_of(resources.requests),
+            Some(Quantity("192Mi".into()))
+        );
+        assert_eq!(memory_of(resources.limits), Some(Quantity("640Mi".into())));
+        let set = memory(serde_json::json!({"resources": {"limits": {"memory": "1Gi"}}}));
+        let sts = with_inputs(&set, |i| build_statefulset(i, "x"));
+        let resources = sts
+            .spec
+            .and_then(|s| s.template.spec)
+            .and_then(|p| p.containers.into_iter().next())
+            .and_then(|c| c.resources)
+            .expect("resources");
+        assert_eq!(memory_of(resources.limits), Some(Quantity("1Gi".into())));
+        assert_eq!(
+            resources.requests, None,
+            "the spec's resources are kept as written"
         );
     }
 

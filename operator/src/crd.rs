@@ -45,6 +45,7 @@ use serde::{Deserialize, Serialize};
     )
 )]
 #[serde(rename_all = "camelCase")]
+#[schemars(transform = known_formats_only)]
 pub struct PhoenixMemorySpec {
     /// Number of memory nodes (pods of the StatefulSet). `kubectl scale` changes it.
     #[schemars(range(min = 0, max = 100))]
@@ -297,6 +298,51 @@ fn default_min_interval() -> String {
 fn default_max_interval() -> String {
     "24h".into()
 }
+/// Formats Kubernetes' OpenAPI validation knows; schemars also emits `uint8`, `uint32`,
+/// `uint64`, which `kubectl apply` of the CRD warns about ("unrecognized format").
+const KNOWN_FORMATS: &[&str] = &[
+    "int32",
+    "int64",
+    "float",
+    "double",
+    "byte",
+    "binary",
+    "date",
+    "date-time",
+    "duration",
+    "password",
+    "uuid",
+    "email",
+    "hostname",
+    "ipv4",
+    "ipv6",
+    "uri",
+];
+
+/// Drops every `format` Kubernetes does not know from a schema, at any depth (the bounds
+/// schemars sets for unsigned integers, `minimum: 0`, stay).
+fn known_formats_only(schema: &mut schemars::Schema) {
+    fn walk(value: &mut serde_json::Value) {
+        match value {
+            serde_json::Value::Object(map) => {
+                let unknown = map
+                    .get("format")
+                    .and_then(serde_json::Value::as_str)
+                    .is_some_and(|f| !KNOWN_FORMATS.contains(&f));
+                if unknown {
+                    map.remove("format");
+                }
+                map.values_mut().for_each(walk);
+            }
+            serde_json::Value::Array(items) => items.iter_mut().for_each(walk),
+            _ => {}
+        }
+    }
+    if let Some(object) = schema.as_object_mut() {
+        object.values_mut().for_each(walk);
+    }
+}
+
 fn default_time_zone() -> String {
     "Etc/UTC".into()
 }
@@ -304,6 +350,7 @@ fn default_time_zone() -> String {
 /// What the operator observed and decided.
 #[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
+#[schemars(transform = known_formats_only)]
 pub struct PhoenixMemoryStatus {
     /// The generation the status describes.
     #[serde(default, skip_serializing_if = "Option::is_none")]

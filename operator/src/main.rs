@@ -113,6 +113,7 @@ fn run(
 
 fn plan(file: &std::path::Path, default_image: &str) -> anyhow::Result<String> {
     use anyhow::Context;
+    use kube::ResourceExt;
     use phoenix_operator::build::{Inputs, build_all, build_emergency_job, emergency_job_name};
     use phoenix_operator::crd::PhoenixMemory;
     let text = std::fs::read_to_string(file)
@@ -123,7 +124,7 @@ fn plan(file: &std::path::Path, default_image: &str) -> anyhow::Result<String> {
         memory.metadata.namespace = Some("default".into());
     }
     memory.metadata.uid = Some("<assigned by the API server>".into());
-    let valid = phoenix_operator::validate::validate(&memory.spec)
+    let valid = phoenix_operator::validate::validate_named(&memory.name_any(), &memory.spec)
         .map_err(|problems| anyhow::anyhow!("invalid spec:\n  {}", problems.join("\n  ")))?;
     let children = build_all(&Inputs {
         memory: &memory,

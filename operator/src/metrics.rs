@@ -161,6 +161,12 @@ impl Metrics {
         let _ = self.cadence.remove_label_values(&[namespace, name]);
     }
 
+    /// Counts a child the API server refused for good (`errors_total{category="rejected"}`);
+    /// that reconcile itself ends with the refusal written to status.
+    pub fn child_rejected(&self) {
+        self.errors.with_label_values(&["rejected"]).inc();
+    }
+
     /// Records one reconcile; `error` is the error's category when it failed.
     pub fn reconciled(&self, seconds: f64, error: Option<&'static str>) {
         let result = if error.is_some() { "error" } else { "ok" };

@@ -32,6 +32,14 @@ pub const RULES: &[Rule] = &[
         resources: &["phoenixmemories/status"],
         verbs: &["patch"],
     },
+    // Children carry an owner reference with `blockOwnerDeletion`; where the
+    // OwnerReferencesPermissionEnforcement admission plugin is on (OpenShift), setting it
+    // needs `update` on the owner's finalizers, or every child create is refused (403).
+    Rule {
+        api_groups: &["phoenix.dev"],
+        resources: &["phoenixmemories/finalizers"],
+        verbs: &["update"],
+    },
     Rule {
         api_groups: &[""],
         resources: &["configmaps", "secrets", "services"],

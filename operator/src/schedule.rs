@@ -184,21 +184,32 @@ pub fn decide(observations: &[Observation], spec: &PolicySpec, history: &History
         .map_or(spec.max_interval, |i| clamp(i, spec));
     let stale = stale_nodes(observations);
     if observations.is_empty() || !stale.is_empty() {
+        // The schedule is kept and no Job made, but what the fresh nodes say is shown.
+        let fresh_worst = observations
+            .iter()
+            .filter_map(|o| match o {
+                Observation::Fresh(r) => Some(r.ratio),
+                Observation::Stale { .. } => None,
+            })
+            .max_by(f64::total_cmp);
         return Decision {
             interval: keep,
             emergency_job: false,
-            degraded: history.degraded,
+            degraded: history.degraded || fresh_worst.is_some_and(|r| r >= spec.degradation),
             predicted_breach_seconds: None,
             rule: "stale",
             reason: if observations.is_empty() {
                 "no node reported; keeping the current schedule".into()
             } else {
                 format!(
-                    "metrics stale ({}); keeping the current schedule",
-                    stale.join("; ")
+                    "metrics stale ({}); keeping the current schedule{}",
+                    stale.join("; "),
+                    fresh_worst.map_or_else(String::new, |r| format!(
+                        "; the fresh nodes' worst ratio is {r:.2}×"
+                    ))
                 )
             },
-            worst_ratio: None,
+            worst_ratio: fresh_worst,
             data_age_seconds: None,
         };
     }
@@ -568,6 +579,12 @@ mod tests {
             prop_assert!(!d.emergency_job);
             prop_assert_eq!(d.interval, history.interval.map_or(spec.max_interval, |i| i.clamp(spec.min_interval, spec.max_interval)));
             prop_assert_eq!(d.rule, "stale");
+            // What the fresh nodes say stays visible.
+            let fresh = obs.iter().filter_map(|o| match o {
+                Observation::Fresh(r) => Some(r.ratio),
+                Observation::Stale { .. } => None,
+            }).max_by(f64::total_cmp);
+            prop_assert_eq!(d.worst_ratio, fresh);
         }
 
         #[test]

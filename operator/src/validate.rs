@@ -53,6 +53,91 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
     Ok(Duration::from_secs(total))
 }
 
+/// The value of a Kubernetes quantity (`500m`, `1.5Gi`, `2e3`), or `None` when it is not one.
+pub fn quantity_value(text: &str) -> Option<f64> {
+    const SUFFIXES: [(&str, f64); 14] = [
+        ("Ki", 1024.0),
+        ("Mi", 1_048_576.0),
+        ("Gi", 1_073_741_824.0),
+        ("Ti", 1_099_511_627_776.0),
+        ("Pi", 1_125_899_906_842_624.0),
+        ("Ei", 1_152_921_504_606_846_976.0),
+        ("m", 1e-3),
+        ("k", 1e3),
+        ("M", 1e6),
+        ("G", 1e9),
+        ("T", 1e12),
+        ("P", 1e15),
+        ("E", 1e18),
+        ("", 1.0),
+    ];
+    let text = text.trim();
+    let (number, multiplier) = SUFFIXES
+        .iter()
+        .find_map(|(suffix, m)| text.strip_suffix(suffix).map(|n| (n, *m)))?;
+    let plain = number.trim_start_matches(['+', '-']);
+    if plain.is_empty() || !plain.starts_with(|c: char| c.is_ascii_digit() || c == '.') {
+        return None;
+    }
+    number
+        .parse::<f64>()
+        .ok()
+        .filter(|v| v.is_finite())
+        .map(|v| v * multiplier)
+}
+
+fn is_dns_label(text: &str, max: usize) -> bool {
+    !text.is_empty()
+        && text.len() <= max
+        && text
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        && text.starts_with(|c: char| c.is_ascii_lowercase())
+        && text.ends_with(|c: char| c.is_ascii_lowercase() || c.is_ascii_digit())
+}
+
+fn is_dns_subdomain(text: &str) -> bool {
+    text.len() <= 253
+        && text.split('.').all(|part| {
+            !part.is_empty()
+                && part
+                    .bytes()
+                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+                && part.starts_with(|c: char| c.is_ascii_lowercase() || c.is_ascii_digit())
+                && part.ends_with(|c: char| c.is_ascii_lowercase() || c.is_ascii_digit())
+        })
+}
+
+/// The longest memory name: its CronJob `NAME-cleanup` must stay within 52 characters (the
+/// Job controller appends 11), and every other child name within 63.
+pub const LONGEST_NAME: usize = 52 - "-cleanup".len();
+
+/// [`validate`] plus what the memory's name must satisfy so that every child name is one
+/// the API server accepts: a DNS label (Services need one: lowercase letters, digits and
+/// '-', starting with a letter) of at most [`LONGEST_NAME`] characters.
+///
+/// # Errors
+/// The list of problems, each naming its field.
+pub fn validate_named(name: &str, spec: &PhoenixMemorySpec) -> Result<ValidSpec, Vec<String>> {
+    let named = if is_dns_label(name, LONGEST_NAME) {
+        Ok(())
+    } else {
+        Err(format!(
+            "metadata.name: {name:?} must be at most {LONGEST_NAME} characters of lowercase \
+             letters, digits and '-', starting with a letter and ending with a letter or digit \
+             (its children are named NAME-nodes, NAME-cleanup, …)"
+        ))
+    };
+    match (named, validate(spec)) {
+        (Ok(()), result) => result,
+        (Err(problem), Ok(_)) => Err(vec![problem]),
+        (Err(problem), Err(mut problems)) => {
+            problems.insert(0, problem);
+            Err(problems)
+        }
+    }
+}
+
 /// Checks `spec`; every problem is reported.
 ///
 /// # Errors
@@ -94,8 +179,17 @@ pub fn validate(spec: &PhoenixMemorySpec) -> Result<ValidSpec, Vec<String>> {
             cleanup.max_interval
         ));
     }
-    if min < Duration::from_secs(60) && min != Duration::ZERO {
-        problems.push("cleanup.minInterval: must be at least 1m (the CronJob's resolution)".into());
+    if min < Duration::from_secs(60) {
+        problems.push(format!(
+            "cleanup.minInterval: must be at least 1m (the CronJob's resolution), got {:?}",
+            cleanup.min_interval
+        ));
+    }
+    if cleanup.time_zone.is_empty() || jiff::tz::TimeZone::get(&cleanup.time_zone).is_err() {
+        problems.push(format!(
+            "cleanup.timeZone: {:?} is not a time zone of the IANA database (e.g. Etc/UTC, Europe/Berlin)",
+            cleanup.time_zone
+        ));
     }
     if !(cleanup.emergency_threshold > cleanup.degradation_threshold
         && cleanup.degradation_threshold > cleanup.recover_threshold
@@ -111,12 +205,47 @@ pub fn validate(spec: &PhoenixMemorySpec) -> Result<ValidSpec, Vec<String>> {
             problems.push(format!("cleanup.windows[{i}]: hours must lie in 0..=23"));
         }
     }
-    if let Some(schedule) = &cleanup.schedule
-        && schedule.split_whitespace().count() != 5
+    if let Some(schedule) = &cleanup.schedule {
+        if schedule.split_whitespace().count() != 5 {
+            problems.push(format!(
+                "cleanup.schedule: {schedule:?} is not a five-field cron expression"
+            ));
+        } else if let Err(error) = schedule.parse::<croner::Cron>() {
+            problems.push(format!(
+                "cleanup.schedule: {schedule:?} is not a valid cron schedule: {error}"
+            ));
+        }
+    }
+    if let Some(class) = &spec.storage.storage_class_name
+        && !is_dns_subdomain(class)
     {
         problems.push(format!(
-            "cleanup.schedule: {schedule:?} is not a five-field cron expression"
+            "storage.storageClassName: {class:?} must be a DNS subdomain (lowercase letters, digits, '-' and '.', at most 253)"
         ));
+    }
+    if let Some(resources) = &spec.resources {
+        for (name, request) in resources.requests.iter().flatten() {
+            let limit = resources.limits.as_ref().and_then(|l| l.get(name));
+            let values = (
+                quantity_value(&request.0),
+                limit.map(|l| quantity_value(&l.0)),
+            );
+            match values {
+                (None, _) | (_, Some(None)) => problems.push(format!(
+                    "resources: {name} {:?}/{:?} is not a Kubernetes quantity",
+                    request.0,
+                    limit.map(|l| l.0.as_str())
+                )),
+                (Some(request_value), Some(Some(limit_value))) if request_value > limit_value => {
+                    problems.push(format!(
+                        "resources.requests.{name} ({}) must not exceed resources.limits.{name} ({})",
+                        request.0,
+                        limit.map_or("", |l| l.0.as_str())
+                    ));
+                }
+                _ => {}
+            }
+        }
     }
     if !(0..=100).contains(&spec.replicas) {
         problems.push(format!(
@@ -175,6 +304,83 @@ mod tests {
         assert!(problems.iter().any(|p| p.contains("must not exceed")));
         assert!(problems.iter().any(|p| p.contains("thresholds")));
         assert!(problems.iter().any(|p| p.starts_with("cleanup.schedule")));
+    }
+
+    #[test]
+    fn what_a_real_api_server_would_refuse_in_a_child_is_refused_here() {
+        let refused = |change: &dyn Fn(&mut PhoenixMemorySpec), field: &str| {
+            let mut bad = spec();
+            change(&mut bad);
+            let problems = validate(&bad).expect_err(field);
+            assert!(
+                problems.iter().any(|p| p.starts_with(field)),
+                "{field}: {problems:?}"
+            );
+        };
+        refused(
+            &|s| s.cleanup.time_zone = "Mars/Olympus_Mons".into(),
+            "cleanup.timeZone",
+        );
+        refused(&|s| s.cleanup.time_zone = String::new(), "cleanup.timeZone");
+        refused(
+            &|s| s.cleanup.schedule = Some("61 25 * * *".into()),
+            "cleanup.schedule",
+        );
+        refused(
+            &|s| s.cleanup.schedule = Some(format!("{} * * * *", "9".repeat(300))),
+            "cleanup.schedule",
+        );
+        refused(
+            &|s| s.cleanup.min_interval = "0s".into(),
+            "cleanup.minInterval",
+        );
+        refused(
+            &|s| s.storage.storage_class_name = Some("Fast_SSD!".into()),
+            "storage.storageClassName",
+        );
+        refused(
+            &|s| {
+                s.resources = serde_json::from_value(serde_json::json!({
+                    "requests": {"memory": "2Gi"}, "limits": {"memory": "1Gi"}
+                }))
+                .expect("resources");
+            },
+            "resources.requests.memory",
+        );
+        let mut fine = spec();
+        fine.cleanup.time_zone = "Europe/Berlin".into();
+        fine.cleanup.schedule = Some("23 3 * * 0,6".into());
+        fine.storage.storage_class_name = Some("fast-ssd.example.com".into());
+        fine.resources = serde_json::from_value(serde_json::json!({
+            "requests": {"cpu": "0.5", "memory": "1024Mi"}, "limits": {"cpu": "500m", "memory": "1Gi"}
+        }))
+        .expect("resources");
+        assert!(validate(&fine).is_ok(), "{:?}", validate(&fine).err());
+    }
+
+    #[test]
+    fn names_whose_children_the_api_server_would_refuse_are_refused() {
+        assert!(validate_named("mem", &spec()).is_ok());
+        assert!(validate_named(&"a".repeat(LONGEST_NAME), &spec()).is_ok());
+        for bad in [
+            "a".repeat(LONGEST_NAME + 1),
+            "a".repeat(58),
+            "my.memory".into(),
+            "Memory".into(),
+            "9lives".into(),
+            "trailing-".into(),
+        ] {
+            let problems = validate_named(&bad, &spec()).expect_err(&bad);
+            assert!(
+                problems[0].starts_with("metadata.name"),
+                "{bad}: {problems:?}"
+            );
+        }
+        assert_eq!(quantity_value("500m"), Some(0.5));
+        assert_eq!(quantity_value("1Gi"), quantity_value("1024Mi"));
+        assert_eq!(quantity_value("2e3"), Some(2000.0));
+        assert_eq!(quantity_value("Mi"), None);
+        assert_eq!(quantity_value("ten"), None);
     }
 
     #[test]

@@ -163,7 +163,7 @@ pub(super) fn sustained(
             // The live key range: ids below next_id, most of them present.
             let top = next_id.load(Ordering::Relaxed).max(1);
             let started = Instant::now();
-            let slot = if own % 10 == 0 {
+            let slot = if own.is_multiple_of(10) {
                 check(agent.get(&format!("{url}/v1/ping")).call())?;
                 &mut windows.ping[w]
             } else {

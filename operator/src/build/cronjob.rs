@@ -288,7 +288,7 @@ pub fn build_cronjob(inputs: &Inputs<'_>) -> CronJob {
                     ttl_seconds_after_finished: Some(86_400),
                     template: PodTemplateSpec {
                         metadata: Some(ObjectMeta {
-                            labels: Some(labels(&name, "cleanup")),
+                            labels: Some(super::job_pod_labels(&name, "cleanup")),
                             ..ObjectMeta::default()
                         }),
                         spec: Some(PodSpec {

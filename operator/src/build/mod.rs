@@ -175,6 +175,19 @@ pub fn labels(memory: &str, component: &str) -> BTreeMap<String, String> {
     labels
 }
 
+/// Labels of cleanup Job pods: their own `app.kubernetes.io/name`, so that no selector of
+/// the nodes (the Services, the PodDisruptionBudget, the StatefulSet) ever matches them — a
+/// finished Job pod in the PDB blocked every eviction of the nodes, and a running one was
+/// a ready endpoint of the client Service.
+pub fn job_pod_labels(memory: &str, component: &str) -> BTreeMap<String, String> {
+    let mut labels = labels(memory, component);
+    labels.insert(
+        "app.kubernetes.io/name".into(),
+        "phoenix-memory-cleanup".into(),
+    );
+    labels
+}
+
 /// The `key=value,…` form of the selector (status.selector, for `kubectl scale`).
 pub fn selector_string(memory: &str) -> String {
     selector_labels(memory)
@@ -289,6 +302,69 @@ pub(crate) mod fixtures {
 mod tests {
     use super::fixtures::*;
     use super::*;
+
+    #[test]
+    fn no_selector_of_the_nodes_matches_a_cleanup_pod() {
+        let memory = memory(serde_json::json!({"replicas": 3}));
+        let children = with_inputs(&memory, build_all).expect("builds");
+        let emergency = with_inputs(&memory, |i| {
+            build_emergency_job(i, &children.cronjob, "mem-emergency-1".into(), 2.0)
+        });
+        let pod_labels = |template: Option<&k8s_openapi::api::core::v1::PodTemplateSpec>| {
+            template
+                .and_then(|t| t.metadata.as_ref())
+                .and_then(|m| m.labels.clone())
+                .expect("pod labels")
+        };
+        let scheduled = pod_labels(
+            children
+                .cronjob
+                .spec
+                .as_ref()
+                .and_then(|s| s.job_template.spec.as_ref())
+                .map(|j| &j.template),
+        );
+        let urgent = pod_labels(emergency.spec.as_ref().map(|j| &j.template));
+        let matches = |selector: &BTreeMap<String, String>, labels: &BTreeMap<String, String>| {
+            selector.iter().all(|(k, v)| labels.get(k) == Some(v))
+        };
+        let selectors = [
+            children
+                .client_service
+                .spec
+                .as_ref()
+                .and_then(|s| s.selector.clone()),
+            children
+                .headless_service
+                .spec
+                .as_ref()
+                .and_then(|s| s.selector.clone()),
+            children
+                .pdb
+                .spec
+                .as_ref()
+                .and_then(|s| s.selector.as_ref())
+                .and_then(|s| s.match_labels.clone()),
+            children
+                .statefulset
+                .spec
+                .as_ref()
+                .and_then(|s| s.selector.match_labels.clone()),
+        ];
+        let node_pod = pod_labels(children.statefulset.spec.as_ref().map(|s| &s.template));
+        for selector in selectors {
+            let selector = selector.expect("a selector");
+            assert!(matches(&selector, &node_pod), "the nodes are selected");
+            assert!(
+                !matches(&selector, &scheduled),
+                "{selector:?} selects cleanup pods"
+            );
+            assert!(
+                !matches(&selector, &urgent),
+                "{selector:?} selects emergency pods"
+            );
+        }
+    }
 
     #[test]
     fn every_child_is_owned_labelled_and_namespaced() {

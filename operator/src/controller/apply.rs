@@ -52,10 +52,19 @@ where
         }
     }
     let params = PatchParams::apply(FIELD_MANAGER).force();
-    Ok((
-        api.patch(&name, &params, &Patch::Apply(desired)).await?,
-        true,
-    ))
+    match api.patch(&name, &params, &Patch::Apply(desired)).await {
+        Ok(applied) => Ok((applied, true)),
+        // Refusals that a retry cannot change (invalid, forbidden, malformed): say which
+        // child and why, instead of retrying in silence.
+        Err(kube::Error::Api(status)) if matches!(status.code, 400 | 403 | 422) => {
+            Err(Error::Rejected {
+                child: format!("{} {name}", K::kind(&K::DynamicType::default())),
+                code: status.code,
+                message: status.message,
+            })
+        }
+        Err(error) => Err(error.into()),
+    }
 }
 
 /// The memory's admin token: the one its Secret holds, or a new random one.
@@ -70,8 +79,20 @@ pub async fn admin_token(ctx: &Context, namespace: &str, memory: &str) -> Result
                 .map(|t| String::from_utf8_lossy(&t.0).into_owned())
         })
         .filter(|t| !t.is_empty());
-    Ok(existing
-        .unwrap_or_else(|| format!("{:032x}{:032x}", fastrand::u128(..), fastrand::u128(..))))
+    match existing {
+        Some(token) => Ok(token),
+        None => new_token(),
+    }
+}
+
+/// 256 bits from the operating system's cryptographic generator, as hex.
+///
+/// # Errors
+/// The generator is unavailable (reported as a reconcile error; no weak token is made).
+pub fn new_token() -> Result<String, Error> {
+    let mut bytes = [0u8; 32];
+    getrandom::fill(&mut bytes).map_err(|e| Error::Random(e.to_string()))?;
+    Ok(bytes.iter().map(|b| format!("{b:02x}")).collect())
 }
 
 /// Applies every child but the CronJob, in order; returns the live StatefulSet and the

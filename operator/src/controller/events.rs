@@ -57,6 +57,26 @@ impl std::fmt::Debug for Publisher {
     }
 }
 
+/// The longest note the API server accepts (bytes; `events.k8s.io/v1` refuses longer).
+pub const MAX_NOTE_BYTES: usize = 1024;
+
+/// `note` cut to [`MAX_NOTE_BYTES`] at a character boundary, saying how much was cut, so a
+/// long note (a stale-node list of a large memory) is shortened, never refused and lost.
+pub fn fit_note(note: String) -> String {
+    if note.len() <= MAX_NOTE_BYTES {
+        return note;
+    }
+    let total = note.chars().count();
+    // Room for the suffix; the count has at most 10 digits.
+    let budget = MAX_NOTE_BYTES - " … (+0000000000 more characters)".len();
+    let mut end = budget;
+    while !note.is_char_boundary(end) {
+        end -= 1;
+    }
+    let kept = note[..end].chars().count();
+    format!("{} … (+{} more characters)", &note[..end], total - kept)
+}
+
 impl Publisher {
     /// A publisher for `controller`, this replica being `instance`.
     pub fn new(client: Client, controller: &str, instance: Option<String>) -> Publisher {
@@ -71,7 +91,7 @@ impl Publisher {
     /// Publishes one Event on `memory`; failures are logged (an Event is never worth a
     /// failed reconcile).
     pub async fn publish(&self, memory: &PhoenixMemory, kind: Kind, reason: &str, note: String) {
-        if let Err(error) = self.try_publish(memory, kind, reason, note).await {
+        if let Err(error) = self.try_publish(memory, kind, reason, fit_note(note)).await {
             tracing::warn!(%error, reason, "failed to publish an event");
         }
     }
@@ -157,5 +177,25 @@ impl Publisher {
                 },
             );
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod note_tests {
+    use super::*;
+
+    #[test]
+    fn long_notes_are_cut_to_the_api_limit_and_say_so() {
+        assert_eq!(fit_note("short".into()), "short");
+        let stale: Vec<String> = (0..60)
+            .map(|i| format!("big-memory-{i}: unreachable: connection refused"))
+            .collect();
+        let note = fit_note(format!("metrics stale: {}", stale.join("; ")));
+        assert!(note.len() <= MAX_NOTE_BYTES, "{} bytes", note.len());
+        assert!(note.contains("more characters)"), "{note}");
+        // Multi-byte characters are never split.
+        let wide = fit_note("→".repeat(2000));
+        assert!(wide.len() <= MAX_NOTE_BYTES);
+        assert!(wide.ends_with("more characters)"));
     }
 }

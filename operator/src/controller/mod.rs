@@ -48,6 +48,20 @@ pub enum Error {
     /// The resource has no namespace (it is namespaced; the API server always sets one).
     #[error("the PhoenixMemory has no namespace")]
     NoNamespace,
+    /// The operating system's random generator failed (no token is made without it).
+    #[error("the system's random generator failed: {0}")]
+    Random(String),
+    /// The API server refused a child for good (400, 403 or 422): retrying the same object
+    /// cannot help. Shown as `Ready=False`, reason `ChildRejected`, and a Warning Event.
+    #[error("the API server refused {child} ({code}): {message}")]
+    Rejected {
+        /// Kind and name of the child.
+        child: String,
+        /// The HTTP status.
+        code: u16,
+        /// The server's message.
+        message: String,
+    },
 }
 
 impl Error {
@@ -59,6 +73,8 @@ impl Error {
             Error::Kube(_) => "kube",
             Error::Build(_) => "build",
             Error::NoNamespace => "invalid",
+            Error::Rejected { .. } => "rejected",
+            Error::Random(_) => "random",
         }
     }
 }
@@ -197,6 +213,8 @@ pub mod reasons {
     pub const METRICS_STALE: &str = "MetricsStale";
     /// A node found corruption in its data.
     pub const NODE_CORRUPTED: &str = "NodeCorrupted";
+    /// The API server refused a child for good.
+    pub const CHILD_REJECTED: &str = "ChildRejected";
     /// Cleanups stopped helping; automatic cleanup backed off.
     pub const CLEANUP_INEFFECTIVE: &str = "CleanupIneffective";
 }
@@ -417,14 +435,49 @@ async fn publish(
     ctx.events.publish(memory, kind, reason, note).await;
 }
 
+/// How often a memory whose child the API server refused is tried again: a calm, fixed pace
+/// (the same after an operator restart), not a backoff that starts over at half a second.
+pub const REJECTED_RETRY: Duration = Duration::from_secs(300);
+
+/// One reconcile (see [`reconcile_once`]); a child the API server refuses for good becomes
+/// `Ready=False`, reason `ChildRejected`, with the server's message and a Warning Event, and
+/// is tried again every [`REJECTED_RETRY`].
+///
+/// # Errors
+/// API and build errors; the error policy retries with backoff.
+pub async fn reconcile(memory: Arc<PhoenixMemory>, ctx: Arc<Context>) -> Result<Action, Error> {
+    match reconcile_once(Arc::clone(&memory), Arc::clone(&ctx)).await {
+        Err(rejected @ Error::Rejected { .. }) => {
+            let namespace = memory.namespace().ok_or(Error::NoNamespace)?;
+            let message = rejected.to_string();
+            tracing::warn!(memory = %memory.name_any(), %message, "child rejected");
+            ctx.metrics.child_rejected();
+            if status::not_ready(&ctx, &memory, &namespace, reasons::CHILD_REJECTED, &message)
+                .await?
+            {
+                publish(
+                    &ctx,
+                    &memory,
+                    EventType::Warning,
+                    reasons::CHILD_REJECTED,
+                    message,
+                )
+                .await;
+            }
+            Ok(Action::requeue(REJECTED_RETRY))
+        }
+        other => other,
+    }
+}
+
 /// One reconcile: validate → build → apply (all but the CronJob) → observe → decide →
 /// apply the CronJob with the decided cadence → emergency Job → status → Events.
 ///
 /// # Errors
 /// API and build errors; the error policy retries with backoff.
-pub async fn reconcile(memory: Arc<PhoenixMemory>, ctx: Arc<Context>) -> Result<Action, Error> {
+async fn reconcile_once(memory: Arc<PhoenixMemory>, ctx: Arc<Context>) -> Result<Action, Error> {
     let namespace = memory.namespace().ok_or(Error::NoNamespace)?;
-    let valid = match validate::validate(&memory.spec) {
+    let valid = match validate::validate_named(&memory.name_any(), &memory.spec) {
         Ok(valid) => valid,
         Err(problems) => {
             if status::invalid(&ctx, &memory, &namespace, &problems).await? {

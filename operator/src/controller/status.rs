@@ -242,18 +242,27 @@ pub async fn invalid(
     namespace: &str,
     problems: &[String],
 ) -> Result<bool, Error> {
+    not_ready(ctx, memory, namespace, "InvalidSpec", &problems.join("; ")).await
+}
+
+/// `Ready=False` with `reason` and `message` at the current generation (the rest of the
+/// status kept); whether anything was written.
+///
+/// # Errors
+/// The status write failed.
+pub async fn not_ready(
+    ctx: &Context,
+    memory: &PhoenixMemory,
+    namespace: &str,
+    reason: &str,
+    message: &str,
+) -> Result<bool, Error> {
     let current = memory.status.clone().unwrap_or_default();
     let status = PhoenixMemoryStatus {
         observed_generation: memory.metadata.generation,
         conditions: with_condition(
             &current.conditions,
-            condition(
-                memory,
-                conditions::READY,
-                false,
-                "InvalidSpec",
-                problems.join("; "),
-            ),
+            condition(memory, conditions::READY, false, reason, message.into()),
         ),
         ..current
     };

@@ -673,10 +673,11 @@ async fn handle(
     let response = match fault {
         Some(FaultAction::Fail(code)) => status(
             code,
-            if code == 409 {
-                "Conflict"
-            } else {
-                "InternalError"
+            match code {
+                409 => "Conflict",
+                422 => "Invalid",
+                403 => "Forbidden",
+                _ => "InternalError",
             },
             format!("injected fault {code}"),
         ),
@@ -1326,13 +1327,12 @@ fn update(shared: &Shared, request: &Request<'_>, verb: Verb) -> Response {
         "resourceVersion".into(),
         json!(meta_str(&current, "resourceVersion").unwrap_or("")),
     );
-    if let (Some(a), Some(b)) = (comparable.get_mut("metadata"), current.get("metadata")) {
-        if let (Some(fa), Some(fb)) = (a.get("managedFields"), b.get("managedFields"))
-            && apply::managers(&json!({"metadata": {"managedFields": fa}}))
-                == apply::managers(&json!({"metadata": {"managedFields": fb}}))
-        {
-            a["managedFields"] = fb.clone();
-        }
+    if let (Some(a), Some(b)) = (comparable.get_mut("metadata"), current.get("metadata"))
+        && let (Some(fa), Some(fb)) = (a.get("managedFields"), b.get("managedFields"))
+        && apply::managers(&json!({"metadata": {"managedFields": fa}}))
+            == apply::managers(&json!({"metadata": {"managedFields": fb}}))
+    {
+        a["managedFields"] = fb.clone();
     }
     if comparable == current {
         return match subresource.as_str() {
@@ -1364,19 +1364,18 @@ fn delete(shared: &Shared, request: &Request<'_>) -> Response {
     // `collect_dependents`); preconditions in DeleteOptions are not checked.
     match store.delete_object(shared, key.clone()) {
         Some(object) => {
-            if request.ty.plural == "customresourcedefinitions" && !store.objects.contains_key(&key)
-            {
-                if let Some(first) = resources::from_crd(&object)
+            if request.ty.plural == "customresourcedefinitions"
+                && !store.objects.contains_key(&key)
+                && let Some(first) = resources::from_crd(&object)
                     .ok()
                     .and_then(|t| t.into_iter().next())
-                {
-                    store
-                        .types
-                        .retain(|t| !(t.group == first.group && t.plural == first.plural));
-                    store
-                        .objects
-                        .retain(|k, _| !(k.group == first.group && k.plural == first.plural));
-                }
+            {
+                store
+                    .types
+                    .retain(|t| !(t.group == first.group && t.plural == first.plural));
+                store
+                    .objects
+                    .retain(|k, _| !(k.group == first.group && k.plural == first.plural));
             }
             ok(StatusCode::OK, object)
         }

@@ -7,6 +7,7 @@ mod apiserver_conformance;
 mod crd_install;
 mod degradation;
 mod events;
+mod msrv;
 mod observe;
 mod operator;
 mod real_cluster;

@@ -460,6 +460,98 @@ async fn injected_500s_and_409s_are_retried_until_converged() {
     h.stop().await;
 }
 
+/// A child the API server refuses for good (422) is reported, not retried in silence: before,
+/// the operator kept patching with backoff while `Ready` stayed as it was.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_child_the_api_server_refuses_is_shown_and_retried_calmly() {
+    let h = Harness::start().await;
+    h.server.inject(
+        Some(Verb::Patch),
+        Some("statefulsets"),
+        1000,
+        FaultAction::Fail(422),
+    );
+    h.create("refused", json!({"replicas": 1})).await;
+    let condition = eventually("Ready=False ChildRejected", || async {
+        let m = h.memories().get("refused").await.ok()?;
+        let generation = m.metadata.generation;
+        let status = m.status?;
+        (status.observed_generation == generation)
+            .then_some(())
+            .and_then(|()| {
+                status
+                    .conditions
+                    .into_iter()
+                    .find(|c| c.type_ == "Ready" && c.reason == "ChildRejected")
+            })
+    })
+    .await;
+    assert_eq!(condition.status, "False");
+    assert!(
+        condition.message.contains("StatefulSet refused") && condition.message.contains("422"),
+        "{}",
+        condition.message
+    );
+    let warning = h.event("ChildRejected").await;
+    assert_eq!(warning.type_.as_deref(), Some("Warning"));
+    // No loop: once the status says so (its own write wakes one more reconcile, which finds
+    // nothing new to write), the refused patch is not sent again, although the harness
+    // resyncs every second.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let patches = || {
+        h.server
+            .mutations()
+            .iter()
+            .filter(|m| m.resource == "statefulsets" && m.status == 422)
+            .count()
+    };
+    let before = patches();
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(
+        patches(),
+        before,
+        "the refused StatefulSet was patched again"
+    );
+    // The first reconciles (each new child and the status write wake one) may meet it a
+    // few times; then it stops.
+    assert!(
+        before <= 6,
+        "{before} refused patches before the status said so"
+    );
+    h.stop().await;
+}
+
+/// A name whose children the API server would refuse (the CronJob `NAME-cleanup` must be at
+/// most 52 characters) is refused at validation: Ready=False InvalidSpec, no children.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_memory_name_too_long_for_its_children_is_an_invalid_spec() {
+    let h = Harness::start().await;
+    let name = "m".repeat(45);
+    h.create(&name, json!({"replicas": 1})).await;
+    let condition = eventually("Ready=False", || async {
+        let m = h.memories().get(&name).await.ok()?;
+        m.status?
+            .conditions
+            .into_iter()
+            .find(|c| c.type_ == "Ready" && c.status == "False")
+    })
+    .await;
+    assert_eq!(condition.reason, "InvalidSpec");
+    assert!(
+        condition.message.contains("metadata.name"),
+        "{}",
+        condition.message
+    );
+    assert!(
+        h.api::<StatefulSet>()
+            .get_opt(&name)
+            .await
+            .expect("get")
+            .is_none()
+    );
+    h.stop().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn of_two_operators_only_the_leader_writes_and_the_other_takes_over() {
     let server = ApiServer::start().await.expect("server");

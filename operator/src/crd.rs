@@ -21,6 +21,7 @@ use serde::{Deserialize, Serialize};
     namespaced,
     status = "PhoenixMemoryStatus",
     doc = "A memory: a StatefulSet of memory nodes whose cleanup is scheduled from observed retrieve-latency degradation.",
+    validation = Rule::new("size(self.metadata.name) <= 44").message("the name must be at most 44 characters: the cleanup CronJob NAME-cleanup must fit in 52"),
     scale(
         spec_replicas_path = ".spec.replicas",
         status_replicas_path = ".status.replicas",
@@ -220,6 +221,7 @@ pub struct MaintenanceWindow {
 #[x_kube(validation = Rule::new("self.degradationThreshold > self.recoverThreshold").message("degradationThreshold must be greater than recoverThreshold"))]
 #[x_kube(validation = Rule::new("duration(self.minInterval) <= duration(self.maxInterval)").message("minInterval must not exceed maxInterval"))]
 #[x_kube(validation = Rule::new("duration(self.maxInterval) <= duration('168h')").message("maxInterval must not exceed 168h: a cron schedule repeats evenly at most weekly"))]
+#[x_kube(validation = Rule::new("duration(self.minInterval) >= duration('1m')").message("minInterval must be at least 1m (the CronJob's resolution)"))]
 pub struct CleanupSpec {
     /// Schedule cleanups at all; `false` suspends the CronJob.
     #[serde(default = "default_true")]

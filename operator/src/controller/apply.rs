@@ -21,13 +21,32 @@ use super::{Context, Error, FIELD_MANAGER};
 use crate::build::{Children, TOKEN_KEY, secret_name};
 
 /// Whether `current` already holds every field of `desired` with the same value.
+/// Quantities under `requests` and `limits` compare by value: the API server stores
+/// `cpu: "0.5"` as `500m` and `memory: 1024Mi` as `1Gi`, and a textual comparison made
+/// every full check re-apply the StatefulSet (and publish an `Applied` Event).
 pub fn is_subset(desired: &Value, current: &Value) -> bool {
+    subset(desired, current, false)
+}
+
+fn subset(desired: &Value, current: &Value, quantities: bool) -> bool {
     match (desired, current) {
-        (Value::Object(d), Value::Object(c)) => d
-            .iter()
-            .all(|(k, v)| v.is_null() || c.get(k).is_some_and(|cv| is_subset(v, cv))),
+        (Value::Object(d), Value::Object(c)) => d.iter().all(|(k, v)| {
+            let inner = quantities || k == "requests" || k == "limits";
+            v.is_null() || c.get(k).is_some_and(|cv| subset(v, cv, inner))
+        }),
         (Value::Array(d), Value::Array(c)) => {
-            d.len() == c.len() && d.iter().zip(c).all(|(dv, cv)| is_subset(dv, cv))
+            d.len() == c.len() && d.iter().zip(c).all(|(dv, cv)| subset(dv, cv, quantities))
+        }
+        (Value::String(d), Value::String(c)) if quantities && d != c => {
+            match (
+                crate::validate::quantity_value(d),
+                crate::validate::quantity_value(c),
+            ) {
+                (Some(a), Some(b)) => {
+                    a == b || (a - b).abs() <= f64::EPSILON * a.abs().max(b.abs())
+                }
+                _ => false,
+            }
         }
         (d, c) => d == c,
     }
@@ -151,5 +170,19 @@ mod tests {
             &json!({"spec": {"replicas": 3, "ports": []}})
         ));
         assert!(!is_subset(&desired, &json!({})));
+    }
+
+    #[test]
+    fn quantities_the_server_rewrote_still_match() {
+        let desired = json!({"resources": {"requests": {"cpu": "0.5", "memory": "1024Mi"}}});
+        let stored = json!({"resources": {"requests": {"cpu": "500m", "memory": "1Gi"}}});
+        assert!(is_subset(&desired, &stored));
+        let changed = json!({"resources": {"requests": {"cpu": "600m", "memory": "1Gi"}}});
+        assert!(!is_subset(&desired, &changed));
+        // Outside requests and limits strings compare as text.
+        assert!(!is_subset(
+            &json!({"label": "0.5"}),
+            &json!({"label": "500m"})
+        ));
     }
 }

@@ -13,6 +13,7 @@
 //! simpler than the real API server says so in a comment beginning `Simplification:`.
 
 pub mod apply;
+pub mod builtin;
 pub mod resources;
 pub mod schema;
 pub mod selector;
@@ -989,10 +990,19 @@ fn parse_body(request: &Request<'_>) -> Result<Value, Failure> {
     parsed.map_err(|e| Failure::new(400, "BadRequest", format!("the body does not parse: {e}")))
 }
 
-/// Validates a custom resource against its schema (pruning unknown fields).
+/// Validates a custom resource against its schema (pruning unknown fields), and a
+/// built-in object by the rules a real server applies to the fields the operator sets
+/// (see [`builtin`]).
 fn validate(ty: &ResourceType, object: &mut Value) -> Result<(), Failure> {
     let Some(schema) = &ty.schema else {
-        return Ok(());
+        return builtin::check(ty, object).map_err(|message| {
+            let name = meta_str(object, "name").unwrap_or("");
+            Failure::new(
+                422,
+                "Invalid",
+                format!("{}.{} \"{name}\" is invalid: {message}", ty.kind, ty.group),
+            )
+        });
     };
     let errors = schema::validate_and_prune(schema, object);
     if errors.is_empty() {
@@ -1295,6 +1305,14 @@ fn update(shared: &Shared, request: &Request<'_>, verb: Verb) -> Response {
     }
     if let Err(failure) = validate(ty, &mut next) {
         return failure.into_response();
+    }
+    if let Err(message) = builtin::check_update(ty, &current, &next) {
+        let name = meta_str(&current, "name").unwrap_or("");
+        return status(
+            422,
+            "Invalid",
+            format!("{}.{} \"{name}\" is invalid: {message}", ty.kind, ty.group),
+        );
     }
     let generation = current
         .pointer("/metadata/generation")

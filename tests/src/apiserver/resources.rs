@@ -15,7 +15,7 @@ pub struct ScaleSpec {
 }
 
 /// One served resource (group, version, plural).
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, Debug, Default, PartialEq)]
 pub struct ResourceType {
     /// API group ("" for core).
     pub group: String,

@@ -521,6 +521,102 @@ async fn a_child_the_api_server_refuses_is_shown_and_retried_calmly() {
     h.stop().await;
 }
 
+/// Quantities the server rewrites (`0.5` → `500m`, `1024Mi` → `1Gi`) are not a difference:
+/// before, every full check force-applied the StatefulSet again and published `Applied`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn quantities_the_server_rewrites_cause_no_writes() {
+    let h = Harness::start().await;
+    h.create(
+        "sized",
+        json!({"replicas": 1, "resources": {
+            "requests": {"cpu": "0.5", "memory": "1024Mi"},
+            "limits": {"memory": "1536Mi"}}}),
+    )
+    .await;
+    let stored = eventually("the StatefulSet", || async {
+        h.api::<StatefulSet>().get_opt("sized").await.ok().flatten()
+    })
+    .await;
+    let requests = stored
+        .spec
+        .and_then(|s| s.template.spec)
+        .and_then(|p| p.containers.into_iter().next())
+        .and_then(|c| c.resources)
+        .and_then(|r| r.requests)
+        .expect("requests");
+    assert_eq!(
+        requests.get("cpu").map(|q| q.0.as_str()),
+        Some("500m"),
+        "stored canonically"
+    );
+    eventually("Ready=True", || async {
+        let status = h.memories().get("sized").await.ok()?.status?;
+        status
+            .conditions
+            .iter()
+            .any(|c| c.type_ == "Ready" && c.status == "True")
+            .then_some(())
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    h.server.reset_counts();
+    // Full checks every second (resync) for three seconds: nothing to write.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let writes: Vec<_> = h
+        .server
+        .mutations()
+        .into_iter()
+        .filter(|m| m.resource != "events" && m.resource != "leases")
+        .map(|m| (m.resource, m.name))
+        .collect();
+    assert!(
+        writes.is_empty(),
+        "writes for a converged memory: {writes:?}"
+    );
+    h.stop().await;
+}
+
+/// Changing `storage.size` of an existing memory changes the StatefulSet's
+/// volumeClaimTemplates, which the API server forbids: it is shown, not retried in silence.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_storage_change_the_statefulset_cannot_take_is_shown() {
+    let h = Harness::start().await;
+    h.create("disk", json!({"replicas": 1, "storage": {"size": "1Gi"}}))
+        .await;
+    eventually("the StatefulSet", || async {
+        h.api::<StatefulSet>().get_opt("disk").await.ok().flatten()
+    })
+    .await;
+    h.memories()
+        .patch(
+            "disk",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"spec": {"storage": {"size": "2Gi"}}})),
+        )
+        .await
+        .expect("grow the storage");
+    let condition = eventually("Ready=False ChildRejected", || async {
+        let m = h.memories().get("disk").await.ok()?;
+        let generation = m.metadata.generation;
+        let status = m.status?;
+        (status.observed_generation == generation)
+            .then_some(())
+            .and_then(|()| {
+                status
+                    .conditions
+                    .into_iter()
+                    .find(|c| c.type_ == "Ready" && c.reason == "ChildRejected")
+            })
+    })
+    .await;
+    assert!(
+        condition.message.contains("StatefulSet disk") && condition.message.contains("Forbidden"),
+        "{}",
+        condition.message
+    );
+    h.stop().await;
+}
+
 /// A name whose children the API server would refuse (the CronJob `NAME-cleanup` must be at
 /// most 52 characters) is refused at validation: Ready=False InvalidSpec, no children.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -198,7 +198,8 @@ pub enum Weekday {
 /// A maintenance window: scheduled cleanups run only inside one (emergencies may not wait).
 /// It opens on each of its days at `startHour` and stays open through `endHour`; one that
 /// ends before it starts runs past midnight into the next day. The schedule uses the
-/// largest set of days × hours that lies inside the windows.
+/// largest set of days × hours inside the windows whose runs keep the decided cadence (when
+/// none can, the one whose runs are closest together, and `CleanupScheduled` says so).
 #[derive(Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct MaintenanceWindow {
@@ -489,9 +490,11 @@ pub struct CleanupPlan {
     pub time_zone: String,
     /// The cadence the policy decided, seconds.
     pub interval_seconds: u64,
-    /// Shortest time between two runs of `schedule`, seconds: `intervalSeconds` rounded to
-    /// a step cron repeats evenly (a divisor of an hour or a day, 2 or 3 days, a week),
-    /// never below `minInterval`. Absent with a fixed `spec.cleanup.schedule`.
+    /// Longest time between two runs of `schedule`, seconds, as its runs fall:
+    /// `intervalSeconds` rounded to a step cron repeats evenly (a divisor of an hour or a
+    /// day, 2 or 3 days, a week), never below `minInterval`, and longer when the
+    /// maintenance windows allow no schedule that keeps it (the `CleanupScheduled`
+    /// condition says so). Absent with a fixed `spec.cleanup.schedule`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub runs_every_seconds: Option<u64>,
     /// When the worst node is predicted to cross `degradationThreshold` (RFC 3339).

@@ -61,27 +61,95 @@ fn window_slots(windows: &[MaintenanceWindow]) -> [[bool; 24]; 7] {
     open
 }
 
-/// The hours (0–23) and cron days of the week a schedule may use: the largest set of days
-/// times hours (most day-hours; then most days) whose every pair lies inside a window, since
-/// one cron schedule runs at each of its hours on each of its days. `None` days means every
-/// day. No windows: every hour of every day. Windows that cannot all be honoured by one
-/// schedule (different hours on different days) give the largest part that can.
-fn window_hours_and_days(windows: &[MaintenanceWindow]) -> (Vec<u32>, Option<Vec<u32>>) {
+/// Every way one cron schedule can sit inside the windows: a set of days of the week with
+/// every hour open on all of them (one schedule runs at each of its hours on each of its
+/// days), most day-hours first. No windows: every hour of every day.
+fn window_rectangles(windows: &[MaintenanceWindow]) -> Vec<(Vec<u32>, Vec<u32>)> {
     let open = window_slots(windows);
-    let mut best: (usize, usize, Vec<u32>, Vec<u32>) = (0, 0, Vec::new(), Vec::new());
-    for mask in 1u32..(1 << 7) {
-        let days: Vec<u32> = (0..7).filter(|d| mask & (1 << d) != 0).collect();
-        let hours: Vec<u32> = (0..24)
-            .filter(|&h| days.iter().all(|&d| open[d as usize][h as usize]))
-            .collect();
-        let score = (days.len() * hours.len(), days.len());
-        if score > (best.0, best.1) {
-            best = (score.0, score.1, days, hours);
+    let mut rectangles: Vec<(Vec<u32>, Vec<u32>)> = (1u32..(1 << 7))
+        .map(|mask| {
+            let days: Vec<u32> = (0..7).filter(|d| mask & (1 << d) != 0).collect();
+            let hours: Vec<u32> = (0..24)
+                .filter(|&h| days.iter().all(|&d| open[d as usize][h as usize]))
+                .collect();
+            (days, hours)
+        })
+        .filter(|(_, hours)| !hours.is_empty())
+        .collect();
+    rectangles
+        .sort_by_key(|(days, hours)| std::cmp::Reverse((days.len() * hours.len(), days.len())));
+    rectangles
+}
+
+/// Minutes of the day at which a schedule with `step` runs on each of its days.
+fn day_runs(step: CronStep, minute: u32, hours: &[u32]) -> Vec<u32> {
+    let all_hours = hours.len() == 24;
+    match step {
+        CronStep::Minutes(n) => hours
+            .iter()
+            .flat_map(|h| {
+                ((minute % n)..60)
+                    .step_by(n as usize)
+                    .map(move |m| h * 60 + m)
+            })
+            .collect(),
+        CronStep::Hours(n) if all_hours => (0..24)
+            .step_by(n as usize)
+            .map(|h| h * 60 + minute)
+            .collect(),
+        CronStep::Hours(n) => spaced(hours, n, 24)
+            .iter()
+            .map(|h| h * 60 + minute)
+            .collect(),
+        CronStep::Days(_) => {
+            let hour = if all_hours {
+                3
+            } else {
+                hours.first().copied().unwrap_or(3)
+            };
+            vec![hour * 60 + minute]
         }
     }
-    let (_, _, days, hours) = best;
-    let days = (days.len() < 7).then_some(days);
-    (hours, days)
+}
+
+/// The days of the week a schedule with `step` runs on, from the days it may use.
+fn run_days(step: CronStep, days: &[u32]) -> Vec<u32> {
+    match step {
+        CronStep::Days(n) => spaced(days, n, 7),
+        _ => days.to_vec(),
+    }
+}
+
+/// The longest time between two runs of a schedule that runs at `day_runs` minutes on each
+/// of `days`, over a repeating week.
+fn longest_gap(day_runs: &[u32], days: &[u32]) -> Duration {
+    const WEEK: u32 = 7 * 24 * 60;
+    let mut runs: Vec<u32> = days
+        .iter()
+        .flat_map(|d| day_runs.iter().map(move |m| d * 24 * 60 + m))
+        .collect();
+    runs.sort_unstable();
+    let gap = match (runs.first(), runs.last()) {
+        (Some(first), Some(last)) => runs
+            .windows(2)
+            .map(|w| w[1] - w[0])
+            .chain(std::iter::once(first + WEEK - last))
+            .max()
+            .unwrap_or(WEEK),
+        _ => WEEK,
+    };
+    Duration::from_secs(u64::from(gap) * 60)
+}
+
+/// A schedule and the longest time between two of its runs.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Planned {
+    /// The five-field cron schedule.
+    pub schedule: String,
+    /// The longest time between two consecutive runs (over a repeating week).
+    pub longest_gap: Duration,
+    /// No schedule inside the windows keeps runs within the bound asked for.
+    pub windows_stretch: bool,
 }
 
 fn list(values: &[u32]) -> String {
@@ -191,14 +259,42 @@ fn spaced(values: &[u32], step: u32, modulus: u32) -> Vec<u32> {
 }
 
 /// A five-field cron schedule that runs every `step`, at `minute` past the hour, only inside
-/// `windows` (their hours and days; with several windows, the union of both). Two runs are
-/// never closer than `step.shortest()`; windows only make gaps longer.
-pub fn schedule_for(step: CronStep, minute: u32, windows: &[MaintenanceWindow]) -> String {
+/// `windows`. Two runs are never closer than `step.shortest()`. Of the ways one schedule
+/// fits the windows, the largest whose runs are never more than `bound` apart (the decided
+/// cadence, at least the step's own longest gap) is used; when none is, the one with the
+/// shortest longest gap, and `windows_stretch` says so.
+pub fn plan_schedule(
+    step: CronStep,
+    minute: u32,
+    windows: &[MaintenanceWindow],
+    bound: Duration,
+) -> Planned {
     let minute = minute % 60;
-    let (hours, days) = window_hours_and_days(windows);
+    let bound = bound.max(step.longest());
+    let scored: Vec<(Vec<u32>, Vec<u32>, Duration)> = window_rectangles(windows)
+        .into_iter()
+        .map(|(days, hours)| {
+            let gap = longest_gap(&day_runs(step, minute, &hours), &run_days(step, &days));
+            (days, hours, gap)
+        })
+        .collect();
+    let within = scored.iter().find(|(_, _, gap)| *gap <= bound);
+    let (days, hours, gap) = match within {
+        Some(found) => found.clone(),
+        None => scored
+            .iter()
+            .min_by_key(|(_, _, gap)| *gap)
+            .cloned()
+            .unwrap_or_else(|| ((0..7).collect(), (0..24).collect(), step.longest())),
+    };
     let all_hours = hours.len() == 24;
-    let dow = days.as_deref().map_or_else(|| "*".to_string(), list);
-    match step {
+    let all_days = days.len() == 7;
+    let dow = if all_days {
+        "*".to_string()
+    } else {
+        list(&days)
+    };
+    let schedule = match step {
         CronStep::Minutes(n) => {
             // n divides 60, so runs continue evenly from one hour into the next.
             let offset = minute % n;
@@ -208,15 +304,14 @@ pub fn schedule_for(step: CronStep, minute: u32, windows: &[MaintenanceWindow]) 
         // n divides 24, so runs continue evenly from one day into the next.
         CronStep::Hours(n) if all_hours => format!("{minute} */{n} * * {dow}"),
         CronStep::Hours(n) => format!("{minute} {} * * {dow}", list(&spaced(&hours, n, 24))),
-        CronStep::Days(n) => {
+        CronStep::Days(_) => {
             // Once a day, at the first window hour (03:00 without windows).
             let hour = if all_hours {
                 3
             } else {
                 hours.first().copied().unwrap_or(3)
             };
-            let week: Vec<u32> = days.unwrap_or_else(|| (0..7).collect());
-            let picked = spaced(&week, n, 7);
+            let picked = run_days(step, &days);
             let dow = if picked.len() == 7 {
                 "*".to_string()
             } else {
@@ -224,7 +319,22 @@ pub fn schedule_for(step: CronStep, minute: u32, windows: &[MaintenanceWindow]) 
             };
             format!("{minute} {hour} * * {dow}")
         }
+    };
+    Planned {
+        schedule,
+        longest_gap: gap,
+        windows_stretch: within.is_none(),
     }
+}
+
+/// [`plan_schedule`]'s schedule.
+pub fn schedule_for(
+    step: CronStep,
+    minute: u32,
+    windows: &[MaintenanceWindow],
+    bound: Duration,
+) -> String {
+    plan_schedule(step, minute, windows, bound).schedule
 }
 
 /// The step of the computed schedule for `interval`; `None` when `spec.cleanup.schedule`
@@ -248,6 +358,7 @@ pub fn build_cronjob(inputs: &Inputs<'_>) -> CronJob {
             step,
             spread_minute(&namespace, &name),
             &spec.cleanup.windows,
+            inputs.cleanup_interval,
         ),
         None => spec.cleanup.schedule.clone().unwrap_or_default(),
     };
@@ -382,6 +493,7 @@ mod tests {
             cron_step(Duration::from_secs(seconds), Duration::ZERO),
             minute,
             windows,
+            Duration::from_secs(seconds),
         )
     }
 
@@ -566,11 +678,21 @@ mod tests {
             let interval = (floor + extra).min(7 * 86_400);
             let step = cron_step(Duration::from_secs(interval), Duration::from_secs(floor));
             proptest::prop_assert!(step.shortest().as_secs() >= floor, "{step:?} for floor {floor}");
-            let schedule = schedule_for(step, minute, &windows);
+            let planned = plan_schedule(step, minute, &windows, Duration::from_secs(interval));
+            let schedule = planned.schedule.clone();
             let gaps = gaps(&schedule, start);
             proptest::prop_assert!(!gaps.is_empty(), "{schedule}: fewer than two runs in five weeks");
             for gap in &gaps {
                 proptest::prop_assert!(*gap >= floor, "{schedule}: runs {gap} s apart, minInterval {floor} s");
+            }
+            // What status.plan.runsEverySeconds says is what the runs do.
+            let longest = gaps.iter().copied().max().unwrap_or(0);
+            proptest::prop_assert_eq!(longest, planned.longest_gap.as_secs(), "{}", schedule);
+            // With windows too: the cadence (or the step's own longest gap) is kept whenever
+            // some schedule inside the windows can keep it.
+            if !planned.windows_stretch {
+                let bound = interval.max(step.longest().as_secs());
+                proptest::prop_assert!(longest <= bound, "{schedule}: runs {longest} s apart, bound {bound} s, windows {windows:?}");
             }
             if windows.is_empty() {
                 let longest = gaps.iter().copied().max().unwrap_or(0);
@@ -582,6 +704,42 @@ mod tests {
                 );
             }
         }
+    }
+
+    /// examples/production.yaml's windows (Mon–Fri 1–5, Sat–Sun all day) with maxInterval
+    /// 24h: the weekend-only schedule had a six-day gap; now one run a day in 1–5.
+    #[test]
+    fn windows_keep_the_cadence_when_a_schedule_inside_them_can() {
+        let windows: Vec<MaintenanceWindow> = serde_json::from_value(serde_json::json!([
+            {"days": ["Mon", "Tue", "Wed", "Thu", "Fri"], "startHour": 1, "endHour": 5},
+            {"days": ["Sat", "Sun"], "startHour": 0, "endHour": 23}
+        ]))
+        .expect("windows");
+        let daily = plan_schedule(CronStep::Days(1), 23, &windows, Duration::from_secs(86_400));
+        assert_eq!(daily.schedule, "23 1 * * *");
+        assert_eq!(daily.longest_gap, Duration::from_secs(86_400));
+        assert!(!daily.windows_stretch);
+        let half_hourly = plan_schedule(
+            CronStep::Minutes(30),
+            23,
+            &windows,
+            Duration::from_secs(1800),
+        );
+        assert!(half_hourly.windows_stretch, "{half_hourly:?}");
+        // Only Saturday and Sunday can run every hour: the longest gap is said.
+        let one_window = [MaintenanceWindow {
+            days: vec![Weekday::Sat],
+            start_hour: 2,
+            end_hour: 3,
+        }];
+        let weekly = plan_schedule(
+            CronStep::Days(1),
+            0,
+            &one_window,
+            Duration::from_secs(86_400),
+        );
+        assert!(weekly.windows_stretch);
+        assert_eq!(weekly.longest_gap, Duration::from_secs(7 * 86_400));
     }
 
     #[test]

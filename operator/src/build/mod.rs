@@ -26,7 +26,7 @@ use crate::validate::ValidSpec;
 pub use configmap::{CONFIG_FILE, build_configmap, config_hash};
 pub use cronjob::{
     CronStep, EMERGENCY_COMPONENT, LONGEST_INTERVAL, build_cronjob, build_emergency_job,
-    computed_step, cron_step, emergency_job_name, schedule_for, spread_minute,
+    computed_step, cron_step, emergency_job_name, plan_schedule, schedule_for, spread_minute,
 };
 pub use pdb::build_pdb;
 pub use service::{build_client_service, build_headless_service};

@@ -471,6 +471,14 @@ pub fn record(
     }
 }
 
+/// Whether the maintenance windows allow no schedule that keeps the decided cadence.
+fn windows_stretch(valid: &ValidSpec, decision: &Decision) -> bool {
+    build::computed_step(valid, decision.interval).is_some_and(|step| {
+        build::plan_schedule(step, 0, &valid.spec.cleanup.windows, decision.interval)
+            .windows_stretch
+    })
+}
+
 /// The cleanup plan in force.
 pub fn plan(valid: &ValidSpec, cronjob: &CronJob, decision: &Decision, now: f64) -> CleanupPlan {
     let spec = cronjob.spec.as_ref();
@@ -485,8 +493,11 @@ pub fn plan(valid: &ValidSpec, cronjob: &CronJob, decision: &Decision, now: f64)
         schedule: spec.map(|s| s.schedule.clone()).unwrap_or_default(),
         time_zone: spec.and_then(|s| s.time_zone.clone()).unwrap_or_default(),
         interval_seconds: decision.interval.as_secs(),
-        runs_every_seconds: build::computed_step(valid, decision.interval)
-            .map(|step| step.shortest().as_secs()),
+        runs_every_seconds: build::computed_step(valid, decision.interval).map(|step| {
+            build::plan_schedule(step, 0, &valid.spec.cleanup.windows, decision.interval)
+                .longest_gap
+                .as_secs()
+        }),
         predicted_breach: decision
             .predicted_breach_seconds
             .filter(|s| *s > 0.0 && s.is_finite())
@@ -567,13 +578,33 @@ pub fn decision_conditions(
             off,
             format!("{off}: the CronJob is suspended"),
         ),
-        None => condition(
-            memory,
-            conditions::CLEANUP_SCHEDULED,
-            true,
-            "Scheduled",
-            format!("{} ({}): {}", plan.schedule, plan.time_zone, plan.reason),
-        ),
+        None => match plan.runs_every_seconds {
+            Some(longest)
+                if longest > decision.interval.as_secs() && windows_stretch(valid, decision) =>
+            {
+                condition(
+                    memory,
+                    conditions::CLEANUP_SCHEDULED,
+                    true,
+                    "WindowsStretchInterval",
+                    format!(
+                        "{} ({}): no schedule inside the maintenance windows keeps runs within \
+                         {} s; they are up to {longest} s apart: {}",
+                        plan.schedule,
+                        plan.time_zone,
+                        decision.interval.as_secs(),
+                        plan.reason
+                    ),
+                )
+            }
+            _ => condition(
+                memory,
+                conditions::CLEANUP_SCHEDULED,
+                true,
+                "Scheduled",
+                format!("{} ({}): {}", plan.schedule, plan.time_zone, plan.reason),
+            ),
+        },
     };
     let ineffective = if history.ineffective_cleanups >= INEFFECTIVE_LIMIT {
         condition(

@@ -23,11 +23,25 @@ pub fn app(metrics: Arc<Metrics>) -> Router {
                 )
             }),
         )
-        .route("/healthz", get(|| async { "ok" }))
-        // Ready as soon as it serves: a follower is ready too (it stands by for the lease).
+        // Liveness: reconciles finish (see `crate::health`).
+        .route(
+            "/healthz",
+            get(|State(m): State<Arc<Metrics>>| async move {
+                match m.health.unhealthy() {
+                    None => (StatusCode::OK, "ok".to_string()).into_response(),
+                    Some(why) => (StatusCode::SERVICE_UNAVAILABLE, why).into_response(),
+                }
+            }),
+        )
+        // Readiness: a follower stands by; the leader once its cache has synced.
         .route(
             "/readyz",
-            get(|| async { (StatusCode::OK, "ready").into_response() }),
+            get(|State(m): State<Arc<Metrics>>| async move {
+                match m.health.unready() {
+                    None => (StatusCode::OK, "ready").into_response(),
+                    Some(why) => (StatusCode::SERVICE_UNAVAILABLE, why).into_response(),
+                }
+            }),
         )
         .with_state(metrics)
 }
@@ -55,6 +69,7 @@ mod tests {
     async fn metrics_health_and_readiness_answer() {
         let metrics = Arc::new(Metrics::new().expect("metrics"));
         metrics.leader.set(1);
+        let health = Arc::clone(&metrics.health);
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await
             .expect("bind");
@@ -78,6 +93,16 @@ mod tests {
         };
         assert!(get("/metrics").await.contains("phoenix_operator_leader 1"));
         assert!(get("/healthz").await.starts_with("HTTP/1.1 200"));
+        assert!(
+            get("/readyz").await.starts_with("HTTP/1.1 200"),
+            "a follower stands by"
+        );
+        health.set_leading(true);
+        assert!(
+            get("/readyz").await.starts_with("HTTP/1.1 503"),
+            "a leader not yet synced"
+        );
+        health.set_synced();
         assert!(get("/readyz").await.starts_with("HTTP/1.1 200"));
     }
 }

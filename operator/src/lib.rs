@@ -15,6 +15,7 @@
 pub mod build;
 pub mod controller;
 pub mod crd;
+pub mod health;
 pub mod http;
 pub mod metrics;
 pub mod observe;

@@ -20,6 +20,8 @@ pub struct Metrics {
     emergency_jobs: IntCounter,
     cadence: GaugeVec,
     status_writes: IntCounterVec,
+    /// Readiness and liveness of the controller (see [`crate::health`]).
+    pub health: std::sync::Arc<crate::health::Health>,
 }
 
 impl Metrics {
@@ -125,6 +127,7 @@ impl Metrics {
             emergency_jobs,
             cadence,
             status_writes,
+            health: std::sync::Arc::default(),
         })
     }
 

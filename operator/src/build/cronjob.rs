@@ -271,22 +271,23 @@ pub fn plan_schedule(
 ) -> Planned {
     let minute = minute % 60;
     let bound = bound.max(step.longest());
-    let scored: Vec<(Vec<u32>, Vec<u32>, Duration)> = window_rectangles(windows)
-        .into_iter()
-        .map(|(days, hours)| {
-            let gap = longest_gap(&day_runs(step, minute, &hours), &run_days(step, &days));
-            (days, hours, gap)
-        })
-        .collect();
-    let within = scored.iter().find(|(_, _, gap)| *gap <= bound);
-    let (days, hours, gap) = match within {
-        Some(found) => found.clone(),
-        None => scored
-            .iter()
-            .min_by_key(|(_, _, gap)| *gap)
-            .cloned()
-            .unwrap_or_else(|| ((0..7).collect(), (0..24).collect(), step.longest())),
-    };
+    // Largest first: the first within the bound is the answer (without windows, at once).
+    let mut closest: Option<(Vec<u32>, Vec<u32>, Duration)> = None;
+    let mut within = None;
+    for (days, hours) in window_rectangles(windows) {
+        let gap = longest_gap(&day_runs(step, minute, &hours), &run_days(step, &days));
+        if gap <= bound {
+            within = Some((days, hours, gap));
+            break;
+        }
+        if closest.as_ref().is_none_or(|(_, _, best)| gap < *best) {
+            closest = Some((days, hours, gap));
+        }
+    }
+    let stretched = within.is_none();
+    let (days, hours, gap) = within
+        .or(closest)
+        .unwrap_or_else(|| ((0..7).collect(), (0..24).collect(), step.longest()));
     let all_hours = hours.len() == 24;
     let all_days = days.len() == 7;
     let dow = if all_days {
@@ -323,7 +324,7 @@ pub fn plan_schedule(
     Planned {
         schedule,
         longest_gap: gap,
-        windows_stretch: within.is_none(),
+        windows_stretch: stretched,
     }
 }
 

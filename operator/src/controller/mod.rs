@@ -260,11 +260,13 @@ pub async fn run(
     let Some(election) = settings.leader_election.clone() else {
         let mut stop = stop_rx.clone();
         metrics.leader.set(1);
+        metrics.health.set_leading(true);
         run_controller(client, settings, Arc::clone(&metrics), async move {
             let _ = stop.wait_for(|s| *s).await;
         })
         .await;
         metrics.leader.set(0);
+        metrics.health.set_leading(false);
         return Ok(());
     };
     let manager =
@@ -290,6 +292,7 @@ pub async fn run(
         let mut lost = leading.clone();
         let mut stop_inner = stop_rx.clone();
         metrics.leader.set(1);
+        metrics.health.set_leading(true);
         run_controller(client.clone(), settings.clone(), Arc::clone(&metrics), async move {
             tokio::select! {
                 _ = lost.wait_for(|l| !*l) => tracing::warn!("lost the lease: stopping reconciles"),
@@ -298,6 +301,7 @@ pub async fn run(
                 })
         .await;
         metrics.leader.set(0);
+        metrics.health.set_leading(false);
         if *stop.borrow() {
             break;
         }
@@ -345,39 +349,49 @@ async fn run_controller(
         changes: Arc::clone(&changes),
         verified: Arc::default(),
     });
-    Controller::new(
+    let controller = Controller::new(
         api::<PhoenixMemory>(&client, &ns),
         watcher::Config::default(),
-    )
-    .owns(api::<StatefulSet>(&client, &ns), owned.clone())
-    .owns(api::<ConfigMap>(&client, &ns), owned.clone())
-    .owns(api::<Secret>(&client, &ns), owned.clone())
-    .owns(api::<Service>(&client, &ns), owned.clone())
-    .owns(api::<PodDisruptionBudget>(&client, &ns), owned.clone())
-    .owns(api::<CronJob>(&client, &ns), owned)
-    .with_config(
-        kube::runtime::controller::Config::default()
-            .concurrency(settings.concurrency)
-            .debounce(DEBOUNCE),
-    )
-    .graceful_shutdown_on(shutdown)
-    .run(measured_reconcile, error_policy, Arc::clone(&context))
-    .for_each(|result| {
-        // A memory that is gone (deleted, then requeued or woken by its children's
-        // deletion) keeps nothing behind.
-        if let Err(kube::runtime::controller::Error::ObjectNotFound(object)) = &result {
-            context.forget(
-                object.namespace.as_deref().unwrap_or_default(),
-                &object.name,
-            );
+    );
+    // Ready once the cache of memories has listed them all.
+    let memories = controller.store();
+    let health = Arc::clone(&context.metrics.health);
+    let synced = tokio::spawn(async move {
+        if memories.wait_until_ready().await.is_ok() {
+            health.set_synced();
         }
-        async move {
-            if let Err(error) = result {
-                tracing::debug!(%error, "reconcile failed");
+    });
+    controller
+        .owns(api::<StatefulSet>(&client, &ns), owned.clone())
+        .owns(api::<ConfigMap>(&client, &ns), owned.clone())
+        .owns(api::<Secret>(&client, &ns), owned.clone())
+        .owns(api::<Service>(&client, &ns), owned.clone())
+        .owns(api::<PodDisruptionBudget>(&client, &ns), owned.clone())
+        .owns(api::<CronJob>(&client, &ns), owned)
+        .with_config(
+            kube::runtime::controller::Config::default()
+                .concurrency(settings.concurrency)
+                .debounce(DEBOUNCE),
+        )
+        .graceful_shutdown_on(shutdown)
+        .run(measured_reconcile, error_policy, Arc::clone(&context))
+        .for_each(|result| {
+            // A memory that is gone (deleted, then requeued or woken by its children's
+            // deletion) keeps nothing behind.
+            if let Err(kube::runtime::controller::Error::ObjectNotFound(object)) = &result {
+                context.forget(
+                    object.namespace.as_deref().unwrap_or_default(),
+                    &object.name,
+                );
             }
-        }
-    })
-    .await;
+            async move {
+                if let Err(error) = result {
+                    tracing::debug!(%error, "reconcile failed");
+                }
+            }
+        })
+        .await;
+    synced.abort();
     for tracker in trackers {
         tracker.abort();
     }
@@ -403,7 +417,9 @@ async fn measured_reconcile(
     ctx: Arc<Context>,
 ) -> Result<Action, Error> {
     let started = std::time::Instant::now();
+    ctx.metrics.health.started();
     let result = reconcile(Arc::clone(&memory), Arc::clone(&ctx)).await;
+    ctx.metrics.health.finished();
     ctx.metrics.reconciled(
         started.elapsed().as_secs_f64(),
         result.as_ref().err().map(Error::category),

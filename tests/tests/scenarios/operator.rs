@@ -236,6 +236,9 @@ async fn create_update_repair_scale_and_delete() {
     .await;
     assert_eq!(ready.observed_generation, Some(1));
     assert!(ready.selector.is_some());
+    // The operator's own /readyz: it leads (no election here) and its cache has synced.
+    assert_eq!(h.metrics.health.unready(), None);
+    assert_eq!(h.metrics.health.unhealthy(), None);
     let cron = h
         .api::<CronJob>()
         .get("mem-cleanup")

@@ -353,12 +353,28 @@ async fn run_controller(
         api::<PhoenixMemory>(&client, &ns),
         watcher::Config::default(),
     );
-    // Ready once the cache of memories has listed them all.
-    let memories = controller.store();
+    // Ready once the memories can be listed: what the controller's watch starts with.
+    // (kube-runtime's `Store::wait_until_ready` on the controller's own store did not
+    // resolve against the in-process API server; a list is the same question, asked once.)
     let health = Arc::clone(&context.metrics.health);
+    let lister = api::<PhoenixMemory>(&client, &ns);
     let synced = tokio::spawn(async move {
-        if memories.wait_until_ready().await.is_ok() {
-            health.set_synced();
+        let mut delay = Duration::from_millis(100);
+        loop {
+            match lister
+                .list(&kube::api::ListParams::default().limit(1))
+                .await
+            {
+                Ok(_) => {
+                    health.set_synced();
+                    return;
+                }
+                Err(error) => {
+                    tracing::warn!(%error, "cannot list the memories yet");
+                    tokio::time::sleep(delay).await;
+                    delay = (delay * 2).min(Duration::from_secs(10));
+                }
+            }
         }
     });
     controller

@@ -237,7 +237,10 @@ async fn create_update_repair_scale_and_delete() {
     assert_eq!(ready.observed_generation, Some(1));
     assert!(ready.selector.is_some());
     // The operator's own /readyz: it leads (no election here) and its cache has synced.
-    assert_eq!(h.metrics.health.unready(), None);
+    eventually("the operator ready", || async {
+        h.metrics.health.unready().is_none().then_some(())
+    })
+    .await;
     assert_eq!(h.metrics.health.unhealthy(), None);
     let cron = h
         .api::<CronJob>()

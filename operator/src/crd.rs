@@ -370,7 +370,8 @@ pub struct PhoenixMemoryStatus {
     /// The worst node's latency ratio, when known.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub worst_ratio: Option<f64>,
-    /// `Ready`, `Degraded`, `CleanupScheduled`, `MetricsStale`, `CleanupIneffective`.
+    /// `Ready`, `Progressing`, `Degraded`, `CleanupScheduled`, `MetricsStale`,
+    /// `CleanupIneffective`.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub conditions: Vec<Condition>,
     /// Per-node observations from the nodes' metrics.
@@ -507,8 +508,11 @@ pub struct CleanupPlan {
 
 /// The condition types the operator sets.
 pub mod conditions {
-    /// Every child is applied and the spec is valid.
+    /// The memory serves: the spec is valid, every child is applied and every node is
+    /// ready (`kubectl wait --for=condition=Ready` returns when it can take traffic).
     pub const READY: &str = "Ready";
+    /// A rollout, scale or resize of the nodes is under way.
+    pub const PROGRESSING: &str = "Progressing";
     /// At least one node's ratio is above the degradation threshold.
     pub const DEGRADED: &str = "Degraded";
     /// A cleanup schedule is in force.

@@ -184,9 +184,56 @@ pub struct Observed {
     pub conditions: Vec<Condition>,
 }
 
-/// Every child applied: `Ready=True`, replicas from the StatefulSet, and what was observed
-/// (at `now`, Unix seconds) and decided. Writes only what is worth a write (see
-/// `worth_writing`); returns whether it wrote.
+/// `Ready` and `Progressing` from the StatefulSet once every child is applied: ready when
+/// every node is (the memory serves), progressing while nodes are missing, unready or on an
+/// older revision.
+pub fn rollout_conditions(
+    memory: &PhoenixMemory,
+    statefulset: &StatefulSet,
+) -> (Condition, Condition) {
+    let wanted = memory.spec.replicas.max(0);
+    let sts = statefulset.status.as_ref();
+    let ready = sts.and_then(|s| s.ready_replicas).unwrap_or(0);
+    let updated = sts.and_then(|s| s.updated_replicas).unwrap_or(0);
+    let revision_behind =
+        sts.is_some_and(|s| s.update_revision.is_some() && s.current_revision != s.update_revision);
+    let nodes = format!("every child is applied; {ready} of {wanted} nodes ready");
+    let ready_condition = if wanted == 0 {
+        condition(
+            memory,
+            conditions::READY,
+            false,
+            "ScaledToZero",
+            "replicas is 0: no node serves".into(),
+        )
+    } else if ready >= wanted {
+        condition(memory, conditions::READY, true, "NodesReady", nodes.clone())
+    } else {
+        condition(
+            memory,
+            conditions::READY,
+            false,
+            "NodesNotReady",
+            nodes.clone(),
+        )
+    };
+    let progressing = if ready < wanted || (updated < wanted && revision_behind) {
+        condition(
+            memory,
+            conditions::PROGRESSING,
+            true,
+            "RollingOut",
+            format!("{nodes}, {updated} on the newest revision"),
+        )
+    } else {
+        condition(memory, conditions::PROGRESSING, false, "Complete", nodes)
+    };
+    (ready_condition, progressing)
+}
+
+/// Every child applied: `Ready` and `Progressing` from the nodes, replicas from the
+/// StatefulSet, and what was observed (at `now`, Unix seconds) and decided. Writes only
+/// what is worth a write (see `worth_writing`); returns whether it wrote.
 pub async fn ready(
     ctx: &Context,
     memory: &PhoenixMemory,
@@ -197,16 +244,9 @@ pub async fn ready(
 ) -> Result<bool, Error> {
     let current = memory.status.clone().unwrap_or_default();
     let sts_status = statefulset.status.as_ref();
-    let mut conditions = with_condition(
-        &current.conditions,
-        condition(
-            memory,
-            conditions::READY,
-            true,
-            "Reconciled",
-            "every child is applied".into(),
-        ),
-    );
+    let (ready, progressing) = rollout_conditions(memory, statefulset);
+    let mut conditions = with_condition(&current.conditions, ready);
+    conditions = with_condition(&conditions, progressing);
     for new in observed.conditions {
         conditions = with_condition(&conditions, new);
     }
@@ -272,6 +312,49 @@ pub async fn not_ready(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn ready_means_every_node_serves_and_progressing_says_a_rollout_is_under_way() {
+        let memory = |replicas: i32| -> PhoenixMemory {
+            serde_json::from_value(serde_json::json!({
+                "apiVersion": "phoenix.dev/v1alpha1", "kind": "PhoenixMemory",
+                "metadata": {"name": "mem", "namespace": "ns", "generation": 2},
+                "spec": {"replicas": replicas}
+            }))
+            .expect("memory")
+        };
+        let sts = |ready: i32, updated: i32, current: &str, update: &str| -> StatefulSet {
+            serde_json::from_value(serde_json::json!({"status": {
+                "replicas": 3, "readyReplicas": ready, "updatedReplicas": updated,
+                "currentRevision": current, "updateRevision": update
+            }}))
+            .expect("statefulset")
+        };
+        let (ready, progressing) = rollout_conditions(&memory(3), &StatefulSet::default());
+        assert_eq!(
+            (ready.status.as_str(), ready.reason.as_str()),
+            ("False", "NodesNotReady")
+        );
+        assert_eq!(progressing.status, "True");
+        let (ready, progressing) = rollout_conditions(&memory(3), &sts(3, 3, "a", "a"));
+        assert_eq!(
+            (ready.status.as_str(), ready.reason.as_str()),
+            ("True", "NodesReady")
+        );
+        assert_eq!(
+            (progressing.status.as_str(), progressing.reason.as_str()),
+            ("False", "Complete")
+        );
+        // A rolling update: every node ready, one still on the old revision.
+        let (ready, progressing) = rollout_conditions(&memory(3), &sts(3, 2, "a", "b"));
+        assert_eq!(ready.status, "True");
+        assert_eq!(progressing.reason, "RollingOut");
+        let (ready, _) = rollout_conditions(&memory(0), &sts(0, 0, "a", "a"));
+        assert_eq!(
+            (ready.status.as_str(), ready.reason.as_str()),
+            ("False", "ScaledToZero")
+        );
+    }
 
     fn cond(status: &str, at: i64) -> Condition {
         Condition {

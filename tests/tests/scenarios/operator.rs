@@ -98,6 +98,27 @@ impl Harness {
             .expect("create memory");
     }
 
+    /// The StatefulSet controller's and the kubelet's part: every node of `name` runs and is
+    /// ready (there are no pods here).
+    async fn nodes_ready(&self, name: &str) {
+        let sts = eventually("the StatefulSet", || async {
+            self.api::<StatefulSet>().get_opt(name).await.ok().flatten()
+        })
+        .await;
+        let replicas = sts.spec.and_then(|s| s.replicas).unwrap_or(1);
+        self.api::<StatefulSet>()
+            .patch_status(
+                name,
+                &PatchParams::default(),
+                &Patch::Merge(json!({"status": {
+                    "replicas": replicas, "readyReplicas": replicas,
+                    "updatedReplicas": replicas, "currentReplicas": replicas,
+                }})),
+            )
+            .await
+            .expect("StatefulSet status");
+    }
+
     /// The first Event with `reason`, waiting for it.
     async fn event(&self, reason: &str) -> k8s_openapi::api::events::v1::Event {
         let events: Api<k8s_openapi::api::events::v1::Event> = self.api();
@@ -152,6 +173,7 @@ async fn a_converged_memory_is_not_reread_until_a_child_changes() {
     })
     .await;
     h.create("mem", json!({"replicas": 1})).await;
+    h.nodes_ready("mem").await;
     eventually("Ready=True", || async {
         let status = h.memories().get("mem").await.ok()?.status?;
         status
@@ -224,6 +246,25 @@ async fn create_update_repair_scale_and_delete() {
     assert!(h.exists::<Service>("mem-nodes").await);
     assert!(h.exists::<PodDisruptionBudget>("mem").await);
     assert!(h.exists::<CronJob>("mem-cleanup").await);
+    // Children applied, no node ready yet: not Ready, progressing.
+    let waiting = eventually("Ready=False NodesNotReady", || async {
+        let status = h.memories().get("mem").await.ok()?.status?;
+        status
+            .conditions
+            .iter()
+            .any(|c| c.type_ == "Ready" && c.reason == "NodesNotReady")
+            .then_some(status)
+    })
+    .await;
+    assert!(
+        waiting
+            .conditions
+            .iter()
+            .any(|c| c.type_ == "Progressing" && c.status == "True"),
+        "{:?}",
+        waiting.conditions
+    );
+    h.nodes_ready("mem").await;
     let ready = eventually("Ready=True", || async {
         let m = h.memories().get("mem").await.ok()?;
         let status = m.status?;
@@ -555,6 +596,7 @@ async fn quantities_the_server_rewrites_cause_no_writes() {
         Some("500m"),
         "stored canonically"
     );
+    h.nodes_ready("sized").await;
     eventually("Ready=True", || async {
         let status = h.memories().get("sized").await.ok()?.status?;
         status

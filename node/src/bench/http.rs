@@ -21,10 +21,10 @@ use crate::store::Store;
 const WINDOWS: usize = 10;
 
 /// A node served on 127.0.0.1 by a runtime of its own.
-struct Served {
-    url: String,
-    node: Arc<Node>,
-    runtime: tokio::runtime::Runtime,
+pub(super) struct Served {
+    pub(super) url: String,
+    pub(super) node: Arc<Node>,
+    pub(super) runtime: tokio::runtime::Runtime,
 }
 
 fn serve(dir: &Path, durability: DurabilityMode) -> Result<Served, BenchError> {
@@ -34,6 +34,11 @@ fn serve(dir: &Path, durability: DurabilityMode) -> Result<Served, BenchError> {
     };
     config.durability.mode = durability;
     config.cache_capacity.0 = 256 << 20;
+    serve_with(config)
+}
+
+/// A node with `config`, served on 127.0.0.1.
+pub(super) fn serve_with(config: NodeConfig) -> Result<Served, BenchError> {
     let store = Arc::new(Store::open(config.store_config())?);
     let node = Arc::new(
         Node::new(store, config, None).map_err(|e| BenchError::Http(format!("node: {e}")))?,

@@ -15,10 +15,9 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
+use super::http::{Served, serve_with};
 use super::{BenchError, BenchOptions, ScenarioResult, peak_rss_bytes, reset_peak_rss};
 use crate::config::NodeConfig;
-use crate::service::{Node, app};
-use crate::store::Store;
 
 const DEFAULT_CACHE: u64 = 64 << 20;
 const MIB: usize = 1 << 20;
@@ -51,12 +50,6 @@ pub fn allocator() -> &'static str {
     }
 }
 
-struct Served {
-    url: String,
-    runtime: tokio::runtime::Runtime,
-    store: Arc<Store>,
-}
-
 fn serve(dir: &Path) -> Result<Served, BenchError> {
     let mut config = NodeConfig {
         data_dir: dir.join("db"),
@@ -66,24 +59,7 @@ fn serve(dir: &Path) -> Result<Served, BenchError> {
     config.limits.max_value_bytes = MIB;
     config.limits.max_body_bytes = MIB + 4096;
     config.disk.min_free_bytes.0 = 0;
-    let store = Arc::new(Store::open(config.store_config())?);
-    let node = Arc::new(
-        Node::new(Arc::clone(&store), config, None)
-            .map_err(|e| BenchError::Http(format!("node: {e}")))?,
-    );
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()?;
-    let listener = runtime.block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))?;
-    let url = format!("http://{}", listener.local_addr()?);
-    let router = app(node);
-    runtime.spawn(async move { axum::serve(listener, router).await });
-    Ok(Served {
-        url,
-        runtime,
-        store,
-    })
+    serve_with(config)
 }
 
 fn put(agent: &ureq::Agent, url: &str, key: &str, value: &[u8]) -> Result<(), BenchError> {
@@ -145,7 +121,7 @@ pub fn large_values(_options: &BenchOptions, dir: &Path) -> Result<ScenarioResul
         put(&agent, &url, &format!("burst-{i:03}"), b"small")?;
     }
     let after_overwrite = settled_rss();
-    let keys = served.store.key_count();
+    let keys = served.node.store.key_count();
     let target = cache() + (64 << 20) + 150 * keys;
     record(
         "overwritten with 5-byte values: RSS",
@@ -166,7 +142,7 @@ pub fn large_values(_options: &BenchOptions, dir: &Path) -> Result<ScenarioResul
         peak_rss_bytes().map_or_else(|| "-".into(), mib),
     );
     let after_writes = settled_rss();
-    let keys = served.store.key_count();
+    let keys = served.node.store.key_count();
     record(
         "  RSS after",
         format!(
@@ -177,8 +153,10 @@ pub fn large_values(_options: &BenchOptions, dir: &Path) -> Result<ScenarioResul
     );
 
     // Reopen, then read all 800.
-    let Served { runtime, store, .. } = served;
+    let Served { runtime, node, .. } = served;
     runtime.shutdown_timeout(Duration::from_secs(5));
+    let store = Arc::clone(&node.store);
+    drop(node);
     match Arc::try_unwrap(store) {
         Ok(store) => store.close()?,
         Err(_) => return Err(BenchError::Http("the store is still shared".into())),

@@ -272,14 +272,16 @@ mod tests {
 
     #[test]
     fn memory_is_derived_from_the_cache_unless_resources_are_set() {
-        let derived = memory(serde_json::json!({"node": {"cacheCapacity": "64Mi"}}));
-        let sts = with_inputs(&derived, |i| build_statefulset(i, "x"));
-        let resources = sts
-            .spec
-            .and_then(|s| s.template.spec)
-            .and_then(|p| p.containers.into_iter().next())
-            .and_then(|c| c.resources)
-            .expect("resources");
+        let resources_of = |spec: serde_json::Value| {
+            let memory = memory(spec);
+            with_inputs(&memory, |i| build_statefulset(i, "x"))
+                .spec
+                .and_then(|s| s.template.spec)
+                .and_then(|p| p.containers.into_iter().next())
+                .and_then(|c| c.resources)
+                .expect("resources")
+        };
+        let resources = resources_of(serde_json::json!({"node": {"cacheCapacity": "64Mi"}}));
         let memory_of =
             |map: Option<BTreeMap<String, Quantity>>| map.and_then(|m| m.get("memory").cloned());
         assert_eq!(
@@ -287,14 +289,8 @@ mod tests {
             Some(Quantity("192Mi".into()))
         );
         assert_eq!(memory_of(resources.limits), Some(Quantity("640Mi".into())));
-        let set = memory(serde_json::json!({"resources": {"limits": {"memory": "1Gi"}}}));
-        let sts = with_inputs(&set, |i| build_statefulset(i, "x"));
-        let resources = sts
-            .spec
-            .and_then(|s| s.template.spec)
-            .and_then(|p| p.containers.into_iter().next())
-            .and_then(|c| c.resources)
-            .expect("resources");
+        let resources =
+            resources_of(serde_json::json!({"resources": {"limits": {"memory": "1Gi"}}}));
         assert_eq!(memory_of(resources.limits), Some(Quantity("1Gi".into())));
         assert_eq!(
             resources.requests, None,

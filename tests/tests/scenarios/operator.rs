@@ -119,6 +119,26 @@ impl Harness {
             .expect("StatefulSet status");
     }
 
+    /// `Ready=False` with reason `ChildRejected` at the memory's current generation,
+    /// waiting for it.
+    async fn rejected(
+        &self,
+        name: &str,
+    ) -> k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition {
+        eventually("Ready=False ChildRejected", || async {
+            let m = self.memories().get(name).await.ok()?;
+            let status = m.status?;
+            if status.observed_generation != m.metadata.generation {
+                return None;
+            }
+            status
+                .conditions
+                .into_iter()
+                .find(|c| c.type_ == "Ready" && c.reason == "ChildRejected")
+        })
+        .await
+    }
+
     /// The first Event with `reason`, waiting for it.
     async fn event(&self, reason: &str) -> k8s_openapi::api::events::v1::Event {
         let events: Api<k8s_openapi::api::events::v1::Event> = self.api();
@@ -519,20 +539,7 @@ async fn a_child_the_api_server_refuses_is_shown_and_retried_calmly() {
         FaultAction::Fail(422),
     );
     h.create("refused", json!({"replicas": 1})).await;
-    let condition = eventually("Ready=False ChildRejected", || async {
-        let m = h.memories().get("refused").await.ok()?;
-        let generation = m.metadata.generation;
-        let status = m.status?;
-        (status.observed_generation == generation)
-            .then_some(())
-            .and_then(|()| {
-                status
-                    .conditions
-                    .into_iter()
-                    .find(|c| c.type_ == "Ready" && c.reason == "ChildRejected")
-            })
-    })
-    .await;
+    let condition = h.rejected("refused").await;
     assert_eq!(condition.status, "False");
     assert!(
         condition.message.contains("StatefulSet refused") && condition.message.contains("422"),
@@ -643,20 +650,7 @@ async fn a_storage_change_the_statefulset_cannot_take_is_shown() {
         )
         .await
         .expect("grow the storage");
-    let condition = eventually("Ready=False ChildRejected", || async {
-        let m = h.memories().get("disk").await.ok()?;
-        let generation = m.metadata.generation;
-        let status = m.status?;
-        (status.observed_generation == generation)
-            .then_some(())
-            .and_then(|()| {
-                status
-                    .conditions
-                    .into_iter()
-                    .find(|c| c.type_ == "Ready" && c.reason == "ChildRejected")
-            })
-    })
-    .await;
+    let condition = h.rejected("disk").await;
     assert!(
         condition.message.contains("StatefulSet disk") && condition.message.contains("Forbidden"),
         "{}",

@@ -20,6 +20,10 @@ use crate::merkle;
 /// Keys named in the corruption record (the counter keeps counting past it).
 const KEYS_KEPT: usize = 100;
 
+/// Value bytes one batch reads at most, so that a batch of large (chunked) values holds the
+/// write lock about a millisecond, not a batch's worth of megabytes.
+const BATCH_BYTES: usize = 1 << 20;
+
 /// What corruption has been found since the node started.
 #[derive(Clone, Debug, Default, PartialEq, Serialize)]
 #[serde(rename_all = "camelCase")]
@@ -113,7 +117,8 @@ impl Store {
         Ok(true)
     }
 
-    /// Checks up to `batch` records after `cursor` against the Merkle tree.
+    /// Checks up to `batch` records (and about 1 MiB of values) after `cursor` against the
+    /// Merkle tree.
     ///
     /// # Errors
     /// None for corruption (it is recorded); engine errors that are not corruption.
@@ -129,6 +134,7 @@ impl Store {
         let began_at_write = *cursor.began_at_write.get_or_insert(writes);
         let engine = self.engine.load();
         let mut seen = 0;
+        let mut bytes = 0usize;
         for entry in engine.db.range::<Vec<u8>, _>((lower, upper)) {
             let (key, record) = match entry {
                 Ok(entry) => entry,
@@ -146,7 +152,9 @@ impl Store {
             };
             let user_key = &key[1..];
             let expected = state.tree.leaf(&merkle::key_path(user_key));
-            let problem = match (full_value(&engine.db, &record), expected) {
+            let value = full_value(&engine.db, &record);
+            bytes += value.as_ref().map_or(0, |v| v.len());
+            let problem = match (value, expected) {
                 (Err(error), _) if error.is_corruption() => {
                     Some("the record does not decode, or its chunks are missing or unreadable")
                 }
@@ -163,7 +171,7 @@ impl Store {
             cursor.after = Some(user_key.to_vec());
             cursor.checked += 1;
             seen += 1;
-            if seen == batch {
+            if seen == batch || bytes >= BATCH_BYTES {
                 return Ok(ScrubStep::More);
             }
         }

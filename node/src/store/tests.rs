@@ -922,3 +922,23 @@ fn a_rebuild_drops_chunks_no_record_names_and_the_scrub_finds_missing_ones() {
     assert!(store.is_corrupted());
     assert!(store.retrieve(b"kept").is_err());
 }
+
+#[test]
+fn a_scrub_batch_of_large_values_stops_after_about_a_mebibyte() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = open_in(dir.path());
+    let big = vec![3u8; 300_000];
+    for i in 0..10 {
+        store
+            .store(format!("big{i}").as_bytes(), &big, None)
+            .expect("store");
+    }
+    let mut cursor = ScrubCursor::default();
+    assert_eq!(
+        store.scrub_step(&mut cursor, 1000).expect("scrub"),
+        ScrubStep::More
+    );
+    assert_eq!(cursor.checked, 4, "1 MiB of 300 kB values is four records");
+    while store.scrub_step(&mut cursor, 1000).expect("scrub") == ScrubStep::More {}
+    assert!(!store.is_corrupted());
+}

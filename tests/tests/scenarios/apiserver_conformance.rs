@@ -596,14 +596,20 @@ async fn a_reflector_and_a_controller_converge() {
     fn error_policy(_: Arc<ConfigMap>, _: &kube::Error, _: Arc<Api<ConfigMap>>) -> Action {
         Action::requeue(Duration::from_millis(100))
     }
-    let controller = tokio::spawn(
-        Controller::new(
-            api.clone(),
-            watcher::Config::default().labels("managed=yes"),
-        )
-        .run(reconcile, error_policy, Arc::new(api.clone()))
-        .for_each(|_| async {}),
+    let tiny = Controller::new(
+        api.clone(),
+        watcher::Config::default().labels("managed=yes"),
     );
+    let cache = tiny.store();
+    let controller = tokio::spawn(
+        tiny.run(reconcile, error_policy, Arc::new(api.clone()))
+            .for_each(|_| async {}),
+    );
+    // The controller's own cache syncs too.
+    tokio::time::timeout(Duration::from_secs(5), cache.wait_until_ready())
+        .await
+        .expect("the controller's cache syncs within 5 s")
+        .expect("writer alive");
     api.create(
         &PostParams::default(),
         &config_map("late", &[("managed", "yes")]),

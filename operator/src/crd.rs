@@ -81,7 +81,9 @@ fn default_replicas() -> i32 {
 #[derive(Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct StorageSpec {
-    /// Size of each node's PersistentVolumeClaim, a Kubernetes quantity (e.g. `10Gi`).
+    /// Size of each node's PersistentVolumeClaim, a Kubernetes quantity (e.g. `10Gi`). It
+    /// can grow on an existing memory (the claims are expanded in place when their
+    /// StorageClass allows it); it cannot shrink.
     #[serde(default = "default_storage_size")]
     #[schemars(regex(pattern = r"^[0-9]+(\.[0-9]+)?(Ki|Mi|Gi|Ti|Pi|k|M|G|T|P)?$"))]
     pub size: String,

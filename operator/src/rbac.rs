@@ -45,10 +45,23 @@ pub const RULES: &[Rule] = &[
         resources: &["configmaps", "secrets", "services"],
         verbs: APPLY,
     },
+    // `delete`: replaced (pods orphaned, not deleted) when its claims grow.
     Rule {
         api_groups: &["apps"],
         resources: &["statefulsets"],
-        verbs: APPLY,
+        verbs: &["get", "list", "watch", "create", "patch", "delete"],
+    },
+    // Each node's claim grows in place with `storage.size`.
+    Rule {
+        api_groups: &[""],
+        resources: &["persistentvolumeclaims"],
+        verbs: &["get", "patch"],
+    },
+    // Whether a claim's StorageClass allows volume expansion.
+    Rule {
+        api_groups: &["storage.k8s.io"],
+        resources: &["storageclasses"],
+        verbs: &["get"],
     },
     Rule {
         api_groups: &["policy"],

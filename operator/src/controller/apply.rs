@@ -60,8 +60,24 @@ where
     K::DynamicType: Default,
 {
     let api: Api<K> = Api::namespaced(ctx.client.clone(), namespace);
+    let live = api.get_opt(&desired.name_any()).await?;
+    apply_over(ctx, namespace, desired, live).await
+}
+
+/// [`apply_one`] with the live object already read.
+async fn apply_over<K>(
+    ctx: &Context,
+    namespace: &str,
+    desired: &K,
+    live: Option<K>,
+) -> Result<(K, bool), Error>
+where
+    K: Resource<Scope = NamespaceResourceScope> + Clone + DeserializeOwned + Serialize + Debug,
+    K::DynamicType: Default,
+{
+    let api: Api<K> = Api::namespaced(ctx.client.clone(), namespace);
     let name = desired.name_any();
-    if let Some(current) = api.get_opt(&name).await? {
+    if let Some(current) = live {
         let wanted =
             serde_json::to_value(desired).map_err(|e| Error::Kube(kube::Error::SerdeError(e)))?;
         let live =
@@ -127,7 +143,7 @@ pub async fn children(
         .await?
         .1;
     let client = apply_one(ctx, namespace, &children.client_service).await?.1;
-    let (statefulset, nodes) = apply_one(ctx, namespace, &children.statefulset).await?;
+    let (statefulset, nodes) = statefulset(ctx, namespace, &children.statefulset).await?;
     let pdb = apply_one(ctx, namespace, &children.pdb).await?.1;
     let written = [
         ("ConfigMap", configmap),
@@ -141,6 +157,42 @@ pub async fn children(
     .filter_map(|(kind, changed)| changed.then_some(kind))
     .collect();
     Ok((statefulset, written))
+}
+
+/// Applies the StatefulSet; a grown `storage.size` first grows the claims and replaces the
+/// StatefulSet, orphaning its pods (see [`super::storage`]).
+async fn statefulset(
+    ctx: &Context,
+    namespace: &str,
+    desired: &StatefulSet,
+) -> Result<(StatefulSet, bool), Error> {
+    use super::storage::{self, Change};
+    let api: Api<StatefulSet> = Api::namespaced(ctx.client.clone(), namespace);
+    let name = desired.name_any();
+    let mut live = api.get_opt(&name).await?;
+    if let Some(current) = &live {
+        match storage::change(current, desired) {
+            Change::None => {}
+            Change::Impossible(why) => {
+                return Err(Error::Rejected {
+                    child: format!("StatefulSet {name}"),
+                    code: 422,
+                    message: why,
+                });
+            }
+            Change::Grow { from, to } => {
+                tracing::info!(statefulset = %name, %from, %to, "growing the claims in place");
+                storage::grow(ctx, namespace, current, &to).await?;
+                live = api.get_opt(&name).await?;
+                if live.is_some() {
+                    // Still being deleted (the orphaning takes the garbage collector a
+                    // moment): apply the new one on the next try.
+                    return Err(Error::Resizing(name));
+                }
+            }
+        }
+    }
+    apply_over(ctx, namespace, desired, live).await
 }
 
 /// Applies the CronJob (last: it cleans nodes that must exist, on the cadence decided from

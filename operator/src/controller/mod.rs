@@ -9,6 +9,7 @@ pub mod changes;
 pub mod cleanup;
 pub mod events;
 mod status;
+pub mod storage;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -48,6 +49,9 @@ pub enum Error {
     /// The resource has no namespace (it is namespaced; the API server always sets one).
     #[error("the PhoenixMemory has no namespace")]
     NoNamespace,
+    /// The StatefulSet is being replaced to grow its claims; applied again shortly.
+    #[error("the StatefulSet {0} is being replaced to grow its volumes")]
+    Resizing(String),
     /// The operating system's random generator failed (no token is made without it).
     #[error("the system's random generator failed: {0}")]
     Random(String),
@@ -75,6 +79,7 @@ impl Error {
             Error::NoNamespace => "invalid",
             Error::Rejected { .. } => "rejected",
             Error::Random(_) => "random",
+            Error::Resizing(_) => "resizing",
         }
     }
 }

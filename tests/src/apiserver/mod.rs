@@ -356,6 +356,12 @@ impl Store {
     /// Removes an object (or marks it terminating when it has finalizers), then collects its
     /// dependents.
     fn delete_object(&mut self, shared: &Shared, key: ObjKey) -> Option<Value> {
+        self.delete_object_with(shared, key, false)
+    }
+
+    /// [`Store::delete_object`]; `orphan` (propagationPolicy Orphan) leaves the dependents,
+    /// without their owner reference to it, instead of deleting them.
+    fn delete_object_with(&mut self, shared: &Shared, key: ObjKey, orphan: bool) -> Option<Value> {
         let mut object = self.objects.get(&key)?.clone();
         let has_finalizers = object
             .pointer("/metadata/finalizers")
@@ -372,17 +378,16 @@ impl Store {
         }
         let uid = meta_str(&object, "uid").map(str::to_string);
         let deleted = self.commit(shared, key, object, "DELETED");
-        if let Some(uid) = uid {
-            self.collect_dependents(shared, &uid);
+        match uid {
+            Some(uid) if orphan => self.orphan_dependents(shared, &uid),
+            Some(uid) => self.collect_dependents(shared, &uid),
+            None => {}
         }
         Some(deleted)
     }
 
-    /// The garbage collector's effect: objects owned by `uid` are deleted.
-    /// Simplification: done at once, not by a background controller some time later.
-    fn collect_dependents(&mut self, shared: &Shared, uid: &str) {
-        let dependents: Vec<ObjKey> = self
-            .objects
+    fn owned_by(&self, uid: &str) -> Vec<ObjKey> {
+        self.objects
             .iter()
             .filter(|(_, o)| {
                 o.pointer("/metadata/ownerReferences")
@@ -393,8 +398,29 @@ impl Store {
                     })
             })
             .map(|(k, _)| k.clone())
-            .collect();
-        for key in dependents {
+            .collect()
+    }
+
+    /// The garbage collector's orphaning: dependents lose their owner reference to `uid`.
+    fn orphan_dependents(&mut self, shared: &Shared, uid: &str) {
+        for key in self.owned_by(uid) {
+            let Some(mut object) = self.objects.get(&key).cloned() else {
+                continue;
+            };
+            if let Some(refs) = object
+                .pointer_mut("/metadata/ownerReferences")
+                .and_then(Value::as_array_mut)
+            {
+                refs.retain(|r| r.get("uid").and_then(Value::as_str) != Some(uid));
+            }
+            self.commit(shared, key, object, "MODIFIED");
+        }
+    }
+
+    /// The garbage collector's effect: objects owned by `uid` are deleted.
+    /// Simplification: done at once, not by a background controller some time later.
+    fn collect_dependents(&mut self, shared: &Shared, uid: &str) {
+        for key in self.owned_by(uid) {
             self.delete_object(shared, key);
         }
     }
@@ -1378,9 +1404,18 @@ fn delete(shared: &Shared, request: &Request<'_>) -> Response {
     let name = request.name.clone().unwrap_or_default();
     let key = Store::key(&request.ty, &request.namespace, &name);
     let mut store = shared.store.lock().unwrap_or_else(PoisonError::into_inner);
-    // Simplification: propagationPolicy is always Background (dependents go at once, see
-    // `collect_dependents`); preconditions in DeleteOptions are not checked.
-    match store.delete_object(shared, key.clone()) {
+    // Simplification: propagationPolicy Foreground is treated as Background (dependents go
+    // at once, see `collect_dependents`); Orphan keeps them; preconditions are not checked.
+    let orphan = serde_json::from_slice::<Value>(&request.body)
+        .ok()
+        .and_then(|b| {
+            b.get("propagationPolicy")
+                .and_then(Value::as_str)
+                .map(str::to_string)
+        })
+        .or_else(|| request.params.get("propagationPolicy").cloned())
+        .is_some_and(|p| p == "Orphan");
+    match store.delete_object_with(shared, key.clone(), orphan) {
         Some(object) => {
             if request.ty.plural == "customresourcedefinitions"
                 && !store.objects.contains_key(&key)

@@ -108,6 +108,14 @@ pub fn builtins() -> Vec<ResourceType> {
             true,
         ),
         R::builtin("coordination.k8s.io", "v1", "leases", "Lease", true, false),
+        R::builtin(
+            "storage.k8s.io",
+            "v1",
+            "storageclasses",
+            "StorageClass",
+            false,
+            false,
+        ),
         R::builtin("events.k8s.io", "v1", "events", "Event", true, false),
         R::builtin(
             "apiextensions.k8s.io",

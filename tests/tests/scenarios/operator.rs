@@ -631,12 +631,12 @@ async fn quantities_the_server_rewrites_cause_no_writes() {
     h.stop().await;
 }
 
-/// Changing `storage.size` of an existing memory changes the StatefulSet's
-/// volumeClaimTemplates, which the API server forbids: it is shown, not retried in silence.
+/// Shrinking `storage.size` cannot be done in place: said at once (before, the
+/// StatefulSet patch was refused by the API server, silently retried).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_storage_change_the_statefulset_cannot_take_is_shown() {
+async fn a_storage_change_the_volumes_cannot_take_is_shown() {
     let h = Harness::start().await;
-    h.create("disk", json!({"replicas": 1, "storage": {"size": "1Gi"}}))
+    h.create("disk", json!({"replicas": 1, "storage": {"size": "2Gi"}}))
         .await;
     eventually("the StatefulSet", || async {
         h.api::<StatefulSet>().get_opt("disk").await.ok().flatten()
@@ -646,15 +646,173 @@ async fn a_storage_change_the_statefulset_cannot_take_is_shown() {
         .patch(
             "disk",
             &PatchParams::default(),
+            &Patch::Merge(json!({"spec": {"storage": {"size": "1Gi"}}})),
+        )
+        .await
+        .expect("shrink the storage");
+    let condition = h.rejected("disk").await;
+    assert!(
+        condition.message.contains("StatefulSet disk") && condition.message.contains("only grow"),
+        "{}",
+        condition.message
+    );
+    h.stop().await;
+}
+
+/// The claims and the memory of `grow`: a StorageClass, one node's claim and pod.
+async fn storage_fixture(h: &Harness, memory: &str, class: &str, expandable: bool) -> String {
+    use k8s_openapi::api::core::v1::{PersistentVolumeClaim, Pod};
+    use k8s_openapi::api::storage::v1::StorageClass;
+    Api::<StorageClass>::all(h.client.clone())
+        .create(
+            &PostParams::default(),
+            &serde_json::from_value(json!({
+                "metadata": {"name": class}, "provisioner": "test.example.com",
+                "allowVolumeExpansion": expandable
+            }))
+            .expect("class"),
+        )
+        .await
+        .expect("create the StorageClass");
+    h.create(
+        memory,
+        json!({"replicas": 1, "storage": {"size": "1Gi", "storageClassName": class}}),
+    )
+    .await;
+    let sts = eventually("the StatefulSet", || async {
+        h.api::<StatefulSet>().get_opt(memory).await.ok().flatten()
+    })
+    .await;
+    let uid = sts.metadata.uid.clone().expect("uid");
+    h.api::<PersistentVolumeClaim>()
+        .create(
+            &PostParams::default(),
+            &serde_json::from_value(json!({
+                "metadata": {"name": format!("data-{memory}-0")},
+                "spec": {"storageClassName": class, "accessModes": ["ReadWriteOnce"],
+                         "resources": {"requests": {"storage": "1Gi"}}}
+            }))
+            .expect("claim"),
+        )
+        .await
+        .expect("create the claim");
+    h.api::<Pod>()
+        .create(
+            &PostParams::default(),
+            &serde_json::from_value(json!({
+                "metadata": {"name": format!("{memory}-0"), "ownerReferences": [{
+                    "apiVersion": "apps/v1", "kind": "StatefulSet", "name": memory,
+                    "uid": uid, "controller": true}]},
+                "spec": {"containers": [{"name": "node", "image": "x"}]}
+            }))
+            .expect("pod"),
+        )
+        .await
+        .expect("create the pod");
+    uid
+}
+
+fn claim_size(claim: &k8s_openapi::api::core::v1::PersistentVolumeClaim) -> Option<String> {
+    claim
+        .spec
+        .as_ref()
+        .and_then(|s| s.resources.as_ref())
+        .and_then(|r| r.requests.as_ref())
+        .and_then(|r| r.get("storage"))
+        .map(|q| q.0.clone())
+}
+
+/// A larger `storage.size` grows each claim and replaces the StatefulSet with its pods
+/// orphaned (kept running), as CloudNativePG does.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn storage_grows_in_place_without_deleting_a_pod() {
+    use k8s_openapi::api::core::v1::{PersistentVolumeClaim, Pod};
+    let h = Harness::start().await;
+    let old_uid = storage_fixture(&h, "grow", "expandable", true).await;
+    h.memories()
+        .patch(
+            "grow",
+            &PatchParams::default(),
             &Patch::Merge(json!({"spec": {"storage": {"size": "2Gi"}}})),
         )
         .await
         .expect("grow the storage");
-    let condition = h.rejected("disk").await;
+    let replaced = eventually("a StatefulSet with 2Gi claims", || async {
+        let sts = h
+            .api::<StatefulSet>()
+            .get_opt("grow")
+            .await
+            .ok()
+            .flatten()?;
+        let size = sts
+            .spec
+            .as_ref()
+            .and_then(|s| s.volume_claim_templates.as_ref())
+            .and_then(|t| t.first())
+            .and_then(claim_size);
+        (size.as_deref() == Some("2Gi")).then_some(sts)
+    })
+    .await;
+    assert_ne!(
+        replaced.metadata.uid.as_deref(),
+        Some(old_uid.as_str()),
+        "replaced"
+    );
+    let claim = h
+        .api::<PersistentVolumeClaim>()
+        .get("data-grow-0")
+        .await
+        .expect("the claim");
+    assert_eq!(claim_size(&claim).as_deref(), Some("2Gi"), "the claim grew");
+    let pod = h
+        .api::<Pod>()
+        .get("grow-0")
+        .await
+        .expect("the pod was kept");
     assert!(
-        condition.message.contains("StatefulSet disk") && condition.message.contains("Forbidden"),
+        pod.metadata
+            .owner_references
+            .unwrap_or_default()
+            .iter()
+            .all(|r| r.uid != old_uid),
+        "orphaned from the old StatefulSet"
+    );
+    h.stop().await;
+}
+
+/// A StorageClass without volume expansion: nothing is touched and the memory says why.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn storage_that_cannot_expand_is_left_alone_and_shown() {
+    use k8s_openapi::api::core::v1::PersistentVolumeClaim;
+    let h = Harness::start().await;
+    let uid = storage_fixture(&h, "fixed", "fixed-class", false).await;
+    h.memories()
+        .patch(
+            "fixed",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"spec": {"storage": {"size": "2Gi"}}})),
+        )
+        .await
+        .expect("grow the storage");
+    let condition = h.rejected("fixed").await;
+    assert!(
+        condition
+            .message
+            .contains("does not allow volume expansion"),
         "{}",
         condition.message
+    );
+    let claim = h
+        .api::<PersistentVolumeClaim>()
+        .get("data-fixed-0")
+        .await
+        .expect("the claim");
+    assert_eq!(claim_size(&claim).as_deref(), Some("1Gi"), "untouched");
+    let sts = h.api::<StatefulSet>().get("fixed").await.expect("kept");
+    assert_eq!(
+        sts.metadata.uid.as_deref(),
+        Some(uid.as_str()),
+        "not replaced"
     );
     h.stop().await;
 }

@@ -543,6 +543,32 @@ mod tests {
         assert_eq!(spec.cleanup.mode, CleanupMode::Enforce);
     }
 
+    /// `kubectl apply` of the CRD warned `unrecognized format "uint64"` (and uint8, uint32).
+    #[test]
+    fn the_crd_uses_only_formats_kubernetes_knows() {
+        fn formats(value: &serde_json::Value, out: &mut Vec<String>) {
+            match value {
+                serde_json::Value::Object(map) => {
+                    if let Some(format) = map.get("format").and_then(serde_json::Value::as_str) {
+                        out.push(format.to_string());
+                    }
+                    map.values().for_each(|v| formats(v, out));
+                }
+                serde_json::Value::Array(items) => items.iter().for_each(|v| formats(v, out)),
+                _ => {}
+            }
+        }
+        let crd = serde_json::to_value(PhoenixMemory::crd()).expect("serialises");
+        let mut found = Vec::new();
+        formats(&crd, &mut found);
+        assert!(!found.is_empty(), "the walk sees formats");
+        let unknown: Vec<_> = found
+            .iter()
+            .filter(|f| !KNOWN_FORMATS.contains(&f.as_str()))
+            .collect();
+        assert!(unknown.is_empty(), "unknown formats: {unknown:?}");
+    }
+
     #[test]
     fn the_crd_has_subresources_printer_columns_and_a_short_name() {
         let crd = serde_json::to_value(PhoenixMemory::crd()).expect("serialises");

@@ -128,6 +128,13 @@ mod tests {
     #[test]
     fn the_rules_allow_what_the_operator_does_and_not_more() {
         assert!(allows(RULES, "apps", "statefulsets", "patch"));
+        // OwnerReferencesPermissionEnforcement: blockOwnerDeletion needs this.
+        assert!(allows(
+            RULES,
+            "phoenix.dev",
+            "phoenixmemories/finalizers",
+            "update"
+        ));
         assert!(allows(
             RULES,
             "phoenix.dev",

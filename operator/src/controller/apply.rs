@@ -225,6 +225,14 @@ mod tests {
     }
 
     #[test]
+    fn tokens_are_256_random_bits() {
+        let (a, b) = (new_token().expect("token"), new_token().expect("token"));
+        assert_eq!(a.len(), 64);
+        assert!(a.bytes().all(|c| c.is_ascii_hexdigit()));
+        assert_ne!(a, b);
+    }
+
+    #[test]
     fn quantities_the_server_rewrote_still_match() {
         let desired = json!({"resources": {"requests": {"cpu": "0.5", "memory": "1024Mi"}}});
         let stored = json!({"resources": {"requests": {"cpu": "500m", "memory": "1Gi"}}});

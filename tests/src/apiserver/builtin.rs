@@ -11,13 +11,82 @@
 //! - StatefulSet updates may change only `replicas`, `ordinals`, `template`,
 //!   `updateStrategy`, `persistentVolumeClaimRetentionPolicy` and `minReadySeconds`.
 //!
-//! Simplification: these rules stand for Kubernetes' own validation of the fields the
-//! operator sets; the full OpenAPI schemas of built-in kinds are checked by the chart tests
-//! (`kubernetes-validate`) on every object the operator builds.
+//! Before these rules, every built-in object is validated (and pruned) against Kubernetes'
+//! own OpenAPI schema of its kind, from k8s-openapi (`check_schema`). Simplification: the
+//! rules above stand for the rest of Kubernetes' validation code, only for the fields the
+//! operator sets.
+
+use std::collections::HashMap;
+use std::sync::OnceLock;
 
 use serde_json::Value;
 
 use super::resources::ResourceType;
+
+/// Kubernetes' own OpenAPI schema of a built-in kind the operator writes (from
+/// k8s-openapi, every subschema inlined as kube inlines a CRD's), by (group, plural).
+fn openapi_schema(group: &str, plural: &str) -> Option<&'static Value> {
+    use k8s_openapi::api;
+    static SCHEMAS: OnceLock<HashMap<(&'static str, &'static str), Value>> = OnceLock::new();
+    fn schema_of<T: schemars::JsonSchema>() -> Value {
+        let generator = schemars::generate::SchemaSettings::openapi3()
+            .with(|s| s.inline_subschemas = true)
+            .into_generator();
+        let mut schema =
+            serde_json::to_value(generator.into_root_schema_for::<T>()).unwrap_or(Value::Null);
+        // apiVersion, kind and metadata are the server's (checked elsewhere), not the body's.
+        if let Some(required) = schema.get_mut("required").and_then(Value::as_array_mut) {
+            required.retain(|r| !matches!(r.as_str(), Some("apiVersion" | "kind" | "metadata")));
+        }
+        schema
+    }
+    SCHEMAS
+        .get_or_init(|| {
+            HashMap::from([
+                (("", "configmaps"), schema_of::<api::core::v1::ConfigMap>()),
+                (("", "secrets"), schema_of::<api::core::v1::Secret>()),
+                (("", "services"), schema_of::<api::core::v1::Service>()),
+                (
+                    ("", "persistentvolumeclaims"),
+                    schema_of::<api::core::v1::PersistentVolumeClaim>(),
+                ),
+                (
+                    ("apps", "statefulsets"),
+                    schema_of::<api::apps::v1::StatefulSet>(),
+                ),
+                (
+                    ("batch", "cronjobs"),
+                    schema_of::<api::batch::v1::CronJob>(),
+                ),
+                (("batch", "jobs"), schema_of::<api::batch::v1::Job>()),
+                (
+                    ("policy", "poddisruptionbudgets"),
+                    schema_of::<api::policy::v1::PodDisruptionBudget>(),
+                ),
+                (
+                    ("events.k8s.io", "events"),
+                    schema_of::<api::events::v1::Event>(),
+                ),
+            ])
+        })
+        .iter()
+        .find(|((g, p), _)| *g == group && *p == plural)
+        .map(|(_, schema)| schema)
+        .filter(|schema| schema.is_object())
+}
+
+/// Validates (and prunes) a built-in object against Kubernetes' OpenAPI schema of its kind.
+pub fn check_schema(ty: &ResourceType, object: &mut Value) -> Result<(), String> {
+    let Some(schema) = openapi_schema(&ty.group, &ty.plural) else {
+        return Ok(());
+    };
+    let errors = super::schema::validate_and_prune(schema, object);
+    if errors.is_empty() {
+        Ok(())
+    } else {
+        Err(errors.join(", "))
+    }
+}
 
 fn is_label(name: &str, max: usize) -> bool {
     !name.is_empty()
@@ -268,6 +337,30 @@ pub fn check_update(ty: &ResourceType, old: &Value, new: &Value) -> Result<(), S
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn built_in_objects_are_checked_against_kubernetes_schemas() {
+        let ty = ResourceType {
+            group: "apps".into(),
+            plural: "statefulsets".into(),
+            ..ResourceType::default()
+        };
+        let mut fine = serde_json::json!({"metadata": {"name": "s"}, "spec": {
+            "replicas": 3, "serviceName": "s-nodes", "selector": {"matchLabels": {"a": "b"}},
+            "template": {"spec": {"containers": [{"name": "node", "image": "x"}]}},
+            "surprise": true}});
+        assert_eq!(check_schema(&ty, &mut fine), Ok(()));
+        assert!(
+            fine["spec"].get("surprise").is_none(),
+            "unknown fields are pruned"
+        );
+        let mut wrong = serde_json::json!({"metadata": {"name": "s"}, "spec": {
+            "replicas": "three", "selector": {},
+            "template": {"spec": {"containers": [{"image": "x"}]}}}});
+        let error = check_schema(&ty, &mut wrong).expect_err("refused");
+        assert!(error.contains("spec.replicas"), "{error}");
+        assert!(error.contains("name"), "a container needs a name: {error}");
+    }
 
     #[test]
     fn quantities_are_stored_canonically() {

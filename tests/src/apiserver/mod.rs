@@ -1021,14 +1021,16 @@ fn parse_body(request: &Request<'_>) -> Result<Value, Failure> {
 /// (see [`builtin`]).
 fn validate(ty: &ResourceType, object: &mut Value) -> Result<(), Failure> {
     let Some(schema) = &ty.schema else {
-        return builtin::check(ty, object).map_err(|message| {
-            let name = meta_str(object, "name").unwrap_or("");
-            Failure::new(
-                422,
-                "Invalid",
-                format!("{}.{} \"{name}\" is invalid: {message}", ty.kind, ty.group),
-            )
-        });
+        return builtin::check_schema(ty, object)
+            .and_then(|()| builtin::check(ty, object))
+            .map_err(|message| {
+                let name = meta_str(object, "name").unwrap_or("");
+                Failure::new(
+                    422,
+                    "Invalid",
+                    format!("{}.{} \"{name}\" is invalid: {message}", ty.kind, ty.group),
+                )
+            });
     };
     let errors = schema::validate_and_prune(schema, object);
     if errors.is_empty() {

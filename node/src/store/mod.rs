@@ -61,7 +61,11 @@ const META_FORMAT: &[u8] = b"xformat";
 /// Present (holding the checkpoint's id) only while the data is exactly what the
 /// checkpoint file describes; the first write after a checkpoint removes it atomically.
 const META_CHECKPOINT: &[u8] = b"xcheckpoint";
-const FORMAT_VERSION: &[u8] = b"phoenix-store-3";
+/// Version 4 may hold chunked values (see [`chunks`]); a version-3 database (values inline
+/// only) opens and is marked 4, so that an older node refuses it ("unknown data format")
+/// instead of failing on the chunked records it cannot read.
+const FORMAT_VERSION: &[u8] = b"phoenix-store-4";
+const FORMAT_INLINE_ONLY: &[u8] = b"phoenix-store-3";
 
 const RECORD_PLAIN: u8 = 0;
 const RECORD_EXPIRES: u8 = 1;
@@ -578,19 +582,17 @@ impl Store {
         });
         let engine = engine?;
         let engine_opened = started.elapsed();
-        match engine.db.get(META_FORMAT)? {
-            Some(format) if format.as_ref() != FORMAT_VERSION => {
+        let mark_format = match engine.db.get(META_FORMAT)? {
+            Some(format) if format.as_ref() == FORMAT_VERSION => false,
+            Some(format) if format.as_ref() == FORMAT_INLINE_ONLY => true,
+            Some(format) => {
                 return Err(StoreError::Corrupt(format!(
                     "unknown data format {:?}",
                     String::from_utf8_lossy(&format)
                 )));
             }
-            Some(_) => {}
-            None => {
-                engine.db.insert(META_FORMAT, FORMAT_VERSION)?;
-                engine.db.flush()?;
-            }
-        }
+            None => true,
+        };
         // The database must hold everything the last checkpoint says it had made durable.
         let marker_seq = checkpoint::marker_seq(&engine.db)?;
         let (loaded, checkpoint_seq) = match checkpoint? {
@@ -605,6 +607,10 @@ impl Store {
         };
         // The live generation is open, ours and whole: only now is anything written or
         // deleted.
+        if mark_format {
+            engine.db.insert(META_FORMAT, FORMAT_VERSION)?;
+            engine.db.flush()?;
+        }
         if opening.fresh || opening.mark_complete {
             generations::mark_complete(&config.path, generation)?;
         }

@@ -942,3 +942,22 @@ fn a_scrub_batch_of_large_values_stops_after_about_a_mebibyte() {
     while store.scrub_step(&mut cursor, 1000).expect("scrub") == ScrubStep::More {}
     assert!(!store.is_corrupted());
 }
+
+#[test]
+fn an_inline_only_database_opens_and_is_marked_for_chunked_values() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    {
+        let store = open_in(dir.path());
+        store.store(b"k", b"v", None).expect("store");
+        let engine = store.engine.load();
+        engine
+            .db
+            .insert(META_FORMAT, FORMAT_INLINE_ONLY)
+            .expect("an older node's format");
+        engine.db.flush().expect("flush");
+    }
+    let store = open_in(dir.path());
+    assert!(store.retrieve(b"k").expect("get").is_some());
+    let format = store.engine.load().db.get(META_FORMAT).expect("get");
+    assert_eq!(format.as_deref(), Some(FORMAT_VERSION));
+}

@@ -484,11 +484,15 @@ fn expiry_key(at: u64, key: &[u8]) -> Vec<u8> {
     out
 }
 
+/// Whether an I/O error says the volume is full (ENOSPC).
+fn no_space(io: &std::io::Error) -> bool {
+    io.kind() == std::io::ErrorKind::StorageFull || io.raw_os_error() == Some(28)
+}
+
 /// A failed flush as the flusher records it: the message and whether the volume was full.
 fn describe_flush_error(error: sled::Error) -> (String, bool) {
-    let no_space = matches!(&error, sled::Error::Io(io)
-        if io.kind() == std::io::ErrorKind::StorageFull || io.raw_os_error() == Some(28));
-    (error.to_string(), no_space)
+    let full = matches!(&error, sled::Error::Io(io) if no_space(io));
+    (error.to_string(), full)
 }
 
 /// Looks `key` up under the `d` prefix without allocating for ordinary key lengths.
@@ -890,7 +894,7 @@ impl Store {
         };
         let failure = FlushError::Failed {
             message: io.to_string(),
-            no_space: io.kind() == std::io::ErrorKind::StorageFull || io.raw_os_error() == Some(28),
+            no_space: no_space(io),
         };
         tracing::error!(%error, "a write failed: refusing writes from now on; restart the node to recover");
         self.flusher.fail(failure.clone());

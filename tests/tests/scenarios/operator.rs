@@ -139,6 +139,18 @@ impl Harness {
         .await
     }
 
+    /// Sets `spec.storage.size` of memory `name`.
+    async fn storage_size(&self, name: &str, size: &str) {
+        self.memories()
+            .patch(
+                name,
+                &PatchParams::default(),
+                &Patch::Merge(json!({"spec": {"storage": {"size": size}}})),
+            )
+            .await
+            .expect("change storage.size");
+    }
+
     /// The first Event with `reason`, waiting for it.
     async fn event(&self, reason: &str) -> k8s_openapi::api::events::v1::Event {
         let events: Api<k8s_openapi::api::events::v1::Event> = self.api();
@@ -642,14 +654,7 @@ async fn a_storage_change_the_volumes_cannot_take_is_shown() {
         h.api::<StatefulSet>().get_opt("disk").await.ok().flatten()
     })
     .await;
-    h.memories()
-        .patch(
-            "disk",
-            &PatchParams::default(),
-            &Patch::Merge(json!({"spec": {"storage": {"size": "1Gi"}}})),
-        )
-        .await
-        .expect("shrink the storage");
+    h.storage_size("disk", "1Gi").await;
     let condition = h.rejected("disk").await;
     assert!(
         condition.message.contains("StatefulSet disk") && condition.message.contains("only grow"),
@@ -729,14 +734,7 @@ async fn storage_grows_in_place_without_deleting_a_pod() {
     use k8s_openapi::api::core::v1::{PersistentVolumeClaim, Pod};
     let h = Harness::start().await;
     let old_uid = storage_fixture(&h, "grow", "expandable", true).await;
-    h.memories()
-        .patch(
-            "grow",
-            &PatchParams::default(),
-            &Patch::Merge(json!({"spec": {"storage": {"size": "2Gi"}}})),
-        )
-        .await
-        .expect("grow the storage");
+    h.storage_size("grow", "2Gi").await;
     let replaced = eventually("a StatefulSet with 2Gi claims", || async {
         let sts = h
             .api::<StatefulSet>()
@@ -786,14 +784,7 @@ async fn storage_that_cannot_expand_is_left_alone_and_shown() {
     use k8s_openapi::api::core::v1::PersistentVolumeClaim;
     let h = Harness::start().await;
     let uid = storage_fixture(&h, "fixed", "fixed-class", false).await;
-    h.memories()
-        .patch(
-            "fixed",
-            &PatchParams::default(),
-            &Patch::Merge(json!({"spec": {"storage": {"size": "2Gi"}}})),
-        )
-        .await
-        .expect("grow the storage");
+    h.storage_size("fixed", "2Gi").await;
     let condition = h.rejected("fixed").await;
     assert!(
         condition

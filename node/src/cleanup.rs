@@ -8,7 +8,6 @@
 
 use std::time::Instant;
 
-use serde::{Deserialize, Serialize};
 
 use crate::probe::{Probe, Settled};
 use crate::store::{RebuildReport, Result, Store, StoreError};
@@ -22,64 +21,22 @@ pub struct CleanupOptions {
     pub force_rebuild: bool,
 }
 
-/// What a cleanup did and what it changed.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct CleanupReport {
-    /// When it started (unix ms).
-    pub started_at_ms: u64,
-    /// Wall time, seconds.
-    pub seconds: f64,
-    /// Expired memories removed.
-    pub pruned: u64,
-    /// Whether the database was rebuilt.
-    pub rebuilt: bool,
-    /// Why it was not, when it was not.
-    pub rebuild_skipped: Option<String>,
-    /// Keys before and after.
-    pub keys_before: u64,
-    /// Keys after.
-    pub keys_after: u64,
-    /// Logical bytes before.
-    pub logical_bytes_before: u64,
-    /// Logical bytes after.
-    pub logical_bytes_after: u64,
-    /// On-disk bytes before.
-    pub disk_bytes_before: u64,
-    /// On-disk bytes after.
-    pub disk_bytes_after: u64,
-    /// Recent retrieve latency before, nanoseconds (`None`: no data).
-    pub recent_before_ns: Option<f64>,
-    /// Retrieve latency after, once the node settled, nanoseconds (`None` until then).
-    pub recent_after_ns: Option<f64>,
-    /// Ratio against the baseline in force before the cleanup.
-    pub ratio_before: Option<f64>,
-    /// The settled latency after against that same baseline (`None` until settled).
-    pub ratio_after: Option<f64>,
-    /// Whether the baseline was re-taken (only when latency came back).
-    pub baseline_reset: bool,
-    /// Whether the "after" figures are in: the probe measures them a settle period plus a
-    /// window after the cleanup, not while the rebuild has everything hot.
-    #[serde(default)]
-    pub settled: bool,
+pub use phoenix_node_api::wire::CleanupReport;
+
+fn save(report: &CleanupReport, store: &Store) -> Result<()> {
+    let bytes = serde_json::to_vec(report)
+        .map_err(|e| StoreError::Corrupt(format!("cleanup report: {e}")))?;
+    store.set_meta(LAST_CLEANUP_META, &bytes)
 }
 
-impl CleanupReport {
-    fn save(&self, store: &Store) -> Result<()> {
-        let bytes = serde_json::to_vec(self)
-            .map_err(|e| StoreError::Corrupt(format!("cleanup report: {e}")))?;
-        store.set_meta(LAST_CLEANUP_META, &bytes)
-    }
-
-    /// The last cleanup recorded in `store`, if any.
-    ///
-    /// # Errors
-    /// Engine errors.
-    pub fn last(store: &Store) -> Result<Option<CleanupReport>> {
-        Ok(store
-            .meta(LAST_CLEANUP_META)?
-            .and_then(|bytes| serde_json::from_slice(&bytes).ok()))
-    }
+/// The last cleanup recorded in `store`, if any.
+///
+/// # Errors
+/// Engine errors.
+pub fn last_report(store: &Store) -> Result<Option<CleanupReport>> {
+    Ok(store
+        .meta(LAST_CLEANUP_META)?
+        .and_then(|bytes| serde_json::from_slice(&bytes).ok()))
 }
 
 /// After a restart: when the last cleanup's report is still waiting for its settled
@@ -90,7 +47,7 @@ impl CleanupReport {
 /// # Errors
 /// Engine errors reading the report.
 pub fn resume_unsettled(store: &Store, probe: &mut Probe) -> Result<bool> {
-    let unsettled = CleanupReport::last(store)?.is_some_and(|report| !report.settled);
+    let unsettled = last_report(store)?.is_some_and(|report| !report.settled);
     if unsettled {
         probe.begin_after_cleanup();
     }
@@ -149,7 +106,7 @@ pub fn run(store: &Store, probe: &mut Probe, options: CleanupOptions) -> Result<
         baseline_reset: false,
         settled: false,
     };
-    report.save(store)?;
+    save(&report, store)?;
     Ok(report)
 }
 
@@ -177,14 +134,14 @@ pub fn run_settled(
 /// # Errors
 /// Engine errors.
 pub fn record_settled(store: &Store, settled: Settled) -> Result<Option<CleanupReport>> {
-    let Some(mut report) = CleanupReport::last(store)? else {
+    let Some(mut report) = last_report(store)? else {
         return Ok(None);
     };
     report.recent_after_ns = Some(settled.recent_ns);
     report.ratio_after = settled.ratio_after;
     report.baseline_reset = settled.baseline_reset;
     report.settled = true;
-    report.save(store)?;
+    save(&report, store)?;
     Ok(Some(report))
 }
 
@@ -253,7 +210,7 @@ mod tests {
             .expect("record")
             .expect("report");
         assert!(completed.settled && completed.ratio_after.is_some());
-        let stored = CleanupReport::last(&store).expect("last").expect("stored");
+        let stored = last_report(&store).expect("last").expect("stored");
         assert!(stored.settled && stored.recent_after_ns == completed.recent_after_ns);
         assert_eq!(store.root(), live_root);
         assert!(store.verify().expect("verify").ok());
@@ -264,7 +221,7 @@ mod tests {
                 .expect("kept");
             assert_eq!(value.as_bytes(), &[3u8; 300]);
         }
-        let last = CleanupReport::last(&store)
+        let last = last_report(&store)
             .expect("meta")
             .expect("recorded");
         assert_eq!(

@@ -7,7 +7,9 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
-use crate::cleanup::CleanupReport;
+use phoenix_node_api::NodeClient;
+use phoenix_node_api::metrics::names;
+
 use crate::service::AdminToken;
 
 /// Exit code when a peer is unhealthy and nothing was cleaned.
@@ -83,51 +85,35 @@ pub struct NodeHealth {
     pub ratio: Option<f64>,
 }
 
-fn agent(timeout: Duration) -> ureq::Agent {
-    ureq::AgentBuilder::new()
-        .timeout_connect(Duration::from_secs(5))
-        .timeout(timeout)
-        .build()
-}
+/// How long a readiness check or a scrape may take.
+const QUICK: Duration = Duration::from_secs(5);
 
-/// The value of an unlabelled metric in Prometheus text.
-pub fn metric_value(text: &str, name: &str) -> Option<f64> {
-    text.lines()
-        .filter(|line| !line.starts_with('#'))
-        .find_map(|line| {
-            let (metric, value) = line.split_once(' ')?;
-            (metric == name)
-                .then(|| value.trim().parse().ok())
-                .flatten()
-        })
-}
-
-/// Checks that `url` is ready and reads its probe ratio.
-pub fn check(agent: &ureq::Agent, url: &str) -> Result<NodeHealth, String> {
-    let ready = agent
-        .get(&format!("{url}/readyz"))
-        .call()
+/// Checks that `node` is ready and reads its probe ratio.
+///
+/// # Errors
+/// The node is not ready, or its metrics cannot be read.
+pub async fn check(node: &NodeClient) -> Result<NodeHealth, String> {
+    let url = node.url();
+    node.ready(QUICK)
+        .await
         .map_err(|e| format!("{url} is not ready: {e}"))?;
-    drop(ready);
-    let metrics = agent
-        .get(&format!("{url}/metrics"))
-        .call()
-        .map_err(|e| format!("{url} metrics: {e}"))?
-        .into_string()
+    let scrape = node
+        .scrape(QUICK)
+        .await
         .map_err(|e| format!("{url} metrics: {e}"))?;
     Ok(NodeHealth {
         url: url.to_string(),
-        ratio: metric_value(&metrics, "phoenix_node_probe_ratio"),
+        ratio: scrape.get(names::PROBE_RATIO),
     })
 }
 
-fn wait_ready(agent: &ureq::Agent, url: &str, within: Duration) -> bool {
+async fn wait_ready(node: &NodeClient, within: Duration) -> bool {
     let deadline = Instant::now() + within;
     while Instant::now() < deadline {
-        if agent.get(&format!("{url}/readyz")).call().is_ok() {
+        if node.ready(QUICK).await.is_ok() {
             return true;
         }
-        std::thread::sleep(Duration::from_millis(200));
+        tokio::time::sleep(Duration::from_millis(200)).await;
     }
     false
 }
@@ -160,10 +146,31 @@ pub fn run(args: &CleanupArgs) -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    let quick = agent(Duration::from_secs(5));
-    let mut healths = Vec::with_capacity(urls.len());
-    for url in &urls {
-        match check(&quick, url) {
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            eprintln!("error: cannot start the runtime: {error}");
+            return ExitCode::from(EXIT_FAILED);
+        }
+    };
+    let http = reqwest::Client::builder()
+        .connect_timeout(QUICK)
+        .build()
+        .unwrap_or_default();
+    let nodes: Vec<NodeClient> = urls
+        .into_iter()
+        .map(|url| NodeClient::new(http.clone(), url))
+        .collect();
+    runtime.block_on(clean(args, &token, &nodes))
+}
+
+async fn clean(args: &CleanupArgs, token: &str, nodes: &[NodeClient]) -> ExitCode {
+    let mut healths = Vec::with_capacity(nodes.len());
+    for node in nodes {
+        match check(node).await {
             Ok(health) => healths.push(health),
             Err(message) => {
                 println!("refusing to clean: {message}; no node was touched");
@@ -171,9 +178,9 @@ pub fn run(args: &CleanupArgs) -> ExitCode {
             }
         }
     }
-    let slow = agent(Duration::from_secs(args.timeout_seconds));
+    let timeout = Duration::from_secs(args.timeout_seconds);
     let (mut cleaned, mut skipped, mut failed) = (0, 0, 0);
-    for health in &healths {
+    for (node, health) in nodes.iter().zip(&healths) {
         let url = &health.url;
         if args.threshold > 0.0 && health.ratio.is_none_or(|r| r < args.threshold) {
             println!(
@@ -184,17 +191,7 @@ pub fn run(args: &CleanupArgs) -> ExitCode {
             skipped += 1;
             continue;
         }
-        let response = slow
-            .post(&format!(
-                "{url}/v1/admin/cleanup?forceRebuild={}",
-                args.force_rebuild
-            ))
-            .set("Authorization", &format!("Bearer {token}"))
-            .call();
-        match response
-            .map_err(|e| e.to_string())
-            .and_then(|r| r.into_json::<CleanupReport>().map_err(|e| e.to_string()))
-        {
+        match node.cleanup(token, args.force_rebuild, timeout).await {
             Ok(report) => {
                 let after = if report.settled {
                     ratio_text(report.ratio_after)
@@ -213,12 +210,12 @@ pub fn run(args: &CleanupArgs) -> ExitCode {
                 );
                 cleaned += 1;
             }
-            Err(message) => {
-                println!("{url}: cleanup FAILED: {message}");
+            Err(error) => {
+                println!("{url}: cleanup FAILED: {error}");
                 failed += 1;
             }
         }
-        if !wait_ready(&quick, url, Duration::from_secs(60)) {
+        if !wait_ready(node, Duration::from_secs(60)).await {
             println!("{url}: not ready again within 60 s; stopping here");
             failed += 1;
             break;
@@ -235,13 +232,6 @@ pub fn run(args: &CleanupArgs) -> ExitCode {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn metric_values_are_found_by_exact_name() {
-        let text = "# HELP phoenix_node_probe_ratio x\nphoenix_node_probe_ratio_extra 9\nphoenix_node_probe_ratio 2.5\n";
-        assert_eq!(metric_value(text, "phoenix_node_probe_ratio"), Some(2.5));
-        assert_eq!(metric_value(text, "absent"), None);
-    }
 
     #[test]
     fn node_urls_come_from_flags_or_the_statefulset() {

@@ -7,10 +7,12 @@
 //! - [`probe`]: the retrieve-latency probe and its persisted baseline.
 //! - [`cleanup`]: prune, rebuild, flush, re-measure.
 //! - [`cleanup_job`]: `phoenix-node cleanup`, the CronJob's program.
-//! - [`bench`]: the `phoenix-node bench` scenarios.
+//! - `bench`: the `phoenix-node bench` scenarios (feature `bench`, on by default; the
+//!   image can leave it out).
 //! - [`config`]: the node's configuration file, flags and validation.
 //! - [`service`]: the HTTP API (`app()` and `serve()`), metrics, health, shutdown.
 
+#[cfg(feature = "bench")]
 pub mod bench;
 pub mod cleanup;
 pub mod cleanup_job;

@@ -5,6 +5,7 @@ use std::process::ExitCode;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
+#[cfg(feature = "bench")]
 use phoenix_node::bench::{self, BenchOptions, Scenario};
 use phoenix_node::config::{DurabilityMode, LogFormat, NodeConfig};
 use phoenix_node::merkle::hex_hash;
@@ -33,6 +34,7 @@ enum Command {
     /// Clean the nodes of one memory, one at a time (what the cleanup CronJob runs).
     Cleanup(phoenix_node::cleanup_job::CleanupArgs),
     /// Run the storage benchmark scenarios and print their figures.
+    #[cfg(feature = "bench")]
     Bench {
         /// Scenarios to run (default: all, in order).
         #[arg(long = "scenario", value_enum)]
@@ -76,6 +78,7 @@ enum Command {
     },
 }
 
+#[cfg(feature = "bench")]
 /// Runs each scenario in a child `phoenix-node bench --in-process --scenario X`, whose
 /// output goes straight to ours; returns the children's results as one JSON array.
 fn bench_in_children(options: &BenchOptions) -> anyhow::Result<serde_json::Value> {
@@ -185,6 +188,7 @@ fn init_logging(format: LogFormat) {
     }
 }
 
+#[cfg(feature = "bench")]
 fn parse_scale(text: &str) -> Result<f64, String> {
     let scale: f64 = text
         .parse()
@@ -245,6 +249,7 @@ fn run(cli: Cli, serve_config: Option<NodeConfig>) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Cleanup(args) => Ok(phoenix_node::cleanup_job::run(&args)),
+        #[cfg(feature = "bench")]
         Command::Bench {
             scenarios,
             scale,

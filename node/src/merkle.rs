@@ -484,19 +484,12 @@ pub mod hex_hash {
 
     /// Lower-case hex of `hash`.
     pub fn to_hex(hash: &Hash) -> String {
-        hash.iter().map(|b| format!("{b:02x}")).collect()
+        blake3::Hash::from_bytes(*hash).to_hex().to_string()
     }
 
     /// Parses 64 hex digits.
     pub fn from_hex(text: &str) -> Option<Hash> {
-        if text.len() != 64 || !text.is_ascii() {
-            return None;
-        }
-        let mut out = [0u8; 32];
-        for (i, byte) in out.iter_mut().enumerate() {
-            *byte = u8::from_str_radix(&text[2 * i..2 * i + 2], 16).ok()?;
-        }
-        Some(out)
+        blake3::Hash::from_hex(text).ok().map(|h| *h.as_bytes())
     }
 
     /// Serde serialiser.

@@ -5,7 +5,8 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use phoenix_node::config::NodeConfig;
+use phoenix_node::config::{NodeConfig, NodeSettings};
+use phoenix_node_api::metrics::{Scrape, names};
 use phoenix_node::merkle::{Proof, hex_hash, verify_proof};
 use phoenix_node::service::{AdminToken, Node, app};
 use phoenix_node::store::Store;
@@ -579,7 +580,10 @@ fn injected_slowdown_raises_the_ratio_and_a_cleanup_clears_a_transient_one() {
     }
     let ratio = |node: &TestNode| {
         let text = String::from_utf8(node.send("GET", "/metrics", &[], b"").1).expect("utf-8");
-        phoenix_node::cleanup_job::metric_value(&text, "phoenix_node_probe_ratio").expect("ratio")
+        Scrape::parse(&text)
+            .expect("metrics parse")
+            .get(names::PROBE_RATIO)
+            .expect("ratio")
     };
     let before = ratio(&node);
     let (status, _) = node.json("PUT", "/v1/admin/faults", &[], fault);
@@ -629,7 +633,9 @@ fn injected_slowdown_raises_the_ratio_and_a_cleanup_clears_a_transient_one() {
     let after = ratio(&node);
     let text = String::from_utf8(node.send("GET", "/metrics", &[], b"").1).expect("utf-8");
     let ratio_after =
-        phoenix_node::cleanup_job::metric_value(&text, "phoenix_node_last_cleanup_ratio_after")
+        Scrape::parse(&text)
+            .expect("metrics parse")
+            .get(names::LAST_CLEANUP_RATIO_AFTER)
             .expect("the settled cleanup's ratio");
     assert!(ratio_after < slowed / 3.0, "{ratio_after}");
     assert!(

@@ -14,7 +14,7 @@ use std::time::Instant;
 use hdrhistogram::Histogram;
 
 use super::{BenchError, BenchOptions, Percentiles, ScenarioResult, Window, histogram, nanos};
-use crate::config::{DurabilityMode, NodeConfig};
+use crate::config::{DurabilityMode, NodeConfig, NodeSettings};
 use crate::service::{Node, app};
 use crate::store::Store;
 

@@ -1,11 +1,11 @@
 //! The one place errors become HTTP responses: `{ "error": { "code", "message" } }`.
 //! 5xx are logged with their cause; the body never carries internals or the token.
 
+use phoenix_node_api::wire::{ErrorBody, ErrorDetail};
 use std::time::Duration;
 
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use serde_json::json;
 
 use crate::store::{FlushError, StoreError};
 
@@ -170,7 +170,12 @@ impl IntoResponse for ApiError {
         } else {
             self.to_string()
         };
-        let body = json!({ "error": { "code": code, "message": message } });
+        let body = ErrorBody {
+            error: ErrorDetail {
+                code: code.to_string(),
+                message,
+            },
+        };
         let mut response = (status, axum::Json(body)).into_response();
         if let Some(after) = retry_after {
             let seconds = after.as_secs().max(1).to_string();

@@ -14,6 +14,8 @@ use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
 use serde::{Deserialize, Serialize};
 
 use super::{ApiError, Node};
+use phoenix_node_api::wire::{ListItem, ListPage, Root, Stored};
+
 use crate::cleanup::{self, CleanupOptions, CleanupReport};
 use crate::fault::FaultSpec;
 use crate::merkle::{Proof, hex_hash};
@@ -62,14 +64,6 @@ pub(super) struct StoreParams {
     ttl_seconds: Option<u64>,
 }
 
-#[derive(Debug, Serialize)]
-#[serde(rename_all = "camelCase")]
-struct StoredBody {
-    key: String,
-    created: bool,
-    expires_at_ms: Option<u64>,
-}
-
 /// `PUT /v1/memories/{key}?ttlSeconds=N` with the value as the body.
 pub(super) async fn store(
     State(node): State<Arc<Node>>,
@@ -100,7 +94,7 @@ pub(super) async fn store(
     };
     Ok((
         status,
-        Json(StoredBody {
+        Json(Stored {
             key,
             created: stored.created,
             expires_at_ms: stored.expires_at_ms,
@@ -156,27 +150,11 @@ pub(super) struct ListParams {
     continue_token: Option<String>,
 }
 
-#[derive(Debug, Serialize)]
-#[serde(rename_all = "camelCase")]
-pub(super) struct ListItem {
-    key: String,
-    value_bytes: usize,
-    expires_at_ms: Option<u64>,
-}
-
-#[derive(Debug, Serialize)]
-#[serde(rename_all = "camelCase")]
-pub(super) struct ListBody {
-    items: Vec<ListItem>,
-    #[serde(rename = "continue")]
-    continue_token: Option<String>,
-}
-
 /// `GET /v1/memories?prefix=&limit=&continue=`.
 pub(super) async fn list(
     State(node): State<Arc<Node>>,
     params: Result<Query<ListParams>, QueryRejection>,
-) -> ApiResult<Json<ListBody>> {
+) -> ApiResult<Json<ListPage>> {
     let params = query(params)?;
     let max = node.config.limits.max_list_limit;
     let limit = params.limit.unwrap_or(100.min(max));
@@ -199,7 +177,7 @@ pub(super) async fn list(
     let page =
         blocking(move || Ok(store.list(params.prefix.as_bytes(), after.as_deref(), limit)?))
             .await?;
-    Ok(Json(ListBody {
+    Ok(Json(ListPage {
         items: page
             .items
             .into_iter()
@@ -213,18 +191,11 @@ pub(super) async fn list(
     }))
 }
 
-#[derive(Debug, Serialize)]
-#[serde(rename_all = "camelCase")]
-pub(super) struct RootBody {
-    root: String,
-    keys: u64,
-}
-
 /// `GET /v1/root`.
-pub(super) async fn root(State(node): State<Arc<Node>>) -> ApiResult<Json<RootBody>> {
+pub(super) async fn root(State(node): State<Arc<Node>>) -> ApiResult<Json<Root>> {
     let store = Arc::clone(&node.store);
     let (root, keys) = blocking(move || Ok((store.root(), store.key_count()))).await?;
-    Ok(Json(RootBody {
+    Ok(Json(Root {
         root: hex_hash::to_hex(&root),
         keys,
     }))
@@ -401,7 +372,7 @@ pub(super) async fn ping() -> StatusCode {
 pub(super) async fn metrics(State(node): State<Arc<Node>>) -> Response {
     let stats = node.store.stats().ok();
     let probe = node.probe_snapshot();
-    let last = CleanupReport::last(&node.store).ok().flatten();
+    let last = crate::cleanup::last_report(&node.store).ok().flatten();
     let safety = super::metrics::Safety {
         flush: node.store.flush_health(),
         corruption: node.store.corruption().detected,

@@ -5,6 +5,8 @@ use prometheus::{
     Encoder, HistogramOpts, HistogramVec, IntCounterVec, Opts, Registry, TextEncoder,
 };
 
+use phoenix_node_api::metrics::{STATE, names};
+
 use crate::cleanup::CleanupReport;
 use crate::probe::ProbeSnapshot;
 use crate::store::{FlushHealth, Stats};
@@ -28,40 +30,6 @@ pub fn resident_memory_bytes() -> Option<u64> {
     Some(kib * 1024)
 }
 
-/// Safety series written at scrape time: name, type and help.
-const SAFETY: [(&str, &str, &str); 6] = [
-    (
-        "phoenix_node_durable",
-        "gauge",
-        "1 while writes can be made durable; 0 after a failed flush or while one hangs (writes are refused, /healthz fails).",
-    ),
-    (
-        "phoenix_node_last_flush_success_timestamp_seconds",
-        "gauge",
-        "When a flush last succeeded (unix).",
-    ),
-    (
-        "phoenix_node_flush_errors_total",
-        "counter",
-        "Flushes that failed.",
-    ),
-    (
-        "phoenix_node_corrupted",
-        "gauge",
-        "1 once corruption has been found (by the scrub or a read): the node is unready.",
-    ),
-    (
-        "phoenix_node_corruption_detected_total",
-        "counter",
-        "Corrupt records or pages found by the scrub or by reads.",
-    ),
-    (
-        "phoenix_node_resident_memory_bytes",
-        "gauge",
-        "Resident memory of the node process.",
-    ),
-];
-
 /// Operation label values (a fixed set).
 pub const OPERATIONS: [&str; 9] = [
     "store", "retrieve", "delete", "list", "root", "proof", "cleanup", "ping", "other",
@@ -76,74 +44,6 @@ pub struct Metrics {
     cleanups: IntCounterVec,
 }
 
-/// State gauges written at scrape time: name and help.
-const GAUGES: [(&str, &str); 16] = [
-    (
-        "phoenix_node_ready",
-        "1 when the node serves, 0 while opening, rebuilding or stopping.",
-    ),
-    (
-        "phoenix_node_keys",
-        "Memories stored (expired ones count until pruned).",
-    ),
-    (
-        "phoenix_node_logical_bytes",
-        "Sum of key and value lengths.",
-    ),
-    (
-        "phoenix_node_disk_bytes",
-        "Bytes the database occupies on disk.",
-    ),
-    (
-        "phoenix_node_cache_capacity_bytes",
-        "sled's configured cache capacity.",
-    ),
-    (
-        "phoenix_node_probe_baseline_seconds",
-        "Baseline median retrieve latency.",
-    ),
-    (
-        "phoenix_node_probe_recent_seconds",
-        "Recent median retrieve latency.",
-    ),
-    (
-        "phoenix_node_probe_ratio",
-        "Recent over baseline retrieve latency.",
-    ),
-    (
-        "phoenix_node_probe_samples",
-        "Retrieves in the probe's recent window.",
-    ),
-    (
-        "phoenix_node_probe_age_seconds",
-        "Time since the probe last sampled.",
-    ),
-    (
-        "phoenix_node_probe_baseline_timestamp_seconds",
-        "When the baseline was taken (unix).",
-    ),
-    (
-        "phoenix_node_last_cleanup_timestamp_seconds",
-        "When the last cleanup started (unix).",
-    ),
-    (
-        "phoenix_node_last_cleanup_ratio_before",
-        "Probe ratio before the last cleanup.",
-    ),
-    (
-        "phoenix_node_last_cleanup_ratio_after",
-        "Probe ratio after it, against the same baseline.",
-    ),
-    (
-        "phoenix_node_last_cleanup_disk_bytes_before",
-        "Disk bytes before the last cleanup.",
-    ),
-    (
-        "phoenix_node_last_cleanup_disk_bytes_after",
-        "Disk bytes after the last cleanup.",
-    ),
-];
-
 impl Metrics {
     /// Registers the counters and histograms.
     ///
@@ -153,7 +53,7 @@ impl Metrics {
         let registry = Registry::new();
         let request_duration = HistogramVec::new(
             HistogramOpts::new(
-                "phoenix_node_request_duration_seconds",
+                names::REQUEST_DURATION,
                 "HTTP request duration by operation.",
             )
             .buckets(vec![
@@ -164,13 +64,13 @@ impl Metrics {
         )?;
         let requests = IntCounterVec::new(
             Opts::new(
-                "phoenix_node_requests_total",
+                names::REQUESTS,
                 "HTTP requests by operation and status class.",
             ),
             &["operation", "class"],
         )?;
         let cleanups = IntCounterVec::new(
-            Opts::new("phoenix_node_cleanups_total", "Cleanups by outcome."),
+            Opts::new(names::CLEANUPS, "Cleanups by outcome."),
             &["outcome"],
         )?;
         registry.register(Box::new(request_duration.clone()))?;
@@ -226,57 +126,40 @@ impl Metrics {
         let mut text = String::from_utf8(buffer).unwrap_or_default();
         let value = |name: &str| -> Option<f64> {
             match name {
-                "phoenix_node_ready" => Some(f64::from(u8::from(ready))),
-                "phoenix_node_keys" => stats.map(|s| s.keys as f64),
-                "phoenix_node_logical_bytes" => stats.map(|s| s.logical_bytes as f64),
-                "phoenix_node_disk_bytes" => stats.map(|s| s.disk_bytes as f64),
-                "phoenix_node_cache_capacity_bytes" => stats.map(|s| s.cache_capacity_bytes as f64),
-                "phoenix_node_probe_baseline_seconds" => probe.baseline_ns.map(|ns| ns / 1e9),
-                "phoenix_node_probe_recent_seconds" => probe.recent_ns.map(|ns| ns / 1e9),
-                "phoenix_node_probe_ratio" => probe.ratio,
-                "phoenix_node_probe_samples" => Some(probe.samples as f64),
-                "phoenix_node_probe_age_seconds" => probe.age.map(|a| a.as_secs_f64()),
-                "phoenix_node_probe_baseline_timestamp_seconds" => {
+                names::READY => Some(f64::from(u8::from(ready))),
+                names::KEYS => stats.map(|s| s.keys as f64),
+                names::LOGICAL_BYTES => stats.map(|s| s.logical_bytes as f64),
+                names::DISK_BYTES => stats.map(|s| s.disk_bytes as f64),
+                names::CACHE_CAPACITY_BYTES => stats.map(|s| s.cache_capacity_bytes as f64),
+                names::PROBE_BASELINE_SECONDS => probe.baseline_ns.map(|ns| ns / 1e9),
+                names::PROBE_RECENT_SECONDS => probe.recent_ns.map(|ns| ns / 1e9),
+                names::PROBE_RATIO => probe.ratio,
+                names::PROBE_SAMPLES => Some(probe.samples as f64),
+                names::PROBE_AGE_SECONDS => probe.age.map(|a| a.as_secs_f64()),
+                names::PROBE_BASELINE_TIMESTAMP => {
                     probe.baseline_taken_at_ms.map(|ms| ms as f64 / 1000.0)
                 }
-                "phoenix_node_last_cleanup_timestamp_seconds" => {
+                names::LAST_CLEANUP_TIMESTAMP => {
                     last_cleanup.map(|r| r.started_at_ms as f64 / 1000.0)
                 }
-                "phoenix_node_last_cleanup_ratio_before" => {
-                    last_cleanup.and_then(|r| r.ratio_before)
-                }
-                "phoenix_node_last_cleanup_ratio_after" => last_cleanup.and_then(|r| r.ratio_after),
-                "phoenix_node_last_cleanup_disk_bytes_before" => {
+                names::LAST_CLEANUP_RATIO_BEFORE => last_cleanup.and_then(|r| r.ratio_before),
+                names::LAST_CLEANUP_RATIO_AFTER => last_cleanup.and_then(|r| r.ratio_after),
+                names::LAST_CLEANUP_DISK_BEFORE => {
                     last_cleanup.map(|r| r.disk_bytes_before as f64)
                 }
-                "phoenix_node_last_cleanup_disk_bytes_after" => {
-                    last_cleanup.map(|r| r.disk_bytes_after as f64)
-                }
+                names::LAST_CLEANUP_DISK_AFTER => last_cleanup.map(|r| r.disk_bytes_after as f64),
+                names::DURABLE => Some(f64::from(u8::from(safety.flush.ok()))),
+                names::LAST_FLUSH_SUCCESS => safety.flush.last_success_unix,
+                names::FLUSH_ERRORS => Some(safety.flush.errors as f64),
+                names::CORRUPTED => Some(f64::from(u8::from(safety.corruption > 0))),
+                names::CORRUPTION_DETECTED => Some(safety.corruption as f64),
+                names::RESIDENT_MEMORY => safety.resident_bytes.map(|b| b as f64),
                 _ => None,
             }
         };
-        for (name, help) in GAUGES {
-            if let Some(v) = value(name) {
-                text.push_str(&format!(
-                    "# HELP {name} {help}\n# TYPE {name} gauge\n{name} {v}\n"
-                ));
-            }
-        }
-        let safety_value = |name: &str| -> Option<f64> {
-            match name {
-                "phoenix_node_durable" => Some(f64::from(u8::from(safety.flush.ok()))),
-                "phoenix_node_last_flush_success_timestamp_seconds" => {
-                    safety.flush.last_success_unix
-                }
-                "phoenix_node_flush_errors_total" => Some(safety.flush.errors as f64),
-                "phoenix_node_corrupted" => Some(f64::from(u8::from(safety.corruption > 0))),
-                "phoenix_node_corruption_detected_total" => Some(safety.corruption as f64),
-                "phoenix_node_resident_memory_bytes" => safety.resident_bytes.map(|b| b as f64),
-                _ => None,
-            }
-        };
-        for (name, kind, help) in SAFETY {
-            if let Some(v) = safety_value(name) {
+        for series in STATE {
+            if let Some(v) = value(series.name) {
+                let (name, help, kind) = (series.name, series.help, series.kind.as_str());
                 text.push_str(&format!(
                     "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {v}\n"
                 ));

@@ -27,7 +27,7 @@ use axum::routing::{get, post, put};
 pub use error::ApiError;
 use metrics::Metrics;
 
-use crate::config::NodeConfig;
+use crate::config::{NodeConfig, NodeSettings};
 use crate::probe::{Probe, ProbeSnapshot};
 use crate::store::Store;
 

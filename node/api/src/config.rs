@@ -1,0 +1,580 @@
+//! The node's configuration file: what the operator's ConfigMap holds and the node reads at
+//! start (flags and environment override it there), validated with one clear message per
+//! bad field.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use serde::{Deserialize, Serialize};
+
+
+/// Errors loading the configuration.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("failed to read config file {path}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The file is not valid YAML for this schema.
+    #[error("config file {path} is not valid: {message}")]
+    Parse {
+        /// The file.
+        path: PathBuf,
+        /// The parser's message (names the field and line).
+        message: String,
+    },
+    /// One or more fields have invalid values.
+    #[error("invalid configuration:\n  {}", .0.join("\n  "))]
+    Invalid(Vec<String>),
+}
+
+/// When writes become durable. One type for the CRD's `spec.node.durability` and the node's
+/// `durability.mode`: written `Periodic`/`Sync` (the CRD's spelling); the node's file also
+/// accepts `periodic`/`sync`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
+pub enum DurabilityMode {
+    /// Flushed every `flushEveryMs`; a crash may lose the last interval's writes.
+    #[serde(alias = "periodic")]
+    Periodic,
+    /// Durable before acknowledged, concurrent writers sharing flushes (group commit).
+    #[serde(alias = "sync")]
+    Sync,
+}
+
+/// Durability settings.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields, default)]
+pub struct DurabilityConfig {
+    /// `Periodic` or `Sync`.
+    pub mode: DurabilityMode,
+    /// Flush interval for `periodic`, milliseconds.
+    pub flush_every_ms: u64,
+    /// A flush that has not returned (or, periodic, no flush succeeding) for this long
+    /// refuses writes and fails `/healthz`, milliseconds.
+    pub stall_timeout_ms: u64,
+}
+
+impl Default for DurabilityConfig {
+    fn default() -> Self {
+        DurabilityConfig {
+            mode: DurabilityMode::Periodic,
+            flush_every_ms: 500,
+            stall_timeout_ms: 10_000,
+        }
+    }
+}
+
+/// The data volume.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields, default)]
+pub struct DiskSettings {
+    /// Free space to keep on the data volume: writes get 507 below it (plus about 100
+    /// bytes per key for the tree checkpoint). 0 turns the guard off (not recommended: a
+    /// full volume then fails a flush, and the node refuses writes until restarted).
+    pub min_free_bytes: Quantity,
+}
+
+impl Default for DiskSettings {
+    fn default() -> Self {
+        DiskSettings {
+            min_free_bytes: Quantity(64 << 20),
+        }
+    }
+}
+
+/// The background scrub.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields, default)]
+pub struct ScrubSettings {
+    /// Records checked per second (0: no scrub).
+    pub keys_per_second: u64,
+    /// Time from the start of one full pass to the start of the next, seconds.
+    pub period_seconds: u64,
+}
+
+impl Default for ScrubSettings {
+    fn default() -> Self {
+        ScrubSettings {
+            keys_per_second: 2000,
+            period_seconds: 3600,
+        }
+    }
+}
+
+/// Limits on requests.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields, default)]
+pub struct LimitsConfig {
+    /// Longest key, bytes.
+    pub max_key_bytes: usize,
+    /// Largest value, bytes.
+    pub max_value_bytes: usize,
+    /// Largest request body, bytes (at least `maxValueBytes`).
+    pub max_body_bytes: usize,
+    /// Largest page a list may ask for.
+    pub max_list_limit: usize,
+    /// Time a request may take before it is answered 503, milliseconds.
+    pub request_timeout_ms: u64,
+    /// Requests served at once by the whole node; more wait (health, readiness and
+    /// metrics are not counted, so probes answer under load).
+    pub max_concurrent_requests: usize,
+    /// Request-body bytes held at once by the whole node (each request reserves its
+    /// declared length, or `maxBodyBytes` without one, before its body is read); more wait.
+    pub max_inflight_body_bytes: usize,
+    /// Open client connections; more wait in the listen backlog.
+    pub max_connections: usize,
+    /// Time a client gets to send a request's headers, milliseconds.
+    pub header_timeout_ms: u64,
+    /// Largest request head (request line and headers), bytes.
+    pub max_header_bytes: usize,
+}
+
+impl Default for LimitsConfig {
+    fn default() -> Self {
+        LimitsConfig {
+            max_key_bytes: 1024,
+            max_value_bytes: 1 << 20,
+            max_body_bytes: 1 << 20,
+            max_list_limit: 1000,
+            request_timeout_ms: 10_000,
+            max_concurrent_requests: 512,
+            max_inflight_body_bytes: 64 << 20,
+            max_connections: 512,
+            header_timeout_ms: 10_000,
+            max_header_bytes: 16 << 10,
+        }
+    }
+}
+
+/// Latency probe settings.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields, default)]
+pub struct ProbeSettings {
+    /// Time between ticks, milliseconds.
+    pub interval_ms: u64,
+    /// Retrieves timed per tick.
+    pub samples_per_tick: usize,
+    /// Ticks the recent value covers.
+    pub window_ticks: usize,
+    /// Samples needed before a ratio is reported.
+    pub min_samples: usize,
+    /// Ticks to wait after a start or a cleanup before measuring a baseline.
+    pub settle_ticks: usize,
+}
+
+impl Default for ProbeSettings {
+    fn default() -> Self {
+        ProbeSettings {
+            interval_ms: 1000,
+            samples_per_tick: 32,
+            window_ticks: 30,
+            min_samples: 200,
+            settle_ticks: 10,
+        }
+    }
+}
+
+/// Rebuild settings.
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields, default)]
+pub struct RebuildSettings {
+    /// Rebuild when disk bytes exceed this multiple of logical bytes.
+    pub disk_ratio: f64,
+    /// Never rebuild below this many disk bytes.
+    pub min_disk_bytes: u64,
+    /// Free bytes to keep on the volume beyond the copy.
+    pub free_space_margin_bytes: u64,
+}
+
+impl Default for RebuildSettings {
+    fn default() -> Self {
+        RebuildSettings {
+            disk_ratio: 2.0,
+            min_disk_bytes: 32 << 20,
+            free_space_margin_bytes: 64 << 20,
+        }
+    }
+}
+
+/// Log output format.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "cli", derive(clap::ValueEnum))]
+#[serde(rename_all = "camelCase")]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Human,
+    /// One JSON object per line.
+    Json,
+}
+
+/// The node's configuration file.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields, default)]
+pub struct NodeConfig {
+    /// Address to listen on.
+    pub listen: SocketAddr,
+    /// Data directory.
+    pub data_dir: PathBuf,
+    /// sled's cache, as bytes or a Kubernetes quantity ("256Mi"). It counts serialised
+    /// page bytes; the process's memory exceeds it by the Merkle tree and allocator.
+    pub cache_capacity: Quantity,
+    /// Durability.
+    pub durability: DurabilityConfig,
+    /// Time-to-live given to memories stored without one, seconds (0: none).
+    pub default_ttl_seconds: u64,
+    /// Request limits.
+    pub limits: LimitsConfig,
+    /// Latency probe.
+    pub probe: ProbeSettings,
+    /// Rebuild policy of cleanup.
+    pub rebuild: RebuildSettings,
+    /// The data volume's free-space reserve.
+    pub disk: DiskSettings,
+    /// The background corruption scrub.
+    pub scrub: ScrubSettings,
+    /// File holding the admin bearer token; without it the admin endpoints answer 403.
+    pub admin_token_file: Option<PathBuf>,
+    /// Time in-flight requests get to finish at shutdown, seconds.
+    pub shutdown_timeout_seconds: u64,
+    /// Accept `PUT /v1/admin/faults` (tests and the sandbox only).
+    pub fault_injection: bool,
+    /// Log format.
+    pub log_format: LogFormat,
+}
+
+impl Default for NodeConfig {
+    fn default() -> Self {
+        NodeConfig {
+            listen: SocketAddr::from(([0, 0, 0, 0], 8080)),
+            data_dir: PathBuf::from("/data"),
+            cache_capacity: Quantity(256 << 20),
+            durability: DurabilityConfig::default(),
+            default_ttl_seconds: 0,
+            limits: LimitsConfig::default(),
+            probe: ProbeSettings::default(),
+            rebuild: RebuildSettings::default(),
+            disk: DiskSettings::default(),
+            scrub: ScrubSettings::default(),
+            admin_token_file: None,
+            shutdown_timeout_seconds: 20,
+            fault_injection: false,
+            log_format: LogFormat::Human,
+        }
+    }
+}
+
+/// A byte count written as an integer or a Kubernetes quantity (`512Mi`, `1G`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(into = "u64")]
+pub struct Quantity(pub u64);
+
+impl From<Quantity> for u64 {
+    fn from(q: Quantity) -> u64 {
+        q.0
+    }
+}
+
+impl<'de> Deserialize<'de> for Quantity {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Raw {
+            Number(u64),
+            Text(String),
+        }
+        match Raw::deserialize(deserializer)? {
+            Raw::Number(n) => Ok(Quantity(n)),
+            Raw::Text(text) => parse_quantity(&text)
+                .map(Quantity)
+                .map_err(serde::de::Error::custom),
+        }
+    }
+}
+
+/// Parses a byte quantity: digits with an optional suffix (Ki, Mi, Gi, Ti, k, M, G, T).
+pub fn parse_quantity(text: &str) -> Result<u64, String> {
+    let text = text.trim();
+    let split = text
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(text.len());
+    let (digits, suffix) = text.split_at(split);
+    let number: u64 = digits
+        .parse()
+        .map_err(|_| format!("{text:?} is not a quantity like 256Mi"))?;
+    let multiplier: u64 = match suffix {
+        "" => 1,
+        "k" => 1_000,
+        "M" => 1_000_000,
+        "G" => 1_000_000_000,
+        "T" => 1_000_000_000_000,
+        "Ki" => 1 << 10,
+        "Mi" => 1 << 20,
+        "Gi" => 1 << 30,
+        "Ti" => 1 << 40,
+        other => return Err(format!("{text:?} has an unknown unit {other:?}")),
+    };
+    number
+        .checked_mul(multiplier)
+        .ok_or_else(|| format!("{text:?} is too large"))
+}
+
+impl NodeConfig {
+    /// Reads and validates a configuration file.
+    ///
+    /// # Errors
+    /// [`ConfigError`] naming the file and the field.
+    pub fn from_file(path: &Path) -> Result<NodeConfig, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        Self::from_yaml(&text).map_err(|e| match e {
+            ConfigError::Parse { message, .. } => ConfigError::Parse {
+                path: path.to_path_buf(),
+                message,
+            },
+            other => other,
+        })
+    }
+
+    /// Parses YAML (an empty document gives the defaults) and validates it.
+    ///
+    /// # Errors
+    /// [`ConfigError::Parse`] or [`ConfigError::Invalid`].
+    pub fn from_yaml(text: &str) -> Result<NodeConfig, ConfigError> {
+        let config: NodeConfig = if text.trim().is_empty() {
+            NodeConfig::default()
+        } else {
+            serde_yaml::from_str(text).map_err(|e| ConfigError::Parse {
+                path: PathBuf::from("<inline>"),
+                message: e.to_string(),
+            })?
+        };
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Checks every field; all problems are reported together.
+    ///
+    /// # Errors
+    /// [`ConfigError::Invalid`] listing each bad field.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let mut problems = Vec::new();
+        let mut check = |ok: bool, field: &str, rule: String| {
+            if !ok {
+                problems.push(format!("{field}: {rule}"));
+            }
+        };
+        let l = &self.limits;
+        check(
+            self.cache_capacity.0 >= 1 << 20,
+            "cacheCapacity",
+            format!("must be at least 1Mi, got {} bytes", self.cache_capacity.0),
+        );
+        check(
+            self.durability.mode == DurabilityMode::Sync
+                || (1..=60_000).contains(&self.durability.flush_every_ms),
+            "durability.flushEveryMs",
+            format!(
+                "must lie in 1..=60000, got {}",
+                self.durability.flush_every_ms
+            ),
+        );
+        check(
+            self.default_ttl_seconds <= 100 * 365 * 24 * 3600,
+            "defaultTtlSeconds",
+            format!(
+                "must be at most 100 years, got {}",
+                self.default_ttl_seconds
+            ),
+        );
+        check(
+            (1..=65_536).contains(&l.max_key_bytes),
+            "limits.maxKeyBytes",
+            format!("must lie in 1..=65536, got {}", l.max_key_bytes),
+        );
+        check(
+            (1..=64 << 20).contains(&l.max_value_bytes),
+            "limits.maxValueBytes",
+            format!("must lie in 1..=64Mi, got {}", l.max_value_bytes),
+        );
+        check(
+            l.max_body_bytes >= l.max_value_bytes && l.max_body_bytes <= 128 << 20,
+            "limits.maxBodyBytes",
+            format!(
+                "must lie in maxValueBytes ({})..=128Mi, got {}",
+                l.max_value_bytes, l.max_body_bytes
+            ),
+        );
+        check(
+            (1..=100_000).contains(&l.max_list_limit),
+            "limits.maxListLimit",
+            format!("must lie in 1..=100000, got {}", l.max_list_limit),
+        );
+        check(
+            (10..=600_000).contains(&l.request_timeout_ms),
+            "limits.requestTimeoutMs",
+            format!("must lie in 10..=600000, got {}", l.request_timeout_ms),
+        );
+        check(
+            (1..=100_000).contains(&l.max_concurrent_requests),
+            "limits.maxConcurrentRequests",
+            format!("must lie in 1..=100000, got {}", l.max_concurrent_requests),
+        );
+        check(
+            l.max_inflight_body_bytes >= l.max_body_bytes && l.max_inflight_body_bytes <= 16 << 30,
+            "limits.maxInflightBodyBytes",
+            format!(
+                "must lie in maxBodyBytes ({})..=16Gi, got {}",
+                l.max_body_bytes, l.max_inflight_body_bytes
+            ),
+        );
+        check(
+            (1..=100_000).contains(&l.max_connections),
+            "limits.maxConnections",
+            format!("must lie in 1..=100000, got {}", l.max_connections),
+        );
+        check(
+            (10..=600_000).contains(&l.header_timeout_ms),
+            "limits.headerTimeoutMs",
+            format!("must lie in 10..=600000, got {}", l.header_timeout_ms),
+        );
+        check(
+            (1024..=1 << 20).contains(&l.max_header_bytes),
+            "limits.maxHeaderBytes",
+            format!("must lie in 1024..=1Mi, got {}", l.max_header_bytes),
+        );
+        check(
+            (100..=3_600_000).contains(&self.durability.stall_timeout_ms),
+            "durability.stallTimeoutMs",
+            format!(
+                "must lie in 100..=3600000, got {}",
+                self.durability.stall_timeout_ms
+            ),
+        );
+        check(
+            self.scrub.keys_per_second <= 10_000_000,
+            "scrub.keysPerSecond",
+            format!(
+                "must lie in 0..=10000000, got {}",
+                self.scrub.keys_per_second
+            ),
+        );
+        check(
+            (1..=30 * 24 * 3600).contains(&self.scrub.period_seconds),
+            "scrub.periodSeconds",
+            format!("must lie in 1..=2592000, got {}", self.scrub.period_seconds),
+        );
+        let p = &self.probe;
+        check(
+            (10..=3_600_000).contains(&p.interval_ms),
+            "probe.intervalMs",
+            format!("must lie in 10..=3600000, got {}", p.interval_ms),
+        );
+        check(
+            (1..=10_000).contains(&p.samples_per_tick),
+            "probe.samplesPerTick",
+            format!("must lie in 1..=10000, got {}", p.samples_per_tick),
+        );
+        check(
+            (1..=10_000).contains(&p.window_ticks),
+            "probe.windowTicks",
+            format!("must lie in 1..=10000, got {}", p.window_ticks),
+        );
+        check(
+            p.min_samples >= 1 && p.min_samples <= p.samples_per_tick * p.window_ticks,
+            "probe.minSamples",
+            format!(
+                "must lie in 1..=samplesPerTick×windowTicks ({}), got {}",
+                p.samples_per_tick * p.window_ticks,
+                p.min_samples
+            ),
+        );
+        check(
+            p.settle_ticks <= 10_000,
+            "probe.settleTicks",
+            format!("must lie in 0..=10000, got {}", p.settle_ticks),
+        );
+        check(
+            self.rebuild.disk_ratio.is_finite() && self.rebuild.disk_ratio >= 1.0,
+            "rebuild.diskRatio",
+            format!("must be at least 1.0, got {}", self.rebuild.disk_ratio),
+        );
+        check(
+            (1..=3600).contains(&self.shutdown_timeout_seconds),
+            "shutdownTimeoutSeconds",
+            format!(
+                "must lie in 1..=3600, got {}",
+                self.shutdown_timeout_seconds
+            ),
+        );
+        if problems.is_empty() {
+            Ok(())
+        } else {
+            Err(ConfigError::Invalid(problems))
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_empty_file_gives_the_defaults() {
+        assert_eq!(
+            NodeConfig::from_yaml("").expect("valid"),
+            NodeConfig::default()
+        );
+    }
+
+    #[test]
+    fn a_full_file_parses() {
+        let config = NodeConfig::from_yaml(
+            "listen: 127.0.0.1:9000\ndataDir: /tmp/x\ncacheCapacity: 64Mi\n\
+             durability: {mode: sync}\ndefaultTtlSeconds: 60\n\
+             limits: {maxKeyBytes: 128, maxValueBytes: 4096, maxBodyBytes: 8192}\n\
+             probe: {intervalMs: 100}\nadminTokenFile: /etc/token\nlogFormat: json\n",
+        )
+        .expect("valid");
+        assert_eq!(config.cache_capacity, Quantity(64 << 20));
+        assert_eq!(config.durability.mode, DurabilityMode::Sync);
+        assert_eq!(config.limits.max_key_bytes, 128);
+        assert_eq!(config.log_format, LogFormat::Json);
+        assert_eq!(config.default_ttl_seconds, 60);
+    }
+
+    #[test]
+    fn every_bad_field_is_named() {
+        let error = NodeConfig::from_yaml(
+            "cacheCapacity: 10\nlimits: {maxKeyBytes: 0, maxListLimit: 0}\nprobe: {intervalMs: 1, settleTicks: 20000}\n",
+        )
+        .expect_err("invalid");
+        let text = error.to_string();
+        for field in [
+            "cacheCapacity",
+            "limits.maxKeyBytes",
+            "limits.maxListLimit",
+            "probe.intervalMs",
+            "probe.settleTicks",
+        ] {
+            assert!(text.contains(field), "{field} missing from: {text}");
+        }
+    }
+
+    #[test]
+    fn unknown_fields_and_bad_quantities_are_refused() {
+        let error = NodeConfig::from_yaml("cacheCapacty: 1Gi\n").expect_err("typo");
+        assert!(error.to_string().contains("cacheCapacty"), "{error}");
+        let error = NodeConfig::from_yaml("cacheCapacity: 1Qi\n").expect_err("unit");
+        assert!(error.to_string().contains("unknown unit"), "{error}");
+        assert_eq!(parse_quantity("1Gi"), Ok(1 << 30));
+        assert_eq!(parse_quantity("500M"), Ok(500_000_000));
+        assert!(parse_quantity("Mi").is_err());
+        assert!(parse_quantity("99999999999999999999Ti").is_err());
+    }
+}

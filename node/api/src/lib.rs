@@ -1,0 +1,15 @@
+//! The contract between a Phoenix memory node and those who run and call it (the operator,
+//! the cleanup job, other nodes): the node's configuration file, quantities, metric names
+//! and their parser, the HTTP API's bodies, and a client.
+//!
+//! - [`config`]: `node.yaml` — what the operator writes and the node reads.
+//! - [`metrics`]: metric names and [`metrics::Scrape`], the one exposition parser.
+//! - [`wire`]: the API's request and answer bodies.
+//! - [`client`]: [`client::NodeClient`], an async client of one node.
+
+pub mod client;
+pub mod config;
+pub mod metrics;
+pub mod wire;
+
+pub use client::{ClientError, NodeClient};

@@ -1,0 +1,107 @@
+//! The bodies of the node's HTTP API, as the node writes them and clients read them.
+
+use serde::{Deserialize, Serialize};
+
+/// `PUT /v1/memories/{key}`: what was stored.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Stored {
+    /// The key.
+    pub key: String,
+    /// Whether the key was new.
+    pub created: bool,
+    /// When it expires (unix ms), if it does.
+    pub expires_at_ms: Option<u64>,
+}
+
+/// One entry of a list page.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ListItem {
+    /// The key.
+    pub key: String,
+    /// Length of its value.
+    pub value_bytes: usize,
+    /// When it expires (unix ms), if it does.
+    pub expires_at_ms: Option<u64>,
+}
+
+/// `GET /v1/memories`: one page.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ListPage {
+    /// The entries.
+    pub items: Vec<ListItem>,
+    /// Where the next page starts, when there is one.
+    #[serde(rename = "continue")]
+    pub continue_token: Option<String>,
+}
+
+/// `GET /v1/root`: the Merkle root (hex) and the number of keys under it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Root {
+    /// The root, 64 hex digits.
+    pub root: String,
+    /// Keys under it.
+    pub keys: u64,
+}
+
+/// An error answer: `{"error": {"code": …, "message": …}}`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ErrorBody {
+    /// The error.
+    pub error: ErrorDetail,
+}
+
+/// What went wrong.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ErrorDetail {
+    /// A stable, machine-readable code (`not_found`, `insufficient_storage`, …).
+    pub code: String,
+    /// For people.
+    pub message: String,
+}
+
+/// `POST /v1/admin/cleanup`: what a cleanup did and what it changed.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct CleanupReport {
+    /// When it started (unix ms).
+    pub started_at_ms: u64,
+    /// Wall time, seconds.
+    pub seconds: f64,
+    /// Expired memories removed.
+    pub pruned: u64,
+    /// Whether the database was rebuilt.
+    pub rebuilt: bool,
+    /// Why it was not, when it was not.
+    pub rebuild_skipped: Option<String>,
+    /// Keys before and after.
+    pub keys_before: u64,
+    /// Keys after.
+    pub keys_after: u64,
+    /// Logical bytes before.
+    pub logical_bytes_before: u64,
+    /// Logical bytes after.
+    pub logical_bytes_after: u64,
+    /// On-disk bytes before.
+    pub disk_bytes_before: u64,
+    /// On-disk bytes after.
+    pub disk_bytes_after: u64,
+    /// Recent retrieve latency before, nanoseconds (`None`: no data).
+    pub recent_before_ns: Option<f64>,
+    /// Retrieve latency after, once the node settled, nanoseconds (`None` until then).
+    pub recent_after_ns: Option<f64>,
+    /// Ratio against the baseline in force before the cleanup.
+    pub ratio_before: Option<f64>,
+    /// The settled latency after against that same baseline (`None` until settled).
+    pub ratio_after: Option<f64>,
+    /// Whether the baseline was re-taken (only when latency came back).
+    pub baseline_reset: bool,
+    /// Whether the "after" figures are in: the probe measures them a settle period plus a
+    /// window after the cleanup, not while the rebuild has everything hot.
+    #[serde(default)]
+    pub settled: bool,
+}
+

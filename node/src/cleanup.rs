@@ -8,7 +8,6 @@
 
 use std::time::Instant;
 
-
 use crate::probe::{Probe, Settled};
 use crate::store::{RebuildReport, Result, Store, StoreError};
 
@@ -221,9 +220,7 @@ mod tests {
                 .expect("kept");
             assert_eq!(value.as_bytes(), &[3u8; 300]);
         }
-        let last = last_report(&store)
-            .expect("meta")
-            .expect("recorded");
+        let last = last_report(&store).expect("meta").expect("recorded");
         assert_eq!(
             (
                 last.started_at_ms,

@@ -74,8 +74,18 @@ mod tests {
         let probe = ProbeConfig::default();
         let from_file = defaults.probe_config();
         assert_eq!(
-            (from_file.samples_per_tick, from_file.window_ticks, from_file.min_samples, from_file.settle_ticks),
-            (probe.samples_per_tick, probe.window_ticks, probe.min_samples, probe.settle_ticks)
+            (
+                from_file.samples_per_tick,
+                from_file.window_ticks,
+                from_file.min_samples,
+                from_file.settle_ticks
+            ),
+            (
+                probe.samples_per_tick,
+                probe.window_ticks,
+                probe.min_samples,
+                probe.settle_ticks
+            )
         );
     }
 }

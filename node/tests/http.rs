@@ -6,10 +6,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use phoenix_node::config::{NodeConfig, NodeSettings};
-use phoenix_node_api::metrics::{Scrape, names};
 use phoenix_node::merkle::{Proof, hex_hash, verify_proof};
 use phoenix_node::service::{AdminToken, Node, app};
 use phoenix_node::store::Store;
+use phoenix_node_api::metrics::{Scrape, names};
 use serde_json::Value;
 
 const TOKEN: &str = "test-admin-token";
@@ -632,11 +632,10 @@ fn injected_slowdown_raises_the_ratio_and_a_cleanup_clears_a_transient_one() {
     }
     let after = ratio(&node);
     let text = String::from_utf8(node.send("GET", "/metrics", &[], b"").1).expect("utf-8");
-    let ratio_after =
-        Scrape::parse(&text)
-            .expect("metrics parse")
-            .get(names::LAST_CLEANUP_RATIO_AFTER)
-            .expect("the settled cleanup's ratio");
+    let ratio_after = Scrape::parse(&text)
+        .expect("metrics parse")
+        .get(names::LAST_CLEANUP_RATIO_AFTER)
+        .expect("the settled cleanup's ratio");
     assert!(ratio_after < slowed / 3.0, "{ratio_after}");
     assert!(
         after < slowed / 3.0,

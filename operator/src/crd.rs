@@ -2,7 +2,7 @@
 //! field's doc comment becomes its `kubectl explain` text.
 
 use k8s_openapi::api::core::v1::ResourceRequirements;
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use kube::{CustomResource, KubeSchema};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
@@ -113,14 +113,8 @@ fn default_true() -> bool {
     true
 }
 
-/// When writes become durable.
-#[derive(Deserialize, Serialize, Clone, Copy, Debug, PartialEq, Eq, JsonSchema)]
-pub enum DurabilityMode {
-    /// Flushed every `flushEveryMs`; a crash may lose the last interval's writes.
-    Periodic,
-    /// Durable before acknowledged, concurrent writers sharing flushes (group commit).
-    Sync,
-}
+/// When writes become durable: the node's own type (`phoenix-node-api`).
+pub use phoenix_node_api::config::DurabilityMode;
 
 /// Configuration of each node's store.
 #[derive(Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]
@@ -379,13 +373,13 @@ pub struct PhoenixMemoryStatus {
     /// Per-node observations from the nodes' metrics.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub nodes: Vec<NodeObservation>,
-    /// When the figures in `nodes` and `worstRatio` were observed (RFC 3339; a scrape is
+    /// When the figures in `nodes` and `worstRatio` were observed (a scrape is
     /// reused by reconciles within the observe interval). Figures that
     /// only jitter are rewritten at most every `--status-refresh-seconds` (5 min); a ratio,
     /// baseline or size that moves by 10% or more, and everything a decision depends on,
     /// are written at once.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub observed_at: Option<String>,
+    pub observed_at: Option<Time>,
     /// The cleanup plan in force.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub plan: Option<CleanupPlan>,
@@ -398,13 +392,13 @@ pub struct PhoenixMemoryStatus {
 }
 
 /// An emergency cleanup Job.
-#[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct EmergencyJob {
     /// The Job's name.
     pub name: String,
-    /// When it was created (RFC 3339).
-    pub time: String,
+    /// When it was created.
+    pub time: Time,
 }
 
 /// What one node reported at the last scrape.
@@ -434,9 +428,9 @@ pub struct NodeObservation {
     /// Bytes on disk.
     #[serde(default)]
     pub disk_bytes: u64,
-    /// When the node's last cleanup started (RFC 3339).
+    /// When the node's last cleanup started.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub last_cleanup: Option<String>,
+    pub last_cleanup: Option<Time>,
     /// The ratio before and after that cleanup, e.g. `6.1→1.1`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_cleanup_effect: Option<String>,
@@ -454,11 +448,11 @@ pub struct NodeObservation {
 }
 
 /// A scheduling decision: inputs, rule, outcome, reason.
-#[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct Decision {
-    /// When it was taken (RFC 3339).
-    pub time: String,
+    /// When it was taken.
+    pub time: Time,
     /// The rule that decided (e.g. `flat`, `rising`, `emergency`, `stale`, `ineffective`).
     pub rule: String,
     /// What it decided (e.g. `keep`, `tighten`, `relax`, `emergency-job`, `none`).
@@ -500,9 +494,9 @@ pub struct CleanupPlan {
     /// condition says so). Absent with a fixed `spec.cleanup.schedule`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub runs_every_seconds: Option<u64>,
-    /// When the worst node is predicted to cross `degradationThreshold` (RFC 3339).
+    /// When the worst node is predicted to cross `degradationThreshold`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub predicted_breach: Option<String>,
+    pub predicted_breach: Option<Time>,
     /// Why this plan.
     #[serde(default)]
     pub reason: String,

@@ -2,25 +2,30 @@
 //!
 //! - [`crd`]: the `PhoenixMemory` custom resource.
 //! - [`validate`]: the pure check of a spec (what CEL and the schema cannot fully check).
-//! - [`build`]: pure builders of every child.
-//! - [`controller`]: reconcile by server-side apply, status, leader election.
-//! - [`metrics`], [`http`]: the operator's metrics and its `/metrics`, `/healthz`, `/readyz`.
+//! - [`children`]: pure builders of every child object.
+//! - [`observe`]: a node's metrics → an observation (stale, never zero).
+//! - [`policy`]: the pure cleanup policy (observations → cadence, emergency, reason).
+//! - [`plan`]: the pure step from a cadence to the CronJob's schedule; [`cron`] its
+//!   calendar maths.
+//! - [`controller`]: the reconcile driver and its steps, status, Events, leader election.
+//! - [`metrics`], [`http`], [`health`]: the operator's metrics and its `/metrics`,
+//!   `/healthz`, `/readyz`.
 //! - [`rbac`]: the API calls the operator makes, as the RBAC rules the chart grants.
-//! - [`observe`]: scrape the nodes' metrics into observations (stale, never zero).
-//! - [`schedule`]: the pure cleanup policy (observations → cadence, emergency, decision).
 //!
-//! The controller (reconcile by server-side apply, status, leader election) and the
-//! observe → schedule policy join with their issues.
+//! The node's side of the contract (its config file, metric names, API bodies, client) is
+//! the `phoenix-node-api` crate.
 
-pub mod build;
+pub mod children;
 pub mod controller;
 pub mod crd;
+pub mod cron;
 pub mod health;
 pub mod http;
 pub mod metrics;
 pub mod observe;
+pub mod plan;
+pub mod policy;
 pub mod rbac;
-pub mod schedule;
 pub mod validate;
 
 /// The operator's version, kept in step with the node crate and the chart.

@@ -114,7 +114,9 @@ fn run(
 fn plan(file: &std::path::Path, default_image: &str) -> anyhow::Result<String> {
     use anyhow::Context;
     use kube::ResourceExt;
-    use phoenix_operator::build::{Inputs, build_all, build_emergency_job, emergency_job_name};
+    use phoenix_operator::children::{
+        Inputs, build_all, build_cronjob, build_emergency_job, emergency_job_name,
+    };
     use phoenix_operator::crd::PhoenixMemory;
     let text = std::fs::read_to_string(file)
         .with_context(|| format!("failed to read {}", file.display()))?;
@@ -126,24 +128,25 @@ fn plan(file: &std::path::Path, default_image: &str) -> anyhow::Result<String> {
     memory.metadata.uid = Some("<assigned by the API server>".into());
     let valid = phoenix_operator::validate::validate_named(&memory.name_any(), &memory.spec)
         .map_err(|problems| anyhow::anyhow!("invalid spec:\n  {}", problems.join("\n  ")))?;
-    let children = build_all(&Inputs {
-        memory: &memory,
-        valid: &valid,
-        default_image,
-        admin_token: "<generated once at the first reconcile>",
-        cleanup_interval: valid.max_interval,
-    })?;
     let inputs = Inputs {
         memory: &memory,
         valid: &valid,
         default_image,
-        admin_token: "",
-        cleanup_interval: valid.max_interval,
+        admin_token: "<generated once at the first reconcile>",
     };
+    let children = build_all(&inputs)?;
+    // Before any observation the plan is maxInterval.
+    let schedule = phoenix_operator::plan::schedule(
+        &valid,
+        &memory.namespace().unwrap_or_default(),
+        &memory.name_any(),
+        valid.max_interval,
+    );
+    let cronjob = build_cronjob(&inputs, &schedule);
     // What an emergency would create (only when the policy decides one).
     let emergency = build_emergency_job(
         &inputs,
-        &children.cronjob,
+        &cronjob,
         emergency_job_name(&memory.metadata.name.clone().unwrap_or_default(), 0),
         valid.spec.cleanup.degradation_threshold,
     );
@@ -154,7 +157,7 @@ fn plan(file: &std::path::Path, default_image: &str) -> anyhow::Result<String> {
         serde_yaml::to_string(&children.client_service)?,
         serde_yaml::to_string(&children.statefulset)?,
         serde_yaml::to_string(&children.pdb)?,
-        serde_yaml::to_string(&children.cronjob)?,
+        serde_yaml::to_string(&cronjob)?,
         serde_yaml::to_string(&emergency)?,
     ];
     Ok(documents.join("---\n"))

@@ -103,15 +103,8 @@ impl Metrics {
         for outcome in ["fresh", "stale"] {
             scrapes.with_label_values(&[outcome]);
         }
-        for rule in [
-            "stale",
-            "ineffective",
-            "emergency",
-            "degraded",
-            "rising",
-            "flat",
-        ] {
-            decisions.with_label_values(&[rule]);
+        for rule in crate::policy::Rule::ALL {
+            decisions.with_label_values(&[rule.as_str()]);
         }
         for result in ["ok", "error"] {
             reconciles.with_label_values(&[result]);
@@ -137,8 +130,8 @@ impl Metrics {
     }
 
     /// Counts one decision by its rule.
-    pub fn decided(&self, rule: &'static str) {
-        self.decisions.with_label_values(&[rule]).inc();
+    pub fn decided(&self, rule: crate::policy::Rule) {
+        self.decisions.with_label_values(&[rule.as_str()]).inc();
     }
 
     /// Counts one emergency Job.

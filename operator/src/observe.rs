@@ -4,7 +4,10 @@
 
 use std::time::Duration;
 
-use crate::schedule::{LastCleanup, NodeReport, Observation};
+use phoenix_node_api::metrics::{Scrape, names};
+use phoenix_node_api::{ClientError, NodeClient};
+
+use crate::policy::{LastCleanup, NodeReport, Observation};
 
 /// When a report is fresh enough to decide on.
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -28,82 +31,83 @@ impl Default for Freshness {
 /// is set from it).
 pub const CORRUPTED: &str = "corruption detected in the node's data";
 
-/// The value of an unlabelled gauge in a parsed scrape.
-fn gauge(scrape: &prometheus_parse::Scrape, name: &str) -> Option<f64> {
-    scrape.samples.iter().find_map(|s| {
-        if s.metric != name {
-            return None;
-        }
-        match s.value {
-            prometheus_parse::Value::Gauge(v) | prometheus_parse::Value::Untyped(v) => Some(v),
-            _ => None,
-        }
-    })
-}
-
 /// Turns one node's metrics text into an observation. Pure; `now_unix` is the clock.
 pub fn from_metrics(node: &str, text: &str, freshness: &Freshness, now_unix: f64) -> Observation {
+    match Scrape::parse(text) {
+        Ok(scrape) => from_scrape(node, &scrape, freshness, now_unix),
+        Err(error) => Observation::Stale {
+            node: node.to_string(),
+            reason: format!("metrics do not parse: {error}"),
+        },
+    }
+}
+
+/// Turns one node's parsed metrics into an observation.
+pub fn from_scrape(
+    node: &str,
+    scrape: &Scrape,
+    freshness: &Freshness,
+    now_unix: f64,
+) -> Observation {
     let stale = |reason: String| Observation::Stale {
         node: node.to_string(),
         reason,
     };
-    let lines = text.lines().map(|l| Ok(l.to_string()));
-    let scrape = match prometheus_parse::Scrape::parse(lines) {
-        Ok(scrape) => scrape,
-        Err(error) => return stale(format!("metrics do not parse: {error}")),
-    };
-    if gauge(&scrape, "phoenix_node_ready").is_none() {
+    if scrape.get(names::READY).is_none() {
         return stale("not a phoenix node's metrics".into());
     }
     // A node whose data or durability is in doubt says nothing the policy may act on.
-    if gauge(&scrape, "phoenix_node_corrupted").is_some_and(|v| v > 0.0) {
+    if scrape.get(names::CORRUPTED).is_some_and(|v| v > 0.0) {
         return stale(format!(
             "{CORRUPTED}: it is unready, serves what it can read and needs repair"
         ));
     }
-    if gauge(&scrape, "phoenix_node_durable") == Some(0.0) {
+    if scrape.get(names::DURABLE) == Some(0.0) {
         return stale(
             "it cannot make writes durable (a flush failed or hangs) and refuses them; \
              its liveness probe fails so the kubelet restarts it"
                 .into(),
         );
     }
-    let Some(ratio) = gauge(&scrape, "phoenix_node_probe_ratio").filter(|r| r.is_finite()) else {
+    let Some(ratio) = scrape.finite(names::PROBE_RATIO) else {
         return stale("the probe has no ratio yet".into());
     };
-    let samples = gauge(&scrape, "phoenix_node_probe_samples").unwrap_or(0.0);
+    let samples = scrape.get(names::PROBE_SAMPLES).unwrap_or(0.0);
     if samples < freshness.min_samples {
         return stale(format!(
             "{samples} probe samples, fewer than {}",
             freshness.min_samples
         ));
     }
-    let age = gauge(&scrape, "phoenix_node_probe_age_seconds").unwrap_or(f64::INFINITY);
+    let age = scrape
+        .get(names::PROBE_AGE_SECONDS)
+        .unwrap_or(f64::INFINITY);
     if age > freshness.max_age.as_secs_f64() {
         return stale(format!("probe data is {age:.0} s old"));
     }
-    let baseline_at =
-        gauge(&scrape, "phoenix_node_probe_baseline_timestamp_seconds").unwrap_or(now_unix);
-    let count = |name| gauge(&scrape, name).map_or(0, |v| v.max(0.0) as u64);
-    let finite = |name| gauge(&scrape, name).filter(|v| v.is_finite());
-    let last_cleanup =
-        finite("phoenix_node_last_cleanup_timestamp_seconds").map(|at| LastCleanup {
+    let baseline_at = scrape
+        .get(names::PROBE_BASELINE_TIMESTAMP)
+        .unwrap_or(now_unix);
+    let count = |name| scrape.get(name).map_or(0, |v| v.max(0.0) as u64);
+    let last_cleanup = scrape
+        .finite(names::LAST_CLEANUP_TIMESTAMP)
+        .map(|at| LastCleanup {
             at_unix: at,
-            ratio_before: finite("phoenix_node_last_cleanup_ratio_before"),
-            ratio_after: finite("phoenix_node_last_cleanup_ratio_after"),
+            ratio_before: scrape.finite(names::LAST_CLEANUP_RATIO_BEFORE),
+            ratio_after: scrape.finite(names::LAST_CLEANUP_RATIO_AFTER),
         });
     Observation::Fresh(NodeReport {
         node: node.to_string(),
         ratio,
         seconds_since_baseline: (now_unix - baseline_at).max(0.0),
         age_seconds: age,
-        logical_bytes: count("phoenix_node_logical_bytes"),
-        disk_bytes: count("phoenix_node_disk_bytes"),
-        cache_capacity_bytes: count("phoenix_node_cache_capacity_bytes"),
-        recent_seconds: finite("phoenix_node_probe_recent_seconds"),
-        baseline_seconds: finite("phoenix_node_probe_baseline_seconds"),
+        logical_bytes: count(names::LOGICAL_BYTES),
+        disk_bytes: count(names::DISK_BYTES),
+        cache_capacity_bytes: count(names::CACHE_CAPACITY_BYTES),
+        recent_seconds: scrape.finite(names::PROBE_RECENT_SECONDS),
+        baseline_seconds: scrape.finite(names::PROBE_BASELINE_SECONDS),
         samples: samples.max(0.0) as u64,
-        keys: count("phoenix_node_keys"),
+        keys: count(names::KEYS),
         last_cleanup,
     })
 }
@@ -120,24 +124,19 @@ pub async fn scrape(
         node: node.to_string(),
         reason,
     };
-    let response = match http
-        .get(format!("{base_url}/metrics"))
-        .timeout(timeout)
-        .send()
+    match NodeClient::new(http.clone(), base_url)
+        .scrape(timeout)
         .await
     {
-        Ok(r) if r.status().is_success() => r,
-        Ok(r) => return stale(format!("metrics answered {}", r.status())),
-        Err(error) => return stale(format!("unreachable: {error}")),
-    };
-    match response.text().await {
-        Ok(text) => {
+        Ok(scrape) => {
             let now = std::time::SystemTime::now()
                 .duration_since(std::time::UNIX_EPOCH)
                 .map_or(0.0, |d| d.as_secs_f64());
-            from_metrics(node, &text, freshness, now)
+            from_scrape(node, &scrape, freshness, now)
         }
-        Err(error) => stale(format!("metrics body unreadable: {error}")),
+        Err(ClientError::Unreachable(error)) => stale(format!("unreachable: {error}")),
+        Err(ClientError::Status { status, .. }) => stale(format!("metrics answered {status}")),
+        Err(ClientError::Body(error)) => stale(format!("metrics unreadable: {error}")),
     }
 }
 

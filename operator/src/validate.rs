@@ -20,37 +20,29 @@ pub struct ValidSpec {
     pub max_interval: Duration,
 }
 
-/// Parses a duration like `15m`, `1h30m`, `90s` (units s, m, h).
+/// Parses a duration as Kubernetes does (`metav1.Duration`, Go's `time.ParseDuration`, the
+/// grammar of CEL's `duration()` in the CRD's rules): `15m`, `1h30m`, `90s`, `1.5h`.
+/// Negative and empty durations are refused; so are numbers so long that the parser would
+/// overflow (it panics on those rather than failing).
 pub fn parse_duration(text: &str) -> Result<Duration, String> {
-    let mut total = 0u64;
-    let mut digits = String::new();
     if text.is_empty() {
         return Err("an empty duration".into());
     }
-    for c in text.chars() {
-        if c.is_ascii_digit() {
-            digits.push(c);
-            continue;
-        }
-        let unit = match c {
-            's' => 1,
-            'm' => 60,
-            'h' => 3600,
-            other => return Err(format!("{text:?}: unknown unit {other:?} (use s, m or h)")),
-        };
-        let n: u64 = digits
-            .parse()
-            .map_err(|_| format!("{text:?}: a unit needs a number before it"))?;
-        total = n
-            .checked_mul(unit)
-            .and_then(|v| total.checked_add(v))
-            .ok_or_else(|| format!("{text:?} is too long"))?;
-        digits.clear();
+    let longest_number = text
+        .split(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .map(str::len)
+        .max()
+        .unwrap_or(0);
+    if text.len() > 64 || longest_number > 12 {
+        return Err(format!("{text:?} is too long"));
     }
-    if !digits.is_empty() {
-        return Err(format!("{text:?}: the last number has no unit"));
+    let parsed: kube::core::Duration = text
+        .parse()
+        .map_err(|e| format!("{text:?} is not a duration like 15m or 1h30m: {e}"))?;
+    if parsed.is_negative() {
+        return Err(format!("{text:?} is negative"));
     }
-    Ok(Duration::from_secs(total))
+    Ok(parsed.into())
 }
 
 /// The value of a Kubernetes quantity (`500m`, `1.5Gi`, `2e3`), or `None` when it is not one.
@@ -145,7 +137,7 @@ pub fn validate_named(name: &str, spec: &PhoenixMemorySpec) -> Result<ValidSpec,
 pub fn validate(spec: &PhoenixMemorySpec) -> Result<ValidSpec, Vec<String>> {
     let mut problems = Vec::new();
     let cleanup = &spec.cleanup;
-    let cache = phoenix_node::config::parse_quantity(&spec.node.cache_capacity)
+    let cache = phoenix_node_api::config::parse_quantity(&spec.node.cache_capacity)
         .map_err(|e| problems.push(format!("node.cacheCapacity: {e}")))
         .unwrap_or(0);
     if cache != 0 && cache < 1 << 20 {
@@ -173,7 +165,7 @@ pub fn validate(spec: &PhoenixMemorySpec) -> Result<ValidSpec, Vec<String>> {
             cleanup.min_interval, cleanup.max_interval
         ));
     }
-    if max > crate::build::LONGEST_INTERVAL {
+    if max > crate::cron::LONGEST_INTERVAL {
         problems.push(format!(
             "cleanup.maxInterval ({}) must not exceed 168h: a cron schedule repeats evenly at most weekly",
             cleanup.max_interval
@@ -281,6 +273,11 @@ mod tests {
         assert!(parse_duration("1d").is_err());
         assert!(parse_duration("").is_err());
         assert!(parse_duration("99999999999999999999h").is_err());
+        // Go's grammar, as CEL's duration() reads it.
+        assert_eq!(parse_duration("1.5h"), Ok(Duration::from_secs(5400)));
+        assert_eq!(parse_duration("90s"), Ok(Duration::from_secs(90)));
+        assert!(parse_duration("-15m").is_err());
+        assert!(parse_duration(&"1h".repeat(40)).is_err());
     }
 
     #[test]

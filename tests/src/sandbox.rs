@@ -23,8 +23,8 @@ use k8s_openapi::api::core::v1::{ConfigMap, Pod, Secret};
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::api::{DeleteParams, ListParams, Patch, PatchParams, PostParams};
 use kube::{Api, Client, CustomResourceExt, ResourceExt};
-use phoenix_node::config::{NodeConfig, ProbeSettings};
-use phoenix_operator::build::{CONFIG_FILE, TOKEN_KEY, configmap_name, secret_name};
+use phoenix_node::config::{NodeConfig, NodeSettings, ProbeSettings};
+use phoenix_operator::children::{CONFIG_FILE, TOKEN_KEY, configmap_name, secret_name};
 use phoenix_operator::controller::{self, Settings};
 use phoenix_operator::crd::PhoenixMemory;
 use phoenix_operator::metrics::Metrics;
@@ -641,7 +641,7 @@ impl Sandbox {
     /// # Errors
     /// No CronJob; the command cannot start.
     pub async fn run_cronjob(&self, memory: &str) -> anyhow::Result<JobRun> {
-        let name = phoenix_operator::build::cronjob_name(memory);
+        let name = phoenix_operator::children::cronjob_name(memory);
         let cronjob = self
             .api::<CronJob>()
             .get_opt(&name)
@@ -662,7 +662,7 @@ impl Sandbox {
     pub async fn emergency_jobs(&self, memory: &str) -> anyhow::Result<Vec<Job>> {
         let selector = format!(
             "app.kubernetes.io/instance={memory},app.kubernetes.io/component={}",
-            phoenix_operator::build::EMERGENCY_COMPONENT
+            phoenix_operator::children::EMERGENCY_COMPONENT
         );
         let mut jobs = self
             .api::<Job>()

@@ -46,7 +46,10 @@ impl NodeClient {
         &self.base
     }
 
-    async fn send(&self, request: reqwest::RequestBuilder) -> Result<reqwest::Response, ClientError> {
+    async fn send(
+        &self,
+        request: reqwest::RequestBuilder,
+    ) -> Result<reqwest::Response, ClientError> {
         let response = request
             .send()
             .await
@@ -72,9 +75,13 @@ impl NodeClient {
     /// # Errors
     /// Not ready, or no answer within `timeout`.
     pub async fn ready(&self, timeout: Duration) -> Result<(), ClientError> {
-        self.send(self.http.get(format!("{}/readyz", self.base)).timeout(timeout))
-            .await
-            .map(drop)
+        self.send(
+            self.http
+                .get(format!("{}/readyz", self.base))
+                .timeout(timeout),
+        )
+        .await
+        .map(drop)
     }
 
     /// `GET /metrics` as text.
@@ -82,11 +89,15 @@ impl NodeClient {
     /// # Errors
     /// No answer within `timeout`, a failure status, or an unreadable body.
     pub async fn metrics_text(&self, timeout: Duration) -> Result<String, ClientError> {
-        self.send(self.http.get(format!("{}/metrics", self.base)).timeout(timeout))
-            .await?
-            .text()
-            .await
-            .map_err(|e| ClientError::Body(e.to_string()))
+        self.send(
+            self.http
+                .get(format!("{}/metrics", self.base))
+                .timeout(timeout),
+        )
+        .await?
+        .text()
+        .await
+        .map_err(|e| ClientError::Body(e.to_string()))
     }
 
     /// `GET /metrics`, parsed.

@@ -2,10 +2,9 @@
 //! start (flags and environment override it there), validated with one clear message per
 //! bad field.
 
+use serde::{Deserialize, Serialize};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use serde::{Deserialize, Serialize};
-
 
 /// Errors loading the configuration.
 #[derive(Debug, thiserror::Error)]
@@ -31,9 +30,9 @@ pub enum ConfigError {
     Invalid(Vec<String>),
 }
 
-/// When writes become durable. One type for the CRD's `spec.node.durability` and the node's
-/// `durability.mode`: written `Periodic`/`Sync` (the CRD's spelling); the node's file also
-/// accepts `periodic`/`sync`.
+/// When writes become durable. One type for the CRD's `spec.node.durability` (`Periodic`,
+/// `Sync`) and the node file's `durability.mode` (written `periodic`, `sync`; either
+/// spelling is read).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 pub enum DurabilityMode {
@@ -49,13 +48,23 @@ pub enum DurabilityMode {
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields, default)]
 pub struct DurabilityConfig {
-    /// `Periodic` or `Sync`.
+    /// `periodic` or `sync`.
+    #[serde(serialize_with = "mode_in_file")]
     pub mode: DurabilityMode,
     /// Flush interval for `periodic`, milliseconds.
     pub flush_every_ms: u64,
     /// A flush that has not returned (or, periodic, no flush succeeding) for this long
     /// refuses writes and fails `/healthz`, milliseconds.
     pub stall_timeout_ms: u64,
+}
+
+/// The file's spelling of a mode (unchanged since the file format began, so that a new
+/// operator writes the same `node.yaml` and restarts no node).
+fn mode_in_file<S: serde::Serializer>(mode: &DurabilityMode, out: S) -> Result<S::Ok, S::Error> {
+    out.serialize_str(match mode {
+        DurabilityMode::Periodic => "periodic",
+        DurabilityMode::Sync => "sync",
+    })
 }
 
 impl Default for DurabilityConfig {
@@ -546,6 +555,17 @@ mod tests {
         assert_eq!(config.limits.max_key_bytes, 128);
         assert_eq!(config.log_format, LogFormat::Json);
         assert_eq!(config.default_ttl_seconds, 60);
+    }
+
+    #[test]
+    fn durability_is_written_as_the_file_always_spelt_it_and_read_either_way() {
+        let mut config = NodeConfig::default();
+        config.durability.mode = DurabilityMode::Sync;
+        let text = serde_yaml::to_string(&config).expect("serialises");
+        assert!(text.contains("mode: sync"), "{text}");
+        assert_eq!(NodeConfig::from_yaml(&text).expect("valid"), config);
+        let pascal = NodeConfig::from_yaml("durability: {mode: Sync}\n").expect("valid");
+        assert_eq!(pascal.durability.mode, DurabilityMode::Sync);
     }
 
     #[test]

@@ -107,18 +107,27 @@ pub const STATE: [Series; 22] = [
     ),
     gauge(names::LOGICAL_BYTES, "Sum of key and value lengths."),
     gauge(names::DISK_BYTES, "Bytes the database occupies on disk."),
-    gauge(names::CACHE_CAPACITY_BYTES, "sled's configured cache capacity."),
+    gauge(
+        names::CACHE_CAPACITY_BYTES,
+        "sled's configured cache capacity.",
+    ),
     gauge(
         names::PROBE_BASELINE_SECONDS,
         "Baseline median retrieve latency.",
     ),
-    gauge(names::PROBE_RECENT_SECONDS, "Recent median retrieve latency."),
+    gauge(
+        names::PROBE_RECENT_SECONDS,
+        "Recent median retrieve latency.",
+    ),
     gauge(names::PROBE_RATIO, "Recent over baseline retrieve latency."),
     gauge(
         names::PROBE_SAMPLES,
         "Retrieves in the probe's recent window.",
     ),
-    gauge(names::PROBE_AGE_SECONDS, "Time since the probe last sampled."),
+    gauge(
+        names::PROBE_AGE_SECONDS,
+        "Time since the probe last sampled.",
+    ),
     gauge(
         names::PROBE_BASELINE_TIMESTAMP,
         "When the baseline was taken (unix).",
@@ -226,7 +235,11 @@ mod tests {
         assert_eq!(scrape.get(names::READY), Some(1.0));
         assert_eq!(scrape.get(names::FLUSH_ERRORS), Some(2.0));
         assert_eq!(scrape.get(names::PROBE_RATIO), Some(1.5));
-        assert_eq!(scrape.get(names::CLEANUPS), None, "labelled series are not unlabelled values");
+        assert_eq!(
+            scrape.get(names::CLEANUPS),
+            None,
+            "labelled series are not unlabelled values"
+        );
         assert_eq!(scrape.get(names::KEYS), None);
     }
 

@@ -104,4 +104,3 @@ pub struct CleanupReport {
     #[serde(default)]
     pub settled: bool,
 }
-

@@ -144,9 +144,7 @@ impl Metrics {
                 }
                 names::LAST_CLEANUP_RATIO_BEFORE => last_cleanup.and_then(|r| r.ratio_before),
                 names::LAST_CLEANUP_RATIO_AFTER => last_cleanup.and_then(|r| r.ratio_after),
-                names::LAST_CLEANUP_DISK_BEFORE => {
-                    last_cleanup.map(|r| r.disk_bytes_before as f64)
-                }
+                names::LAST_CLEANUP_DISK_BEFORE => last_cleanup.map(|r| r.disk_bytes_before as f64),
                 names::LAST_CLEANUP_DISK_AFTER => last_cleanup.map(|r| r.disk_bytes_after as f64),
                 names::DURABLE => Some(f64::from(u8::from(safety.flush.ok()))),
                 names::LAST_FLUSH_SUCCESS => safety.flush.last_success_unix,

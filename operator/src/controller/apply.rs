@@ -6,6 +6,7 @@
 //! would apply is not written: a converged reconcile makes no mutating request.
 
 use std::fmt::Debug;
+use std::time::Instant;
 
 use k8s_openapi::NamespaceResourceScope;
 use k8s_openapi::api::apps::v1::StatefulSet;
@@ -17,8 +18,11 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 use serde_json::Value;
 
-use super::{Context, Error, FIELD_MANAGER};
-use crate::build::{Children, TOKEN_KEY, secret_name};
+use super::context::{Context, Error, FIELD_MANAGER};
+use super::state::{Key, Verified};
+use crate::children::{self, Children, Inputs, TOKEN_KEY, secret_name};
+use crate::crd::PhoenixMemory;
+use crate::validate::ValidSpec;
 
 /// Whether `current` already holds every field of `desired` with the same value.
 /// Quantities under `requests` and `limits` compare by value: the API server stores
@@ -127,12 +131,12 @@ pub async fn admin_token(ctx: &Context, namespace: &str, memory: &str) -> Result
 pub fn new_token() -> Result<String, Error> {
     let mut bytes = [0u8; 32];
     getrandom::fill(&mut bytes).map_err(|e| Error::Random(e.to_string()))?;
-    Ok(bytes.iter().map(|b| format!("{b:02x}")).collect())
+    Ok(hex::encode(bytes))
 }
 
 /// Applies every child but the CronJob, in order; returns the live StatefulSet and the
 /// kinds written.
-pub async fn children(
+async fn children(
     ctx: &Context,
     namespace: &str,
     children: &Children,
@@ -195,10 +199,104 @@ async fn statefulset(
     apply_over(ctx, namespace, desired, live).await
 }
 
-/// Applies the CronJob (last: it cleans nodes that must exist, on the cadence decided from
-/// what they report); returns whether it was written.
-pub async fn cronjob(ctx: &Context, namespace: &str, cronjob: &CronJob) -> Result<bool, Error> {
-    Ok(apply_one(ctx, namespace, cronjob).await?.1)
+/// What the apply step found: the admin token, the StatefulSet's state, what it wrote.
+/// No `Debug`: it holds the admin token.
+pub struct Applied {
+    /// The memory's admin token.
+    pub token: String,
+    /// The StatefulSet as applied (or, reusing the last check, only its status).
+    pub statefulset: StatefulSet,
+    /// The kinds written, for the `Applied` Event.
+    pub written: Vec<&'static str>,
+    /// The point in the change sequence before the children were read.
+    seq: u64,
+    /// When they were read.
+    at: Instant,
+    /// A hash of the CronJob as last applied, when this reuses a check that applied it.
+    cronjob: Option<blake3::Hash>,
+}
+
+/// Applies every child but the CronJob (its schedule is planned after observing), in
+/// order — unless they were all checked at this generation within `resync` and none
+/// changed since (see `changes`): then nothing is read or written.
+///
+/// # Errors
+/// The API server refused or failed; a child could not be built.
+pub async fn serving(
+    ctx: &Context,
+    key: &Key,
+    memory: &PhoenixMemory,
+    valid: &ValidSpec,
+) -> Result<Applied, Error> {
+    let seq = ctx.memories.now();
+    let last = ctx.memories.with(key, |state| state.verified.clone());
+    if let Some(last) = last.filter(|v| {
+        v.generation == memory.metadata.generation
+            && v.at.elapsed() < ctx.settings.resync
+            && !ctx.memories.changed_since(key, v.seq)
+    }) {
+        return Ok(Applied {
+            token: last.token,
+            statefulset: StatefulSet {
+                status: last.statefulset_status,
+                ..StatefulSet::default()
+            },
+            written: Vec::new(),
+            seq: last.seq,
+            at: last.at,
+            cronjob: last.cronjob,
+        });
+    }
+    let namespace = memory.namespace().ok_or(Error::NoNamespace)?;
+    let token = admin_token(ctx, &namespace, &memory.name_any()).await?;
+    let inputs = Inputs {
+        memory,
+        valid,
+        default_image: &ctx.settings.default_image,
+        admin_token: &token,
+    };
+    let (statefulset, written) = children(ctx, &namespace, &children::build_all(&inputs)?).await?;
+    Ok(Applied {
+        token,
+        statefulset,
+        written,
+        seq,
+        at: Instant::now(),
+        cronjob: None,
+    })
+}
+
+/// Applies the CronJob (last: it cleans nodes that must exist, on the planned schedule)
+/// unless it is the one last applied, and records the full check of the children.
+///
+/// # Errors
+/// The API server refused or failed.
+pub async fn cronjob(
+    ctx: &Context,
+    key: &Key,
+    memory: &PhoenixMemory,
+    applied: &mut Applied,
+    cronjob: &CronJob,
+) -> Result<(), Error> {
+    let desired = blake3::hash(&serde_json::to_vec(cronjob).map_err(kube::Error::SerdeError)?);
+    if applied.cronjob != Some(desired) {
+        let namespace = memory.namespace().ok_or(Error::NoNamespace)?;
+        if apply_one(ctx, &namespace, cronjob).await?.1 {
+            applied.written.push("CronJob");
+        }
+    }
+    applied.cronjob = Some(desired);
+    let verified = Verified {
+        generation: memory.metadata.generation,
+        seq: applied.seq,
+        at: applied.at,
+        token: applied.token.clone(),
+        statefulset_status: applied.statefulset.status.clone(),
+        cronjob: Some(desired),
+    };
+    ctx.memories
+        .with(key, |state| state.verified = Some(verified));
+    Ok(())
 }
 
 #[cfg(test)]

@@ -1,67 +1,25 @@
-//! Status: conditions with transition times, observedGeneration, replicas, the selector.
+//! Status: what a reconcile writes (conditions, observedGeneration, replicas, the selector,
+//! what was observed and decided), only when worth a write, by server-side apply.
 
 use k8s_openapi::api::apps::v1::StatefulSet;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+use k8s_openapi::jiff::Timestamp;
 use kube::api::{Patch, PatchParams};
-use kube::{Api, ResourceExt};
+use kube::{Api, Resource, ResourceExt};
 use serde_json::json;
 
-use super::{Context, Error};
-use crate::build::selector_string;
+use super::conditions::{condition, rollout_conditions, with_condition};
+use super::context::{Context, Error, FIELD_MANAGER};
+use crate::children::selector_string;
 use crate::crd::{
     CleanupPlan, Decision, EmergencyJob, NodeObservation, PhoenixMemory, PhoenixMemoryStatus,
     conditions,
 };
 
-/// `conditions` with `new` set: the transition time only changes when the status does.
-fn with_condition(current: &[Condition], mut new: Condition) -> Vec<Condition> {
-    let mut out: Vec<Condition> = current
-        .iter()
-        .filter(|c| c.type_ != new.type_)
-        .cloned()
-        .collect();
-    if let Some(old) = current.iter().find(|c| c.type_ == new.type_)
-        && old.status == new.status
-    {
-        new.last_transition_time = old.last_transition_time.clone();
-    }
-    out.push(new);
-    out.sort_by(|a, b| a.type_.cmp(&b.type_));
-    out
-}
-
-/// A condition; its transition time is kept from the current one when the status is unchanged
-/// (see `with_condition`).
-pub(super) fn condition(
-    memory: &PhoenixMemory,
-    type_: &str,
-    ok: bool,
-    reason: &str,
-    message: String,
-) -> Condition {
-    Condition {
-        type_: type_.into(),
-        status: if ok { "True" } else { "False" }.into(),
-        reason: reason.into(),
-        message,
-        observed_generation: memory.metadata.generation,
-        last_transition_time: Time(k8s_openapi::jiff::Timestamp::now()),
-    }
-}
-
-/// Status fields that may become absent (a merge patch must name them to clear them).
-const CLEARABLE: &[&str] = &[
-    "observedGeneration",
-    "selector",
-    "worstRatio",
-    "conditions",
-    "nodes",
-    "plan",
-    "lastDecision",
-    "lastEmergencyJob",
-];
-
 /// Writes `status` unless it is what the object already has; returns whether it wrote.
+/// Server-side apply of the status subresource under the operator's field manager: a field
+/// the operator stops setting (a worst ratio no longer known, a node scaled away) is
+/// removed by the API server, with no list of fields to clear by hand.
 async fn write(
     ctx: &Context,
     memory: &PhoenixMemory,
@@ -71,20 +29,16 @@ async fn write(
     if memory.status.as_ref() == Some(&status) {
         return Ok(false);
     }
-    // A merge patch leaves absent fields as they were: clear what is now unknown.
-    let mut body = serde_json::to_value(&status).map_err(kube::Error::SerdeError)?;
-    if let Some(fields) = body.as_object_mut() {
-        for key in CLEARABLE {
-            fields
-                .entry(key.to_string())
-                .or_insert(serde_json::Value::Null);
-        }
-    }
     let api: Api<PhoenixMemory> = Api::namespaced(ctx.client.clone(), namespace);
+    let body = json!({
+        "apiVersion": PhoenixMemory::api_version(&()),
+        "kind": PhoenixMemory::kind(&()),
+        "status": status,
+    });
     api.patch_status(
         &memory.name_any(),
-        &PatchParams::default(),
-        &Patch::Merge(json!({ "status": body })),
+        &PatchParams::apply(FIELD_MANAGER).force(),
+        &Patch::Apply(body),
     )
     .await?;
     ctx.metrics.status_write("written");
@@ -137,10 +91,10 @@ fn moved(old: Option<f64>, new: Option<f64>) -> f64 {
 /// a reader acts on, a node's figures moved noticeably, or the figures in status are older
 /// than `refresh`. Without this, every observe of live nodes wrote status, and each write
 /// (a watch event) triggered the next reconcile: 45 writes in 10 s for one idle memory.
-pub(super) fn worth_writing(
+pub fn worth_writing(
     old: &PhoenixMemoryStatus,
     new: &PhoenixMemoryStatus,
-    now: f64,
+    now: Timestamp,
     refresh: std::time::Duration,
 ) -> bool {
     if shape(old) != shape(new) {
@@ -161,15 +115,14 @@ pub(super) fn worth_writing(
     });
     let age = old
         .observed_at
-        .as_deref()
-        .and_then(super::cleanup::parse_rfc3339)
-        .map(|at| now - at);
+        .as_ref()
+        .map(|at| now.duration_since(at.0).as_secs_f64());
     figures_moved || age.is_none_or(|age| age >= refresh.as_secs_f64())
 }
 
 /// What the observe → decide step puts in status.
 #[derive(Clone, Debug)]
-pub struct Observed {
+pub struct Update {
     /// The worst fresh ratio, when known.
     pub worst_ratio: Option<f64>,
     /// Per-node observations.
@@ -184,53 +137,6 @@ pub struct Observed {
     pub conditions: Vec<Condition>,
 }
 
-/// `Ready` and `Progressing` from the StatefulSet once every child is applied: ready when
-/// every node is (the memory serves), progressing while nodes are missing, unready or on an
-/// older revision.
-pub fn rollout_conditions(
-    memory: &PhoenixMemory,
-    statefulset: &StatefulSet,
-) -> (Condition, Condition) {
-    let wanted = memory.spec.replicas.max(0);
-    let sts = statefulset.status.as_ref();
-    let ready = sts.and_then(|s| s.ready_replicas).unwrap_or(0);
-    let updated = sts.and_then(|s| s.updated_replicas).unwrap_or(0);
-    let revision_behind =
-        sts.is_some_and(|s| s.update_revision.is_some() && s.current_revision != s.update_revision);
-    let nodes = format!("every child is applied; {ready} of {wanted} nodes ready");
-    let ready_condition = if wanted == 0 {
-        condition(
-            memory,
-            conditions::READY,
-            false,
-            "ScaledToZero",
-            "replicas is 0: no node serves".into(),
-        )
-    } else if ready >= wanted {
-        condition(memory, conditions::READY, true, "NodesReady", nodes.clone())
-    } else {
-        condition(
-            memory,
-            conditions::READY,
-            false,
-            "NodesNotReady",
-            nodes.clone(),
-        )
-    };
-    let progressing = if ready < wanted || (updated < wanted && revision_behind) {
-        condition(
-            memory,
-            conditions::PROGRESSING,
-            true,
-            "RollingOut",
-            format!("{nodes}, {updated} on the newest revision"),
-        )
-    } else {
-        condition(memory, conditions::PROGRESSING, false, "Complete", nodes)
-    };
-    (ready_condition, progressing)
-}
-
 /// Every child applied: `Ready` and `Progressing` from the nodes, replicas from the
 /// StatefulSet, and what was observed (at `now`, Unix seconds) and decided. Writes only
 /// what is worth a write (see `worth_writing`); returns whether it wrote.
@@ -239,8 +145,8 @@ pub async fn ready(
     memory: &PhoenixMemory,
     namespace: &str,
     statefulset: &StatefulSet,
-    observed: Observed,
-    now: f64,
+    observed: Update,
+    now: Timestamp,
 ) -> Result<bool, Error> {
     let current = memory.status.clone().unwrap_or_default();
     let sts_status = statefulset.status.as_ref();
@@ -258,7 +164,7 @@ pub async fn ready(
         worst_ratio: observed.worst_ratio,
         conditions,
         nodes: observed.nodes,
-        observed_at: Some(super::cleanup::rfc3339(now)),
+        observed_at: Some(Time(now)),
         plan: Some(observed.plan),
         last_decision: Some(observed.last_decision),
         last_emergency_job: observed.last_emergency_job,
@@ -313,49 +219,6 @@ pub async fn not_ready(
 mod tests {
     use super::*;
 
-    #[test]
-    fn ready_means_every_node_serves_and_progressing_says_a_rollout_is_under_way() {
-        let memory = |replicas: i32| -> PhoenixMemory {
-            serde_json::from_value(serde_json::json!({
-                "apiVersion": "phoenix.dev/v1alpha1", "kind": "PhoenixMemory",
-                "metadata": {"name": "mem", "namespace": "ns", "generation": 2},
-                "spec": {"replicas": replicas}
-            }))
-            .expect("memory")
-        };
-        let sts = |ready: i32, updated: i32, current: &str, update: &str| -> StatefulSet {
-            serde_json::from_value(serde_json::json!({"status": {
-                "replicas": 3, "readyReplicas": ready, "updatedReplicas": updated,
-                "currentRevision": current, "updateRevision": update
-            }}))
-            .expect("statefulset")
-        };
-        let (ready, progressing) = rollout_conditions(&memory(3), &StatefulSet::default());
-        assert_eq!(
-            (ready.status.as_str(), ready.reason.as_str()),
-            ("False", "NodesNotReady")
-        );
-        assert_eq!(progressing.status, "True");
-        let (ready, progressing) = rollout_conditions(&memory(3), &sts(3, 3, "a", "a"));
-        assert_eq!(
-            (ready.status.as_str(), ready.reason.as_str()),
-            ("True", "NodesReady")
-        );
-        assert_eq!(
-            (progressing.status.as_str(), progressing.reason.as_str()),
-            ("False", "Complete")
-        );
-        // A rolling update: every node ready, one still on the old revision.
-        let (ready, progressing) = rollout_conditions(&memory(3), &sts(3, 2, "a", "b"));
-        assert_eq!(ready.status, "True");
-        assert_eq!(progressing.reason, "RollingOut");
-        let (ready, _) = rollout_conditions(&memory(0), &sts(0, 0, "a", "a"));
-        assert_eq!(
-            (ready.status.as_str(), ready.reason.as_str()),
-            ("False", "ScaledToZero")
-        );
-    }
-
     fn cond(status: &str, at: i64) -> Condition {
         Condition {
             type_: "Ready".into(),
@@ -387,7 +250,7 @@ mod tests {
         PhoenixMemoryStatus {
             worst_ratio: nodes.iter().filter_map(|n| n.ratio).reduce(f64::max),
             nodes,
-            observed_at: Some(super::super::cleanup::rfc3339(at as f64)),
+            observed_at: Some(Time(Timestamp::from_second(at).expect("time"))),
             conditions: vec![cond("True", 100)],
             plan: Some(CleanupPlan {
                 schedule: "5 3 * * *".into(),
@@ -403,8 +266,9 @@ mod tests {
     fn jittering_figures_wait_for_the_refresh_and_the_rest_is_written_at_once() {
         let refresh = std::time::Duration::from_secs(300);
         let old = observed(1000, vec![node("m-0", 1.00, 2000), node("m-1", 1.02, 2000)]);
+        let at = |s: i64| Timestamp::from_second(s).expect("time");
         let worth =
-            |new: &PhoenixMemoryStatus, now: i64| worth_writing(&old, new, now as f64, refresh);
+            |new: &PhoenixMemoryStatus, now: i64| worth_writing(&old, new, at(now), refresh);
         // Jitter: ratios and sizes within 10%, a new message, a later scrape.
         let mut jitter = observed(1010, vec![node("m-0", 1.08, 2100), node("m-1", 0.99, 1950)]);
         jitter.conditions[0].message = "worst ratio 1.04×".into();
@@ -432,7 +296,7 @@ mod tests {
         }
         assert!(worth(&plan, 1010));
         let mut cleaned = old.clone();
-        cleaned.nodes[0].last_cleanup = Some("2026-11-26T18:00:00Z".into());
+        cleaned.nodes[0].last_cleanup = Some(Time(at(1_764_180_000)));
         assert!(worth(&cleaned, 1010));
         let mut stale = old.clone();
         stale.nodes[0].stale_reason = Some("unreachable".into());
@@ -444,24 +308,10 @@ mod tests {
         stale_old.nodes[0].stale_reason = Some("probe 31 s old".into());
         let mut stale_new = stale_old.clone();
         stale_new.nodes[0].stale_reason = Some("probe 32 s old".into());
-        assert!(!worth_writing(&stale_old, &stale_new, 1010.0, refresh));
+        assert!(!worth_writing(&stale_old, &stale_new, at(1010), refresh));
         // Status from before `observedAt` existed is rewritten.
         let mut unknown_age = old.clone();
         unknown_age.observed_at = None;
-        assert!(worth_writing(&unknown_age, &old, 1010.0, refresh));
-    }
-
-    #[test]
-    fn transition_time_changes_only_with_the_status() {
-        let kept = with_condition(&[cond("True", 100)], cond("True", 200));
-        assert_eq!(
-            kept[0].last_transition_time,
-            cond("True", 100).last_transition_time
-        );
-        let changed = with_condition(&[cond("True", 100)], cond("False", 200));
-        assert_eq!(
-            changed[0].last_transition_time,
-            cond("False", 200).last_transition_time
-        );
+        assert!(worth_writing(&unknown_age, &old, at(1010), refresh));
     }
 }

@@ -17,7 +17,7 @@ use kube::api::{DeleteParams, Patch, PatchParams, PropagationPolicy};
 use kube::{Api, ResourceExt};
 use serde_json::json;
 
-use super::{Context, Error};
+use super::context::{Context, Error};
 use crate::validate::quantity_value;
 
 /// The claim template's size and StorageClass.

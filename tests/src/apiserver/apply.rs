@@ -1,5 +1,8 @@
 //! JSON merge patch, server-side apply and `managedFields`.
 //!
+//! Ownership is kept per manager, operation and subresource, as the real server keeps
+//! `managedFields` entries; an apply to `status` owns and removes status fields only.
+//!
 //! Simplification: lists are atomic (one owner for the whole list, as with
 //! `x-kubernetes-list-type: atomic`); real apply merges lists of maps by key. Ownership is
 //! tracked on leaf paths; a conflict is a field whose value the applier would change while
@@ -116,8 +119,30 @@ fn deep_merge(target: &mut Value, applied: &Value) {
     }
 }
 
-/// `managedFields` entries read from an object: manager → (operation, subresource, paths).
-pub type Managers = BTreeMap<String, (String, String, BTreeSet<FieldPath>)>;
+/// Who owns fields: a manager, by operation (`Apply` or `Update`) and subresource (`""` or
+/// `status`) — the real server keeps one `managedFields` entry for each such triple.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Owner {
+    /// The field manager.
+    pub manager: String,
+    /// `Apply` or `Update`.
+    pub operation: String,
+    /// `""` (the object) or a subresource.
+    pub subresource: String,
+}
+
+impl Owner {
+    fn new(manager: &str, operation: &str, subresource: &str) -> Owner {
+        Owner {
+            manager: manager.into(),
+            operation: operation.into(),
+            subresource: subresource.into(),
+        }
+    }
+}
+
+/// `managedFields` entries read from an object.
+pub type Managers = BTreeMap<Owner, BTreeSet<FieldPath>>;
 
 fn to_fields_v1(paths: &BTreeSet<FieldPath>) -> Value {
     let mut root = Map::new();
@@ -182,10 +207,9 @@ pub fn managers(object: &Value) -> Managers {
             .get("fieldsV1")
             .map(from_fields_v1)
             .unwrap_or_default();
-        out.insert(
-            manager.to_string(),
-            (operation.to_string(), subresource.to_string(), paths),
-        );
+        out.entry(Owner::new(manager, operation, subresource))
+            .or_default()
+            .extend(paths);
     }
     out
 }
@@ -194,14 +218,15 @@ pub fn managers(object: &Value) -> Managers {
 pub fn set_managers(object: &mut Value, managers: &Managers, api_version: &str, now: &str) {
     let entries: Vec<Value> = managers
         .iter()
-        .filter(|(_, (_, _, paths))| !paths.is_empty())
-        .map(|(manager, (operation, subresource, paths))| {
+        .filter(|(_, paths)| !paths.is_empty())
+        .map(|(owner, paths)| {
             let mut entry = json!({
-                "manager": manager, "operation": operation, "apiVersion": api_version,
-                "time": now, "fieldsType": "FieldsV1", "fieldsV1": to_fields_v1(paths),
+                "manager": owner.manager, "operation": owner.operation,
+                "apiVersion": api_version, "time": now, "fieldsType": "FieldsV1",
+                "fieldsV1": to_fields_v1(paths),
             });
-            if !subresource.is_empty() {
-                entry["subresource"] = json!(subresource);
+            if !owner.subresource.is_empty() {
+                entry["subresource"] = json!(owner.subresource);
             }
             entry
         })
@@ -230,17 +255,17 @@ pub fn record_update(
         .into_iter()
         .filter(|p| before.and_then(|b| at(b, p)) != at(after, p))
         .collect();
-    for (_, (_, _, paths)) in owners.iter_mut() {
+    for paths in owners.values_mut() {
         paths.retain(|p| !changed.contains(p));
     }
     // Fields that no longer exist have no owner.
-    for (_, (_, _, paths)) in owners.iter_mut() {
+    for paths in owners.values_mut() {
         paths.retain(|p| at(after, p).is_some());
     }
-    let entry = owners
-        .entry(manager.to_string())
-        .or_insert_with(|| ("Update".into(), subresource.into(), BTreeSet::new()));
-    entry.2.extend(changed);
+    owners
+        .entry(Owner::new(manager, "Update", subresource))
+        .or_default()
+        .extend(changed);
     set_managers(after, &owners, api_version, now);
 }
 
@@ -253,15 +278,20 @@ pub enum ApplyOutcome {
     Conflict(Vec<String>),
 }
 
-/// Server-side apply of `applied` by `manager` onto `existing` (`None`: create).
+/// Server-side apply of `applied` by `manager` onto `existing` (`None`: create), to the
+/// object (`subresource` `""`) or to a subresource (`status`: `applied` holds only it).
+/// What this manager applied there before and no longer applies is removed, unless
+/// another owner shares it.
 pub fn apply(
     existing: Option<&Value>,
     applied: &Value,
     manager: &str,
+    subresource: &str,
     force: bool,
     api_version: &str,
     now: &str,
 ) -> ApplyOutcome {
+    let me = Owner::new(manager, "Apply", subresource);
     let mut owners = existing.map(managers).unwrap_or_default();
     let applied_paths = owned_paths(applied);
     let mut conflicts = Vec::new();
@@ -270,9 +300,13 @@ pub fn apply(
             if at(current, path) == at(applied, path) {
                 continue;
             }
-            for (other, (_, _, paths)) in &owners {
-                if other != manager && paths.contains(path) {
-                    conflicts.push(format!("conflict with \"{other}\": .{}", path.join(".")));
+            for (other, paths) in &owners {
+                if other.manager != manager && paths.contains(path) {
+                    conflicts.push(format!(
+                        "conflict with \"{}\": .{}",
+                        other.manager,
+                        path.join(".")
+                    ));
                 }
             }
         }
@@ -282,21 +316,18 @@ pub fn apply(
     }
     let mut merged = existing.cloned().unwrap_or_else(|| json!({}));
     // Fields this manager applied before and no longer applies go, unless someone else owns them.
-    let previously = owners
-        .get(manager)
-        .map(|(_, _, p)| p.clone())
-        .unwrap_or_default();
+    let previously = owners.get(&me).cloned().unwrap_or_default();
     for path in previously.difference(&applied_paths) {
         let shared = owners
             .iter()
-            .any(|(other, (_, _, paths))| other != manager && paths.contains(path));
+            .any(|(other, paths)| *other != me && paths.contains(path));
         if !shared {
             remove_at(&mut merged, path);
         }
     }
     deep_merge(&mut merged, applied);
-    for (other, (_, _, paths)) in owners.iter_mut() {
-        if other != manager {
+    for (other, paths) in owners.iter_mut() {
+        if other.manager != manager {
             // With force the applier takes the conflicting fields; without a conflict a
             // field applied with the same value stays shared.
             paths.retain(|p| {
@@ -305,10 +336,7 @@ pub fn apply(
             });
         }
     }
-    owners.insert(
-        manager.to_string(),
-        ("Apply".into(), String::new(), applied_paths),
-    );
+    owners.insert(me, applied_paths);
     set_managers(&mut merged, &owners, api_version, now);
     ApplyOutcome::Applied(merged)
 }
@@ -328,39 +356,34 @@ mod tests {
     fn apply_creates_merges_removes_and_detects_conflicts() {
         let now = "2026-01-01T00:00:00Z";
         let first = json!({"metadata": {"name": "x", "labels": {"a": "1"}}, "data": {"k": "v", "old": "o"}});
-        let ApplyOutcome::Applied(created) = apply(None, &first, "op", false, "v1", now) else {
+        let ApplyOutcome::Applied(created) = apply(None, &first, "op", "", false, "v1", now) else {
             panic!("conflict")
         };
-        assert_eq!(managers(&created)["op"].2.len(), 3);
+        let op = Owner::new("op", "Apply", "");
+        assert_eq!(managers(&created)[&op].len(), 3);
         // The same manager drops a field: it goes.
         let second = json!({"metadata": {"name": "x", "labels": {"a": "1"}}, "data": {"k": "v2"}});
-        let ApplyOutcome::Applied(updated) = apply(Some(&created), &second, "op", false, "v1", now)
+        let ApplyOutcome::Applied(updated) =
+            apply(Some(&created), &second, "op", "", false, "v1", now)
         else {
             panic!("conflict")
         };
         assert_eq!(updated["data"], json!({"k": "v2"}));
         // Another manager changing an owned field conflicts; force takes it.
         let other = json!({"metadata": {"name": "x"}, "data": {"k": "mine"}});
-        match apply(Some(&updated), &other, "intruder", false, "v1", now) {
+        match apply(Some(&updated), &other, "intruder", "", false, "v1", now) {
             ApplyOutcome::Conflict(c) => assert!(c[0].contains("\"op\""), "{c:?}"),
             ApplyOutcome::Applied(_) => panic!("expected a conflict"),
         }
         let ApplyOutcome::Applied(forced) =
-            apply(Some(&updated), &other, "intruder", true, "v1", now)
+            apply(Some(&updated), &other, "intruder", "", true, "v1", now)
         else {
             panic!()
         };
         assert_eq!(forced["data"]["k"], "mine");
         let owners = managers(&forced);
-        assert!(
-            owners["intruder"]
-                .2
-                .contains(&vec!["data".to_string(), "k".to_string()])
-        );
-        assert!(
-            !owners["op"]
-                .2
-                .contains(&vec!["data".to_string(), "k".to_string()])
-        );
+        let k = vec!["data".to_string(), "k".to_string()];
+        assert!(owners[&Owner::new("intruder", "Apply", "")].contains(&k));
+        assert!(!owners[&op].contains(&k));
     }
 }

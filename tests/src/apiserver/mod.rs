@@ -1185,7 +1185,7 @@ fn update(shared: &Shared, request: &Request<'_>, verb: Verb) -> Response {
                 return failure.into_response();
             }
             let ApplyOutcome::Applied(mut object) =
-                apply::apply(None, &object, &manager, force, &ty.api_version(), &now)
+                apply::apply(None, &object, &manager, "", force, &ty.api_version(), &now)
             else {
                 return status(500, "InternalError", "apply on nothing conflicted");
             };
@@ -1233,20 +1233,29 @@ fn update(shared: &Shared, request: &Request<'_>, verb: Verb) -> Response {
         let mut applied = body.clone();
         applied["apiVersion"] = json!(ty.api_version());
         applied["kind"] = json!(ty.kind);
-        if subresource == "status" {
-            // Simplification: status applies merge status without conflict detection.
-            let mut next = current.clone();
-            if let Some(new_status) = applied.get("status") {
-                let mut merged = current.get("status").cloned().unwrap_or(json!({}));
-                apply::merge_patch(&mut merged, new_status);
-                next["status"] = merged;
+        // An apply to the status subresource owns status only; one to the object of a kind
+        // with a status subresource never touches status.
+        let applied = if ty.status && subresource == "status" {
+            json!({
+                "apiVersion": ty.api_version(),
+                "kind": ty.kind,
+                "status": applied.get("status").cloned().unwrap_or(json!({})),
+            })
+        } else if ty.status {
+            let mut applied = applied;
+            if let Some(map) = applied.as_object_mut() {
+                map.remove("status");
             }
-            next
+            applied
         } else {
+            applied
+        };
+        {
             match apply::apply(
                 Some(&current),
                 &applied,
                 &manager,
+                &subresource,
                 force,
                 &ty.api_version(),
                 &now,
@@ -1295,6 +1304,18 @@ fn update(shared: &Shared, request: &Request<'_>, verb: Verb) -> Response {
                 None => {
                     if let Some(map) = only_status.as_object_mut() {
                         map.remove("status");
+                    }
+                }
+            }
+            // What an apply to status owns now.
+            if is_apply {
+                let meta = metadata_mut(&mut only_status);
+                match next.pointer("/metadata/managedFields") {
+                    Some(fields) => {
+                        meta.insert("managedFields".into(), fields.clone());
+                    }
+                    None => {
+                        meta.remove("managedFields");
                     }
                 }
             }
@@ -1352,7 +1373,7 @@ fn update(shared: &Shared, request: &Request<'_>, verb: Verb) -> Response {
         generation
     };
     metadata_mut(&mut next).insert("generation".into(), json!(generation));
-    if !is_apply || !subresource.is_empty() {
+    if !is_apply || subresource == "scale" {
         apply::record_update(
             Some(&current),
             &mut next,

@@ -190,7 +190,7 @@ async fn job_runner(sandbox: Arc<Sandbox>, memory: String, shared: Shared) {
         }
         let Ok(Some(cronjob)) = sandbox
             .api::<CronJob>()
-            .get_opt(&phoenix_operator::build::cronjob_name(&memory))
+            .get_opt(&phoenix_operator::children::cronjob_name(&memory))
             .await
         else {
             continue;
@@ -391,7 +391,6 @@ async fn render(
         .and_then(|m| m.status)
         .unwrap_or_default();
     let plan = status.plan.clone().unwrap_or_default();
-    let decision = status.last_decision.clone().unwrap_or_default();
     let conditions: Vec<String> = status
         .conditions
         .iter()
@@ -413,14 +412,16 @@ async fn render(
                 )
             })
             .collect();
+        let (rule, outcome) = status
+            .last_decision
+            .as_ref()
+            .map_or(("-", "-"), |d| (d.rule.as_str(), d.outcome.as_str()));
         return format!(
-            "[{:>4.0}s] {} | plan {} every {} | {}/{}: {} | {}",
+            "[{:>4.0}s] {} | plan {} every {} | {rule}/{outcome}: {} | {}",
             started.elapsed().as_secs_f64(),
             ratios.join(" "),
             plan.schedule,
             seconds_text(plan.runs_every_seconds.unwrap_or(plan.interval_seconds)),
-            decision.rule,
-            decision.outcome,
             conditions.join(" "),
             phase
         );
@@ -456,10 +457,13 @@ async fn render(
         seconds_text(plan.runs_every_seconds.unwrap_or(plan.interval_seconds)),
         plan.reason
     ));
-    out.push_str(&format!(
-        "DECISION   {} {}/{}: {}\n",
-        decision.time, decision.rule, decision.outcome, decision.reason
-    ));
+    match &status.last_decision {
+        Some(decision) => out.push_str(&format!(
+            "DECISION   {} {}/{}: {}\n",
+            decision.time.0, decision.rule, decision.outcome, decision.reason
+        )),
+        None => out.push_str("DECISION   -\n"),
+    }
     out.push_str(&format!("CONDITIONS {}\n", conditions.join("  ")));
     out.push_str(&format!("LOAD       {phase}\n\nJOBS\n"));
     if jobs.is_empty() {

@@ -43,6 +43,8 @@ struct WidgetSpec {
 #[derive(Deserialize, Serialize, Clone, Debug, Default, JsonSchema)]
 struct WidgetStatus {
     replicas: i32,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    note: Option<String>,
 }
 
 fn config_map(name: &str, labels: &[(&str, &str)]) -> ConfigMap {
@@ -438,6 +440,80 @@ async fn custom_resources_have_status_and_scale_subresources_and_schema_validati
         .await
         .expect_err("wrong type");
     assert_eq!(api_code(&error), Some(422));
+}
+
+/// Server-side apply of the status subresource, as the operator writes status: the
+/// manager owns what it applied there, a field it stops applying is removed, an apply to the
+/// object never touches status, and `managedFields` says `subresource: status`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn status_applies_own_and_remove_their_fields() {
+    let server = ApiServer::start().await.expect("server");
+    let (_client, widgets) = with_widgets(&server).await;
+    let widget = Widget::new(
+        "w",
+        WidgetSpec {
+            replicas: 1,
+            color: None,
+        },
+    );
+    widgets
+        .create(&PostParams::default(), &widget)
+        .await
+        .expect("create widget");
+    let apply = |status: serde_json::Value| json!({"apiVersion": "test.phoenix.dev/v1", "kind": "Widget", "status": status});
+    let params = PatchParams::apply("op").force();
+    let first = widgets
+        .patch_status(
+            "w",
+            &params,
+            &Patch::Apply(apply(json!({"replicas": 2, "note": "n"}))),
+        )
+        .await
+        .expect("apply status");
+    let status = first.status.expect("status");
+    assert_eq!((status.replicas, status.note.as_deref()), (2, Some("n")));
+    let entry = first
+        .metadata
+        .managed_fields
+        .iter()
+        .flatten()
+        .find(|e| e.manager.as_deref() == Some("op"))
+        .expect("an entry for op");
+    assert_eq!(
+        (entry.operation.as_deref(), entry.subresource.as_deref()),
+        (Some("Apply"), Some("status"))
+    );
+    // The note is no longer applied: the server removes it.
+    let second = widgets
+        .patch_status("w", &params, &Patch::Apply(apply(json!({"replicas": 3}))))
+        .await
+        .expect("apply status again");
+    let status = second.status.expect("status");
+    assert_eq!((status.replicas, status.note), (3, None));
+    // An apply to the object by another manager ignores status and leaves op's fields.
+    let main = widgets
+        .patch(
+            "w",
+            &PatchParams::apply("other").force(),
+            &Patch::Apply(json!({
+                "apiVersion": "test.phoenix.dev/v1", "kind": "Widget",
+                "metadata": {"name": "w"},
+                "spec": {"replicas": 1, "color": "blue"},
+                "status": {"replicas": 9}
+            })),
+        )
+        .await
+        .expect("apply object");
+    assert_eq!(main.status.map(|s| s.replicas), Some(3));
+    // A status apply that changes nothing makes no new version.
+    let again = widgets
+        .patch_status("w", &params, &Patch::Apply(apply(json!({"replicas": 3}))))
+        .await
+        .expect("no-op apply");
+    assert_eq!(
+        again.metadata.resource_version,
+        main.metadata.resource_version
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -3,13 +3,13 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use phoenix_node::config::NodeConfig;
+use phoenix_node::config::{NodeConfig, NodeSettings};
 use phoenix_node::service::{Node, app};
 use phoenix_node::store::Store;
-use phoenix_operator::controller::cleanup::policy_spec;
+use phoenix_operator::controller::decision::policy_spec;
 use phoenix_operator::crd::PhoenixMemorySpec;
 use phoenix_operator::observe::{Freshness, scrape_all};
-use phoenix_operator::schedule::{History, Observation, decide};
+use phoenix_operator::policy::{History, Observation, Rule, decide};
 use phoenix_operator::validate::validate;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -72,9 +72,12 @@ async fn a_real_nodes_metrics_become_a_fresh_observation_and_a_dead_one_a_stale_
     let defaults: PhoenixMemorySpec = serde_json::from_str("{}").expect("defaults");
     let spec = policy_spec(&validate(&defaults).expect("valid defaults"));
     let decision = decide(&observations, &spec, &History::default());
-    assert_eq!((decision.rule, decision.emergency_job), ("stale", false));
+    assert_eq!(
+        (decision.rule, decision.emergency_job),
+        (Rule::Stale, false)
+    );
     assert!(decision.reason.contains("mem-1"));
     // With only the live node, it decides on real data.
     let decision = decide(&observations[..1], &spec, &History::default());
-    assert_ne!(decision.rule, "stale");
+    assert_ne!(decision.rule, Rule::Stale);
 }

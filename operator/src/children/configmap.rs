@@ -5,10 +5,9 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 
 use k8s_openapi::api::core::v1::ConfigMap;
-use phoenix_node::config::{DurabilityConfig, DurabilityMode, LogFormat, NodeConfig, Quantity};
+use phoenix_node_api::config::{DurabilityConfig, LogFormat, NodeConfig, Quantity};
 
 use super::{CONFIG_DIR, Inputs, NODE_PORT, TOKEN_DIR, TOKEN_KEY, child_meta, configmap_name};
-use crate::crd;
 
 /// The config file's name in the ConfigMap (and under `CONFIG_DIR`).
 pub const CONFIG_FILE: &str = "node.yaml";
@@ -21,10 +20,7 @@ pub fn node_config(inputs: &Inputs<'_>) -> NodeConfig {
         data_dir: PathBuf::from("/data"),
         cache_capacity: Quantity(inputs.valid.cache_capacity_bytes),
         durability: DurabilityConfig {
-            mode: match node.durability {
-                crd::DurabilityMode::Periodic => DurabilityMode::Periodic,
-                crd::DurabilityMode::Sync => DurabilityMode::Sync,
-            },
+            mode: node.durability,
             flush_every_ms: node.flush_every_ms,
             ..DurabilityConfig::default()
         },
@@ -70,6 +66,7 @@ pub fn config_path() -> String {
 mod tests {
     use super::super::fixtures::*;
     use super::*;
+    use crate::crd::DurabilityMode;
 
     #[test]
     fn the_config_file_is_a_valid_node_config_from_the_spec() {

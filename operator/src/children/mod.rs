@@ -1,5 +1,5 @@
-//! Pure builders: a validated `PhoenixMemory` in, the children it needs out. No client
-//! here; applying happens in one place (the controller).
+//! The children of a memory: pure builders, a validated `PhoenixMemory` in, the objects it
+//! needs out. No client here; applying happens in one place (the controller).
 
 mod configmap;
 mod cronjob;
@@ -7,11 +7,7 @@ mod pdb;
 mod service;
 mod statefulset;
 
-use std::collections::BTreeMap;
-use std::time::Duration;
-
 use k8s_openapi::api::apps::v1::StatefulSet;
-use k8s_openapi::api::batch::v1::CronJob;
 use k8s_openapi::api::core::v1::{
     Capabilities, ConfigMap, PodSecurityContext, SeccompProfile, Secret, SecretVolumeSource,
     SecurityContext, Service, Volume, VolumeMount,
@@ -19,15 +15,13 @@ use k8s_openapi::api::core::v1::{
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
 use kube::{Resource, ResourceExt};
+use std::collections::BTreeMap;
 
 use crate::crd::PhoenixMemory;
 use crate::validate::ValidSpec;
 
 pub use configmap::{CONFIG_FILE, build_configmap, config_hash};
-pub use cronjob::{
-    CronStep, EMERGENCY_COMPONENT, LONGEST_INTERVAL, build_cronjob, build_emergency_job,
-    computed_step, cron_step, emergency_job_name, plan_schedule, schedule_for, spread_minute,
-};
+pub use cronjob::{EMERGENCY_COMPONENT, build_cronjob, build_emergency_job, emergency_job_name};
 pub use pdb::build_pdb;
 pub use service::{build_client_service, build_headless_service};
 pub use statefulset::build_statefulset;
@@ -52,8 +46,6 @@ pub struct Inputs<'a> {
     pub default_image: &'a str,
     /// The admin token (generated once and kept in the Secret).
     pub admin_token: &'a str,
-    /// The cleanup cadence the policy decided (`maxInterval` before any observation).
-    pub cleanup_interval: Duration,
 }
 
 impl Inputs<'_> {
@@ -234,7 +226,8 @@ pub fn build_secret(inputs: &Inputs<'_>) -> Secret {
     }
 }
 
-/// Every child, in apply order.
+/// Every child but the CronJob (built from the plan once the nodes are observed: see
+/// [`build_cronjob`]), in apply order.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Children {
     /// Node configuration.
@@ -249,11 +242,9 @@ pub struct Children {
     pub statefulset: StatefulSet,
     /// Disruption budget.
     pub pdb: PodDisruptionBudget,
-    /// Cleanup schedule.
-    pub cronjob: CronJob,
 }
 
-/// Builds every child.
+/// Builds every child but the CronJob.
 ///
 /// # Errors
 /// Only if the node configuration cannot be serialised (a programming error).
@@ -266,7 +257,6 @@ pub fn build_all(inputs: &Inputs<'_>) -> Result<Children, serde_yaml::Error> {
         client_service: build_client_service(inputs),
         statefulset: build_statefulset(inputs, &hash),
         pdb: build_pdb(inputs),
-        cronjob: build_cronjob(inputs),
         configmap,
     })
 }
@@ -293,8 +283,17 @@ pub(crate) mod fixtures {
             valid: &valid,
             default_image: "phoenix-memory:test",
             admin_token: "secret-token",
-            cleanup_interval: valid.max_interval,
         })
+    }
+
+    /// The schedule at `maxInterval` (before any observation).
+    pub fn schedule_of(inputs: &Inputs<'_>) -> crate::plan::Schedule {
+        crate::plan::schedule(
+            inputs.valid,
+            &inputs.namespace(),
+            &inputs.name(),
+            inputs.valid.max_interval,
+        )
     }
 }
 
@@ -307,8 +306,9 @@ mod tests {
     fn no_selector_of_the_nodes_matches_a_cleanup_pod() {
         let memory = memory(serde_json::json!({"replicas": 3}));
         let children = with_inputs(&memory, build_all).expect("builds");
+        let cronjob = with_inputs(&memory, |i| build_cronjob(i, &schedule_of(i)));
         let emergency = with_inputs(&memory, |i| {
-            build_emergency_job(i, &children.cronjob, "mem-emergency-1".into(), 2.0)
+            build_emergency_job(i, &cronjob, "mem-emergency-1".into(), 2.0)
         });
         let pod_labels = |template: Option<&k8s_openapi::api::core::v1::PodTemplateSpec>| {
             template
@@ -317,8 +317,7 @@ mod tests {
                 .expect("pod labels")
         };
         let scheduled = pod_labels(
-            children
-                .cronjob
+            cronjob
                 .spec
                 .as_ref()
                 .and_then(|s| s.job_template.spec.as_ref())
@@ -370,6 +369,7 @@ mod tests {
     fn every_child_is_owned_labelled_and_namespaced() {
         let memory = memory(serde_json::json!({"replicas": 3}));
         let children = with_inputs(&memory, build_all).expect("builds");
+        let cronjob = with_inputs(&memory, |i| build_cronjob(i, &schedule_of(i)));
         let metas = [
             &children.configmap.metadata,
             &children.secret.metadata,
@@ -377,7 +377,7 @@ mod tests {
             &children.client_service.metadata,
             &children.statefulset.metadata,
             &children.pdb.metadata,
-            &children.cronjob.metadata,
+            &cronjob.metadata,
         ];
         for meta in metas {
             assert_eq!(meta.namespace.as_deref(), Some("ns"));

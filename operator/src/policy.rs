@@ -1,6 +1,6 @@
 //! The cleanup policy: a pure function from what the nodes reported (and what was decided
-//! before) to the cleanup cadence, the cron schedule, whether to run an emergency Job now,
-//! and a decision record that explains it.
+//! before) to the cleanup cadence, whether to run an emergency Job now, and a reason that
+//! explains it. The schedule that runs at that cadence is the plan's ([`crate::plan`]).
 //!
 //! Rules, in order:
 //! 1. **stale** — any node missing, unreadable, with too few samples or too old: keep the
@@ -29,6 +29,16 @@ pub enum Observation {
         /// Why (unreachable, too few samples, too old, no data).
         reason: String,
     },
+}
+
+impl Observation {
+    /// The node it is about.
+    pub fn node(&self) -> &str {
+        match self {
+            Observation::Fresh(report) => &report.node,
+            Observation::Stale { node, .. } => node,
+        }
+    }
 }
 
 /// A usable report of one node.
@@ -123,6 +133,92 @@ pub const RISING_FRACTION: f64 = 0.25;
 /// Cleanups in a row that must fail to help before automatic cleanup backs off.
 pub const INEFFECTIVE_LIMIT: u32 = 3;
 
+/// The rule that decided, in the order they are tried.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Rule {
+    /// A node's data is missing or too old: keep the plan, no Job.
+    Stale,
+    /// Cleanups stopped helping: back off to `maxInterval`.
+    Ineffective,
+    /// Past the emergency line: one Job now.
+    Emergency,
+    /// Degraded (with hysteresis): every `minInterval`.
+    Degraded,
+    /// Climbing toward the threshold: before the predicted crossing.
+    Rising,
+    /// Otherwise: every `maxInterval`.
+    Flat,
+}
+
+impl Rule {
+    /// Every rule (for metric labels).
+    pub const ALL: [Rule; 6] = [
+        Rule::Stale,
+        Rule::Ineffective,
+        Rule::Emergency,
+        Rule::Degraded,
+        Rule::Rising,
+        Rule::Flat,
+    ];
+
+    /// The word in status, metrics and Events.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Rule::Stale => "stale",
+            Rule::Ineffective => "ineffective",
+            Rule::Emergency => "emergency",
+            Rule::Degraded => "degraded",
+            Rule::Rising => "rising",
+            Rule::Flat => "flat",
+        }
+    }
+}
+
+impl std::fmt::Display for Rule {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// What a decision did to the cadence in force.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Outcome {
+    /// The cadence stays.
+    Keep,
+    /// Cleanups come more often.
+    Tighten,
+    /// Cleanups come less often.
+    Relax,
+    /// An emergency Job runs now.
+    EmergencyJob,
+}
+
+impl Outcome {
+    /// The word in status.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Outcome::Keep => "keep",
+            Outcome::Tighten => "tighten",
+            Outcome::Relax => "relax",
+            Outcome::EmergencyJob => "emergency-job",
+        }
+    }
+
+    /// How `decision` changed the cadence in force before (`history`; `max` when none was).
+    pub fn of(decision: &Decision, history: &History, max: Duration) -> Outcome {
+        let before = history.interval.unwrap_or(max);
+        if decision.emergency_job {
+            Outcome::EmergencyJob
+        } else if decision.rule == Rule::Stale || decision.interval == before {
+            Outcome::Keep
+        } else if decision.interval < before {
+            Outcome::Tighten
+        } else {
+            Outcome::Relax
+        }
+    }
+}
+
 /// The policy's answer.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Decision {
@@ -134,8 +230,8 @@ pub struct Decision {
     pub degraded: bool,
     /// Seconds until the worst node is predicted to cross `degradation`, if it is rising.
     pub predicted_breach_seconds: Option<f64>,
-    /// The rule that decided (`stale`, `ineffective`, `emergency`, `degraded`, `rising`, `flat`).
-    pub rule: &'static str,
+    /// The rule that decided.
+    pub rule: Rule,
     /// A sentence for status and Events.
     pub reason: String,
     /// The worst ratio decided on.
@@ -197,7 +293,7 @@ pub fn decide(observations: &[Observation], spec: &PolicySpec, history: &History
             emergency_job: false,
             degraded: history.degraded || fresh_worst.is_some_and(|r| r >= spec.degradation),
             predicted_breach_seconds: None,
-            rule: "stale",
+            rule: Rule::Stale,
             reason: if observations.is_empty() {
                 "no node reported; keeping the current schedule".into()
             } else {
@@ -242,7 +338,7 @@ pub fn decide(observations: &[Observation], spec: &PolicySpec, history: &History
         return base(
             spec.max_interval,
             false,
-            "ineffective",
+            Rule::Ineffective,
             format!(
                 "{} cleanups in a row did not lower {}'s ratio ({ratio:.2}); backing off to maxInterval: {}",
                 history.ineffective_cleanups,
@@ -273,13 +369,13 @@ pub fn decide(observations: &[Observation], spec: &PolicySpec, history: &History
                 worst.node, spec.emergency
             )
         };
-        return base(spec.min_interval, job, "emergency", reason, Some(0.0));
+        return base(spec.min_interval, job, Rule::Emergency, reason, Some(0.0));
     }
     if degraded {
         return base(
             spec.min_interval,
             false,
-            "degraded",
+            Rule::Degraded,
             format!(
                 "{} at {ratio:.2}× (degraded at {:.2}×, recovers below {:.2}×): cleaning every minInterval",
                 worst.node, spec.degradation, spec.recover
@@ -304,7 +400,7 @@ pub fn decide(observations: &[Observation], spec: &PolicySpec, history: &History
         return base(
             interval,
             false,
-            "rising",
+            Rule::Rising,
             format!(
                 "{} rose to {ratio:.2}× in {:.0} s; predicted to cross {:.2}× in {:.0} s: cleaning every {} s",
                 worst.node,
@@ -319,7 +415,7 @@ pub fn decide(observations: &[Observation], spec: &PolicySpec, history: &History
     base(
         spec.max_interval,
         false,
-        "flat",
+        Rule::Flat,
         format!("worst ratio {ratio:.2}× is flat: cleaning every maxInterval"),
         None,
     )
@@ -359,7 +455,7 @@ mod tests {
         let d = decide(&[report(1.01, 3600.0)], &spec(), &History::default());
         assert_eq!(
             (d.rule, d.interval, d.emergency_job),
-            ("flat", spec().max_interval, false)
+            (Rule::Flat, spec().max_interval, false)
         );
     }
 
@@ -367,7 +463,7 @@ mod tests {
     fn rising_latency_cleans_before_the_predicted_crossing() {
         // From 1.0 to 1.5 in an hour: 2.0 in another hour; clean every half hour.
         let d = decide(&[report(1.5, 3600.0)], &spec(), &History::default());
-        assert_eq!(d.rule, "rising");
+        assert_eq!(d.rule, Rule::Rising);
         assert_eq!(d.interval, Duration::from_secs(1800));
         assert!((d.predicted_breach_seconds.expect("breach") - 3600.0).abs() < 1.0);
     }
@@ -376,10 +472,10 @@ mod tests {
     fn a_small_rise_is_noise_not_a_trend() {
         // 1.2 is a fifth of the way from 1.0 to 2.0: flat, even right after the baseline.
         let d = decide(&[report(1.2, 5.0)], &spec(), &History::default());
-        assert_eq!(d.rule, "flat");
+        assert_eq!(d.rule, Rule::Flat);
         assert_eq!(
             decide(&[report(1.3, 5.0)], &spec(), &History::default()).rule,
-            "rising"
+            Rule::Rising
         );
     }
 
@@ -392,11 +488,11 @@ mod tests {
         // 1.2 would not enter "rising" (see above) but does not leave it either.
         assert_eq!(
             decide(&[report(1.2, 600.0)], &spec(), &tightened).rule,
-            "rising"
+            Rule::Rising
         );
         assert_eq!(
             decide(&[report(1.1, 600.0)], &spec(), &tightened).rule,
-            "flat"
+            Rule::Flat
         );
     }
 
@@ -487,10 +583,10 @@ mod tests {
         );
         assert_eq!(
             (d.rule, d.interval, d.emergency_job),
-            ("stale", Duration::from_secs(3600), false)
+            (Rule::Stale, Duration::from_secs(3600), false)
         );
         assert!(d.reason.contains("mem-1: unreachable"));
-        assert_eq!(decide(&[], &spec(), &history).rule, "stale");
+        assert_eq!(decide(&[], &spec(), &history).rule, Rule::Stale);
     }
 
     #[test]
@@ -512,7 +608,7 @@ mod tests {
         let d = decide(&[Observation::Fresh(hot.clone())], &spec(), &history);
         assert_eq!(
             (d.rule, d.interval, d.emergency_job),
-            ("ineffective", spec().max_interval, false)
+            (Rule::Ineffective, spec().max_interval, false)
         );
         assert!(d.reason.contains("raise cacheCapacity"), "{}", d.reason);
         hot.cache_capacity_bytes = 1 << 31;
@@ -578,7 +674,7 @@ mod tests {
             let d = decide(&obs, &spec, &history);
             prop_assert!(!d.emergency_job);
             prop_assert_eq!(d.interval, history.interval.map_or(spec.max_interval, |i| i.clamp(spec.min_interval, spec.max_interval)));
-            prop_assert_eq!(d.rule, "stale");
+            prop_assert_eq!(d.rule, Rule::Stale);
             // What the fresh nodes say stays visible.
             let fresh = obs.iter().filter_map(|o| match o {
                 Observation::Fresh(r) => Some(r.ratio),

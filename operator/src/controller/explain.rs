@@ -1,0 +1,89 @@
+//! Events for what a reconcile changed: a node newly corrupted, the plan, an emergency Job,
+//! a condition turning True, `Degraded` turning False. Steady state publishes nothing.
+
+use super::conditions::turned_true;
+use super::context::{Context, reasons};
+use super::events::Kind as EventType;
+use super::status::Update;
+use crate::crd::{EmergencyJob, PhoenixMemory, PhoenixMemoryStatus, conditions};
+use crate::policy::Decision;
+
+/// Publishes the Events for the change from `before` (the status the reconcile started
+/// from) to `after`.
+pub async fn what_changed(
+    ctx: &Context,
+    memory: &PhoenixMemory,
+    before: &PhoenixMemoryStatus,
+    after: &Update,
+    emergency: Option<&EmergencyJob>,
+    decision: &Decision,
+) {
+    let publish =
+        |kind, reason: &'static str, note: String| ctx.events.publish(memory, kind, reason, note);
+    let newly_corrupted: Vec<&str> = after
+        .nodes
+        .iter()
+        .filter(|n| n.corrupted)
+        .filter(|n| !before.nodes.iter().any(|p| p.name == n.name && p.corrupted))
+        .map(|n| n.name.as_str())
+        .collect();
+    if !newly_corrupted.is_empty() {
+        let note = format!(
+            "{} found corruption in its data: unready, serving what it can read; restore \
+             its volume (see status.nodes[].staleReason)",
+            newly_corrupted.join(", ")
+        );
+        publish(EventType::Warning, reasons::NODE_CORRUPTED, note).await;
+    }
+    // The first plan comes with the `Applied` Event of the new CronJob; changes get their own.
+    let plan = &after.plan;
+    if let Some(old_plan) = before.plan.as_ref()
+        && (&old_plan.schedule, old_plan.interval_seconds)
+            != (&plan.schedule, plan.interval_seconds)
+    {
+        let cadence = match plan.runs_every_seconds {
+            Some(every) if every != plan.interval_seconds => {
+                format!("every {every} s; decided {} s", plan.interval_seconds)
+            }
+            _ => format!("{} s", plan.interval_seconds),
+        };
+        let note = format!(
+            "cleanup schedule {} → {} ({cadence}): {}",
+            old_plan.schedule, plan.schedule, plan.reason
+        );
+        publish(EventType::Normal, reasons::PLAN_CHANGED, note).await;
+    }
+    if let Some(job) = emergency
+        && before.last_emergency_job.as_ref().map(|j| &j.name) != Some(&job.name)
+    {
+        let note = format!("created Job {}: {}", job.name, decision.reason);
+        publish(EventType::Warning, reasons::EMERGENCY_CLEANUP, note).await;
+    }
+    let old = &before.conditions;
+    for (type_, reason) in [
+        (conditions::DEGRADED, reasons::DEGRADED),
+        (conditions::METRICS_STALE, reasons::METRICS_STALE),
+        (
+            conditions::CLEANUP_INEFFECTIVE,
+            reasons::CLEANUP_INEFFECTIVE,
+        ),
+    ] {
+        if let Some(message) = turned_true(old, &after.conditions, type_) {
+            publish(EventType::Warning, reason, message).await;
+        }
+    }
+    let was_degraded = old
+        .iter()
+        .any(|c| c.type_ == conditions::DEGRADED && c.status == "True");
+    if was_degraded && !decision.degraded {
+        let note = format!(
+            "worst ratio {} is below the recover threshold {:.2}×; now: {}",
+            decision
+                .worst_ratio
+                .map_or_else(|| "-".to_string(), |r| format!("{r:.2}×")),
+            memory.spec.cleanup.recover_threshold,
+            decision.reason
+        );
+        publish(EventType::Normal, reasons::RECOVERED, note).await;
+    }
+}

@@ -1,0 +1,225 @@
+//! Observe: list the memory's pods and scrape each one's `/metrics` at its pod IP and
+//! `http` port. A missing, IP-less or silent node is a stale observation; an unready one is
+//! scraped too (a node that found corruption is unready and says why) but never decided
+//! on. Scrapes happen at most about once per observe interval (see [`observe`]).
+
+use std::time::Instant;
+
+use k8s_openapi::api::apps::v1::StatefulSet;
+use k8s_openapi::api::core::v1::Pod;
+use kube::api::ListParams;
+use kube::{Api, ResourceExt};
+
+use super::context::{Context, Error};
+use super::state::{Key, Observed};
+use crate::children::{self, NODE_PORT};
+use crate::crd::PhoenixMemory;
+use crate::policy::Observation;
+
+fn pod_ready(pod: &Pod) -> bool {
+    pod.status
+        .as_ref()
+        .and_then(|s| s.conditions.as_ref())
+        .is_some_and(|c| c.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
+}
+
+fn http_port(pod: &Pod) -> i32 {
+    pod.spec
+        .as_ref()
+        .and_then(|s| {
+            s.containers
+                .iter()
+                .flat_map(|c| c.ports.iter().flatten())
+                .find(|p| p.name.as_deref() == Some("http"))
+        })
+        .map_or(NODE_PORT, |p| p.container_port)
+}
+
+/// A node to scrape: its URL, and whether its pod is ready. An unready pod with an IP is
+/// scraped too, so that a node that is unready because it found corruption says so; its
+/// figures never reach the policy.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Target {
+    /// `http://IP:PORT`.
+    pub url: String,
+    /// The pod's Ready condition.
+    pub ready: bool,
+}
+
+/// Where to scrape each expected node (`name-0` … `name-{replicas-1}`), or why not.
+pub fn targets(memory: &str, replicas: i32, pods: &[Pod]) -> Vec<(String, Result<Target, String>)> {
+    (0..replicas.max(0))
+        .map(|ordinal| {
+            let node = format!("{memory}-{ordinal}");
+            let target = match pods.iter().find(|p| p.name_any() == node) {
+                None => Err("no ready pod".to_string()),
+                Some(pod) => match pod.status.as_ref().and_then(|s| s.pod_ip.as_deref()) {
+                    None if !pod_ready(pod) => Err("pod not ready".to_string()),
+                    None => Err("pod has no IP".to_string()),
+                    Some(ip) => Ok(Target {
+                        url: if ip.contains(':') {
+                            format!("http://[{ip}]:{}", http_port(pod))
+                        } else {
+                            format!("http://{ip}:{}", http_port(pod))
+                        },
+                        ready: pod_ready(pod),
+                    }),
+                },
+            };
+            (node, target)
+        })
+        .collect()
+}
+
+/// The memory's observations, scraped at most about once per observe interval: a reconcile
+/// that comes sooner (woken by its own status write or a child's change) for the same
+/// generation and ready replicas reuses the last ones. Without this, each status write woke
+/// a reconcile that scraped figures which had moved again, and wrote again.
+///
+/// # Errors
+/// Listing the pods failed.
+pub async fn observe(
+    ctx: &Context,
+    key: &Key,
+    memory: &PhoenixMemory,
+    statefulset: &StatefulSet,
+) -> Result<Vec<Observation>, Error> {
+    let status = statefulset.status.as_ref();
+    let ready_replicas = status.and_then(|s| s.ready_replicas).unwrap_or(0);
+    let present_replicas = status.map_or(0, |s| s.replicas);
+    let generation = memory.metadata.generation;
+    // Three quarters: a requeue after the interval must find the last observation old enough.
+    let reuse_within = ctx.settings.observe_interval.mul_f64(0.75);
+    let cached = ctx.memories.with(key, |state| {
+        state
+            .observed
+            .as_ref()
+            .filter(|last| {
+                last.at.elapsed() < reuse_within
+                    && last.generation == generation
+                    && last.ready_replicas == ready_replicas
+            })
+            .map(|last| last.observations.clone())
+    });
+    if let Some(observations) = cached {
+        return Ok(observations);
+    }
+    let observations = scrape(ctx, memory, (ready_replicas, present_replicas)).await?;
+    let observed = Observed {
+        at: Instant::now(),
+        generation,
+        ready_replicas,
+        observations: observations.clone(),
+    };
+    ctx.memories
+        .with(key, |state| state.observed = Some(observed));
+    Ok(observations)
+}
+
+/// Scrapes every expected node of `memory` now.
+///
+/// # Errors
+/// Listing the pods failed.
+async fn scrape(
+    ctx: &Context,
+    memory: &PhoenixMemory,
+    (ready_replicas, present_replicas): (i32, i32),
+) -> Result<Vec<Observation>, Error> {
+    let replicas = memory.spec.replicas;
+    if replicas <= 0 {
+        return Ok(Vec::new());
+    }
+    let name = memory.name_any();
+    // No pod yet (a new memory): nothing to scrape, no list to make. Unready pods are
+    // listed and scraped too: a node that found corruption is unready and must say why.
+    let listed = if ready_replicas > 0 || present_replicas > 0 {
+        let pods: Api<Pod> = Api::namespaced(
+            ctx.client.clone(),
+            memory.namespace().as_deref().unwrap_or_default(),
+        );
+        pods.list(&ListParams::default().labels(&children::selector_string(&name)))
+            .await?
+            .items
+    } else {
+        Vec::new()
+    };
+    let mut observations = Vec::new();
+    let mut scrape = Vec::new();
+    let mut unready = std::collections::BTreeSet::new();
+    for (node, target) in targets(&name, replicas, &listed) {
+        match target {
+            Ok(target) => {
+                if !target.ready {
+                    unready.insert(node.clone());
+                }
+                scrape.push((node, target.url));
+            }
+            Err(reason) => observations.push(Observation::Stale { node, reason }),
+        }
+    }
+    let scraped = crate::observe::scrape_all(
+        &ctx.http,
+        &scrape,
+        ctx.settings.scrape_timeout,
+        &ctx.settings.freshness,
+    )
+    .await;
+    observations.extend(scraped.into_iter().map(|observation| match observation {
+        Observation::Fresh(report) if unready.contains(&report.node) => Observation::Stale {
+            node: report.node,
+            reason: "pod not ready".into(),
+        },
+        Observation::Stale { node, reason } if unready.contains(&node) => Observation::Stale {
+            reason: format!("pod not ready: {reason}"),
+            node,
+        },
+        other => other,
+    }));
+    observations.sort_by(|a, b| a.node().cmp(b.node()));
+    for observation in &observations {
+        ctx.metrics.scraped(match observation {
+            Observation::Fresh(_) => "fresh",
+            Observation::Stale { .. } => "stale",
+        });
+    }
+    Ok(observations)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn missing_and_ip_less_pods_are_not_scraped_and_unready_ones_are_marked() {
+        let pod = |name: &str, ready: bool, ip: Option<&str>| -> Pod {
+            serde_json::from_value(serde_json::json!({
+                "metadata": {"name": name},
+                "spec": {"containers": [{"name": "node", "ports": [{"name": "http", "containerPort": 9999}]}]},
+                "status": {
+                    "podIP": ip,
+                    "conditions": [{"type": "Ready", "status": if ready { "True" } else { "False" }}]
+                }
+            }))
+            .expect("pod")
+        };
+        let pods = [
+            pod("m-0", true, Some("127.0.0.2")),
+            pod("m-1", false, Some("127.0.0.3")),
+            pod("m-2", true, None),
+            pod("m-9", true, Some("127.0.0.9")),
+        ];
+        let targets = targets("m", 4, &pods);
+        let target = |url: &str, ready| {
+            Ok(Target {
+                url: url.into(),
+                ready,
+            })
+        };
+        assert_eq!(targets[0].1, target("http://127.0.0.2:9999", true));
+        // Scraped so that it can say why it is unready; never decided on.
+        assert_eq!(targets[1].1, target("http://127.0.0.3:9999", false));
+        assert_eq!(targets[2].1, Err("pod has no IP".into()));
+        assert_eq!(targets[3].1, Err("no ready pod".into()));
+        assert_eq!(targets.len(), 4, "m-9 is not one of the 4 replicas");
+    }
+}

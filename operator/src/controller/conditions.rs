@@ -232,7 +232,7 @@ pub fn turned_true(before: &[Condition], after: &[Condition], type_: &str) -> Op
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
     #[test]
@@ -278,7 +278,8 @@ mod tests {
         );
     }
 
-    fn cond(status: &str, at: i64) -> Condition {
+    /// A `Ready` condition with `status` since `at` (Unix seconds).
+    pub(crate) fn cond(status: &str, at: i64) -> Condition {
         Condition {
             type_: "Ready".into(),
             status: status.into(),

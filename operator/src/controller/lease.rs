@@ -6,7 +6,7 @@ use std::sync::Arc;
 use kube::Client;
 
 use super::context::Settings;
-use super::run_controller;
+use super::runner::run_controller;
 use crate::metrics::Metrics;
 
 /// Runs until `shutdown` resolves, then lets running reconciles finish. With leader election

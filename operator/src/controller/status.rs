@@ -218,19 +218,7 @@ pub async fn not_ready(
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn cond(status: &str, at: i64) -> Condition {
-        Condition {
-            type_: "Ready".into(),
-            status: status.into(),
-            reason: "R".into(),
-            message: String::new(),
-            observed_generation: None,
-            last_transition_time: Time(
-                k8s_openapi::jiff::Timestamp::from_second(at).expect("time"),
-            ),
-        }
-    }
+    use crate::controller::conditions::tests::cond;
 
     fn node(name: &str, ratio: f64, keys: u64) -> NodeObservation {
         NodeObservation {

@@ -71,6 +71,17 @@ fn api_code(error: &kube::Error) -> Option<u16> {
     }
 }
 
+/// A widget `w` with one replica.
+fn one_replica_widget() -> Widget {
+    Widget::new(
+        "w",
+        WidgetSpec {
+            replicas: 1,
+            color: None,
+        },
+    )
+}
+
 async fn with_widgets(server: &ApiServer) -> (Client, Api<Widget>) {
     let client = server.client().expect("client");
     let crds: Api<CustomResourceDefinition> = Api::all(client.clone());
@@ -343,13 +354,7 @@ async fn server_side_apply_creates_updates_tracks_managers_and_conflicts() {
 async fn custom_resources_have_status_and_scale_subresources_and_schema_validation() {
     let server = ApiServer::start().await.expect("server");
     let (_client, widgets) = with_widgets(&server).await;
-    let widget = Widget::new(
-        "w",
-        WidgetSpec {
-            replicas: 1,
-            color: None,
-        },
-    );
+    let widget = one_replica_widget();
     let created = widgets
         .create(&PostParams::default(), &widget)
         .await
@@ -449,13 +454,7 @@ async fn custom_resources_have_status_and_scale_subresources_and_schema_validati
 async fn status_applies_own_and_remove_their_fields() {
     let server = ApiServer::start().await.expect("server");
     let (_client, widgets) = with_widgets(&server).await;
-    let widget = Widget::new(
-        "w",
-        WidgetSpec {
-            replicas: 1,
-            color: None,
-        },
-    );
+    let widget = one_replica_widget();
     widgets
         .create(&PostParams::default(), &widget)
         .await

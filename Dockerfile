@@ -12,7 +12,10 @@ COPY .cargo .cargo
 COPY operator operator
 COPY node node
 COPY tests tests
+# Without the node's `bench` feature: the benchmark scenarios and their plotting and HTTP
+# client crates stay out of the image.
 RUN cargo build --release --locked -p phoenix-node -p phoenix-operator \
+      --no-default-features --features phoenix-node/jemalloc \
  && mkdir -p /out \
  && cp target/release/phoenix-node target/release/phoenix-operator /out/
 

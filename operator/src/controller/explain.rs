@@ -5,7 +5,7 @@ use super::conditions::turned_true;
 use super::context::{Context, reasons};
 use super::events::Kind as EventType;
 use super::status::Update;
-use crate::crd::{EmergencyJob, PhoenixMemory, PhoenixMemoryStatus, conditions};
+use crate::crd::{PhoenixMemory, PhoenixMemoryStatus, conditions};
 use crate::policy::Decision;
 
 /// Publishes the Events for the change from `before` (the status the reconcile started
@@ -15,7 +15,6 @@ pub async fn what_changed(
     memory: &PhoenixMemory,
     before: &PhoenixMemoryStatus,
     after: &Update,
-    emergency: Option<&EmergencyJob>,
     decision: &Decision,
 ) {
     let publish =
@@ -53,7 +52,7 @@ pub async fn what_changed(
         );
         publish(EventType::Normal, reasons::PLAN_CHANGED, note).await;
     }
-    if let Some(job) = emergency
+    if let Some(job) = &after.new_emergency_job
         && before.last_emergency_job.as_ref().map(|j| &j.name) != Some(&job.name)
     {
         let note = format!("created Job {}: {}", job.name, decision.reason);

@@ -16,7 +16,7 @@ use super::events::Kind as EventType;
 use super::state::Key;
 use super::{conditions, emergency, explain, nodes, status};
 use crate::children::{self, Inputs};
-use crate::crd::{EmergencyJob, PhoenixMemory};
+use crate::crd::{EmergencyJob, PhoenixMemory, PhoenixMemoryStatus};
 use crate::plan::{self, Schedule};
 use crate::validate::{self, ValidSpec};
 
@@ -27,66 +27,58 @@ pub const REJECTED_RETRY: Duration = Duration::from_secs(300);
 /// One reconcile: validate → apply the serving children → observe → decide → plan → act
 /// (CronJob, emergency Job) → status → Events.
 async fn reconcile_once(memory: Arc<PhoenixMemory>, ctx: Arc<Context>) -> Result<Action, Error> {
-    let key = Key::from_obj(&*memory);
-    let namespace = memory.namespace().ok_or(Error::NoNamespace)?;
     let Some(valid) = validated(&ctx, &memory).await? else {
         return Ok(Action::await_change());
     };
-    let now = Timestamp::now()
-        .round(Unit::Second)
-        .unwrap_or_else(|_| Timestamp::now());
-    let before = memory.status.clone().unwrap_or_default();
-    let mut applied = apply::serving(&ctx, &key, &memory, &valid).await?;
-    let observations = nodes::observe(&ctx, &key, &memory, &applied.statefulset).await?;
-    let decided = decision::decide(&valid, &before, &observations, now);
+    let it = Reconciling::new(&ctx, &memory, &valid)?;
+    let mut applied = apply::serving(&ctx, &it.key, &memory, &valid).await?;
+    let observations = nodes::observe(&ctx, &it.key, &memory, &applied.statefulset).await?;
+    let decided = decision::decide(&valid, &it.before, &observations, it.now);
     let interval = decided.decision.interval;
-    let schedule = plan::schedule(&valid, &namespace, &memory.name_any(), interval);
-    let emergency = act(
-        &ctx,
-        &key,
-        &memory,
-        &valid,
-        &mut applied,
-        &schedule,
-        &decided,
-        now,
-    )
-    .await?;
-    let plan = plan::cleanup_plan(&schedule, &decided.decision, now);
+    let schedule = plan::schedule(&valid, &it.namespace, &it.name, interval);
+    let emergency = act(&it, &mut applied, &schedule, &decided).await?;
+    let plan = plan::cleanup_plan(&schedule, &decided.decision, it.now);
     let conditions =
         conditions::decision_conditions(&memory, &valid, &observations, &decided, &schedule, &plan);
-    let update = status::Update {
-        worst_ratio: decided
-            .decision
-            .worst_ratio
-            .map(|r| (r * 100.0).round() / 100.0),
-        nodes: decided.nodes.clone(),
-        plan,
-        last_decision: decided.record.clone(),
-        last_emergency_job: emergency.clone().or(before.last_emergency_job.clone()),
-        conditions,
-    };
-    status::ready(
-        &ctx,
-        &memory,
-        &namespace,
-        &applied.statefulset,
-        update.clone(),
-        now,
-    )
-    .await?;
-    explain::what_changed(
-        &ctx,
-        &memory,
-        &before,
-        &update,
-        emergency.as_ref(),
-        &decided.decision,
-    )
-    .await;
-    Ok(Action::requeue(
-        ctx.settings.resync.min(ctx.settings.observe_interval),
-    ))
+    let update = status::Update::new(&it.before, &decided, plan, conditions, emergency);
+    status::ready(&ctx, &memory, &applied.statefulset, update.clone(), it.now).await?;
+    explain::what_changed(&ctx, &memory, &it.before, &update, &decided.decision).await;
+    let next = ctx.settings.resync.min(ctx.settings.observe_interval);
+    Ok(Action::requeue(next))
+}
+
+/// The memory a reconcile works on, with what every step reads.
+struct Reconciling<'a> {
+    ctx: &'a Context,
+    memory: &'a PhoenixMemory,
+    valid: &'a ValidSpec,
+    key: Key,
+    namespace: String,
+    name: String,
+    /// The time of this reconcile, whole seconds (as status shows it).
+    now: Timestamp,
+    /// The status it started from.
+    before: PhoenixMemoryStatus,
+}
+
+impl<'a> Reconciling<'a> {
+    fn new(
+        ctx: &'a Context,
+        memory: &'a PhoenixMemory,
+        valid: &'a ValidSpec,
+    ) -> Result<Reconciling<'a>, Error> {
+        let now = Timestamp::now();
+        Ok(Reconciling {
+            ctx,
+            memory,
+            valid,
+            key: Key::from_obj(memory),
+            namespace: memory.namespace().ok_or(Error::NoNamespace)?,
+            name: memory.name_any(),
+            now: now.round(Unit::Second).unwrap_or(now),
+            before: memory.status.clone().unwrap_or_default(),
+        })
+    }
 }
 
 /// Validate: the checked spec, or `None` after reporting `InvalidSpec` (children are left
@@ -95,8 +87,7 @@ async fn validated(ctx: &Context, memory: &PhoenixMemory) -> Result<Option<Valid
     match validate::validate_named(&memory.name_any(), &memory.spec) {
         Ok(valid) => Ok(Some(valid)),
         Err(problems) => {
-            let namespace = memory.namespace().ok_or(Error::NoNamespace)?;
-            if status::invalid(ctx, memory, &namespace, &problems).await? {
+            if status::invalid(ctx, memory, &problems).await? {
                 let note = problems.join("; ");
                 ctx.events
                     .publish(memory, EventType::Warning, reasons::INVALID_SPEC, note)
@@ -109,33 +100,25 @@ async fn validated(ctx: &Context, memory: &PhoenixMemory) -> Result<Option<Valid
 
 /// Act: the CronJob on the planned schedule, the `Applied` Event for what was written, and
 /// the emergency Job when the policy asks for one (returned).
-#[allow(clippy::too_many_arguments)]
 async fn act(
-    ctx: &Context,
-    key: &Key,
-    memory: &PhoenixMemory,
-    valid: &ValidSpec,
+    it: &Reconciling<'_>,
     applied: &mut Applied,
     schedule: &Schedule,
     decided: &Decided,
-    now: Timestamp,
 ) -> Result<Option<EmergencyJob>, Error> {
-    let namespace = memory.namespace().ok_or(Error::NoNamespace)?;
+    let (ctx, memory) = (it.ctx, it.memory);
+    let interval = decided.decision.interval.as_secs_f64();
     ctx.metrics.decided(decided.decision.rule);
-    ctx.metrics.cadence(
-        &namespace,
-        &memory.name_any(),
-        decided.decision.interval.as_secs_f64(),
-    );
+    ctx.metrics.cadence(&it.namespace, &it.name, interval);
     let token = applied.token.clone();
     let inputs = Inputs {
         memory,
-        valid,
+        valid: it.valid,
         default_image: &ctx.settings.default_image,
         admin_token: &token,
     };
     let cronjob = children::build_cronjob(&inputs, schedule);
-    apply::cronjob(ctx, key, memory, applied, &cronjob).await?;
+    apply::cronjob(ctx, &it.key, memory, applied, &cronjob).await?;
     if !applied.written.is_empty() {
         let note = format!("applied {}", applied.written.join(", "));
         ctx.events
@@ -145,7 +128,9 @@ async fn act(
     if !decided.decision.emergency_job {
         return Ok(None);
     }
-    Ok(Some(emergency::create(ctx, &inputs, &cronjob, now).await?))
+    Ok(Some(
+        emergency::create(ctx, &inputs, &cronjob, it.now).await?,
+    ))
 }
 
 /// [`reconcile`], timed and counted; success resets the object's backoff.
@@ -177,13 +162,10 @@ pub async fn measured(memory: Arc<PhoenixMemory>, ctx: Arc<Context>) -> Result<A
 pub async fn reconcile(memory: Arc<PhoenixMemory>, ctx: Arc<Context>) -> Result<Action, Error> {
     match reconcile_once(Arc::clone(&memory), Arc::clone(&ctx)).await {
         Err(rejected @ Error::Rejected { .. }) => {
-            let namespace = memory.namespace().ok_or(Error::NoNamespace)?;
             let message = rejected.to_string();
             tracing::warn!(memory = %memory.name_any(), %message, "child rejected");
             ctx.metrics.child_rejected();
-            if status::not_ready(&ctx, &memory, &namespace, reasons::CHILD_REJECTED, &message)
-                .await?
-            {
+            if status::not_ready(&ctx, &memory, reasons::CHILD_REJECTED, &message).await? {
                 ctx.events
                     .publish(
                         &memory,

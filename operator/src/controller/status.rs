@@ -10,6 +10,7 @@ use serde_json::json;
 
 use super::conditions::{condition, rollout_conditions, with_condition};
 use super::context::{Context, Error, FIELD_MANAGER};
+use super::decision::Decided;
 use crate::children::selector_string;
 use crate::crd::{
     CleanupPlan, Decision, EmergencyJob, NodeObservation, PhoenixMemory, PhoenixMemoryStatus,
@@ -23,13 +24,13 @@ use crate::crd::{
 async fn write(
     ctx: &Context,
     memory: &PhoenixMemory,
-    namespace: &str,
     status: PhoenixMemoryStatus,
 ) -> Result<bool, Error> {
     if memory.status.as_ref() == Some(&status) {
         return Ok(false);
     }
-    let api: Api<PhoenixMemory> = Api::namespaced(ctx.client.clone(), namespace);
+    let namespace = memory.namespace().ok_or(Error::NoNamespace)?;
+    let api: Api<PhoenixMemory> = Api::namespaced(ctx.client.clone(), &namespace);
     let body = json!({
         "apiVersion": PhoenixMemory::api_version(&()),
         "kind": PhoenixMemory::kind(&()),
@@ -120,7 +121,7 @@ pub fn worth_writing(
     figures_moved || age.is_none_or(|age| age >= refresh.as_secs_f64())
 }
 
-/// What the observe → decide step puts in status.
+/// What observing, deciding and acting put in status.
 #[derive(Clone, Debug)]
 pub struct Update {
     /// The worst fresh ratio, when known.
@@ -135,6 +136,32 @@ pub struct Update {
     pub last_emergency_job: Option<EmergencyJob>,
     /// `Degraded`, `MetricsStale`, `CleanupScheduled`, `CleanupIneffective`.
     pub conditions: Vec<Condition>,
+    /// The emergency Job made by this reconcile, if one was.
+    pub new_emergency_job: Option<EmergencyJob>,
+}
+
+impl Update {
+    /// The update for what was `decided`, planned and done, over the status `before`.
+    pub fn new(
+        before: &PhoenixMemoryStatus,
+        decided: &Decided,
+        plan: CleanupPlan,
+        conditions: Vec<Condition>,
+        emergency: Option<EmergencyJob>,
+    ) -> Update {
+        Update {
+            worst_ratio: decided
+                .decision
+                .worst_ratio
+                .map(|r| (r * 100.0).round() / 100.0),
+            nodes: decided.nodes.clone(),
+            plan,
+            last_decision: decided.record.clone(),
+            last_emergency_job: emergency.clone().or(before.last_emergency_job.clone()),
+            conditions,
+            new_emergency_job: emergency,
+        }
+    }
 }
 
 /// Every child applied: `Ready` and `Progressing` from the nodes, replicas from the
@@ -143,7 +170,6 @@ pub struct Update {
 pub async fn ready(
     ctx: &Context,
     memory: &PhoenixMemory,
-    namespace: &str,
     statefulset: &StatefulSet,
     observed: Update,
     now: Timestamp,
@@ -177,7 +203,7 @@ pub async fn ready(
         ctx.metrics.status_write("deferred");
         return Ok(false);
     }
-    write(ctx, memory, namespace, status).await
+    write(ctx, memory, status).await
 }
 
 /// The spec is invalid: `Ready=False` with the problems; children are left as they were.
@@ -185,10 +211,9 @@ pub async fn ready(
 pub async fn invalid(
     ctx: &Context,
     memory: &PhoenixMemory,
-    namespace: &str,
     problems: &[String],
 ) -> Result<bool, Error> {
-    not_ready(ctx, memory, namespace, "InvalidSpec", &problems.join("; ")).await
+    not_ready(ctx, memory, "InvalidSpec", &problems.join("; ")).await
 }
 
 /// `Ready=False` with `reason` and `message` at the current generation (the rest of the
@@ -199,7 +224,6 @@ pub async fn invalid(
 pub async fn not_ready(
     ctx: &Context,
     memory: &PhoenixMemory,
-    namespace: &str,
     reason: &str,
     message: &str,
 ) -> Result<bool, Error> {
@@ -212,7 +236,7 @@ pub async fn not_ready(
         ),
         ..current
     };
-    write(ctx, memory, namespace, status).await
+    write(ctx, memory, status).await
 }
 
 #[cfg(test)]

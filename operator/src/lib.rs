@@ -11,6 +11,7 @@
 //! - [`metrics`], [`http`], [`health`]: the operator's metrics and its `/metrics`,
 //!   `/healthz`, `/readyz`.
 //! - [`rbac`]: the API calls the operator makes, as the RBAC rules the chart grants.
+//! - [`throttle`]: client-side rate limiting of those calls (QPS and burst).
 //!
 //! The node's side of the contract (its config file, metric names, API bodies, client) is
 //! the `phoenix-node-api` crate.
@@ -26,6 +27,7 @@ pub mod observe;
 pub mod plan;
 pub mod policy;
 pub mod rbac;
+pub mod throttle;
 pub mod validate;
 
 /// The operator's version, kept in step with the node crate and the chart.

@@ -53,10 +53,12 @@ enum Command {
         /// Seconds a node scrape may take before the node counts as stale.
         #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u64).range(1..=60))]
         scrape_timeout_seconds: u64,
-        /// Longest time, seconds, node figures that only jitter (ratios and sizes moving by
-        /// less than 10%) stay unwritten in a memory's status.
-        #[arg(long, default_value_t = 300, value_parser = clap::value_parser!(u64).range(1..=86_400))]
-        status_refresh_seconds: u64,
+        /// API requests a second at most (a token bucket; 0: no limit).
+        #[arg(long, env = "PHOENIX_KUBE_QPS", default_value_t = 200)]
+        kube_qps: u32,
+        /// API requests in a burst above `--kube-qps` (at least `--kube-qps`).
+        #[arg(long, env = "PHOENIX_KUBE_BURST", default_value_t = 400)]
+        kube_burst: u32,
         /// Address of the operator's /metrics, /healthz and /readyz.
         #[arg(long, env = "PHOENIX_METRICS_ADDRESS", default_value = "0.0.0.0:8080")]
         metrics_address: std::net::SocketAddr,
@@ -78,13 +80,20 @@ const DEFAULT_IMAGE: &str = concat!("phoenix-memory:", env!("CARGO_PKG_VERSION")
 fn run(
     settings: phoenix_operator::controller::Settings,
     metrics_address: std::net::SocketAddr,
+    throttle: Option<phoenix_operator::throttle::Throttle>,
 ) -> anyhow::Result<()> {
     use std::sync::Arc;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
     runtime.block_on(async move {
-        let client = kube::Client::try_default().await?;
+        let config = kube::Config::infer().await?;
+        let client = match throttle {
+            Some(throttle) => kube::client::ClientBuilder::try_from(config)?
+                .with_layer(&throttle)
+                .build(),
+            None => kube::Client::try_from(config)?,
+        };
         let metrics = Arc::new(phoenix_operator::metrics::Metrics::new()?);
         let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
         let mut terminate =
@@ -187,7 +196,8 @@ fn main() -> ExitCode {
             lease_seconds,
             observe_interval_seconds,
             scrape_timeout_seconds,
-            status_refresh_seconds,
+            kube_qps,
+            kube_burst,
             metrics_address,
         } => {
             let filter = tracing_subscriber::EnvFilter::try_from_default_env()
@@ -214,10 +224,10 @@ fn main() -> ExitCode {
                 leader_election,
                 observe_interval: std::time::Duration::from_secs(observe_interval_seconds),
                 scrape_timeout: std::time::Duration::from_secs(scrape_timeout_seconds),
-                status_refresh: std::time::Duration::from_secs(status_refresh_seconds),
                 ..Default::default()
             };
-            match run(settings, metrics_address) {
+            let throttle = phoenix_operator::throttle::Throttle::new(kube_qps, kube_burst);
+            match run(settings, metrics_address, throttle) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(error) => {
                     eprintln!("error: {error:#}");

@@ -1,6 +1,9 @@
 //! The operator's Prometheus metrics (`phoenix_operator_` prefix). Labels come from fixed
 //! sets: results, error categories.
 
+use std::collections::HashMap;
+use std::time::Instant;
+
 use prometheus::{
     Encoder, GaugeVec, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, Opts,
     Registry, TextEncoder,
@@ -20,6 +23,9 @@ pub struct Metrics {
     emergency_jobs: IntCounter,
     cadence: GaugeVec,
     status_writes: IntCounterVec,
+    observation_age: GaugeVec,
+    /// When each memory's nodes were last observed (the age is worked out at scrape time).
+    observed_at: std::sync::Arc<std::sync::Mutex<HashMap<(String, String), Instant>>>,
     /// Readiness and liveness of the controller (see [`crate::health`]).
     pub health: std::sync::Arc<crate::health::Health>,
 }
@@ -99,6 +105,15 @@ impl Metrics {
         registry.register(Box::new(scrapes.clone()))?;
         registry.register(Box::new(decisions.clone()))?;
         registry.register(Box::new(emergency_jobs.clone()))?;
+        let observation_age = GaugeVec::new(
+            Opts::new(
+                "phoenix_operator_observation_age_seconds",
+                "Age of the node observations behind each memory's status and decisions, \
+                 at scrape time (status is not rewritten to show it).",
+            ),
+            &["namespace", "name"],
+        )?;
+        registry.register(Box::new(observation_age.clone()))?;
         registry.register(Box::new(cadence.clone()))?;
         for outcome in ["fresh", "stale"] {
             scrapes.with_label_values(&[outcome]);
@@ -120,6 +135,8 @@ impl Metrics {
             emergency_jobs,
             cadence,
             status_writes,
+            observation_age,
+            observed_at: std::sync::Arc::default(),
             health: std::sync::Arc::default(),
         })
     }
@@ -151,10 +168,23 @@ impl Metrics {
             .set(seconds);
     }
 
+    /// Notes when a memory's nodes were observed (the figures its status and decision use).
+    pub fn observed(&self, namespace: &str, name: &str, at: Instant) {
+        self.observed_at
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .insert((namespace.to_string(), name.to_string()), at);
+    }
+
     /// Drops a deleted memory's series.
     pub fn forget(&self, namespace: &str, name: &str) {
         // Absent when the memory never got a plan: nothing to drop.
         let _ = self.cadence.remove_label_values(&[namespace, name]);
+        let _ = self.observation_age.remove_label_values(&[namespace, name]);
+        self.observed_at
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .remove(&(namespace.to_string(), name.to_string()));
     }
 
     /// Counts a child the API server refused for good (`errors_total{category="rejected"}`);
@@ -175,6 +205,16 @@ impl Metrics {
 
     /// The text exposition.
     pub fn render(&self) -> String {
+        for ((namespace, name), at) in self
+            .observed_at
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .iter()
+        {
+            self.observation_age
+                .with_label_values(&[namespace.as_str(), name.as_str()])
+                .set(at.elapsed().as_secs_f64());
+        }
         let mut buffer = Vec::new();
         if let Err(error) = TextEncoder::new().encode(&self.registry.gather(), &mut buffer) {
             tracing::error!(%error, "failed to encode metrics");

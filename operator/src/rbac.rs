@@ -15,10 +15,11 @@ pub struct Rule {
     pub verbs: &'static [&'static str],
 }
 
-/// Watching and reading: the controller's watches and the no-write check before an apply.
+/// Watching and reading: the controller's watches.
 const READ: &[&str] = &["get", "list", "watch"];
-/// Server-side apply of a child (`create` for the first apply of an absent object).
-const APPLY: &[&str] = &["get", "list", "watch", "create", "patch"];
+/// A child: watched into a cache (what the no-write check before an apply reads; never a
+/// GET), and server-side applied (`create` for the first apply of an absent object).
+const APPLY: &[&str] = &["list", "watch", "create", "patch"];
 
 /// Every rule the operator needs, nothing more.
 pub const RULES: &[Rule] = &[
@@ -45,7 +46,8 @@ pub const RULES: &[Rule] = &[
         resources: &["configmaps", "secrets", "services"],
         verbs: APPLY,
     },
-    // `delete`: replaced (pods orphaned, not deleted) when its claims grow.
+    // `delete`: replaced (pods orphaned, not deleted) when its claims grow; `get`: whether
+    // the replaced one is gone yet.
     Rule {
         api_groups: &["apps"],
         resources: &["statefulsets"],

@@ -120,12 +120,13 @@ def test_the_operator_accepts_every_flag_the_chart_passes(values):
         assert flag in accepted, f"{flag} is not a flag of `phoenix-operator run`"
     flags = {a.split("=", 1)[0]: a.split("=", 1)[1] for a in args[1:] if "=" in a}
     assert flags["--observe-interval-seconds"] == "30"
-    assert flags["--status-refresh-seconds"] == "300"
+    assert (flags["--kube-qps"], flags["--kube-burst"]) == ("200", "400")
 
 
 @pytest.mark.parametrize("bad", [
     {"observe": {"intervalSeconds": 0}},
-    {"observe": {"statusRefreshSeconds": "5m"}},
+    {"observe": {"statusRefreshSeconds": 300}},
+    {"kubeApi": {"qps": "fast"}},
     {"replicaCount": 0},
     {"bogus": True},
     {"image": {"pullPolicy": "Sometimes"}},

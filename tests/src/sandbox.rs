@@ -44,14 +44,11 @@ pub struct Options {
     pub probe: ProbeSettings,
     /// Start the nodes with fault injection on.
     pub fault_injection: bool,
-    /// The operator's `--status-refresh-seconds`: how long figures that only jitter stay
-    /// unwritten in status.
-    pub status_refresh: Duration,
 }
 
 impl Options {
     /// Fast defaults: observe every second; a probe tick every 100 ms, a window of 20 ticks
-    /// (1,280 samples, 2 s), 5 ticks to settle; jittering figures written at least every 10 s.
+    /// (1,280 samples, 2 s), 5 ticks to settle.
     pub fn new(node_bin: PathBuf) -> Options {
         Options {
             node_bin,
@@ -64,7 +61,6 @@ impl Options {
                 settle_ticks: 5,
             },
             fault_injection: true,
-            status_refresh: Duration::from_secs(10),
         }
     }
 }
@@ -191,7 +187,6 @@ impl Sandbox {
             default_image: "phoenix-memory:sandbox".into(),
             resync: options.observe_interval,
             observe_interval: options.observe_interval,
-            status_refresh: options.status_refresh,
             scrape_timeout: Duration::from_secs(2),
             freshness: Freshness {
                 min_samples: options.probe.min_samples as f64,

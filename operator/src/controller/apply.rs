@@ -2,11 +2,11 @@
 //!
 //! Order: ConfigMap and Secret first (the pods mount them), then the Services (stable DNS
 //! before pods start), the StatefulSet, the PodDisruptionBudget, and the CronJob last (it
-//! cleans nodes that must exist). A child whose live object already holds every field we
-//! would apply is not written: a converged reconcile makes no mutating request.
+//! cleans nodes that must exist). The live objects come from the watch caches (see
+//! `caches`); a child whose live object already holds every field we would apply is not
+//! written: a converged reconcile makes no request here at all.
 
 use std::fmt::Debug;
-use std::time::Instant;
 
 use k8s_openapi::NamespaceResourceScope;
 use k8s_openapi::api::apps::v1::StatefulSet;
@@ -18,8 +18,8 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 use serde_json::Value;
 
+use super::caches::Cached;
 use super::context::{Context, Error, FIELD_MANAGER};
-use super::state::{Key, Verified};
 use crate::children::{self, Children, Inputs, TOKEN_KEY, secret_name};
 use crate::crd::PhoenixMemory;
 use crate::validate::ValidSpec;
@@ -56,16 +56,14 @@ fn subset(desired: &Value, current: &Value, quantities: bool) -> bool {
     }
 }
 
-/// Applies `desired` in `namespace` unless the live object already matches; returns the
-/// live object and whether it was written.
+/// Applies `desired` in `namespace` unless the live object (from the watch cache) already
+/// matches; returns the live object and whether it was written.
 async fn apply_one<K>(ctx: &Context, namespace: &str, desired: &K) -> Result<(K, bool), Error>
 where
-    K: Resource<Scope = NamespaceResourceScope> + Clone + DeserializeOwned + Serialize + Debug,
-    K::DynamicType: Default,
+    K: Cached + Serialize,
 {
-    let api: Api<K> = Api::namespaced(ctx.client.clone(), namespace);
-    let live = api.get_opt(&desired.name_any()).await?;
-    apply_over(ctx, namespace, desired, live).await
+    let live = ctx.caches.get::<K>(namespace, &desired.name_any());
+    apply_over(ctx, namespace, desired, live.as_deref().cloned()).await
 }
 
 /// [`apply_one`] with the live object already read.
@@ -106,13 +104,13 @@ where
     }
 }
 
-/// The memory's admin token: the one its Secret holds, or a new random one.
-pub async fn admin_token(ctx: &Context, namespace: &str, memory: &str) -> Result<String, Error> {
-    let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), namespace);
-    let existing = secrets
-        .get_opt(&secret_name(memory))
-        .await?
-        .and_then(|s| s.data)
+/// The memory's admin token: the one its Secret holds (in the watch cache, complete by
+/// then), or a new random one.
+pub fn admin_token(ctx: &Context, namespace: &str, memory: &str) -> Result<String, Error> {
+    let existing = ctx
+        .caches
+        .get::<Secret>(namespace, &secret_name(memory))
+        .and_then(|s| s.data.clone())
         .and_then(|d| {
             d.get(TOKEN_KEY)
                 .map(|t| String::from_utf8_lossy(&t.0).into_owned())
@@ -173,7 +171,11 @@ async fn statefulset(
     use super::storage::{self, Change};
     let api: Api<StatefulSet> = Api::namespaced(ctx.client.clone(), namespace);
     let name = desired.name_any();
-    let mut live = api.get_opt(&name).await?;
+    let mut live = ctx
+        .caches
+        .get::<StatefulSet>(namespace, &name)
+        .as_deref()
+        .cloned();
     if let Some(current) = &live {
         match storage::change(current, desired) {
             Change::None => {}
@@ -199,56 +201,35 @@ async fn statefulset(
     apply_over(ctx, namespace, desired, live).await
 }
 
-/// What the apply step found: the admin token, the StatefulSet's state, what it wrote.
-/// No `Debug`: it holds the admin token.
+/// What the apply step found: the admin token, the StatefulSet, what it wrote. No `Debug`:
+/// it holds the admin token.
 pub struct Applied {
     /// The memory's admin token.
     pub token: String,
-    /// The StatefulSet as applied (or, reusing the last check, only its status).
+    /// The StatefulSet as applied or cached.
     pub statefulset: StatefulSet,
     /// The kinds written, for the `Applied` Event.
     pub written: Vec<&'static str>,
-    /// The point in the change sequence before the children were read.
-    seq: u64,
-    /// When they were read.
-    at: Instant,
-    /// A hash of the CronJob as last applied, when this reuses a check that applied it.
-    cronjob: Option<blake3::Hash>,
 }
 
 /// Applies every child but the CronJob (its schedule is planned after observing), in
-/// order — unless they were all checked at this generation within `resync` and none
-/// changed since (see `changes`): then nothing is read or written.
+/// order, each only when its cached live object differs from what is wanted: a converged
+/// memory costs no request here.
 ///
 /// # Errors
-/// The API server refused or failed; a child could not be built.
+/// The API server refused or failed; a child could not be built; the caches are gone.
 pub async fn serving(
     ctx: &Context,
-    key: &Key,
     memory: &PhoenixMemory,
     valid: &ValidSpec,
 ) -> Result<Applied, Error> {
-    let seq = ctx.memories.now();
-    let last = ctx.memories.with(key, |state| state.verified.clone());
-    if let Some(last) = last.filter(|v| {
-        v.generation == memory.metadata.generation
-            && v.at.elapsed() < ctx.settings.resync
-            && !ctx.memories.changed_since(key, v.seq)
-    }) {
-        return Ok(Applied {
-            token: last.token,
-            statefulset: StatefulSet {
-                status: last.statefulset_status,
-                ..StatefulSet::default()
-            },
-            written: Vec::new(),
-            seq: last.seq,
-            at: last.at,
-            cronjob: last.cronjob,
-        });
+    // An object missing from a cache must be missing from the cluster (else a Secret's
+    // token would be replaced): wait for every cache's first complete list.
+    if !ctx.caches.ready().await {
+        return Err(Error::CachesGone);
     }
     let namespace = memory.namespace().ok_or(Error::NoNamespace)?;
-    let token = admin_token(ctx, &namespace, &memory.name_any()).await?;
+    let token = admin_token(ctx, &namespace, &memory.name_any())?;
     let inputs = Inputs {
         memory,
         valid,
@@ -260,42 +241,24 @@ pub async fn serving(
         token,
         statefulset,
         written,
-        seq,
-        at: Instant::now(),
-        cronjob: None,
     })
 }
 
 /// Applies the CronJob (last: it cleans nodes that must exist, on the planned schedule)
-/// unless it is the one last applied, and records the full check of the children.
+/// when the cached one differs.
 ///
 /// # Errors
 /// The API server refused or failed.
 pub async fn cronjob(
     ctx: &Context,
-    key: &Key,
     memory: &PhoenixMemory,
     applied: &mut Applied,
     cronjob: &CronJob,
 ) -> Result<(), Error> {
-    let desired = blake3::hash(&serde_json::to_vec(cronjob).map_err(kube::Error::SerdeError)?);
-    if applied.cronjob != Some(desired) {
-        let namespace = memory.namespace().ok_or(Error::NoNamespace)?;
-        if apply_one(ctx, &namespace, cronjob).await?.1 {
-            applied.written.push("CronJob");
-        }
+    let namespace = memory.namespace().ok_or(Error::NoNamespace)?;
+    if apply_one(ctx, &namespace, cronjob).await?.1 {
+        applied.written.push("CronJob");
     }
-    applied.cronjob = Some(desired);
-    let verified = Verified {
-        generation: memory.metadata.generation,
-        seq: applied.seq,
-        at: applied.at,
-        token: applied.token.clone(),
-        statefulset_status: applied.statefulset.status.clone(),
-        cronjob: Some(desired),
-    };
-    ctx.memories
-        .with(key, |state| state.verified = Some(verified));
     Ok(())
 }
 

@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use kube::{Api, Client};
 
+use super::caches::Caches;
 use super::events;
 use super::state::{Key, Memories};
 use crate::metrics::Metrics;
@@ -28,6 +29,9 @@ pub enum Error {
     /// The StatefulSet is being replaced to grow its claims; applied again shortly.
     #[error("the StatefulSet {0} is being replaced to grow its volumes")]
     Resizing(String),
+    /// A watch cache of the children stopped for good (the operator is shutting down).
+    #[error("the watch caches of the children are gone")]
+    CachesGone,
     /// The operating system's random generator failed (no token is made without it).
     #[error("the system's random generator failed: {0}")]
     Random(String),
@@ -56,6 +60,7 @@ impl Error {
             Error::Rejected { .. } => "rejected",
             Error::Random(_) => "random",
             Error::Resizing(_) => "resizing",
+            Error::CachesGone => "caches",
         }
     }
 }
@@ -79,8 +84,6 @@ pub struct Settings {
     pub scrape_timeout: Duration,
     /// When a node's report is fresh enough to decide on.
     pub freshness: crate::observe::Freshness,
-    /// Longest time node figures that only jitter stay unwritten in status.
-    pub status_refresh: Duration,
 }
 
 /// Leader election on a `coordination.k8s.io/v1` Lease, so that of several operator replicas
@@ -110,7 +113,6 @@ impl Default for Settings {
             observe_interval: Duration::from_secs(30),
             scrape_timeout: Duration::from_secs(5),
             freshness: crate::observe::Freshness::default(),
-            status_refresh: Duration::from_secs(300),
         }
     }
 }
@@ -128,8 +130,10 @@ pub struct Context {
     pub events: events::Publisher,
     /// Scrapes the nodes.
     pub http: reqwest::Client,
-    /// What is kept per memory between reconciles, and the children's changes.
+    /// What is kept per memory between reconciles.
     pub memories: Arc<Memories>,
+    /// Watch caches of the children.
+    pub caches: Caches,
 }
 
 impl Context {

@@ -1,19 +1,20 @@
 //! The controller. [`reconcile::reconcile`] is a short driver over named steps, each in its
 //! own module:
 //!
-//! validate ([`crate::validate`]) → apply the serving children ([`apply`]) → observe the
+//! validate ([`crate::validate`]) → apply the serving children ([`apply`], against
+//! the [`caches`]) → observe the
 //! nodes ([`nodes`]) → decide ([`decision`], over the pure [`crate::policy`]) → plan the
 //! schedule ([`crate::plan`]) → act (the CronJob, an emergency Job: [`apply`],
 //! [`emergency`]) → status ([`status`], [`conditions`]) → Events ([`explain`], published
 //! by [`events`]).
 //!
 //! Around it: [`context`] (what reconciles share, the error type, Event reasons),
-//! [`state`] (what is kept per memory), [`changes`] (watches of the children), [`lease`]
+//! [`state`] (what is kept per memory), [`caches`] (watch caches of the children), [`lease`]
 //! (leader election), [`runner`] (the `Controller` and its watches), [`storage`] (growing
 //! volumes in place).
 
 pub mod apply;
-pub mod changes;
+pub mod caches;
 pub mod conditions;
 pub mod context;
 pub mod decision;

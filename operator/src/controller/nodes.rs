@@ -7,6 +7,7 @@ use std::time::Instant;
 
 use k8s_openapi::api::apps::v1::StatefulSet;
 use k8s_openapi::api::core::v1::Pod;
+use k8s_openapi::jiff::{Timestamp, Unit};
 use kube::api::ListParams;
 use kube::{Api, ResourceExt};
 
@@ -83,7 +84,7 @@ pub async fn observe(
     key: &Key,
     memory: &PhoenixMemory,
     statefulset: &StatefulSet,
-) -> Result<Vec<Observation>, Error> {
+) -> Result<Observed, Error> {
     let status = statefulset.status.as_ref();
     let ready_replicas = status.and_then(|s| s.ready_replicas).unwrap_or(0);
     let present_replicas = status.map_or(0, |s| s.replicas);
@@ -91,29 +92,29 @@ pub async fn observe(
     // Three quarters: a requeue after the interval must find the last observation old enough.
     let reuse_within = ctx.settings.observe_interval.mul_f64(0.75);
     let cached = ctx.memories.with(key, |state| {
-        state
-            .observed
-            .as_ref()
-            .filter(|last| {
-                last.at.elapsed() < reuse_within
-                    && last.generation == generation
-                    && last.ready_replicas == ready_replicas
-            })
-            .map(|last| last.observations.clone())
+        state.observed.clone().filter(|last| {
+            last.at.elapsed() < reuse_within
+                && last.generation == generation
+                && last.ready_replicas == ready_replicas
+        })
     });
-    if let Some(observations) = cached {
-        return Ok(observations);
+    if let Some(observed) = cached {
+        return Ok(observed);
     }
-    let observations = scrape(ctx, memory, (ready_replicas, present_replicas)).await?;
+    let now = Timestamp::now();
     let observed = Observed {
         at: Instant::now(),
+        taken: now.round(Unit::Second).unwrap_or(now),
         generation,
         ready_replicas,
-        observations: observations.clone(),
+        observations: scrape(ctx, memory, (ready_replicas, present_replicas)).await?,
     };
+    let name = memory.name_any();
+    let namespace = memory.namespace().unwrap_or_default();
+    ctx.metrics.observed(&namespace, &name, observed.at);
     ctx.memories
-        .with(key, |state| state.observed = Some(observed));
-    Ok(observations)
+        .with(key, |state| state.observed = Some(observed.clone()));
+    Ok(observed)
 }
 
 /// Scrapes every expected node of `memory` now.

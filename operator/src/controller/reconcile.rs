@@ -31,17 +31,19 @@ async fn reconcile_once(memory: Arc<PhoenixMemory>, ctx: Arc<Context>) -> Result
         return Ok(Action::await_change());
     };
     let it = Reconciling::new(&ctx, &memory, &valid)?;
-    let mut applied = apply::serving(&ctx, &it.key, &memory, &valid).await?;
-    let observations = nodes::observe(&ctx, &it.key, &memory, &applied.statefulset).await?;
-    let decided = decision::decide(&valid, &it.before, &observations, it.now);
+    let mut applied = apply::serving(&ctx, &memory, &valid).await?;
+    let observed = nodes::observe(&ctx, &it.key, &memory, &applied.statefulset).await?;
+    let observations = &observed.observations;
+    let decided = decision::decide(&valid, &it.before, observations, it.now);
     let interval = decided.decision.interval;
     let schedule = plan::schedule(&valid, &it.namespace, &it.name, interval);
     let emergency = act(&it, &mut applied, &schedule, &decided).await?;
     let plan = plan::cleanup_plan(&schedule, &decided.decision, it.now);
     let conditions =
-        conditions::decision_conditions(&memory, &valid, &observations, &decided, &schedule, &plan);
+        conditions::decision_conditions(&memory, &valid, observations, &decided, &schedule, &plan);
     let update = status::Update::new(&it.before, &decided, plan, conditions, emergency);
-    status::ready(&ctx, &memory, &applied.statefulset, update.clone(), it.now).await?;
+    let statefulset = &applied.statefulset;
+    status::ready(&ctx, &memory, statefulset, update.clone(), observed.taken).await?;
     explain::what_changed(&ctx, &memory, &it.before, &update, &decided.decision).await;
     let next = ctx.settings.resync.min(ctx.settings.observe_interval);
     Ok(Action::requeue(next))
@@ -118,7 +120,7 @@ async fn act(
         admin_token: &token,
     };
     let cronjob = children::build_cronjob(&inputs, schedule);
-    apply::cronjob(ctx, &it.key, memory, applied, &cronjob).await?;
+    apply::cronjob(ctx, memory, applied, &cronjob).await?;
     if !applied.written.is_empty() {
         let note = format!("applied {}", applied.written.join(", "));
         ctx.events

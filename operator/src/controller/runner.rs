@@ -9,13 +9,14 @@ use k8s_openapi::api::apps::v1::StatefulSet;
 use k8s_openapi::api::batch::v1::CronJob;
 use k8s_openapi::api::core::v1::{ConfigMap, Secret, Service};
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
+use kube::Client;
 use kube::runtime::controller::Controller;
 use kube::runtime::watcher;
-use kube::{Api, Client};
 
+use super::caches::{self, Caches};
 use super::context::{Context, FIELD_MANAGER, Settings, api};
 use super::state::{self, Memories};
-use super::{changes, events, reconcile};
+use super::{events, reconcile};
 use crate::crd::PhoenixMemory;
 use crate::metrics::Metrics;
 
@@ -31,16 +32,20 @@ pub async fn run_controller(
     shutdown: impl std::future::Future<Output = ()> + Send + Sync + 'static,
 ) {
     let ns = settings.namespace.clone();
-    let owned = watcher::Config::default().labels("app.kubernetes.io/managed-by=phoenix-operator");
-    let memories = Arc::new(Memories::default());
-    let trackers = [
-        track(api::<ConfigMap>(&client, &ns), &owned, &memories),
-        track(api::<Secret>(&client, &ns), &owned, &memories),
-        track(api::<Service>(&client, &ns), &owned, &memories),
-        track(api::<StatefulSet>(&client, &ns), &owned, &memories),
-        track(api::<PodDisruptionBudget>(&client, &ns), &owned, &memories),
-        track(api::<CronJob>(&client, &ns), &owned, &memories),
-    ];
+    let (configmaps, configmap_changes) = caches::watch(api::<ConfigMap>(&client, &ns));
+    let (secrets, secret_changes) = caches::watch(api::<Secret>(&client, &ns));
+    let (services, service_changes) = caches::watch(api::<Service>(&client, &ns));
+    let (statefulsets, statefulset_changes) = caches::watch(api::<StatefulSet>(&client, &ns));
+    let (pdbs, pdb_changes) = caches::watch(api::<PodDisruptionBudget>(&client, &ns));
+    let (cronjobs, cronjob_changes) = caches::watch(api::<CronJob>(&client, &ns));
+    let caches = Caches {
+        configmaps,
+        secrets,
+        services,
+        statefulsets,
+        pdbs,
+        cronjobs,
+    };
     let context = Arc::new(Context {
         client: client.clone(),
         settings: settings.clone(),
@@ -54,15 +59,17 @@ pub async fn run_controller(
                 .map(|l| l.identity.clone()),
         ),
         http: reqwest::Client::new(),
-        memories,
+        memories: Arc::new(Memories::default()),
+        caches: caches.clone(),
     });
     let controller = Controller::new(
         api::<PhoenixMemory>(&client, &ns),
         watcher::Config::default(),
     );
-    // Ready once the memories can be listed: what the controller's watch starts with.
-    // (kube-runtime's `Store::wait_until_ready` on the controller's own store did not
-    // resolve against the in-process API server; a list is the same question, asked once.)
+    // Ready once the memories can be listed (what the controller's watch starts with) and
+    // every child cache holds its first complete list. (kube-runtime's
+    // `Store::wait_until_ready` on the controller's own store did not resolve against the
+    // in-process API server; a list is the same question, asked once.)
     let health = Arc::clone(&context.metrics.health);
     let lister = api::<PhoenixMemory>(&client, &ns);
     let synced = tokio::spawn(async move {
@@ -72,10 +79,7 @@ pub async fn run_controller(
                 .list(&kube::api::ListParams::default().limit(1))
                 .await
             {
-                Ok(_) => {
-                    health.set_synced();
-                    return;
-                }
+                Ok(_) => break,
                 Err(error) => {
                     tracing::warn!(%error, "cannot list the memories yet");
                     tokio::time::sleep(delay).await;
@@ -83,14 +87,18 @@ pub async fn run_controller(
                 }
             }
         }
+        if caches.ready().await {
+            health.set_synced();
+        }
     });
+    // Each child's watch fills its cache and wakes its owner's reconcile.
     controller
-        .owns(api::<StatefulSet>(&client, &ns), owned.clone())
-        .owns(api::<ConfigMap>(&client, &ns), owned.clone())
-        .owns(api::<Secret>(&client, &ns), owned.clone())
-        .owns(api::<Service>(&client, &ns), owned.clone())
-        .owns(api::<PodDisruptionBudget>(&client, &ns), owned.clone())
-        .owns(api::<CronJob>(&client, &ns), owned)
+        .owns_stream(statefulset_changes)
+        .owns_stream(configmap_changes)
+        .owns_stream(secret_changes)
+        .owns_stream(service_changes)
+        .owns_stream(pdb_changes)
+        .owns_stream(cronjob_changes)
         .with_config(
             kube::runtime::controller::Config::default()
                 .concurrency(settings.concurrency)
@@ -118,21 +126,4 @@ pub async fn run_controller(
         })
         .await;
     synced.abort();
-    for tracker in trackers {
-        tracker.abort();
-    }
-}
-
-/// Records changes of the children in `api` (see `changes`) until aborted.
-fn track<K>(
-    api: Api<K>,
-    config: &watcher::Config,
-    memories: &Arc<Memories>,
-) -> tokio::task::JoinHandle<()>
-where
-    K: kube::Resource + Clone + serde::de::DeserializeOwned + std::fmt::Debug + Send + 'static,
-{
-    let config = config.clone();
-    let memories = Arc::clone(memories);
-    tokio::spawn(async move { changes::track(api, config, &memories).await })
 }

@@ -46,7 +46,7 @@ async fn write(
     Ok(true)
 }
 
-/// How far a node's ratio or baseline must move (relative) to be written before the refresh.
+/// How far a node's ratio or baseline must move (relative) to be written.
 const RATIO_MOVE: f64 = 0.10;
 /// How far a node's keys, logical or disk bytes must move (relative) likewise.
 const SIZE_MOVE: f64 = 0.10;
@@ -89,16 +89,14 @@ fn moved(old: Option<f64>, new: Option<f64>) -> f64 {
 }
 
 /// Whether `new` is worth a write over `old`: it changes something a decision, a condition or
-/// a reader acts on, a node's figures moved noticeably, or the figures in status are older
-/// than `refresh`. Without this, every observe of live nodes wrote status, and each write
-/// (a watch event) triggered the next reconcile: 45 writes in 10 s for one idle memory.
-pub fn worth_writing(
-    old: &PhoenixMemoryStatus,
-    new: &PhoenixMemoryStatus,
-    now: Timestamp,
-    refresh: std::time::Duration,
-) -> bool {
-    if shape(old) != shape(new) {
+/// a reader acts on, or a node's figures moved noticeably. Never only because time passed:
+/// no heartbeat writes (each is fanned out to every watcher; at 10,000 memories a 5-minute
+/// refresh was ~33 writes a second). How old the figures in status are is the metric
+/// `phoenix_operator_observation_age_seconds`, and `observedAt` the time they were taken.
+/// Without this, every observe of live nodes wrote status, and each write (a watch event)
+/// triggered the next reconcile: 45 writes in 10 s for one idle memory.
+pub fn worth_writing(old: &PhoenixMemoryStatus, new: &PhoenixMemoryStatus) -> bool {
+    if shape(old) != shape(new) || (old.observed_at.is_none() && new.observed_at.is_some()) {
         return true;
     }
     let size = |n: u64| Some(n as f64);
@@ -114,11 +112,7 @@ pub fn worth_writing(
                     || moved(size(o.disk_bytes), size(node.disk_bytes)) >= SIZE_MOVE
             })
     });
-    let age = old
-        .observed_at
-        .as_ref()
-        .map(|at| now.duration_since(at.0).as_secs_f64());
-    figures_moved || age.is_none_or(|age| age >= refresh.as_secs_f64())
+    figures_moved
 }
 
 /// What observing, deciding and acting put in status.
@@ -165,14 +159,14 @@ impl Update {
 }
 
 /// Every child applied: `Ready` and `Progressing` from the nodes, replicas from the
-/// StatefulSet, and what was observed (at `now`, Unix seconds) and decided. Writes only
-/// what is worth a write (see `worth_writing`); returns whether it wrote.
+/// StatefulSet, and what was observed (at `observed_at`) and decided. Writes only what is
+/// worth a write (see `worth_writing`); returns whether it wrote.
 pub async fn ready(
     ctx: &Context,
     memory: &PhoenixMemory,
     statefulset: &StatefulSet,
     observed: Update,
-    now: Timestamp,
+    observed_at: Timestamp,
 ) -> Result<bool, Error> {
     let current = memory.status.clone().unwrap_or_default();
     let sts_status = statefulset.status.as_ref();
@@ -190,7 +184,7 @@ pub async fn ready(
         worst_ratio: observed.worst_ratio,
         conditions,
         nodes: observed.nodes,
-        observed_at: Some(Time(now)),
+        observed_at: Some(Time(observed_at)),
         plan: Some(observed.plan),
         last_decision: Some(observed.last_decision),
         last_emergency_job: observed.last_emergency_job,
@@ -198,7 +192,7 @@ pub async fn ready(
     if memory
         .status
         .as_ref()
-        .is_some_and(|old| !worth_writing(old, &status, now, ctx.settings.status_refresh))
+        .is_some_and(|old| !worth_writing(old, &status))
     {
         ctx.metrics.status_write("deferred");
         return Ok(false);
@@ -275,12 +269,10 @@ mod tests {
     }
 
     #[test]
-    fn jittering_figures_wait_for_the_refresh_and_the_rest_is_written_at_once() {
-        let refresh = std::time::Duration::from_secs(300);
+    fn jitter_is_never_written_and_the_rest_is_written_at_once() {
         let old = observed(1000, vec![node("m-0", 1.00, 2000), node("m-1", 1.02, 2000)]);
         let at = |s: i64| Timestamp::from_second(s).expect("time");
-        let worth =
-            |new: &PhoenixMemoryStatus, now: i64| worth_writing(&old, new, at(now), refresh);
+        let worth = |new: &PhoenixMemoryStatus, _now: i64| worth_writing(&old, new);
         // Jitter: ratios and sizes within 10%, a new message, a later scrape.
         let mut jitter = observed(1010, vec![node("m-0", 1.08, 2100), node("m-1", 0.99, 1950)]);
         jitter.conditions[0].message = "worst ratio 1.04×".into();
@@ -288,8 +280,11 @@ mod tests {
             plan.reason = "worst ratio 1.04× is flat".into();
         }
         assert!(!worth(&jitter, 1010));
-        // ... until the figures in status are as old as the refresh.
-        assert!(worth(&jitter, 1000 + 300));
+        // ... however old the figures in status are: no heartbeat writes (their age is a
+        // metric).
+        let mut much_later = jitter.clone();
+        much_later.observed_at = Some(Time(at(1000 + 86_400)));
+        assert!(!worth(&much_later, 1000 + 86_400));
         // A ratio, a baseline or a size that moves by 10%: at once.
         let ratio = observed(1010, vec![node("m-0", 1.11, 2000), node("m-1", 1.02, 2000)]);
         assert!(worth(&ratio, 1010));
@@ -320,10 +315,10 @@ mod tests {
         stale_old.nodes[0].stale_reason = Some("probe 31 s old".into());
         let mut stale_new = stale_old.clone();
         stale_new.nodes[0].stale_reason = Some("probe 32 s old".into());
-        assert!(!worth_writing(&stale_old, &stale_new, at(1010), refresh));
+        assert!(!worth_writing(&stale_old, &stale_new));
         // Status from before `observedAt` existed is rewritten.
         let mut unknown_age = old.clone();
         unknown_age.observed_at = None;
-        assert!(worth_writing(&unknown_age, &old, at(1010), refresh));
+        assert!(worth_writing(&unknown_age, &old));
     }
 }

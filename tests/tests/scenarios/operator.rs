@@ -25,6 +25,16 @@ struct Harness {
 }
 
 impl Harness {
+    /// Reconciles that succeeded so far.
+    fn reconciles(&self) -> f64 {
+        self.metrics
+            .render()
+            .lines()
+            .find(|l| l.starts_with("phoenix_operator_reconciles_total{result=\"ok\"}"))
+            .and_then(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .unwrap_or(0.0)
+    }
+
     async fn start() -> Harness {
         Harness::start_with(Settings {
             default_image: "phoenix-memory:test".into(),
@@ -193,8 +203,8 @@ where
     }
 }
 
-/// Reconciles of a converged memory (here every second, the observe interval) do not read
-/// its children again until one changes; a change is seen and repaired at once.
+/// Reconciles of a converged memory (here every second, the observe interval) read its
+/// children from the watch caches, never by GET; a change is seen and repaired at once.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_converged_memory_is_not_reread_until_a_child_changes() {
     let h = Harness::start_with(Settings {
@@ -217,16 +227,8 @@ async fn a_converged_memory_is_not_reread_until_a_child_changes() {
     .await;
     // Let the reconciles woken by the operator's own writes pass.
     tokio::time::sleep(Duration::from_secs(2)).await;
-    let reconciles = || {
-        h.metrics
-            .render()
-            .lines()
-            .find(|l| l.starts_with("phoenix_operator_reconciles_total{result=\"ok\"}"))
-            .and_then(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-            .unwrap_or(0.0)
-    };
     h.server.reset_counts();
-    let before = reconciles();
+    let before = h.reconciles();
     tokio::time::sleep(Duration::from_secs(3)).await;
     let reads: u64 = h
         .server
@@ -236,10 +238,13 @@ async fn a_converged_memory_is_not_reread_until_a_child_changes() {
         .map(|(_, n)| n)
         .sum();
     assert!(
-        reconciles() - before >= 2.0,
+        h.reconciles() - before >= 2.0,
         "the observe interval requeues"
     );
     assert_eq!(reads, 0, "{:?}", h.server.request_counts());
+    // Nor writes: nothing a reader or a decision uses changed (no heartbeat writes).
+    let writes = h.server.mutations();
+    assert!(writes.is_empty(), "a converged memory wrote: {writes:?}");
 
     // A child changed behind the operator's back: read, and repaired.
     let configmaps: Api<ConfigMap> = h.api();
@@ -256,7 +261,109 @@ async fn a_converged_memory_is_not_reread_until_a_child_changes() {
         (data.get("node.yaml").map(String::as_str) != Some("tampered")).then_some(())
     })
     .await;
-    assert!(h.server.requests(Verb::Get, "configmaps") >= 1);
+    // Seen in the watch cache, repaired by an apply (the GETs here are the test's own).
+    assert!(h.server.requests(Verb::Patch, "configmaps") >= 1);
+    h.stop().await;
+}
+
+/// The real StatefulSet and disruption controllers write their children's status all the
+/// time. Such a status-only change wakes the memory's reconcile for what depends on it (its
+/// readiness and replica counts) and nothing else: no GET of any child, no apply, and a
+/// status write only when what it shows changed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_childs_status_only_change_reads_and_writes_nothing_else() {
+    let h = Harness::start_with(Settings {
+        default_image: "phoenix-memory:test".into(),
+        observe_interval: Duration::from_secs(600),
+        ..Settings::default()
+    })
+    .await;
+    h.create("mem", json!({"replicas": 2})).await;
+    h.nodes_ready("mem").await;
+    eventually("Ready=True", || async {
+        let status = h.memories().get("mem").await.ok()?.status?;
+        status
+            .conditions
+            .iter()
+            .any(|c| c.type_ == "Ready" && c.status == "True")
+            .then_some(())
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let operator_writes = |h: &Harness| -> Vec<_> {
+        h.server
+            .mutations()
+            .into_iter()
+            .filter(|m| m.field_manager.as_deref() == Some("phoenix-operator"))
+            .collect()
+    };
+    h.server.reset_counts();
+    let before = h.reconciles();
+    // Status churn that changes nothing the memory shows: the PDB's and the StatefulSet's
+    // observed generations and revisions, every 100 ms for 2 s.
+    for round in 0..20 {
+        h.api::<PodDisruptionBudget>()
+            .patch_status(
+                "mem",
+                &PatchParams::default(),
+                &Patch::Merge(json!({"status": {
+                    "observedGeneration": round, "currentHealthy": 2, "desiredHealthy": 1,
+                    "disruptionsAllowed": 1, "expectedPods": 2
+                }})),
+            )
+            .await
+            .expect("PDB status");
+        h.api::<StatefulSet>()
+            .patch_status(
+                "mem",
+                &PatchParams::default(),
+                &Patch::Merge(
+                    json!({"status": {"observedGeneration": round, "collisionCount": 0}}),
+                ),
+            )
+            .await
+            .expect("StatefulSet status");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(h.reconciles() > before, "the changes woke the reconcile");
+    let reads: Vec<_> = h
+        .server
+        .request_counts()
+        .into_iter()
+        .filter(|((verb, resource), _)| *verb == Verb::Get && resource != "phoenixmemories")
+        .collect();
+    assert!(reads.is_empty(), "children read: {reads:?}");
+    let writes = operator_writes(&h);
+    assert!(writes.is_empty(), "the operator wrote: {writes:?}");
+
+    // A status change that matters (a node no longer ready) is written, and only status.
+    h.server.reset_counts();
+    h.api::<StatefulSet>()
+        .patch_status(
+            "mem",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"status": {"readyReplicas": 1}})),
+        )
+        .await
+        .expect("StatefulSet status");
+    eventually("Ready=False NodesNotReady", || async {
+        let status = h.memories().get("mem").await.ok()?.status?;
+        (status.ready_replicas == 1
+            && status
+                .conditions
+                .iter()
+                .any(|c| c.type_ == "Ready" && c.reason == "NodesNotReady"))
+        .then_some(())
+    })
+    .await;
+    let writes = operator_writes(&h);
+    assert!(
+        writes
+            .iter()
+            .all(|m| m.resource == "phoenixmemories/status"),
+        "{writes:?}"
+    );
     h.stop().await;
 }
 
@@ -434,16 +541,16 @@ async fn create_update_repair_scale_and_delete() {
     })
     .await;
 
-    // Converged: a resync (every second here) makes no mutating request.
+    // Converged: a resync (every second here) makes no mutating request, and reads its
+    // children from the watch caches (no GET).
     tokio::time::sleep(Duration::from_millis(1500)).await;
     h.server.reset_counts();
+    let before = h.reconciles();
     tokio::time::sleep(Duration::from_millis(2500)).await;
     let writes = h.server.mutations();
     assert!(writes.is_empty(), "a converged resync wrote: {writes:?}");
-    assert!(
-        h.server.requests(Verb::Get, "statefulsets") > 0,
-        "the resync did run"
-    );
+    assert!(h.reconciles() - before >= 2.0, "the resync did run");
+    assert_eq!(h.server.requests(Verb::Get, "statefulsets"), 0);
 
     // Deleting the memory deletes its children.
     h.memories()

@@ -100,7 +100,8 @@ pub fn worth_writing(old: &PhoenixMemoryStatus, new: &PhoenixMemoryStatus) -> bo
         return true;
     }
     let size = |n: u64| Some(n as f64);
-    let figures_moved = new.nodes.iter().any(|node| {
+    // A node's figures moved noticeably.
+    new.nodes.iter().any(|node| {
         old.nodes
             .iter()
             .find(|o| o.name == node.name)
@@ -111,8 +112,7 @@ pub fn worth_writing(old: &PhoenixMemoryStatus, new: &PhoenixMemoryStatus) -> bo
                     || moved(size(o.logical_bytes), size(node.logical_bytes)) >= SIZE_MOVE
                     || moved(size(o.disk_bytes), size(node.disk_bytes)) >= SIZE_MOVE
             })
-    });
-    figures_moved
+    })
 }
 
 /// What observing, deciding and acting put in status.

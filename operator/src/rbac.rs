@@ -75,10 +75,11 @@ pub const RULES: &[Rule] = &[
         resources: &["cronjobs"],
         verbs: APPLY,
     },
+    // The pod cache of the nodes (observing reads it).
     Rule {
         api_groups: &[""],
         resources: &["pods"],
-        verbs: &["list"],
+        verbs: &["list", "watch"],
     },
     Rule {
         api_groups: &["batch"],
@@ -151,7 +152,14 @@ mod tests {
             !allows(RULES, "", "secrets", "delete"),
             "children go by garbage collection"
         );
-        assert!(allows(RULES, "", "pods", "list"), "observe lists the nodes");
+        assert!(
+            allows(RULES, "", "pods", "list") && allows(RULES, "", "pods", "watch"),
+            "observe reads the nodes from the pod cache"
+        );
+        assert!(
+            !allows(RULES, "", "secrets", "get") && !allows(RULES, "", "configmaps", "get"),
+            "children are read from the watch caches"
+        );
         assert!(
             !allows(RULES, "", "pods", "get") && !allows(RULES, "", "pods", "delete"),
             "nothing else on pods"

@@ -145,6 +145,12 @@ pub fn cronjob_name(memory: &str) -> String {
     format!("{memory}-cleanup")
 }
 
+/// The label naming the memory a child or node belongs to.
+pub const INSTANCE_LABEL: &str = "app.kubernetes.io/instance";
+
+/// The selector of every memory's nodes (the operator's pod cache watches these).
+pub const NODES_SELECTOR: &str = "app.kubernetes.io/name=phoenix-memory";
+
 /// Labels that select one memory's nodes.
 pub fn selector_labels(memory: &str) -> BTreeMap<String, String> {
     BTreeMap::from([
@@ -152,7 +158,7 @@ pub fn selector_labels(memory: &str) -> BTreeMap<String, String> {
             "app.kubernetes.io/name".to_string(),
             "phoenix-memory".to_string(),
         ),
-        ("app.kubernetes.io/instance".to_string(), memory.to_string()),
+        (INSTANCE_LABEL.to_string(), memory.to_string()),
     ])
 }
 

@@ -10,11 +10,13 @@ use futures::Stream;
 use k8s_openapi::NamespaceResourceScope;
 use k8s_openapi::api::apps::v1::StatefulSet;
 use k8s_openapi::api::batch::v1::CronJob;
-use k8s_openapi::api::core::v1::{ConfigMap, Secret, Service};
+use k8s_openapi::api::core::v1::{ConfigMap, Container, Pod, PodSpec, PodStatus, Secret, Service};
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use kube::runtime::reflector::{self, ObjectRef, Store};
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Api, Resource, ResourceExt};
+
+use crate::children::NODES_SELECTOR;
 use serde::de::DeserializeOwned;
 
 /// The label every child carries; the caches watch only these objects.
@@ -35,6 +37,8 @@ pub struct Caches {
     pub pdbs: Store<PodDisruptionBudget>,
     /// Cached children of this kind.
     pub cronjobs: Store<CronJob>,
+    /// Every memory's nodes, slimmed to what observing reads (see [`watch_pods`]).
+    pub pods: Store<Pod>,
 }
 
 impl std::fmt::Debug for Caches {
@@ -75,6 +79,7 @@ cached!(Service, services);
 cached!(StatefulSet, statefulsets);
 cached!(PodDisruptionBudget, pdbs);
 cached!(CronJob, cronjobs);
+cached!(Pod, pods);
 
 impl Caches {
     /// The cached `K` named `name` in `namespace`, if the cache holds one.
@@ -92,6 +97,7 @@ impl Caches {
             self.statefulsets.wait_until_ready(),
             self.pdbs.wait_until_ready(),
             self.cronjobs.wait_until_ready(),
+            self.pods.wait_until_ready(),
         );
         waits.0.is_ok()
             && waits.1.is_ok()
@@ -99,6 +105,7 @@ impl Caches {
             && waits.3.is_ok()
             && waits.4.is_ok()
             && waits.5.is_ok()
+            && waits.6.is_ok()
     }
 }
 
@@ -120,4 +127,46 @@ where
         .reflect(writer)
         .touched_objects();
     (store, stream)
+}
+
+/// The watch of every memory's nodes (pods labelled [`NODES_SELECTOR`]), filling the pod
+/// cache: observing finds a memory's pods there instead of listing them. Pods are slimmed
+/// on the way in to what observing reads (name, labels, IP, conditions, container ports),
+/// so the cache stays small at thousands of memories. It wakes no reconcile: a node's
+/// readiness reaches the memory through its StatefulSet's status.
+pub fn watch_pods(api: Api<Pod>) -> (Store<Pod>, impl std::future::Future<Output = ()> + Send) {
+    let (store, writer) = reflector::store();
+    let stream = watcher(api, watcher::Config::default().labels(NODES_SELECTOR))
+        .default_backoff()
+        .modify(slim)
+        .reflect(writer);
+    let run = async move {
+        use futures::StreamExt;
+        stream.for_each(|_| std::future::ready(())).await;
+    };
+    (store, run)
+}
+
+/// `pod` with only what observing reads.
+fn slim(pod: &mut Pod) {
+    pod.managed_fields_mut().clear();
+    pod.annotations_mut().clear();
+    pod.metadata.owner_references = None;
+    pod.spec = pod.spec.take().map(|spec| PodSpec {
+        containers: spec
+            .containers
+            .into_iter()
+            .map(|c| Container {
+                name: c.name,
+                ports: c.ports,
+                ..Container::default()
+            })
+            .collect(),
+        ..PodSpec::default()
+    });
+    pod.status = pod.status.take().map(|status| PodStatus {
+        pod_ip: status.pod_ip,
+        conditions: status.conditions,
+        ..PodStatus::default()
+    });
 }

@@ -1,5 +1,5 @@
-//! Observe: list the memory's pods and scrape each one's `/metrics` at its pod IP and
-//! `http` port. A missing, IP-less or silent node is a stale observation; an unready one is
+//! Observe: find the memory's pods (in the pod cache: no request) and scrape each one's
+//! `/metrics` at its pod IP and `http` port. A missing, IP-less or silent node is a stale observation; an unready one is
 //! scraped too (a node that found corruption is unready and says why) but never decided
 //! on. Scrapes happen at most about once per observe interval (see [`observe`]).
 
@@ -8,10 +8,9 @@ use std::time::Instant;
 use k8s_openapi::api::apps::v1::StatefulSet;
 use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::jiff::{Timestamp, Unit};
-use kube::api::ListParams;
-use kube::{Api, ResourceExt};
+use kube::ResourceExt;
 
-use super::context::{Context, Error};
+use super::context::Context;
 use super::state::{Key, Observed};
 use crate::children::{self, NODE_PORT};
 use crate::crd::PhoenixMemory;
@@ -77,17 +76,14 @@ pub fn targets(memory: &str, replicas: i32, pods: &[Pod]) -> Vec<(String, Result
 /// generation and ready replicas reuses the last ones. Without this, each status write woke
 /// a reconcile that scraped figures which had moved again, and wrote again.
 ///
-/// # Errors
-/// Listing the pods failed.
 pub async fn observe(
     ctx: &Context,
     key: &Key,
     memory: &PhoenixMemory,
     statefulset: &StatefulSet,
-) -> Result<Observed, Error> {
+) -> Observed {
     let status = statefulset.status.as_ref();
     let ready_replicas = status.and_then(|s| s.ready_replicas).unwrap_or(0);
-    let present_replicas = status.map_or(0, |s| s.replicas);
     let generation = memory.metadata.generation;
     // Three quarters: a requeue after the interval must find the last observation old enough.
     let reuse_within = ctx.settings.observe_interval.mul_f64(0.75);
@@ -99,7 +95,7 @@ pub async fn observe(
         })
     });
     if let Some(observed) = cached {
-        return Ok(observed);
+        return observed;
     }
     let now = Timestamp::now();
     let observed = Observed {
@@ -107,43 +103,33 @@ pub async fn observe(
         taken: now.round(Unit::Second).unwrap_or(now),
         generation,
         ready_replicas,
-        observations: scrape(ctx, memory, (ready_replicas, present_replicas)).await?,
+        observations: scrape(ctx, memory).await,
     };
     let name = memory.name_any();
     let namespace = memory.namespace().unwrap_or_default();
     ctx.metrics.observed(&namespace, &name, observed.at);
     ctx.memories
         .with(key, |state| state.observed = Some(observed.clone()));
-    Ok(observed)
+    observed
 }
 
-/// Scrapes every expected node of `memory` now.
-///
-/// # Errors
-/// Listing the pods failed.
-async fn scrape(
-    ctx: &Context,
-    memory: &PhoenixMemory,
-    (ready_replicas, present_replicas): (i32, i32),
-) -> Result<Vec<Observation>, Error> {
+/// Scrapes every expected node of `memory` now, finding its pods in the pod cache.
+async fn scrape(ctx: &Context, memory: &PhoenixMemory) -> Vec<Observation> {
     let replicas = memory.spec.replicas;
     if replicas <= 0 {
-        return Ok(Vec::new());
+        return Vec::new();
     }
     let name = memory.name_any();
-    // No pod yet (a new memory): nothing to scrape, no list to make. Unready pods are
-    // listed and scraped too: a node that found corruption is unready and must say why.
-    let listed = if ready_replicas > 0 || present_replicas > 0 {
-        let pods: Api<Pod> = Api::namespaced(
-            ctx.client.clone(),
-            memory.namespace().as_deref().unwrap_or_default(),
-        );
-        pods.list(&ListParams::default().labels(&children::selector_string(&name)))
-            .await?
-            .items
-    } else {
-        Vec::new()
-    };
+    let namespace = memory.namespace().unwrap_or_default();
+    // Unready pods are scraped too: a node that found corruption is unready and must say why.
+    let listed: Vec<Pod> = (0..replicas)
+        .filter_map(|ordinal| {
+            ctx.caches
+                .get::<Pod>(&namespace, &format!("{name}-{ordinal}"))
+        })
+        .filter(|pod| pod.labels().get(children::INSTANCE_LABEL) == Some(&name))
+        .map(|pod| (*pod).clone())
+        .collect();
     let mut observations = Vec::new();
     let mut scrape = Vec::new();
     let mut unready = std::collections::BTreeSet::new();
@@ -183,7 +169,7 @@ async fn scrape(
             Observation::Stale { .. } => "stale",
         });
     }
-    Ok(observations)
+    observations
 }
 
 #[cfg(test)]

@@ -32,7 +32,7 @@ async fn reconcile_once(memory: Arc<PhoenixMemory>, ctx: Arc<Context>) -> Result
     };
     let it = Reconciling::new(&ctx, &memory, &valid)?;
     let mut applied = apply::serving(&ctx, &memory, &valid).await?;
-    let observed = nodes::observe(&ctx, &it.key, &memory, &applied.statefulset).await?;
+    let observed = nodes::observe(&ctx, &it.key, &memory, &applied.statefulset).await;
     let observations = &observed.observations;
     let decided = decision::decide(&valid, &it.before, observations, it.now);
     let interval = decided.decision.interval;

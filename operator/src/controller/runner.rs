@@ -7,7 +7,7 @@ use std::time::Duration;
 use futures::StreamExt;
 use k8s_openapi::api::apps::v1::StatefulSet;
 use k8s_openapi::api::batch::v1::CronJob;
-use k8s_openapi::api::core::v1::{ConfigMap, Secret, Service};
+use k8s_openapi::api::core::v1::{ConfigMap, Pod, Secret, Service};
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use kube::Client;
 use kube::runtime::controller::Controller;
@@ -38,6 +38,8 @@ pub async fn run_controller(
     let (statefulsets, statefulset_changes) = caches::watch(api::<StatefulSet>(&client, &ns));
     let (pdbs, pdb_changes) = caches::watch(api::<PodDisruptionBudget>(&client, &ns));
     let (cronjobs, cronjob_changes) = caches::watch(api::<CronJob>(&client, &ns));
+    let (pods, pod_watch) = caches::watch_pods(api::<Pod>(&client, &ns));
+    let pod_watch = tokio::spawn(pod_watch);
     let caches = Caches {
         configmaps,
         secrets,
@@ -45,6 +47,7 @@ pub async fn run_controller(
         statefulsets,
         pdbs,
         cronjobs,
+        pods,
     };
     let context = Arc::new(Context {
         client: client.clone(),
@@ -126,4 +129,5 @@ pub async fn run_controller(
         })
         .await;
     synced.abort();
+    pod_watch.abort();
 }

@@ -850,20 +850,36 @@ fn list(shared: &Shared, request: &Request<'_>) -> Response {
     let store = shared.store.lock().unwrap_or_else(PoisonError::into_inner);
     // Simplification: a continued list reads the current state, not a snapshot at the first
     // page's resourceVersion.
+    // Objects are ordered by group, resource, namespace and name: a list reads only its
+    // kind (and namespace), from where a continue token left off, not the whole store.
+    let in_namespace = request.ty.namespaced && !request.namespace.is_empty();
+    let start = ObjKey {
+        group: request.ty.group.clone(),
+        plural: request.ty.plural.clone(),
+        namespace: match &after {
+            Some((ns, _)) => ns.clone(),
+            None if in_namespace => request.namespace.clone(),
+            None => String::new(),
+        },
+        name: after.as_ref().map(|(_, n)| n.clone()).unwrap_or_default(),
+    };
     let mut items: Vec<&ObjKey> = store
         .objects
-        .iter()
-        .filter(|(k, o)| {
+        .range(start..)
+        .take_while(|(k, _)| {
             k.group == request.ty.group
                 && k.plural == request.ty.plural
-                && matches_request(o, &request.ty, &request.namespace, &labels, &fields)
+                && (!in_namespace || k.namespace == request.namespace)
+        })
+        .filter(|(k, o)| {
+            matches_request(o, &request.ty, &request.namespace, &labels, &fields)
+                && after
+                    .as_ref()
+                    .is_none_or(|(ns, n)| (&k.namespace, &k.name) > (ns, n))
         })
         .map(|(k, _)| k)
-        .filter(|k| {
-            after
-                .as_ref()
-                .is_none_or(|(ns, n)| (&k.namespace, &k.name) > (ns, n))
-        })
+        // One past the page tells whether another follows.
+        .take(limit.map_or(usize::MAX, |l| l.saturating_add(1)))
         .collect();
     let mut next = None;
     if let Some(limit) = limit

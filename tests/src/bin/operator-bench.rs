@@ -1,17 +1,25 @@
-//! `operator-bench`: the real `phoenix-operator` binary against the in-process API server,
-//! converging N PhoenixMemory resources. Prints the time to converge and the operator
-//! process's peak RSS; never asserts timings.
+//! `operator-bench`: the real `phoenix-operator` binary against the in-process API server.
+//! For each count of PhoenixMemory resources (a fresh server and operator each): the time to
+//! converge, the operator's peak RSS, its requests per memory per minute once converged, and
+//! its requests during a controller storm (every StatefulSet's and PodDisruptionBudget's
+//! status changing every second, as the real controllers do while pods come and go). Prints
+//! figures; never asserts timings.
 //!
-//! Run: `cargo build --release --workspace --bins && target/release/operator-bench [N]`
-//! (`PHOENIX_OPERATOR_BIN` runs another operator binary, to compare two builds in one run).
+//! Run: `cargo build --release --workspace --bins && target/release/operator-bench
+//! [--storm-seconds S] [--kube-qps Q] [N ...]` (default: 1000; `--kube-qps 0` lifts the
+//! operator's client-side rate limit; `PHOENIX_OPERATOR_BIN` runs another operator binary,
+//! to compare two builds in one run).
 
-use std::process::{Command, Stdio};
+use std::collections::BTreeMap;
+use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use futures::StreamExt;
+use k8s_openapi::api::apps::v1::StatefulSet;
+use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::CustomResourceExt;
-use kube::api::{Api, ListParams, PostParams};
+use kube::api::{Api, ListParams, Patch, PatchParams, PostParams};
 use phoenix_operator::crd::PhoenixMemory;
 use phoenix_tests::apiserver::{ApiServer, Verb};
 
@@ -35,9 +43,78 @@ fn ready(memory: &PhoenixMemory) -> bool {
     })
 }
 
+/// The bench's options.
+struct Options {
+    counts: Vec<usize>,
+    storm_seconds: u64,
+    kube_qps: Option<String>,
+}
+
+fn options() -> anyhow::Result<Options> {
+    let mut options = Options {
+        counts: Vec::new(),
+        storm_seconds: 60,
+        kube_qps: None,
+    };
+    let mut args = std::env::args().skip(1);
+    while let Some(arg) = args.next() {
+        match arg.as_str() {
+            "--storm-seconds" => {
+                options.storm_seconds = args
+                    .next()
+                    .ok_or_else(|| anyhow::anyhow!("--storm-seconds needs a value"))?
+                    .parse()?;
+            }
+            "--kube-qps" => {
+                options.kube_qps = Some(
+                    args.next()
+                        .ok_or_else(|| anyhow::anyhow!("--kube-qps needs a value"))?,
+                );
+            }
+            count => options.counts.push(count.parse()?),
+        }
+    }
+    if options.counts.is_empty() {
+        options.counts.push(1000);
+    }
+    Ok(options)
+}
+
+/// What one count measured.
+struct Figures {
+    count: usize,
+    converged: Duration,
+    rss_kib: Option<u64>,
+    until_converged: BTreeMap<(Verb, String), u64>,
+    steady: BTreeMap<(Verb, String), u64>,
+    storm_changes: u64,
+    storm: BTreeMap<(Verb, String), u64>,
+    storm_seconds: u64,
+}
+
+fn sum(counts: &BTreeMap<(Verb, String), u64>, write: Option<bool>) -> u64 {
+    counts
+        .iter()
+        .filter(|((verb, _), _)| write.is_none_or(|w| verb.is_mutating() == w))
+        .map(|(_, n)| n)
+        .sum()
+}
+
+fn describe(counts: &BTreeMap<(Verb, String), u64>) -> String {
+    let parts: Vec<String> = counts
+        .iter()
+        .map(|((verb, resource), n)| format!("{n} {verb:?} {resource}"))
+        .collect();
+    if parts.is_empty() {
+        "none".into()
+    } else {
+        parts.join(", ")
+    }
+}
+
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() -> anyhow::Result<()> {
-    let count: usize = std::env::args().nth(1).map_or(Ok(1000), |n| n.parse())?;
+    let options = options()?;
     let operator = std::env::var_os("PHOENIX_OPERATOR_BIN")
         .map(std::path::PathBuf::from)
         .or_else(|| {
@@ -48,13 +125,86 @@ async fn main() -> anyhow::Result<()> {
         })
         .filter(|p| p.exists())
         .ok_or_else(|| anyhow::anyhow!("phoenix-operator is not built next to this program: run `cargo build --release --workspace --bins`"))?;
+    println!(
+        "operator-bench: operator concurrency 16, observe interval {OBSERVE_SECONDS} s, rate limit {}, 2-core machine",
+        options
+            .kube_qps
+            .as_deref()
+            .map_or("the operator's default (--kube-qps 200, --kube-burst 400)".to_string(), |q| {
+                format!("--kube-qps {q}")
+            })
+    );
+    let mut all = Vec::new();
+    for &count in &options.counts {
+        let figures = run(&operator, count, &options).await?;
+        print(&figures);
+        all.push(figures);
+    }
+    if all.len() > 1 {
+        let first = &all[0];
+        println!("\nscaling against {} memories:", first.count);
+        for f in &all[1..] {
+            println!(
+                "  {:>6} memories: {:.1}× the memories, {:.2}× the convergence time ({:.2} s vs {:.2} s), {:.2}× the peak RSS",
+                f.count,
+                f.count as f64 / first.count as f64,
+                f.converged.as_secs_f64() / first.converged.as_secs_f64(),
+                f.converged.as_secs_f64(),
+                first.converged.as_secs_f64(),
+                f.rss_kib.unwrap_or(0) as f64 / first.rss_kib.unwrap_or(1).max(1) as f64,
+            );
+        }
+    }
+    Ok(())
+}
 
-    let server = ApiServer::start().await?;
-    let client = server.client()?;
-    Api::<CustomResourceDefinition>::all(client.clone())
-        .create(&PostParams::default(), &PhoenixMemory::crd())
-        .await?;
-    let dir = tempfile_dir()?;
+fn print(f: &Figures) {
+    println!("\n== {} PhoenixMemory resources", f.count);
+    println!(
+        "converged (every resource's children applied at its generation) in {:.2} s after the first create (target at 1,000: ≤ 10 s)",
+        f.converged.as_secs_f64()
+    );
+    match f.rss_kib {
+        Some(kib) => println!(
+            "operator peak RSS: {:.1} MiB (targets: ≤ 64 MiB at 1,000, ≤ 150 MiB at 10,000)",
+            kib as f64 / 1024.0
+        ),
+        None => println!("operator peak RSS: unavailable"),
+    }
+    println!(
+        "requests until converged: {} ({:.1} per memory; {} writes): {}",
+        sum(&f.until_converged, None),
+        sum(&f.until_converged, None) as f64 / f.count as f64,
+        sum(&f.until_converged, Some(true)),
+        describe(&f.until_converged)
+    );
+    let per_minute = 60.0 / OBSERVE_SECONDS as f64;
+    println!(
+        "converged, over one observe interval ({OBSERVE_SECONDS} s): {} requests, {} writes — {:.3} requests per memory per minute: {}",
+        sum(&f.steady, None),
+        sum(&f.steady, Some(true)),
+        sum(&f.steady, None) as f64 * per_minute / f.count as f64,
+        describe(&f.steady)
+    );
+    println!(
+        "storm ({} status changes of StatefulSets and PodDisruptionBudgets over {} s, {:.0} a second): the operator made {} requests ({} writes): {}",
+        f.storm_changes,
+        f.storm_seconds,
+        f.storm_changes as f64 / f.storm_seconds.max(1) as f64,
+        sum(&f.storm, None),
+        sum(&f.storm, Some(true)),
+        describe(&f.storm)
+    );
+}
+
+/// Starts the operator against `server` with its own kubeconfig.
+fn start_operator(
+    operator: &std::path::Path,
+    server: &ApiServer,
+    options: &Options,
+) -> anyhow::Result<Child> {
+    let dir = std::env::temp_dir().join(format!("operator-bench-{}", std::process::id()));
+    std::fs::create_dir_all(&dir)?;
     let kubeconfig = dir.join("kubeconfig");
     std::fs::write(
         &kubeconfig,
@@ -65,23 +215,50 @@ async fn main() -> anyhow::Result<()> {
             server.url()
         ),
     )?;
-    let mut child = Command::new(&operator)
-        .args([
-            "run",
-            "--metrics-address",
-            "127.0.0.1:0",
-            "--concurrency",
-            "16",
-            "--observe-interval-seconds",
-            &OBSERVE_SECONDS.to_string(),
-        ])
+    let mut args = vec![
+        "run".to_string(),
+        "--metrics-address".into(),
+        "127.0.0.1:0".into(),
+        "--concurrency".into(),
+        "16".into(),
+        "--observe-interval-seconds".into(),
+        OBSERVE_SECONDS.to_string(),
+    ];
+    if let Some(qps) = &options.kube_qps {
+        args.extend(["--kube-qps".to_string(), qps.clone()]);
+    }
+    Ok(Command::new(operator)
+        .args(args)
         .env("KUBECONFIG", &kubeconfig)
         .env("RUST_LOG", "warn")
         .stdout(Stdio::null())
         .stderr(Stdio::inherit())
-        .spawn()?;
-    let pid = child.id();
+        .spawn()?)
+}
 
+async fn run(
+    operator: &std::path::Path,
+    count: usize,
+    options: &Options,
+) -> anyhow::Result<Figures> {
+    let server = ApiServer::start().await?;
+    let client = server.client()?;
+    Api::<CustomResourceDefinition>::all(client.clone())
+        .create(&PostParams::default(), &PhoenixMemory::crd())
+        .await?;
+    let mut child = start_operator(operator, &server, options)?;
+    let pid = child.id();
+    let result = measure(&server, count, options).await;
+    let rss_kib = peak_rss_kib(pid);
+    let _ = child.kill();
+    let _ = child.wait();
+    let mut figures = result?;
+    figures.rss_kib = rss_kib;
+    Ok(figures)
+}
+
+async fn measure(server: &ApiServer, count: usize, options: &Options) -> anyhow::Result<Figures> {
+    let client = server.client()?;
     let memories: Api<PhoenixMemory> = Api::default_namespaced(client.clone());
     let started = Instant::now();
     futures::stream::iter(0..count)
@@ -90,7 +267,7 @@ async fn main() -> anyhow::Result<()> {
             async move {
                 let memory: PhoenixMemory = serde_json::from_value(serde_json::json!({
                     "apiVersion": "phoenix.dev/v1alpha1", "kind": "PhoenixMemory",
-                    "metadata": {"name": format!("memory-{i:04}")}, "spec": {"replicas": 1},
+                    "metadata": {"name": format!("memory-{i:05}")}, "spec": {"replicas": 1},
                 }))?;
                 memories.create(&PostParams::default(), &memory).await?;
                 anyhow::Ok(())
@@ -101,8 +278,9 @@ async fn main() -> anyhow::Result<()> {
         .await
         .into_iter()
         .collect::<anyhow::Result<Vec<()>>>()?;
-    let created = started.elapsed();
-    let deadline = Instant::now() + Duration::from_secs(120);
+    // Polling the whole list is itself load on the server: less often for more memories.
+    let poll = Duration::from_millis((count as u64 / 10).clamp(100, 1000));
+    let deadline = Instant::now() + Duration::from_secs(60 + count as u64 / 20);
     let converged = loop {
         let list = memories.list(&ListParams::default()).await?;
         let done = list.items.iter().filter(|m| ready(m)).count();
@@ -110,61 +288,82 @@ async fn main() -> anyhow::Result<()> {
             break started.elapsed();
         }
         if Instant::now() > deadline {
-            let _ = child.kill();
-            anyhow::bail!("only {done} of {count} converged within 120 s");
+            anyhow::bail!("only {done} of {count} converged in time");
         }
-        tokio::time::sleep(Duration::from_millis(100)).await;
+        tokio::time::sleep(poll).await;
     };
-    let sts_patches = server.requests(Verb::Patch, "statefulsets");
-    let status_patches = server.requests(Verb::Patch, "phoenixmemories/status");
-    let gets = server.requests(Verb::Get, "statefulsets");
-    // A converged operator makes no writes on its own; what it reads over one observe
-    // interval (every memory is observed once) is its steady load on the API server.
+    // The bench's own creates are not the operator's (its polls are among the lists of
+    // phoenixmemories).
+    let until_converged: BTreeMap<(Verb, String), u64> = server
+        .request_counts()
+        .into_iter()
+        .filter(|((verb, resource), _)| {
+            !(*verb == Verb::Create
+                && (resource == "phoenixmemories" || resource == "customresourcedefinitions"))
+        })
+        .collect();
+    // Converged: what the operator does on its own over one observe interval (every memory
+    // is observed once) is its steady load on the API server.
     tokio::time::sleep(Duration::from_secs(2)).await;
     server.reset_counts();
     tokio::time::sleep(Duration::from_secs(OBSERVE_SECONDS)).await;
-    let idle_writes = server.mutations().len();
-    let idle_requests = server.request_counts();
-    let rss = peak_rss_kib(pid);
-    let _ = child.kill();
-    let _ = child.wait();
+    let steady = server.request_counts();
 
-    println!(
-        "operator-bench: {count} PhoenixMemory resources, operator concurrency 16, 2-core machine"
-    );
-    println!("created all in {:.2} s", created.as_secs_f64());
-    println!(
-        "converged (every resource's children applied at its generation) in {:.2} s after the first create (target ≤ 10 s)",
-        converged.as_secs_f64()
-    );
-    match rss {
-        Some(kib) => println!(
-            "operator peak RSS: {:.1} MiB (target ≤ 64 MiB)",
-            kib as f64 / 1024.0
-        ),
-        None => println!("operator peak RSS: unavailable"),
+    // The storm: every second, every StatefulSet's and PDB's status changes.
+    server.reset_counts();
+    let statefulsets: Api<StatefulSet> = Api::default_namespaced(client.clone());
+    let pdbs: Api<PodDisruptionBudget> = Api::default_namespaced(client.clone());
+    let storm_started = Instant::now();
+    let mut changes = 0u64;
+    let mut round = 0i64;
+    while storm_started.elapsed() < Duration::from_secs(options.storm_seconds) {
+        let tick = Instant::now();
+        round += 1;
+        let results = futures::stream::iter(0..count)
+            .map(|i| {
+                let (statefulsets, pdbs) = (statefulsets.clone(), pdbs.clone());
+                async move {
+                    let name = format!("memory-{i:05}");
+                    let params = PatchParams::default();
+                    let sts_status = Patch::Merge(serde_json::json!({"status": {
+                        "replicas": 1, "observedGeneration": round, "collisionCount": 0
+                    }}));
+                    let pdb_status = Patch::Merge(serde_json::json!({"status": {
+                        "observedGeneration": round, "currentHealthy": 0,
+                        "desiredHealthy": 0, "disruptionsAllowed": 0, "expectedPods": 1
+                    }}));
+                    let sts = statefulsets.patch_status(&name, &params, &sts_status);
+                    let pdb = pdbs.patch_status(&name, &params, &pdb_status);
+                    let (a, b) = futures::join!(sts, pdb);
+                    u64::from(a.is_ok()) + u64::from(b.is_ok())
+                }
+            })
+            .buffer_unordered(32)
+            .collect::<Vec<u64>>()
+            .await;
+        changes += results.iter().sum::<u64>();
+        if let Some(rest) = Duration::from_secs(1).checked_sub(tick.elapsed()) {
+            tokio::time::sleep(rest).await;
+        }
     }
-    println!(
-        "writes by the converged operator over one observe interval ({OBSERVE_SECONDS} s): {idle_writes}"
-    );
-    let total: u64 = idle_requests.values().sum();
-    let by_kind: Vec<String> = idle_requests
-        .iter()
-        .map(|((verb, resource), n)| format!("{n} {verb:?} {resource}"))
+    let storm_seconds = storm_started.elapsed().as_secs().max(1);
+    // The storm's own patches are the bench's, not the operator's.
+    let storm: BTreeMap<(Verb, String), u64> = server
+        .request_counts()
+        .into_iter()
+        .filter(|((verb, resource), _)| {
+            !(*verb == Verb::Patch
+                && (resource == "statefulsets/status" || resource == "poddisruptionbudgets/status"))
+        })
         .collect();
-    println!(
-        "requests by the converged operator over one observe interval: {total} ({:.1} per memory): {}",
-        total as f64 / count as f64,
-        by_kind.join(", ")
-    );
-    println!(
-        "API requests until converged: {sts_patches} StatefulSet applies, {gets} StatefulSet reads, {status_patches} status patches"
-    );
-    Ok(())
-}
-
-fn tempfile_dir() -> std::io::Result<std::path::PathBuf> {
-    let dir = std::env::temp_dir().join(format!("operator-bench-{}", std::process::id()));
-    std::fs::create_dir_all(&dir)?;
-    Ok(dir)
+    Ok(Figures {
+        count,
+        converged,
+        rss_kib: None,
+        until_converged,
+        steady,
+        storm_changes: changes,
+        storm,
+        storm_seconds,
+    })
 }

@@ -6,16 +6,11 @@
 //! `caches`); a child whose live object already holds every field we would apply is not
 //! written: a converged reconcile makes no request here at all.
 
-use std::fmt::Debug;
-
-use k8s_openapi::NamespaceResourceScope;
 use k8s_openapi::api::apps::v1::StatefulSet;
 use k8s_openapi::api::batch::v1::CronJob;
 use k8s_openapi::api::core::v1::Secret;
 use kube::api::{Patch, PatchParams};
-use kube::{Api, Resource, ResourceExt};
-use serde::Serialize;
-use serde::de::DeserializeOwned;
+use kube::{Api, ResourceExt};
 use serde_json::Value;
 
 use super::caches::Cached;
@@ -56,46 +51,41 @@ fn subset(desired: &Value, current: &Value, quantities: bool) -> bool {
     }
 }
 
-/// Applies `desired` in `namespace` unless the live object (from the watch cache) already
-/// matches; returns the live object and whether it was written.
-async fn apply_one<K>(ctx: &Context, namespace: &str, desired: &K) -> Result<(K, bool), Error>
-where
-    K: Cached + Serialize,
-{
-    let live = ctx.caches.get::<K>(namespace, &desired.name_any());
-    apply_over(ctx, namespace, desired, live.as_deref().cloned()).await
-}
-
-/// [`apply_one`] with the live object already read.
-async fn apply_over<K>(
+/// Applies `desired` in `namespace` unless its live object (from the watch cache) already
+/// holds every field; returns the applied object when it wrote.
+async fn apply_one<K: Cached>(
     ctx: &Context,
     namespace: &str,
     desired: &K,
-    live: Option<K>,
-) -> Result<(K, bool), Error>
-where
-    K: Resource<Scope = NamespaceResourceScope> + Clone + DeserializeOwned + Serialize + Debug,
-    K::DynamicType: Default,
-{
+) -> Result<Option<K>, Error> {
+    let live = ctx.caches.get_value::<K>(namespace, &desired.name_any());
+    apply_over(ctx, namespace, desired, live.as_ref()).await
+}
+
+/// [`apply_one`] with the live object (as JSON) already read.
+async fn apply_over<K: Cached>(
+    ctx: &Context,
+    namespace: &str,
+    desired: &K,
+    live: Option<&Value>,
+) -> Result<Option<K>, Error> {
     let api: Api<K> = Api::namespaced(ctx.client.clone(), namespace);
     let name = desired.name_any();
-    if let Some(current) = live {
+    if let Some(live) = live {
         let wanted =
             serde_json::to_value(desired).map_err(|e| Error::Kube(kube::Error::SerdeError(e)))?;
-        let live =
-            serde_json::to_value(&current).map_err(|e| Error::Kube(kube::Error::SerdeError(e)))?;
-        if is_subset(&wanted, &live) {
-            return Ok((current, false));
+        if is_subset(&wanted, live) {
+            return Ok(None);
         }
     }
     let params = PatchParams::apply(FIELD_MANAGER).force();
     match api.patch(&name, &params, &Patch::Apply(desired)).await {
-        Ok(applied) => Ok((applied, true)),
+        Ok(applied) => Ok(Some(applied)),
         // Refusals that a retry cannot change (invalid, forbidden, malformed): say which
         // child and why, instead of retrying in silence.
         Err(kube::Error::Api(status)) if matches!(status.code, 400 | 403 | 422) => {
             Err(Error::Rejected {
-                child: format!("{} {name}", K::kind(&K::DynamicType::default())),
+                child: format!("{} {name}", K::kind(&())),
                 code: status.code,
                 message: status.message,
             })
@@ -110,7 +100,7 @@ pub fn admin_token(ctx: &Context, namespace: &str, memory: &str) -> Result<Strin
     let existing = ctx
         .caches
         .get::<Secret>(namespace, &secret_name(memory))
-        .and_then(|s| s.data.clone())
+        .and_then(|s| s.data)
         .and_then(|d| {
             d.get(TOKEN_KEY)
                 .map(|t| String::from_utf8_lossy(&t.0).into_owned())
@@ -139,14 +129,18 @@ async fn children(
     namespace: &str,
     children: &Children,
 ) -> Result<(StatefulSet, Vec<&'static str>), Error> {
-    let configmap = apply_one(ctx, namespace, &children.configmap).await?.1;
-    let secret = apply_one(ctx, namespace, &children.secret).await?.1;
+    let configmap = apply_one(ctx, namespace, &children.configmap)
+        .await?
+        .is_some();
+    let secret = apply_one(ctx, namespace, &children.secret).await?.is_some();
     let headless = apply_one(ctx, namespace, &children.headless_service)
         .await?
-        .1;
-    let client = apply_one(ctx, namespace, &children.client_service).await?.1;
+        .is_some();
+    let client = apply_one(ctx, namespace, &children.client_service)
+        .await?
+        .is_some();
     let (statefulset, nodes) = statefulset(ctx, namespace, &children.statefulset).await?;
-    let pdb = apply_one(ctx, namespace, &children.pdb).await?.1;
+    let pdb = apply_one(ctx, namespace, &children.pdb).await?.is_some();
     let written = [
         ("ConfigMap", configmap),
         ("Secret", secret),
@@ -171,12 +165,11 @@ async fn statefulset(
     use super::storage::{self, Change};
     let api: Api<StatefulSet> = Api::namespaced(ctx.client.clone(), namespace);
     let name = desired.name_any();
-    let mut live = ctx
-        .caches
-        .get::<StatefulSet>(namespace, &name)
-        .as_deref()
-        .cloned();
-    if let Some(current) = &live {
+    let live = ctx.caches.get_value::<StatefulSet>(namespace, &name);
+    let current: Option<StatefulSet> = live
+        .clone()
+        .and_then(|value| serde_json::from_value(value).ok());
+    if let Some(current) = &current {
         match storage::change(current, desired) {
             Change::None => {}
             Change::Impossible(why) => {
@@ -189,8 +182,7 @@ async fn statefulset(
             Change::Grow { from, to } => {
                 tracing::info!(statefulset = %name, %from, %to, "growing the claims in place");
                 storage::grow(ctx, namespace, current, &to).await?;
-                live = api.get_opt(&name).await?;
-                if live.is_some() {
+                if api.get_opt(&name).await?.is_some() {
                     // Still being deleted (the orphaning takes the garbage collector a
                     // moment): apply the new one on the next try.
                     return Err(Error::Resizing(name));
@@ -198,7 +190,10 @@ async fn statefulset(
             }
         }
     }
-    apply_over(ctx, namespace, desired, live).await
+    match apply_over(ctx, namespace, desired, live.as_ref()).await? {
+        Some(applied) => Ok((applied, true)),
+        None => Ok((current.unwrap_or_default(), false)),
+    }
 }
 
 /// What the apply step found: the admin token, the StatefulSet, what it wrote. No `Debug`:
@@ -256,7 +251,7 @@ pub async fn cronjob(
     cronjob: &CronJob,
 ) -> Result<(), Error> {
     let namespace = memory.namespace().ok_or(Error::NoNamespace)?;
-    if apply_one(ctx, &namespace, cronjob).await?.1 {
+    if apply_one(ctx, &namespace, cronjob).await?.is_some() {
         applied.written.push("CronJob");
     }
     Ok(())

@@ -128,7 +128,6 @@ async fn scrape(ctx: &Context, memory: &PhoenixMemory) -> Vec<Observation> {
                 .get::<Pod>(&namespace, &format!("{name}-{ordinal}"))
         })
         .filter(|pod| pod.labels().get(children::INSTANCE_LABEL) == Some(&name))
-        .map(|pod| (*pod).clone())
         .collect();
     let mut observations = Vec::new();
     let mut scrape = Vec::new();

@@ -127,12 +127,10 @@ async fn main() -> anyhow::Result<()> {
         .ok_or_else(|| anyhow::anyhow!("phoenix-operator is not built next to this program: run `cargo build --release --workspace --bins`"))?;
     println!(
         "operator-bench: operator concurrency 16, observe interval {OBSERVE_SECONDS} s, rate limit {}, 2-core machine",
-        options
-            .kube_qps
-            .as_deref()
-            .map_or("the operator's default (--kube-qps 200, --kube-burst 400)".to_string(), |q| {
-                format!("--kube-qps {q}")
-            })
+        options.kube_qps.as_deref().map_or(
+            "the operator's default (--kube-qps 200, --kube-burst 400)".to_string(),
+            |q| { format!("--kube-qps {q}") }
+        )
     );
     let mut all = Vec::new();
     for &count in &options.counts {
@@ -326,7 +324,7 @@ async fn measure(server: &ApiServer, count: usize, options: &Options) -> anyhow:
                     let name = format!("memory-{i:05}");
                     let params = PatchParams::default();
                     let sts_status = Patch::Merge(serde_json::json!({"status": {
-                        "replicas": 1, "observedGeneration": round, "collisionCount": 0
+                        "replicas": 0, "observedGeneration": round, "collisionCount": 0
                     }}));
                     let pdb_status = Patch::Merge(serde_json::json!({"status": {
                         "observedGeneration": round, "currentHealthy": 0,

@@ -8,13 +8,17 @@
 
 use k8s_openapi::api::apps::v1::StatefulSet;
 use k8s_openapi::api::batch::v1::CronJob;
-use k8s_openapi::api::core::v1::Secret;
+use std::sync::Arc;
+
+use k8s_openapi::api::core::v1::{ConfigMap, Secret, Service};
+use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use kube::api::{Patch, PatchParams};
 use kube::{Api, ResourceExt};
 use serde_json::Value;
 
 use super::caches::Cached;
 use super::context::{Context, Error, FIELD_MANAGER};
+use super::state::{Checked, CronJobChecked, Key};
 use crate::children::{self, Children, Inputs, TOKEN_KEY, secret_name};
 use crate::crd::PhoenixMemory;
 use crate::validate::ValidSpec;
@@ -207,14 +211,29 @@ pub struct Applied {
     pub written: Vec<&'static str>,
 }
 
+/// The resourceVersions of `memory`'s serving children in the caches, in apply order.
+fn versions(ctx: &Context, namespace: &str, memory: &str) -> Vec<Option<Arc<str>>> {
+    let caches = &ctx.caches;
+    vec![
+        caches.version::<ConfigMap>(namespace, &children::configmap_name(memory)),
+        caches.version::<Secret>(namespace, &secret_name(memory)),
+        caches.version::<Service>(namespace, &children::headless_name(memory)),
+        caches.version::<Service>(namespace, memory),
+        caches.version::<StatefulSet>(namespace, memory),
+        caches.version::<PodDisruptionBudget>(namespace, memory),
+    ]
+}
+
 /// Applies every child but the CronJob (its schedule is planned after observing), in
 /// order, each only when its cached live object differs from what is wanted: a converged
-/// memory costs no request here.
+/// memory costs no request here. When neither the memory's generation nor any cached child
+/// changed since a check that found nothing to apply, nothing is built or compared.
 ///
 /// # Errors
 /// The API server refused or failed; a child could not be built; the caches are gone.
 pub async fn serving(
     ctx: &Context,
+    key: &Key,
     memory: &PhoenixMemory,
     valid: &ValidSpec,
 ) -> Result<Applied, Error> {
@@ -224,7 +243,25 @@ pub async fn serving(
         return Err(Error::CachesGone);
     }
     let namespace = memory.namespace().ok_or(Error::NoNamespace)?;
-    let token = admin_token(ctx, &namespace, &memory.name_any())?;
+    let name = memory.name_any();
+    let versions = versions(ctx, &namespace, &name);
+    let unchanged = ctx.memories.with(key, |state| {
+        state
+            .checked
+            .clone()
+            .filter(|c| c.generation == memory.metadata.generation && c.versions == versions)
+    });
+    if let Some(checked) = unchanged {
+        return Ok(Applied {
+            token: checked.token,
+            statefulset: StatefulSet {
+                status: checked.statefulset_status,
+                ..StatefulSet::default()
+            },
+            written: Vec::new(),
+        });
+    }
+    let token = admin_token(ctx, &namespace, &name)?;
     let inputs = Inputs {
         memory,
         valid,
@@ -232,6 +269,14 @@ pub async fn serving(
         admin_token: &token,
     };
     let (statefulset, written) = children(ctx, &namespace, &children::build_all(&inputs)?).await?;
+    // Only a check that changed nothing vouches for these versions.
+    let checked = written.is_empty().then(|| Checked {
+        generation: memory.metadata.generation,
+        versions,
+        token: token.clone(),
+        statefulset_status: statefulset.status.clone(),
+    });
+    ctx.memories.with(key, |state| state.checked = checked);
     Ok(Applied {
         token,
         statefulset,
@@ -240,20 +285,37 @@ pub async fn serving(
 }
 
 /// Applies the CronJob (last: it cleans nodes that must exist, on the planned schedule)
-/// when the cached one differs.
+/// when the cached one differs — unless the same CronJob was wanted at the same cached
+/// version when it last matched.
 ///
 /// # Errors
 /// The API server refused or failed.
 pub async fn cronjob(
     ctx: &Context,
+    key: &Key,
     memory: &PhoenixMemory,
     applied: &mut Applied,
     cronjob: &CronJob,
 ) -> Result<(), Error> {
     let namespace = memory.namespace().ok_or(Error::NoNamespace)?;
-    if apply_one(ctx, &namespace, cronjob).await?.is_some() {
+    let now = CronJobChecked {
+        version: ctx
+            .caches
+            .version::<CronJob>(&namespace, &cronjob.name_any()),
+        wanted: blake3::hash(&serde_json::to_vec(cronjob).map_err(kube::Error::SerdeError)?),
+    };
+    if ctx
+        .memories
+        .with(key, |state| state.cronjob.as_ref() == Some(&now))
+    {
+        return Ok(());
+    }
+    let written = apply_one(ctx, &namespace, cronjob).await?.is_some();
+    if written {
         applied.written.push("CronJob");
     }
+    ctx.memories
+        .with(key, |state| state.cronjob = (!written).then_some(now));
     Ok(())
 }
 

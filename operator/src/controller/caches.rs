@@ -31,8 +31,15 @@ use crate::children::NODES_SELECTOR;
 /// The label every child carries; the caches watch only these objects.
 pub const MANAGED: &str = "app.kubernetes.io/managed-by=phoenix-operator";
 
-/// Objects by namespace and name, compressed.
-type Objects = HashMap<(String, String), Arc<[u8]>>;
+/// An object as cached: its resourceVersion, and its JSON compressed.
+#[derive(Clone)]
+struct Entry {
+    version: Arc<str>,
+    packed: Arc<[u8]>,
+}
+
+/// Objects by namespace and name.
+type Objects = HashMap<(String, String), Entry>;
 
 /// The cache of one kind.
 pub struct Cache<K> {
@@ -55,14 +62,22 @@ impl<K> Clone for Cache<K> {
 impl<K: DeserializeOwned> Cache<K> {
     /// The object's JSON, if the cache holds it.
     pub fn get_value(&self, namespace: &str, name: &str) -> Option<Value> {
-        let packed = self
-            .objects
+        let entry = self.entry(namespace, name)?;
+        let json = lz4_flex::decompress_size_prepended(&entry.packed).ok()?;
+        serde_json::from_slice(&json).ok()
+    }
+
+    /// The object's resourceVersion (no decoding), if the cache holds it.
+    pub fn version(&self, namespace: &str, name: &str) -> Option<Arc<str>> {
+        self.entry(namespace, name).map(|e| e.version)
+    }
+
+    fn entry(&self, namespace: &str, name: &str) -> Option<Entry> {
+        self.objects
             .read()
             .unwrap_or_else(PoisonError::into_inner)
             .get(&(namespace.to_string(), name.to_string()))
-            .cloned()?;
-        let json = lz4_flex::decompress_size_prepended(&packed).ok()?;
-        serde_json::from_slice(&json).ok()
+            .cloned()
     }
 
     /// The object, if the cache holds it.
@@ -102,9 +117,12 @@ fn key<K: Resource>(object: &K) -> (String, String) {
     (object.namespace().unwrap_or_default(), object.name_any())
 }
 
-fn pack<K: Serialize>(object: &K) -> Option<Arc<[u8]>> {
+fn pack<K: Resource + Serialize>(object: &K) -> Option<Entry> {
     let json = serde_json::to_vec(object).ok()?;
-    Some(Arc::from(lz4_flex::compress_prepend_size(&json)))
+    Some(Entry {
+        version: Arc::from(object.resource_version().unwrap_or_default()),
+        packed: Arc::from(lz4_flex::compress_prepend_size(&json)),
+    })
 }
 
 impl Writer {
@@ -240,6 +258,11 @@ impl Caches {
         K::cache(self).get_value(namespace, name)
     }
 
+    /// The cached `K`'s resourceVersion.
+    pub fn version<K: Cached>(&self, namespace: &str, name: &str) -> Option<Arc<str>> {
+        K::cache(self).version(namespace, name)
+    }
+
     /// Waits until every cache has had its first complete list, so that an object absent
     /// from a cache is absent from the cluster. False if a watch is gone for good.
     pub async fn ready(&self) -> bool {
@@ -347,6 +370,11 @@ mod tests {
         let a = cache.get("ns", "a").expect("a");
         assert_eq!(a.data.expect("data")["k"], "2");
         assert_eq!(cache.get_value("ns", "b").expect("b")["data"]["k"], "1");
+        assert_eq!(
+            cache.version("ns", "b").as_deref(),
+            Some(""),
+            "none set here"
+        );
         writer.apply(&watcher::Event::Delete(configmap("b", "1")));
         assert!(cache.get("ns", "b").is_none());
         // A relist (the watch restarted): what it does not list is gone.

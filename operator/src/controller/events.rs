@@ -30,6 +30,15 @@ pub enum Kind {
     Warning,
 }
 
+/// The last Event of each memory and reason within the series window.
+#[derive(Debug, Default)]
+struct Recent {
+    by_key: HashMap<String, Last>,
+    /// When entries older than the window were last dropped (at most every tenth of the
+    /// window: dropping on every publish made a thousand new memories cost a million steps).
+    pruned_at: Option<Instant>,
+}
+
 #[derive(Debug)]
 struct Last {
     note: String,
@@ -45,7 +54,7 @@ pub struct Publisher {
     client: Client,
     controller: String,
     instance: String,
-    last: Arc<Mutex<HashMap<String, Last>>>,
+    last: Arc<Mutex<Recent>>,
 }
 
 impl std::fmt::Debug for Publisher {
@@ -120,12 +129,21 @@ impl Publisher {
                 .last
                 .lock()
                 .unwrap_or_else(std::sync::PoisonError::into_inner);
-            last.retain(|_, l| l.at.elapsed() < SERIES_WINDOW);
-            last.get_mut(&key).filter(|l| l.note == note).map(|l| {
-                l.count += 1;
-                l.at = Instant::now();
-                (l.name.clone(), l.count)
-            })
+            if last
+                .pruned_at
+                .is_none_or(|at| at.elapsed() >= SERIES_WINDOW / 10)
+            {
+                last.by_key.retain(|_, l| l.at.elapsed() < SERIES_WINDOW);
+                last.pruned_at = Some(Instant::now());
+            }
+            last.by_key
+                .get_mut(&key)
+                .filter(|l| l.note == note && l.at.elapsed() < SERIES_WINDOW)
+                .map(|l| {
+                    l.count += 1;
+                    l.at = Instant::now();
+                    (l.name.clone(), l.count)
+                })
         };
         if let Some((name, count)) = repeat {
             let series = EventSeries {
@@ -167,6 +185,7 @@ impl Publisher {
         self.last
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .by_key
             .insert(
                 key,
                 Last {

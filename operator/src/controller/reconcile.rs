@@ -31,12 +31,12 @@ async fn reconcile_once(memory: Arc<PhoenixMemory>, ctx: Arc<Context>) -> Result
         return Ok(Action::await_change());
     };
     let it = Reconciling::new(&ctx, &memory, &valid)?;
-    let mut applied = apply::serving(&ctx, &memory, &valid).await?;
+    let mut applied = apply::serving(&ctx, &it.key, &memory, &valid).await?;
     let observed = nodes::observe(&ctx, &it.key, &memory, &applied.statefulset).await;
     let observations = &observed.observations;
     let decided = decision::decide(&valid, &it.before, observations, it.now);
     let interval = decided.decision.interval;
-    let schedule = plan::schedule(&valid, &it.namespace, &it.name, interval);
+    let schedule = it.schedule(interval);
     let emergency = act(&it, &mut applied, &schedule, &decided).await?;
     let plan = plan::cleanup_plan(&schedule, &decided.decision, it.now);
     let conditions =
@@ -64,6 +64,27 @@ struct Reconciling<'a> {
 }
 
 impl<'a> Reconciling<'a> {
+    /// The schedule for `interval`, planned once per generation and cadence (the calendar
+    /// maths is most of a steady reconcile's work otherwise).
+    fn schedule(&self, interval: Duration) -> Schedule {
+        let generation = self.memory.metadata.generation;
+        let known = self.ctx.memories.with(&self.key, |state| {
+            state
+                .schedule
+                .as_ref()
+                .filter(|(g, i, _)| *g == generation && *i == interval)
+                .map(|(_, _, schedule)| schedule.clone())
+        });
+        known.unwrap_or_else(|| {
+            let schedule = plan::schedule(self.valid, &self.namespace, &self.name, interval);
+            let kept = (generation, interval, schedule.clone());
+            self.ctx
+                .memories
+                .with(&self.key, |state| state.schedule = Some(kept));
+            schedule
+        })
+    }
+
     fn new(
         ctx: &'a Context,
         memory: &'a PhoenixMemory,
@@ -120,7 +141,7 @@ async fn act(
         admin_token: &token,
     };
     let cronjob = children::build_cronjob(&inputs, schedule);
-    apply::cronjob(ctx, memory, applied, &cronjob).await?;
+    apply::cronjob(ctx, &it.key, memory, applied, &cronjob).await?;
     if !applied.written.is_empty() {
         let note = format!("applied {}", applied.written.join(", "));
         ctx.events

@@ -9,9 +9,9 @@ use k8s_openapi::api::apps::v1::StatefulSet;
 use k8s_openapi::api::batch::v1::CronJob;
 use k8s_openapi::api::core::v1::{ConfigMap, Pod, Secret, Service};
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
-use kube::Client;
 use kube::runtime::controller::Controller;
-use kube::runtime::watcher;
+use kube::runtime::{WatchStreamExt, reflector, watcher};
+use kube::{Client, ResourceExt};
 
 use super::caches::{self, Caches};
 use super::context::{Context, FIELD_MANAGER, Settings, api};
@@ -65,10 +65,18 @@ pub async fn run_controller(
         memories: Arc::new(Memories::default()),
         caches: caches.clone(),
     });
-    let controller = Controller::new(
+    // The memories' own watch and store, without `managedFields` (a status applied in full
+    // lists every field it owns there: kilobytes per memory that nothing here reads).
+    let (memories_store, memories_writer) = reflector::store();
+    let memory_changes = watcher(
         api::<PhoenixMemory>(&client, &ns),
         watcher::Config::default(),
-    );
+    )
+    .default_backoff()
+    .modify(|memory: &mut PhoenixMemory| memory.managed_fields_mut().clear())
+    .reflect(memories_writer)
+    .applied_objects();
+    let controller = Controller::for_stream(memory_changes, memories_store);
     // Ready once the memories can be listed (what the controller's watch starts with) and
     // every child cache holds its first complete list. (kube-runtime's
     // `Store::wait_until_ready` on the controller's own store did not resolve against the

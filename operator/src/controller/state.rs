@@ -3,9 +3,10 @@
 //! themselves are in the watch caches, see `caches`.)
 
 use std::collections::HashMap;
-use std::sync::{Mutex, MutexGuard, PoisonError};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Instant;
 
+use k8s_openapi::api::apps::v1::StatefulSetStatus;
 use k8s_openapi::jiff::Timestamp;
 use kube::runtime::reflector::ObjectRef;
 
@@ -30,13 +31,45 @@ pub struct Observed {
     pub observations: Vec<Observation>,
 }
 
+/// A check of the children that found nothing to apply: while the memory's generation and
+/// the cached children's resourceVersions are these, the next reconcile need not build and
+/// compare them again (at 10,000 memories that was a core's worth of work every observe
+/// interval). No `Debug`: it holds the admin token.
+#[derive(Clone)]
+pub struct Checked {
+    /// The memory's generation.
+    pub generation: Option<i64>,
+    /// The serving children's resourceVersions, in apply order.
+    pub versions: Vec<Option<Arc<str>>>,
+    /// The admin token the Secret held.
+    pub token: String,
+    /// The StatefulSet's status then.
+    pub statefulset_status: Option<StatefulSetStatus>,
+}
+
+/// The CronJob as last found matching what was wanted: its resourceVersion and a hash of
+/// the wanted object.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CronJobChecked {
+    /// Its resourceVersion in the cache.
+    pub version: Option<Arc<str>>,
+    /// A hash of the CronJob wanted.
+    pub wanted: blake3::Hash,
+}
+
 /// Everything kept for one memory.
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Default)]
 pub struct MemoryState {
     /// Reconciles that failed in a row (the error policy's backoff).
     pub failures: u32,
     /// The last observation of the nodes.
     pub observed: Option<Observed>,
+    /// The last check of the serving children that found nothing to apply.
+    pub checked: Option<Checked>,
+    /// The last check of the CronJob that found nothing to apply.
+    pub cronjob: Option<CronJobChecked>,
+    /// The last schedule planned: for this generation and cadence.
+    pub schedule: Option<(Option<i64>, std::time::Duration, crate::plan::Schedule)>,
 }
 
 /// Every memory's state.

@@ -18,8 +18,9 @@ use futures::StreamExt;
 use k8s_openapi::api::apps::v1::StatefulSet;
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
-use kube::CustomResourceExt;
 use kube::api::{Api, ListParams, Patch, PatchParams, PostParams};
+use kube::runtime::{WatchStreamExt, watcher};
+use kube::{CustomResourceExt, ResourceExt};
 use phoenix_operator::crd::PhoenixMemory;
 use phoenix_tests::apiserver::{ApiServer, Verb};
 
@@ -156,6 +157,11 @@ async fn main() -> anyhow::Result<()> {
     Ok(())
 }
 
+/// A watch error while waiting (the watcher retries by itself).
+fn tracing_free_warning(error: &kube::runtime::watcher::Error) {
+    eprintln!("watch of the memories: {error} (retrying)");
+}
+
 fn print(f: &Figures) {
     println!("\n== {} PhoenixMemory resources", f.count);
     println!(
@@ -276,20 +282,62 @@ async fn measure(server: &ApiServer, count: usize, options: &Options) -> anyhow:
         .await
         .into_iter()
         .collect::<anyhow::Result<Vec<()>>>()?;
-    // Polling the whole list is itself load on the server: less often for more memories.
-    let poll = Duration::from_millis((count as u64 / 10).clamp(100, 1000));
-    let deadline = Instant::now() + Duration::from_secs(60 + count as u64 / 20);
+    // Watched, not polled: listing every memory again and again would load the server (and
+    // the two cores the operator shares with it) more than the operator does.
+    let deadline = Duration::from_secs(60 + count as u64 / 20);
+    let mut converged_names = std::collections::HashSet::new();
+    let mut changes = watcher(memories.clone(), watcher::Config::default())
+        .default_backoff()
+        .applied_objects()
+        .boxed();
+    let mut tick = tokio::time::interval(Duration::from_secs(10));
+    let mut last_event = Instant::now();
     let converged = loop {
-        let list = memories.list(&ListParams::default()).await?;
-        let done = list.items.iter().filter(|m| ready(m)).count();
-        if done == count {
+        if converged_names.len() == count {
             break started.elapsed();
         }
-        if Instant::now() > deadline {
-            anyhow::bail!("only {done} of {count} converged in time");
+        if started.elapsed() > deadline {
+            anyhow::bail!(
+                "only {} of {count} converged in time",
+                converged_names.len()
+            );
         }
-        tokio::time::sleep(poll).await;
+        tokio::select! {
+            next = changes.next() => match next {
+                Some(Ok(memory)) => {
+                    last_event = Instant::now();
+                    if ready(&memory) {
+                        converged_names.insert(memory.name_any());
+                    } else {
+                        converged_names.remove(&memory.name_any());
+                    }
+                }
+                Some(Err(error)) => tracing_free_warning(&error),
+                None => anyhow::bail!("the watch of the memories ended"),
+            },
+            _ = tick.tick() => {
+                eprintln!(
+                    "  {:.0} s: {} of {count} converged",
+                    started.elapsed().as_secs_f64(),
+                    converged_names.len()
+                );
+                // A watch that went quiet may have missed events: count from a list.
+                if last_event.elapsed() > Duration::from_secs(20) {
+                    eprintln!("  no watch event for 20 s: counting from a list");
+                    converged_names = memories
+                        .list(&ListParams::default())
+                        .await?
+                        .items
+                        .iter()
+                        .filter(|m| ready(m))
+                        .map(ResourceExt::name_any)
+                        .collect();
+                    last_event = Instant::now();
+                }
+            }
+        }
     };
+    drop(changes);
     // The bench's own creates are not the operator's (its polls are among the lists of
     // phoenixmemories).
     let until_converged: BTreeMap<(Verb, String), u64> = server

@@ -20,6 +20,7 @@ pub mod selector;
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::convert::Infallible;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -975,11 +976,20 @@ fn watch_stream(shared: Arc<Shared>, request: &Request<'_>) -> Response {
     // Simplification: label selectors filter on the new object only; an object that stops
     // matching is not sent as DELETED.
     let live_ty = ty.clone();
+    // The version up to which this watch has passed on (or filtered out) every event: what
+    // a bookmark may promise. (Bookmarks once carried the store's current version while
+    // events were still queued for a slow watcher; a watcher cut off for lagging then
+    // resumed after them, and lost them.)
+    let processed = Arc::new(AtomicU64::new(start_rv));
+    let processed_live = Arc::clone(&processed);
     let live = tokio_stream::wrappers::BroadcastStream::new(receiver)
         // A lagging watcher is cut off; the client re-watches from its last version.
         // Simplification: the real server would keep it up with a bigger buffer.
         .take_while(|e| std::future::ready(e.is_ok()))
         .filter_map(move |event| {
+            if let Ok(e) = &event {
+                processed_live.fetch_max(e.rv, Ordering::SeqCst);
+            }
             let keep = event.ok().filter(|e| {
                 e.rv > start_rv
                     && e.group == live_ty.group
@@ -988,18 +998,13 @@ fn watch_stream(shared: Arc<Shared>, request: &Request<'_>) -> Response {
             });
             std::future::ready(keep.map(|e| event_line(e.kind, &e.object)))
         });
-    let bookmark_shared = Arc::clone(&shared);
     let bookmark_ty = ty;
     let bookmark_stream = futures::stream::unfold((), move |()| {
-        let shared = Arc::clone(&bookmark_shared);
+        let processed = Arc::clone(&processed);
         let ty = bookmark_ty.clone();
         async move {
             tokio::time::sleep(Duration::from_secs(1)).await;
-            let rv = shared
-                .store
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner)
-                .rv;
+            let rv = processed.load(Ordering::SeqCst);
             let object = json!({
                 "apiVersion": ty.api_version(), "kind": ty.kind,
                 "metadata": {"resourceVersion": rv.to_string()},

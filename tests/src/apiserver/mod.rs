@@ -1013,8 +1013,18 @@ fn watch_stream(shared: Arc<Shared>, request: &Request<'_>) -> Response {
         }
     })
     .filter(move |_| std::future::ready(bookmarks));
+    // When the live events end (the watcher was cut off for lagging) the response ends
+    // too, so that the client re-watches at once: bookmarks alone would keep a dead watch
+    // open until its timeout, every event in between lost to the client.
+    let live = live
+        .map(Some)
+        .chain(futures::stream::once(std::future::ready(None)));
     let stream = futures::stream::iter(initial)
-        .chain(futures::stream::select(live, bookmark_stream))
+        .chain(
+            futures::stream::select(live, bookmark_stream.map(Some))
+                .take_while(|line| std::future::ready(line.is_some()))
+                .filter_map(std::future::ready),
+        )
         .take_until(tokio::time::sleep(timeout))
         .map(Ok::<Bytes, Infallible>);
     let mut response = Response::new(Body::from_stream(stream));

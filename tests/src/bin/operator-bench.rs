@@ -290,7 +290,7 @@ async fn measure(server: &ApiServer, count: usize, options: &Options) -> anyhow:
         .default_backoff()
         .applied_objects()
         .boxed();
-    let mut tick = tokio::time::interval(Duration::from_secs(10));
+    let mut tick = tokio::time::interval(Duration::from_secs(2));
     let mut last_event = Instant::now();
     let converged = loop {
         if converged_names.len() == count {
@@ -322,8 +322,8 @@ async fn measure(server: &ApiServer, count: usize, options: &Options) -> anyhow:
                     converged_names.len()
                 );
                 // A watch that went quiet may have missed events: count from a list.
-                if last_event.elapsed() > Duration::from_secs(20) {
-                    eprintln!("  no watch event for 20 s: counting from a list");
+                if last_event.elapsed() > Duration::from_secs(10) {
+                    eprintln!("  no watch event for 10 s: counting from a list");
                     converged_names = memories
                         .list(&ListParams::default())
                         .await?

@@ -836,21 +836,26 @@ fn list(shared: &Shared, request: &Request<'_>) -> Response {
         .get("limit")
         .and_then(|l| l.parse().ok())
         .filter(|l| *l > 0);
-    let after: Option<(String, String)> =
+    // A continue token: where the last page ended, and the version of the first page.
+    let (after, first_rv): (Option<(String, String)>, Option<u64>) =
         match request.params.get("continue").filter(|c| !c.is_empty()) {
-            None => None,
+            None => (None, None),
             Some(token) => match URL_SAFE_NO_PAD
                 .decode(token)
                 .ok()
-                .and_then(|b| serde_json::from_slice::<(String, String)>(&b).ok())
+                .and_then(|b| serde_json::from_slice::<(String, String, u64)>(&b).ok())
             {
-                Some(position) => Some(position),
+                Some((namespace, name, rv)) => (Some((namespace, name)), Some(rv)),
                 None => return status(400, "BadRequest", "invalid continue token"),
             },
         };
     let store = shared.store.lock().unwrap_or_else(PoisonError::into_inner);
     // Simplification: a continued list reads the current state, not a snapshot at the first
-    // page's resourceVersion.
+    // page's resourceVersion. Every page still says the first page's version (as the real
+    // server's do): a client that watches from it then sees every change made while it
+    // paged. (Pages once said the current version, and a watch from the last page's missed
+    // the changes to objects already listed.)
+    let list_rv = first_rv.unwrap_or(store.rv);
     // Objects are ordered by group, resource, namespace and name: a list reads only its
     // kind (and namespace), from where a continue token left off, not the whole store.
     let in_namespace = request.ty.namespaced && !request.namespace.is_empty();
@@ -888,7 +893,7 @@ fn list(shared: &Shared, request: &Request<'_>) -> Response {
     {
         items.truncate(limit);
         let last = items[limit - 1];
-        next = serde_json::to_vec(&(&last.namespace, &last.name))
+        next = serde_json::to_vec(&(&last.namespace, &last.name, list_rv))
             .ok()
             .map(|b| URL_SAFE_NO_PAD.encode(b));
     }
@@ -896,7 +901,7 @@ fn list(shared: &Shared, request: &Request<'_>) -> Response {
         .into_iter()
         .filter_map(|k| store.objects.get(k).cloned())
         .collect();
-    let mut metadata = json!({"resourceVersion": store.rv.to_string()});
+    let mut metadata = json!({"resourceVersion": list_rv.to_string()});
     if let Some(next) = next {
         metadata["continue"] = json!(next);
     }

@@ -849,3 +849,60 @@ async fn a_watcher_cut_off_for_lagging_resumes_without_losing_events() {
     writer.await.expect("writer");
     assert_eq!(seen.len(), total, "the watcher lost events");
 }
+
+/// A paged list promises the first page's version on every page, so that a watch from it
+/// sees what changed while the client paged: here an object of the first page changes
+/// before the second page is read.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_paged_list_then_a_watch_misses_no_change_made_while_paging() {
+    use futures::StreamExt;
+    let server = ApiServer::start().await.expect("server");
+    let client = server.client().expect("client");
+    let configmaps: Api<ConfigMap> = Api::default_namespaced(client);
+    for name in ["a", "b", "c", "d"] {
+        configmaps
+            .create(&PostParams::default(), &config_map(name, &[]))
+            .await
+            .expect("create");
+    }
+    let first = configmaps
+        .list(&ListParams::default().limit(2))
+        .await
+        .expect("page 1");
+    assert_eq!(first.items.len(), 2);
+    configmaps
+        .patch(
+            "a",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"data": {"changed": "while paging"}})),
+        )
+        .await
+        .expect("change a");
+    let second = configmaps
+        .list(
+            &ListParams::default()
+                .limit(2)
+                .continue_token(first.metadata.continue_.as_deref().unwrap_or_default()),
+        )
+        .await
+        .expect("page 2");
+    assert_eq!(second.items.len(), 2);
+    let version = second.metadata.resource_version.unwrap_or_default();
+    assert_eq!(Some(version.clone()), first.metadata.resource_version);
+    let mut events = configmaps
+        .watch(&kube::api::WatchParams::default(), &version)
+        .await
+        .expect("watch")
+        .boxed();
+    let event = tokio::time::timeout(Duration::from_secs(5), events.next())
+        .await
+        .expect("an event in time")
+        .expect("the stream is open")
+        .expect("an event");
+    match event {
+        kube::api::WatchEvent::Modified(cm) => {
+            assert_eq!(cm.metadata.name.as_deref(), Some("a"));
+        }
+        other => panic!("expected a's change, got {other:?}"),
+    }
+}

@@ -153,6 +153,23 @@ impl Writer {
     }
 }
 
+/// An empty cache and what fills it.
+fn cache_and_writer<K>() -> (Cache<K>, Writer) {
+    let objects = Arc::new(RwLock::new(Objects::new()));
+    let (ready_tx, ready) = watch::channel(false);
+    let writer = Writer {
+        objects: Arc::clone(&objects),
+        ready: ready_tx,
+        relisting: None,
+    };
+    let cache = Cache {
+        objects,
+        ready,
+        kind: PhantomData,
+    };
+    (cache, writer)
+}
+
 /// The watch of one kind, with `slim` applied to each object: the cache it fills, and a
 /// stream of each changed object (for the controller to map to its owner).
 fn watch_kind<K>(
@@ -166,23 +183,12 @@ fn watch_kind<K>(
 where
     K: Resource + Clone + DeserializeOwned + Serialize + std::fmt::Debug + Send + Sync + 'static,
 {
-    let objects = Arc::new(RwLock::new(Objects::new()));
-    let (ready_tx, ready) = watch::channel(false);
-    let mut writer = Writer {
-        objects: Arc::clone(&objects),
-        ready: ready_tx,
-        relisting: None,
-    };
+    let (cache, mut writer) = cache_and_writer();
     let stream = watcher(api, watcher::Config::default().labels(selector))
         .default_backoff()
         .modify(slim)
         .inspect_ok(move |event| writer.apply(event))
         .touched_objects();
-    let cache = Cache {
-        objects,
-        ready,
-        kind: PhantomData,
-    };
     (cache, stream)
 }
 
@@ -346,18 +352,7 @@ mod tests {
 
     #[test]
     fn a_cache_follows_its_watch_and_a_relist_replaces_it() {
-        let objects = Arc::new(RwLock::new(Objects::new()));
-        let (ready_tx, ready) = watch::channel(false);
-        let mut writer = Writer {
-            objects: Arc::clone(&objects),
-            ready: ready_tx,
-            relisting: None,
-        };
-        let cache: Cache<ConfigMap> = Cache {
-            objects,
-            ready,
-            kind: PhantomData,
-        };
+        let (cache, mut writer) = cache_and_writer::<ConfigMap>();
         writer.apply(&watcher::Event::<ConfigMap>::Init);
         writer.apply(&watcher::Event::InitApply(configmap("a", "1")));
         writer.apply(&watcher::Event::InitApply(configmap("b", "1")));

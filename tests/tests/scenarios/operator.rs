@@ -110,6 +110,19 @@ impl Harness {
 
     /// The StatefulSet controller's and the kubelet's part: every node of `name` runs and is
     /// ready (there are no pods here).
+    /// Waits for `Ready=True` on memory `name`.
+    async fn ready_true(&self, name: &str) {
+        eventually("Ready=True", || async {
+            let status = self.memories().get(name).await.ok()?.status?;
+            status
+                .conditions
+                .iter()
+                .any(|c| c.type_ == "Ready" && c.status == "True")
+                .then_some(())
+        })
+        .await;
+    }
+
     async fn nodes_ready(&self, name: &str) {
         let sts = eventually("the StatefulSet", || async {
             self.api::<StatefulSet>().get_opt(name).await.ok().flatten()
@@ -216,15 +229,7 @@ async fn a_converged_memory_is_not_reread_until_a_child_changes() {
     .await;
     h.create("mem", json!({"replicas": 1})).await;
     h.nodes_ready("mem").await;
-    eventually("Ready=True", || async {
-        let status = h.memories().get("mem").await.ok()?.status?;
-        status
-            .conditions
-            .iter()
-            .any(|c| c.type_ == "Ready" && c.status == "True")
-            .then_some(())
-    })
-    .await;
+    h.ready_true("mem").await;
     // Let the reconciles woken by the operator's own writes pass.
     tokio::time::sleep(Duration::from_secs(2)).await;
     h.server.reset_counts();
@@ -280,15 +285,7 @@ async fn a_childs_status_only_change_reads_and_writes_nothing_else() {
     .await;
     h.create("mem", json!({"replicas": 2})).await;
     h.nodes_ready("mem").await;
-    eventually("Ready=True", || async {
-        let status = h.memories().get("mem").await.ok()?.status?;
-        status
-            .conditions
-            .iter()
-            .any(|c| c.type_ == "Ready" && c.status == "True")
-            .then_some(())
-    })
-    .await;
+    h.ready_true("mem").await;
     tokio::time::sleep(Duration::from_secs(1)).await;
     let operator_writes = |h: &Harness| -> Vec<_> {
         h.server

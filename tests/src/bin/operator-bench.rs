@@ -27,9 +27,10 @@ use phoenix_tests::apiserver::{ApiServer, Verb};
 /// The operator's observe interval here (30 s by default; shorter keeps the run short).
 const OBSERVE_SECONDS: u64 = 10;
 
-fn peak_rss_kib(pid: u32) -> Option<u64> {
+/// A memory figure of process `pid` from `/proc` (`VmHWM`: peak, `VmRSS`: now), KiB.
+fn rss_kib(pid: u32, field: &str) -> Option<u64> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let line = status.lines().find(|l| l.starts_with(field))?;
     line.split_whitespace().nth(1)?.parse().ok()
 }
 
@@ -86,6 +87,7 @@ struct Figures {
     count: usize,
     converged: Duration,
     rss_kib: Option<u64>,
+    rss_now_kib: Option<u64>,
     until_converged: BTreeMap<(Verb, String), u64>,
     steady: BTreeMap<(Verb, String), u64>,
     storm_changes: u64,
@@ -175,6 +177,12 @@ fn print(f: &Figures) {
         ),
         None => println!("operator peak RSS: unavailable"),
     }
+    if let Some(kib) = f.rss_now_kib {
+        println!(
+            "operator RSS at the end (converged, after the storm): {:.1} MiB",
+            kib as f64 / 1024.0
+        );
+    }
     println!(
         "requests until converged: {} ({:.1} per memory; {} writes): {}",
         sum(&f.until_converged, None),
@@ -240,6 +248,11 @@ fn start_operator(
         .spawn()?)
 }
 
+/// `VmRSS` of `pid`, KiB.
+fn rss_kib_now(pid: u32) -> Option<u64> {
+    rss_kib(pid, "VmRSS:")
+}
+
 async fn run(
     operator: &std::path::Path,
     count: usize,
@@ -253,11 +266,13 @@ async fn run(
     let mut child = start_operator(operator, &server, options)?;
     let pid = child.id();
     let result = measure(&server, count, options).await;
-    let rss_kib = peak_rss_kib(pid);
+    let rss_kib = rss_kib(pid, "VmHWM:");
+    let rss_now_kib = rss_kib_now(pid);
     let _ = child.kill();
     let _ = child.wait();
     let mut figures = result?;
     figures.rss_kib = rss_kib;
+    figures.rss_now_kib = rss_now_kib;
     Ok(figures)
 }
 
@@ -406,6 +421,7 @@ async fn measure(server: &ApiServer, count: usize, options: &Options) -> anyhow:
         count,
         converged,
         rss_kib: None,
+        rss_now_kib: None,
         until_converged,
         steady,
         storm_changes: changes,

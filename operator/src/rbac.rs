@@ -43,8 +43,14 @@ pub const RULES: &[Rule] = &[
     },
     Rule {
         api_groups: &[""],
-        resources: &["configmaps", "secrets", "services"],
+        resources: &["configmaps", "services"],
         verbs: APPLY,
+    },
+    // `get`: a Secret missing from the cache is looked up before a new token is made.
+    Rule {
+        api_groups: &[""],
+        resources: &["secrets"],
+        verbs: &["get", "list", "watch", "create", "patch"],
     },
     // `delete`: replaced (pods orphaned, not deleted) when its claims grow; `get`: whether
     // the replaced one is gone yet.
@@ -157,7 +163,7 @@ mod tests {
             "observe reads the nodes from the pod cache"
         );
         assert!(
-            !allows(RULES, "", "secrets", "get") && !allows(RULES, "", "configmaps", "get"),
+            !allows(RULES, "", "configmaps", "get") && !allows(RULES, "", "services", "get"),
             "children are read from the watch caches"
         );
         assert!(

@@ -98,12 +98,21 @@ async fn apply_over<K: Cached>(
     }
 }
 
-/// The memory's admin token: the one its Secret holds (in the watch cache, complete by
-/// then), or a new random one.
-pub fn admin_token(ctx: &Context, namespace: &str, memory: &str) -> Result<String, Error> {
-    let existing = ctx
-        .caches
-        .get::<Secret>(namespace, &secret_name(memory))
+/// The memory's admin token: the one its Secret holds, or a new random one. The Secret is
+/// read from the watch cache; only when the cache lacks it (a new memory, or a Secret whose
+/// `managed-by` label someone removed) is it read from the API server, so that an existing
+/// token is never replaced by a new one.
+pub async fn admin_token(ctx: &Context, namespace: &str, memory: &str) -> Result<String, Error> {
+    let name = secret_name(memory);
+    let secret = match ctx.caches.get::<Secret>(namespace, &name) {
+        Some(secret) => Some(secret),
+        None => {
+            Api::<Secret>::namespaced(ctx.client.clone(), namespace)
+                .get_opt(&name)
+                .await?
+        }
+    };
+    let existing = secret
         .and_then(|s| s.data)
         .and_then(|d| {
             d.get(TOKEN_KEY)
@@ -261,7 +270,7 @@ pub async fn serving(
             written: Vec::new(),
         });
     }
-    let token = admin_token(ctx, &namespace, &name)?;
+    let token = admin_token(ctx, &namespace, &name).await?;
     let inputs = Inputs {
         memory,
         valid,

@@ -122,6 +122,8 @@ struct Event {
     plural: String,
     kind: &'static str,
     object: Value,
+    /// The object before a MODIFIED (what a selective watch matched until now).
+    previous: Option<Value>,
 }
 
 /// Simplification: objects are keyed by group and resource, not converted between versions;
@@ -332,17 +334,18 @@ impl Store {
     ) -> Value {
         self.rv += 1;
         metadata_mut(&mut object).insert("resourceVersion".into(), json!(self.rv.to_string()));
-        if kind == "DELETED" {
-            self.objects.remove(&key);
+        let previous = if kind == "DELETED" {
+            self.objects.remove(&key)
         } else {
-            self.objects.insert(key.clone(), object.clone());
-        }
+            self.objects.insert(key.clone(), object.clone())
+        };
         let event = Arc::new(Event {
             rv: self.rv,
             group: key.group,
             plural: key.plural,
             kind,
             object: object.clone(),
+            previous: previous.filter(|_| kind == "MODIFIED"),
         });
         self.log.push_back(Arc::clone(&event));
         while self.log.len() > EVENT_WINDOW {
@@ -920,6 +923,29 @@ fn event_line(kind: &str, object: &Value) -> Bytes {
     Bytes::from(line)
 }
 
+/// What a watch of `ty` with these selectors sends for `event`, if anything: the event when
+/// the object matches; DELETED when a modification made it stop matching (as the real
+/// server does: to the watcher, it left the selected set).
+fn watched(
+    event: &Event,
+    ty: &ResourceType,
+    namespace: &str,
+    labels: &LabelSelector,
+    fields: &FieldSelector,
+) -> Option<Bytes> {
+    if event.group != ty.group || event.plural != ty.plural {
+        return None;
+    }
+    if matches_request(&event.object, ty, namespace, labels, fields) {
+        return Some(event_line(event.kind, &event.object));
+    }
+    event
+        .previous
+        .as_ref()
+        .filter(|before| matches_request(before, ty, namespace, labels, fields))
+        .map(|_| event_line("DELETED", &event.object))
+}
+
 fn watch_stream(shared: Arc<Shared>, request: &Request<'_>) -> Response {
     let (labels, fields) = match selectors(request.params) {
         Ok(s) => s,
@@ -967,19 +993,12 @@ fn watch_stream(shared: Arc<Shared>, request: &Request<'_>) -> Response {
             Some(rv) => store
                 .log
                 .iter()
-                .filter(|e| {
-                    e.rv > rv
-                        && e.group == ty.group
-                        && e.plural == ty.plural
-                        && matches_request(&e.object, &ty, &namespace, &labels, &fields)
-                })
-                .map(|e| event_line(e.kind, &e.object))
+                .filter(|e| e.rv > rv)
+                .filter_map(|e| watched(e, &ty, &namespace, &labels, &fields))
                 .collect(),
         };
         (initial, shared.events.subscribe(), store.rv)
     };
-    // Simplification: label selectors filter on the new object only; an object that stops
-    // matching is not sent as DELETED.
     let live_ty = ty.clone();
     // The version up to which this watch has passed on (or filtered out) every event: what
     // a bookmark may promise. (Bookmarks once carried the store's current version while
@@ -995,13 +1014,11 @@ fn watch_stream(shared: Arc<Shared>, request: &Request<'_>) -> Response {
             if let Ok(e) = &event {
                 processed_live.fetch_max(e.rv, Ordering::SeqCst);
             }
-            let keep = event.ok().filter(|e| {
-                e.rv > start_rv
-                    && e.group == live_ty.group
-                    && e.plural == live_ty.plural
-                    && matches_request(&e.object, &live_ty, &namespace, &labels, &fields)
-            });
-            std::future::ready(keep.map(|e| event_line(e.kind, &e.object)))
+            let line = event
+                .ok()
+                .filter(|e| e.rv > start_rv)
+                .and_then(|e| watched(&e, &live_ty, &namespace, &labels, &fields));
+            std::future::ready(line)
         });
     let bookmark_ty = ty;
     let bookmark_stream = futures::stream::unfold((), move |()| {

@@ -364,6 +364,47 @@ async fn a_childs_status_only_change_reads_and_writes_nothing_else() {
     h.stop().await;
 }
 
+/// The admin token is generated once and kept, even when the Secret drops out of the
+/// operator's cache (someone removed its `managed-by` label): the operator looks it up
+/// before making a new one, and puts the label back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_admin_token_survives_its_secret_leaving_the_cache() {
+    let h = Harness::start().await;
+    h.create("mem", json!({"replicas": 1})).await;
+    let secrets: Api<Secret> = h.api();
+    let token = |secret: &Secret| {
+        secret
+            .data
+            .as_ref()
+            .and_then(|d| d.get("token"))
+            .map(|t| t.0.clone())
+    };
+    let before = eventually("the Secret", || async {
+        secrets.get_opt("mem-admin").await.ok().flatten()
+    })
+    .await;
+    secrets
+        .patch(
+            "mem-admin",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"metadata": {"labels": {"app.kubernetes.io/managed-by": null}}})),
+        )
+        .await
+        .expect("unlabel");
+    let after = eventually("the label back", || async {
+        let secret = secrets.get("mem-admin").await.ok()?;
+        secret
+            .metadata
+            .labels
+            .as_ref()?
+            .contains_key("app.kubernetes.io/managed-by")
+            .then_some(secret)
+    })
+    .await;
+    assert_eq!(token(&after), token(&before), "the token was replaced");
+    h.stop().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn create_update_repair_scale_and_delete() {
     let h = Harness::start().await;

@@ -374,10 +374,10 @@ pub struct PhoenixMemoryStatus {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub nodes: Vec<NodeObservation>,
     /// When the figures in `nodes` and `worstRatio` were observed (a scrape is
-    /// reused by reconciles within the observe interval). Figures that
-    /// only jitter are rewritten at most every `--status-refresh-seconds` (5 min); a ratio,
-    /// baseline or size that moves by 10% or more, and everything a decision depends on,
-    /// are written at once.
+    /// reused by reconciles within the observe interval). Figures that only jitter (less
+    /// than 10%) are not rewritten; a ratio, baseline or size that moves by 10% or more, and
+    /// everything a decision depends on, are written at once. How old the observations are
+    /// is the operator's metric `phoenix_operator_observation_age_seconds`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub observed_at: Option<Time>,
     /// The cleanup plan in force.

@@ -309,7 +309,14 @@ pub fn watch_pods(api: Api<Pod>) -> (Cache<Pod>, impl std::future::Future<Output
     let (cache, stream) = watch_kind(api, NODES_SELECTOR, slim);
     let run = async move {
         use futures::StreamExt;
-        stream.for_each(|_| std::future::ready(())).await;
+        stream
+            .for_each(|event| {
+                if let Err(error) = event {
+                    tracing::warn!(%error, "the watch of the nodes' pods failed; retrying");
+                }
+                std::future::ready(())
+            })
+            .await;
     };
     (cache, run)
 }

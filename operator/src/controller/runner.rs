@@ -130,8 +130,15 @@ pub async fn run_controller(
                 context.forget(&memory);
             }
             async move {
-                if let Err(error) = result {
-                    tracing::debug!(%error, "reconcile failed");
+                match result {
+                    // A watch that fails (a refused list or watch, the API server away) is
+                    // retried with backoff; say so each time instead of waiting in silence
+                    // (`/readyz` stays false until every cache has its first list).
+                    Err(error @ kube::runtime::controller::Error::QueueError(_)) => {
+                        tracing::warn!(%error, "a watch failed; retrying");
+                    }
+                    Err(error) => tracing::debug!(%error, "reconcile failed"),
+                    Ok(_) => {}
                 }
             }
         })

@@ -100,13 +100,6 @@ impl Memories {
     pub fn forget(&self, memory: &Key) {
         self.states().remove(memory);
     }
-
-    /// Runs `f` on every memory's state.
-    pub fn each(&self, mut f: impl FnMut(&Key, &MemoryState)) {
-        for (key, state) in self.states().iter() {
-            f(key, state);
-        }
-    }
 }
 
 #[cfg(test)]
@@ -121,9 +114,6 @@ mod tests {
         memories.with(&a, |state| state.failures = 3);
         assert_eq!(memories.with(&a, |state| state.failures), 3);
         assert_eq!(memories.with(&b, |state| state.failures), 0);
-        let mut seen = 0;
-        memories.each(|_, _| seen += 1);
-        assert_eq!(seen, 2);
         memories.forget(&a);
         assert_eq!(memories.with(&a, |state| state.failures), 0);
     }

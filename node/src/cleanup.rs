@@ -18,6 +18,10 @@ const LAST_CLEANUP_META: &str = "cleanup.last";
 pub struct CleanupOptions {
     /// Rebuild even when disk is within the policy's multiple of logical bytes.
     pub force_rebuild: bool,
+    /// Memories the Raft group already pruned for this cleanup (a replicated node prunes
+    /// through the log so every replica deletes the same ones): `Some` skips the local
+    /// prune and reports this count.
+    pub pruned_by_group: Option<u64>,
 }
 
 pub use phoenix_node_api::wire::CleanupReport;
@@ -64,7 +68,10 @@ pub fn run(store: &Store, probe: &mut Probe, options: CleanupOptions) -> Result<
     let before = store.stats()?;
     let probe_before = probe.snapshot();
 
-    let pruned = store.prune_expired()?;
+    let pruned = match options.pruned_by_group {
+        Some(pruned) => pruned,
+        None => store.prune_expired()?,
+    };
     let (rebuild, rebuild_skipped): (Option<RebuildReport>, Option<String>) =
         if options.force_rebuild || store.needs_rebuild()? {
             (Some(store.rebuild()?), None)

@@ -10,6 +10,7 @@
 //! - `bench`: the `phoenix-node bench` scenarios (feature `bench`, on by default; the
 //!   image can leave it out).
 //! - [`config`]: the node's configuration file, flags and validation.
+//! - [`replication`]: the Raft group of a memory's nodes (log, state machine, RPCs).
 //! - [`service`]: the HTTP API (`app()` and `serve()`), metrics, health, shutdown.
 
 #[cfg(feature = "bench")]
@@ -20,6 +21,7 @@ pub mod config;
 pub mod fault;
 pub mod merkle;
 pub mod probe;
+pub mod replication;
 pub mod service;
 pub mod store;
 

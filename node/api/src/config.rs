@@ -114,6 +114,62 @@ impl Default for ScrubSettings {
     }
 }
 
+/// One member of a memory's Raft group.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct PeerConfig {
+    /// Raft node id (the StatefulSet ordinal on Kubernetes).
+    pub id: u64,
+    /// Base URL of the peer's HTTP API, e.g. `http://mem-1.mem-nodes.ns.svc:8080`.
+    pub url: String,
+}
+
+/// Replication: the nodes of one memory form one Raft group. Absent: a single node that
+/// serves alone, as before replication existed.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ReplicationConfig {
+    /// This node's Raft id.
+    pub id: u64,
+    /// Every member the group may have, this node included (id and URL).
+    pub peers: Vec<PeerConfig>,
+    /// File holding the peer token: Raft RPCs without it are refused. Distinct from the
+    /// admin token.
+    pub peer_token_file: PathBuf,
+    /// Election timeout, milliseconds (a follower waits between this and twice this before
+    /// it stands for election).
+    #[serde(default = "default_election_timeout_ms")]
+    pub election_timeout_ms: u64,
+    /// Leader heartbeat interval, milliseconds.
+    #[serde(default = "default_heartbeat_ms")]
+    pub heartbeat_ms: u64,
+    /// How long a write waits for a leader (during an election) before 503 + Retry-After.
+    #[serde(default = "default_write_wait_ms")]
+    pub write_wait_ms: u64,
+    /// Log entries applied since the last snapshot before a new one is taken (and the log
+    /// up to it compacted).
+    #[serde(default = "default_snapshot_every")]
+    pub snapshot_every_entries: u64,
+    /// Initialize the group with every peer as a voter on start if it has no membership
+    /// yet (only the lowest id does it; initializing twice is harmless). Off: the group
+    /// waits for `POST /v1/admin/raft/init`.
+    #[serde(default)]
+    pub bootstrap: bool,
+}
+
+fn default_election_timeout_ms() -> u64 {
+    1000
+}
+fn default_heartbeat_ms() -> u64 {
+    150
+}
+fn default_write_wait_ms() -> u64 {
+    5000
+}
+fn default_snapshot_every() -> u64 {
+    50_000
+}
+
 /// Limits on requests.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields, default)]
@@ -253,6 +309,8 @@ pub struct NodeConfig {
     pub fault_injection: bool,
     /// Log format.
     pub log_format: LogFormat,
+    /// Replication with the memory's other nodes (absent: a single node).
+    pub replication: Option<ReplicationConfig>,
 }
 
 impl Default for NodeConfig {
@@ -272,6 +330,7 @@ impl Default for NodeConfig {
             shutdown_timeout_seconds: 20,
             fault_injection: false,
             log_format: LogFormat::Human,
+            replication: None,
         }
     }
 }
@@ -457,6 +516,49 @@ impl NodeConfig {
             "limits.maxHeaderBytes",
             format!("must lie in 1024..=1Mi, got {}", l.max_header_bytes),
         );
+        if let Some(r) = &self.replication {
+            let mut ids: Vec<u64> = r.peers.iter().map(|p| p.id).collect();
+            ids.sort_unstable();
+            let distinct = ids.windows(2).all(|w| w[0] != w[1]);
+            check(
+                distinct && r.peers.iter().any(|p| p.id == r.id),
+                "replication.peers",
+                format!(
+                    "must name distinct ids, this node's ({}) among them, got {ids:?}",
+                    r.id
+                ),
+            );
+            for peer in &r.peers {
+                check(
+                    peer.url.starts_with("http://") || peer.url.starts_with("https://"),
+                    "replication.peers[].url",
+                    format!("must start with http:// or https://, got {:?}", peer.url),
+                );
+            }
+            check(
+                (50..=60_000).contains(&r.election_timeout_ms),
+                "replication.electionTimeoutMs",
+                format!("must lie in 50..=60000, got {}", r.election_timeout_ms),
+            );
+            check(
+                r.heartbeat_ms >= 10 && r.heartbeat_ms * 3 <= r.election_timeout_ms,
+                "replication.heartbeatMs",
+                format!(
+                    "must be at least 10 and at most a third of electionTimeoutMs ({}), got {}",
+                    r.election_timeout_ms, r.heartbeat_ms
+                ),
+            );
+            check(
+                (10..=600_000).contains(&r.write_wait_ms),
+                "replication.writeWaitMs",
+                format!("must lie in 10..=600000, got {}", r.write_wait_ms),
+            );
+            check(
+                r.snapshot_every_entries >= 10,
+                "replication.snapshotEveryEntries",
+                format!("must be at least 10, got {}", r.snapshot_every_entries),
+            );
+        }
         check(
             (100..=3_600_000).contains(&self.durability.stall_timeout_ms),
             "durability.stallTimeoutMs",

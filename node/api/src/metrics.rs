@@ -55,6 +55,34 @@ pub mod names {
     pub const REQUESTS: &str = "phoenix_node_requests_total";
     /// Cleanups by outcome.
     pub const CLEANUPS: &str = "phoenix_node_cleanups_total";
+    /// Raft role: 0 learner, 1 follower, 2 candidate, 3 leader.
+    pub const RAFT_ROLE: &str = "phoenix_node_raft_role";
+    /// Current Raft term.
+    pub const RAFT_TERM: &str = "phoenix_node_raft_term";
+    /// The leader's id, as this node knows it.
+    pub const RAFT_LEADER_ID: &str = "phoenix_node_raft_leader_id";
+    /// 1 when this node votes.
+    pub const RAFT_VOTER: &str = "phoenix_node_raft_voter";
+    /// Highest committed log index.
+    pub const RAFT_COMMIT_INDEX: &str = "phoenix_node_raft_commit_index";
+    /// Highest applied log index.
+    pub const RAFT_APPLIED_INDEX: &str = "phoenix_node_raft_applied_index";
+    /// Highest log index held.
+    pub const RAFT_LAST_LOG_INDEX: &str = "phoenix_node_raft_last_log_index";
+    /// Entries a member lags the leader (`peer` label; leader only).
+    pub const RAFT_FOLLOWER_LAG: &str = "phoenix_node_raft_follower_lag_entries";
+    /// Snapshots sent to followers.
+    pub const RAFT_SNAPSHOTS_SENT: &str = "phoenix_node_raft_snapshots_sent_total";
+    /// Snapshots installed.
+    pub const RAFT_SNAPSHOTS_INSTALLED: &str = "phoenix_node_raft_snapshots_installed_total";
+    /// Snapshots refused (root mismatch).
+    pub const RAFT_SNAPSHOTS_REFUSED: &str = "phoenix_node_raft_snapshots_refused_total";
+    /// Requests forwarded to the leader.
+    pub const RAFT_FORWARDED: &str = "phoenix_node_raft_forwarded_requests_total";
+    /// Raft log flushes.
+    pub const RAFT_LOG_FLUSHES: &str = "phoenix_node_raft_log_flushes_total";
+    /// Appends those flushes made durable.
+    pub const RAFT_LOG_FLUSHED_APPENDS: &str = "phoenix_node_raft_log_flushed_appends_total";
 }
 
 /// The kind of a series in the exposition.

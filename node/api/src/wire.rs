@@ -45,6 +45,10 @@ pub struct Root {
     pub root: String,
     /// Keys under it.
     pub keys: u64,
+    /// On a replicated node: the log index applied when the root was read (nodes at the
+    /// same index have the same root).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub applied_index: Option<u64>,
 }
 
 /// An error answer: `{"error": {"code": …, "message": …}}`.

@@ -59,6 +59,13 @@ pub enum ApiError {
     /// `/readyz`: the node should get no traffic, and why.
     #[error("not ready: {0}")]
     Unready(String),
+    /// Replication cannot serve this now: no leader, no quorum, or an outcome not known in
+    /// time. 503 with `Retry-After`: retry, on this node or another.
+    #[error("{0}")]
+    Unavailable(String),
+    /// A membership change this node cannot make or a peer it does not know.
+    #[error("{0}")]
+    Membership(String),
     /// Anything else (a task panicked, a response could not be built).
     #[error("internal error: {0}")]
     Internal(String),
@@ -139,6 +146,12 @@ impl ApiError {
                 Some(Duration::from_secs(1)),
             ),
             ApiError::Unhealthy(_) => (StatusCode::SERVICE_UNAVAILABLE, "unhealthy", None),
+            ApiError::Unavailable(_) => (
+                StatusCode::SERVICE_UNAVAILABLE,
+                "unavailable",
+                Some(Duration::from_secs(1)),
+            ),
+            ApiError::Membership(_) => (StatusCode::CONFLICT, "membership", None),
         }
     }
 
@@ -159,6 +172,7 @@ impl IntoResponse for ApiError {
                     | ApiError::NotReady
                     | ApiError::Unready(_)
                     | ApiError::Unhealthy(_)
+                    | ApiError::Unavailable(_)
                     | ApiError::Store(
                         StoreError::InsufficientSpace { .. }
                             | StoreError::NoSpace(_)

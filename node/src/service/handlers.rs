@@ -7,13 +7,15 @@ use axum::Json;
 use axum::body::Bytes;
 use axum::extract::rejection::{BytesRejection, PathRejection, QueryRejection};
 use axum::extract::{Path, Query, State};
-use axum::http::{HeaderMap, StatusCode, Uri, header};
+use axum::http::{HeaderMap, Method, StatusCode, Uri, header};
 use axum::response::{IntoResponse, Response};
 use base64::Engine as _;
 use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
 use serde::{Deserialize, Serialize};
 
+use super::replicated::{self, Consistency};
 use super::{ApiError, Node};
+use crate::replication::{Command, Reply};
 use phoenix_node_api::wire::{ListItem, ListPage, Root, Stored};
 
 use crate::cleanup::{self, CleanupOptions, CleanupReport};
@@ -67,6 +69,8 @@ pub(super) struct StoreParams {
 /// `PUT /v1/memories/{key}?ttlSeconds=N` with the value as the body.
 pub(super) async fn store(
     State(node): State<Arc<Node>>,
+    uri: Uri,
+    headers: HeaderMap,
     path: Result<Path<String>, PathRejection>,
     params: Result<Query<StoreParams>, QueryRejection>,
     body: Result<Bytes, BytesRejection>,
@@ -84,15 +88,54 @@ pub(super) async fn store(
         ));
     }
     let ttl = params.ttl_seconds.map(Duration::from_secs);
-    let store = Arc::clone(&node.store);
-    let stored_key = key.clone();
-    let stored = blocking(move || Ok(store.store(stored_key.as_bytes(), &body, ttl)?)).await?;
+    let (stored, applied) = if let Some(replica) = &node.replica {
+        let request = replicated::Forwardable {
+            method: Method::PUT,
+            path_and_query: uri.path_and_query().map_or("", |p| p.as_str()),
+            headers: &headers,
+            body: body.clone(),
+        };
+        let make = |node: &Node| {
+            node.store.check_write(key.as_bytes(), Some(&body))?;
+            Ok(Command::Store {
+                key: key.clone().into_bytes(),
+                value: body.to_vec(),
+                expires_at_ms: node.store.expiry_of(ttl)?,
+            })
+        };
+        match replicated::write(&node, replica, make, request).await? {
+            Err(forwarded) => return Ok(forwarded),
+            Ok((
+                Reply::Stored {
+                    created,
+                    expires_at_ms,
+                },
+                index,
+            )) => (
+                crate::store::Stored {
+                    created,
+                    expires_at_ms,
+                },
+                index,
+            ),
+            Ok((other, _)) => {
+                return Err(ApiError::Internal(format!(
+                    "a store was answered with {other:?}"
+                )));
+            }
+        }
+    } else {
+        let store = Arc::clone(&node.store);
+        let stored_key = key.clone();
+        let stored = blocking(move || Ok(store.store(stored_key.as_bytes(), &body, ttl)?)).await?;
+        (stored, None)
+    };
     let status = if stored.created {
         StatusCode::CREATED
     } else {
         StatusCode::OK
     };
-    Ok((
+    let response = (
         status,
         Json(Stored {
             key,
@@ -100,15 +143,27 @@ pub(super) async fn store(
             expires_at_ms: stored.expires_at_ms,
         }),
     )
-        .into_response())
+        .into_response();
+    Ok(replicated::with_applied(response, applied))
+}
+
+/// Query of a read.
+#[derive(Debug, Default, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub(super) struct ReadParams {
+    consistency: Option<Consistency>,
 }
 
 /// `GET /v1/memories/{key}`: the value's bytes.
 pub(super) async fn retrieve(
     State(node): State<Arc<Node>>,
+    headers: HeaderMap,
     path: Result<Path<String>, PathRejection>,
+    params: Result<Query<ReadParams>, QueryRejection>,
 ) -> ApiResult<Response> {
     let key = key_of(&node, path)?;
+    let asked = replicated::consistency(query(params)?.consistency, &headers)?;
+    let applied = replicated::before_read(&node, asked).await?;
     // One point lookup, a few µs: cheaper inline than a hop to a blocking thread.
     let value = node
         .store
@@ -122,18 +177,52 @@ pub(super) async fn retrieve(
     if let Some(at) = value.expires_at_ms() {
         headers.insert("x-phoenix-expires-at-ms", header::HeaderValue::from(at));
     }
-    Ok((headers, Bytes::copy_from_slice(value.as_bytes())).into_response())
+    let response = (headers, Bytes::copy_from_slice(value.as_bytes())).into_response();
+    Ok(replicated::with_applied(response, applied))
 }
 
 /// `DELETE /v1/memories/{key}`.
 pub(super) async fn delete(
     State(node): State<Arc<Node>>,
+    uri: Uri,
+    headers: HeaderMap,
     path: Result<Path<String>, PathRejection>,
-) -> ApiResult<StatusCode> {
+) -> ApiResult<Response> {
     let key = key_of(&node, path)?;
-    let store = Arc::clone(&node.store);
-    if blocking(move || Ok(store.delete(key.as_bytes())?)).await? {
-        Ok(StatusCode::NO_CONTENT)
+    let (deleted, applied) = if let Some(replica) = &node.replica {
+        let request = replicated::Forwardable {
+            method: Method::DELETE,
+            path_and_query: uri.path_and_query().map_or("", |p| p.as_str()),
+            headers: &headers,
+            body: Bytes::new(),
+        };
+        let make = |node: &Node| {
+            node.store.check_write(key.as_bytes(), None)?;
+            Ok(Command::Delete {
+                key: key.clone().into_bytes(),
+            })
+        };
+        match replicated::write(&node, replica, make, request).await? {
+            Err(forwarded) => return Ok(forwarded),
+            Ok((Reply::Deleted(deleted), index)) => (deleted, index),
+            Ok((other, _)) => {
+                return Err(ApiError::Internal(format!(
+                    "a delete was answered with {other:?}"
+                )));
+            }
+        }
+    } else {
+        let store = Arc::clone(&node.store);
+        (
+            blocking(move || Ok(store.delete(key.as_bytes())?)).await?,
+            None,
+        )
+    };
+    if deleted {
+        Ok(replicated::with_applied(
+            StatusCode::NO_CONTENT.into_response(),
+            applied,
+        ))
     } else {
         Err(ApiError::NotFound)
     }
@@ -148,14 +237,17 @@ pub(super) struct ListParams {
     limit: Option<usize>,
     #[serde(rename = "continue")]
     continue_token: Option<String>,
+    consistency: Option<Consistency>,
 }
 
 /// `GET /v1/memories?prefix=&limit=&continue=`.
 pub(super) async fn list(
     State(node): State<Arc<Node>>,
+    headers: HeaderMap,
     params: Result<Query<ListParams>, QueryRejection>,
-) -> ApiResult<Json<ListPage>> {
+) -> ApiResult<Response> {
     let params = query(params)?;
+    let asked = replicated::consistency(params.consistency, &headers)?;
     let max = node.config.limits.max_list_limit;
     let limit = params.limit.unwrap_or(100.min(max));
     if limit == 0 || limit > max {
@@ -173,11 +265,12 @@ pub(super) async fn list(
             )
         })?),
     };
+    let applied = replicated::before_read(&node, asked).await?;
     let store = Arc::clone(&node.store);
     let page =
         blocking(move || Ok(store.list(params.prefix.as_bytes(), after.as_deref(), limit)?))
             .await?;
-    Ok(Json(ListPage {
+    let page = Json(ListPage {
         items: page
             .items
             .into_iter()
@@ -188,17 +281,37 @@ pub(super) async fn list(
             })
             .collect(),
         continue_token: page.next_after.map(|k| URL_SAFE_NO_PAD.encode(k)),
-    }))
+    });
+    Ok(replicated::with_applied(page.into_response(), applied))
 }
 
 /// `GET /v1/root`.
-pub(super) async fn root(State(node): State<Arc<Node>>) -> ApiResult<Json<Root>> {
-    let store = Arc::clone(&node.store);
-    let (root, keys) = blocking(move || Ok((store.root(), store.key_count()))).await?;
-    Ok(Json(Root {
+pub(super) async fn root(
+    State(node): State<Arc<Node>>,
+    headers: HeaderMap,
+    params: Result<Query<ReadParams>, QueryRejection>,
+) -> ApiResult<Response> {
+    let asked = replicated::consistency(query(params)?.consistency, &headers)?;
+    replicated::before_read(&node, asked).await?;
+    let worker = Arc::clone(&node);
+    let ((root, keys), applied_index) = blocking(move || {
+        let store = &worker.store;
+        let read = || (store.root(), store.key_count());
+        Ok(match &worker.replica {
+            Some(replica) => replica.shared().consistent(read),
+            None => (read(), None),
+        })
+    })
+    .await?;
+    let body = Json(Root {
         root: hex_hash::to_hex(&root),
         keys,
-    }))
+        applied_index,
+    });
+    Ok(replicated::with_applied(
+        body.into_response(),
+        applied_index,
+    ))
 }
 
 /// A proof as served: the value in base64, the root in hex.
@@ -213,25 +326,45 @@ pub struct ProofBody {
     pub root: String,
     /// The proof.
     pub proof: Proof,
+    /// On a replicated node: the log index applied when the proof was made.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub applied_index: Option<u64>,
 }
 
 /// `GET /v1/proof/{key}`.
 pub(super) async fn proof(
     State(node): State<Arc<Node>>,
+    headers: HeaderMap,
     path: Result<Path<String>, PathRejection>,
-) -> ApiResult<Json<ProofBody>> {
+    params: Result<Query<ReadParams>, QueryRejection>,
+) -> ApiResult<Response> {
     let key = key_of(&node, path)?;
-    let store = Arc::clone(&node.store);
+    let asked = replicated::consistency(query(params)?.consistency, &headers)?;
+    replicated::before_read(&node, asked).await?;
+    let worker = Arc::clone(&node);
     let lookup = key.clone();
-    let (value, proof, root) = blocking(move || Ok(store.prove(lookup.as_bytes())?))
-        .await?
-        .ok_or(ApiError::NotFound)?;
-    Ok(Json(ProofBody {
+    let (proved, applied_index) = blocking(move || {
+        let store = &worker.store;
+        let read = || store.prove(lookup.as_bytes());
+        let (proved, applied) = match &worker.replica {
+            Some(replica) => replica.shared().consistent(read),
+            None => (read(), None),
+        };
+        Ok((proved?, applied))
+    })
+    .await?;
+    let (value, proof, root) = proved.ok_or(ApiError::NotFound)?;
+    let body = Json(ProofBody {
         key,
         value: STANDARD.encode(value.as_bytes()),
         root: hex_hash::to_hex(&root),
         proof,
-    }))
+        applied_index,
+    });
+    Ok(replicated::with_applied(
+        body.into_response(),
+        applied_index,
+    ))
 }
 
 /// Query of a cleanup.
@@ -277,12 +410,19 @@ pub(super) async fn require_admin(
 /// `POST /v1/admin/cleanup?forceRebuild=true` (bearer token): the cleanup report.
 pub(super) async fn cleanup(
     State(node): State<Arc<Node>>,
+    headers: HeaderMap,
     params: Result<Query<CleanupParams>, QueryRejection>,
 ) -> ApiResult<Json<CleanupReport>> {
     let params = query(params)?;
     let Ok(_running) = node.cleanup_running.try_lock() else {
         node.metrics.count_cleanup("refused");
         return Err(ApiError::CleanupRunning);
+    };
+    // A replicated node prunes through the log, so every replica deletes the same
+    // memories (a local prune would make the roots differ).
+    let pruned_by_group = match &node.replica {
+        Some(_) => Some(replicated::prune(&node, &headers).await?),
+        None => None,
     };
     let worker = Arc::clone(&node);
     let result = blocking(move || {
@@ -295,6 +435,7 @@ pub(super) async fn cleanup(
             &mut probe,
             CleanupOptions {
                 force_rebuild: params.force_rebuild,
+                pruned_by_group,
             },
         );
         worker.remember_snapshot(&probe);
@@ -303,7 +444,12 @@ pub(super) async fn cleanup(
     .await;
     node.metrics
         .count_cleanup(if result.is_ok() { "success" } else { "failure" });
-    Ok(Json(result?))
+    let report = result?;
+    if let Some(replica) = &node.replica {
+        // The cleanup also compacts the Raft log (snapshot, then purge up to it).
+        replica.compact().await;
+    }
+    Ok(Json(report))
 }
 
 fn faults_enabled(node: &Node) -> ApiResult<()> {
@@ -370,7 +516,11 @@ pub(super) async fn ping() -> StatusCode {
 
 /// `GET /metrics`.
 pub(super) async fn metrics(State(node): State<Arc<Node>>) -> Response {
-    let stats = node.store.stats().ok();
+    let mut stats = node.store.stats().ok();
+    if let (Some(stats), Some(replica)) = (stats.as_mut(), &node.replica) {
+        // The Raft log is part of what the node keeps on disk.
+        stats.disk_bytes += replica.log_disk_bytes();
+    }
     let probe = node.probe_snapshot();
     let last = crate::cleanup::last_report(&node.store).ok().flatten();
     let safety = super::metrics::Safety {
@@ -378,9 +528,12 @@ pub(super) async fn metrics(State(node): State<Arc<Node>>) -> Response {
         corruption: node.store.corruption().detected,
         resident_bytes: super::metrics::resident_memory_bytes(),
     };
-    let text = node
-        .metrics
-        .render(stats.as_ref(), &probe, last.as_ref(), node.ready(), &safety);
+    let mut text =
+        node.metrics
+            .render(stats.as_ref(), &probe, last.as_ref(), node.ready(), &safety);
+    if let Some(replica) = &node.replica {
+        text.push_str(&replica.render_metrics());
+    }
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text).into_response()
 }
 

@@ -13,6 +13,7 @@
 mod error;
 mod handlers;
 pub mod metrics;
+pub mod replicated;
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
@@ -85,6 +86,8 @@ pub struct Node {
     pub metrics: Metrics,
     /// The admin token; `None` disables the admin endpoints.
     pub admin_token: Option<AdminToken>,
+    /// This node's part in its memory's Raft group (`None`: a single node).
+    pub replica: Option<Arc<crate::replication::Replica>>,
     /// Request limits and timeouts.
     pub config: NodeConfig,
     /// False while opening and once shutdown has begun.
@@ -117,6 +120,7 @@ impl Node {
             probe: Mutex::new(probe),
             metrics: Metrics::new()?,
             admin_token,
+            replica: None,
             accepting: AtomicBool::new(true),
             cleanup_running: tokio::sync::Mutex::new(()),
             requests: tokio::sync::Semaphore::new(config.limits.max_concurrent_requests),
@@ -125,6 +129,13 @@ impl Node {
             ),
             config,
         })
+    }
+
+    /// The node with `replica` serving writes and reads through its Raft group.
+    #[must_use]
+    pub fn with_replica(mut self, replica: Arc<crate::replication::Replica>) -> Node {
+        self.replica = Some(replica);
+        self
     }
 
     /// Why `/readyz` says not ready, if it does: opening or stopping, swapping to a rebuilt
@@ -285,10 +296,24 @@ async fn limit_concurrency(
     next.run(request).await
 }
 
+/// The body limit of Raft RPCs: a batch of up to [`crate::replication::MAX_PAYLOAD_ENTRIES`]
+/// entries of the largest body, or a snapshot chunk.
+fn raft_body_limit(limits: &crate::config::LimitsConfig) -> usize {
+    limits
+        .max_body_bytes
+        .saturating_add(1024)
+        .saturating_mul(crate::replication::MAX_PAYLOAD_ENTRIES as usize)
+        .saturating_add(8 << 20)
+}
+
 /// Answers 413 when the declared body is over `limits.maxBodyBytes`, before any of it is
 /// read (so a client sending `Expect: 100-continue` never gets `100 Continue` for it).
 async fn refuse_oversized(State(node): State<Arc<Node>>, request: Request, next: Next) -> Response {
-    let max = node.config.limits.max_body_bytes;
+    let max = if request.uri().path().starts_with("/v1/raft/") {
+        raft_body_limit(&node.config.limits)
+    } else {
+        node.config.limits.max_body_bytes
+    };
     let declared = request
         .headers()
         .get(axum::http::header::CONTENT_LENGTH)
@@ -311,6 +336,14 @@ pub fn app(node: Arc<Node>) -> Router {
             put(handlers::set_fault).get(handlers::get_fault),
         )
         .route("/v1/admin/faults/corrupt", post(handlers::corrupt))
+        .route("/v1/admin/raft", get(replicated::status))
+        .route("/v1/admin/raft/init", post(replicated::init))
+        .route("/v1/admin/raft/learners", post(replicated::add_learner))
+        .route("/v1/admin/raft/promote", post(replicated::promote))
+        .route("/v1/admin/raft/remove", post(replicated::remove))
+        .route("/v1/admin/raft/elect", post(replicated::elect))
+        .route("/v1/admin/raft/leader", post(replicated::move_leader))
+        .route("/v1/admin/raft/prune", post(replicated::prune_route))
         .route_layer(middleware::from_fn_with_state(
             Arc::clone(&node),
             handlers::require_admin,
@@ -331,6 +364,18 @@ pub fn app(node: Arc<Node>) -> Router {
             Arc::clone(&node),
             limit_concurrency,
         ));
+    // Raft RPCs: the peer token, their own body limit (a batch of entries), and not counted
+    // against the client request limit (heartbeats must get through a busy node).
+    let raft = Router::new()
+        .route("/v1/raft/append", post(replicated::raft_append))
+        .route("/v1/raft/vote", post(replicated::raft_vote))
+        .route("/v1/raft/snapshot", post(replicated::raft_snapshot))
+        .route("/v1/raft/read-index", post(replicated::raft_read_index))
+        .layer(DefaultBodyLimit::max(raft_body_limit(&limits)))
+        .route_layer(middleware::from_fn_with_state(
+            Arc::clone(&node),
+            replicated::require_peer,
+        ));
     // Probes and scrapes are not counted against the limit: the kubelet must get answers
     // from a busy node.
     let probes = Router::new()
@@ -339,6 +384,7 @@ pub fn app(node: Arc<Node>) -> Router {
         .route("/readyz", get(handlers::readyz));
     Router::new()
         .merge(work)
+        .merge(raft)
         .merge(probes)
         .fallback(handlers::no_route)
         .method_not_allowed_fallback(handlers::method_not_allowed)
@@ -510,7 +556,25 @@ pub async fn serve(config: NodeConfig) -> anyhow::Result<()> {
             ),
         };
         let store = Arc::new(store);
-        let node = Arc::new(Node::new(Arc::clone(&store), config.clone(), admin_token)?);
+        let mut node = Node::new(Arc::clone(&store), config.clone(), admin_token)?;
+        if let Some(replication) = &config.replication {
+            let durable = config.durability.mode == crate::config::DurabilityMode::Sync;
+            let replica = crate::replication::Replica::start(
+                replication,
+                Arc::clone(&store),
+                durable,
+                Some(config.durability.flush_every_ms),
+            )
+            .await
+            .context("failed to start replication")?;
+            tracing::info!(
+                id = replica.id,
+                peers = replication.peers.len(),
+                "replication started"
+            );
+            node = node.with_replica(Arc::new(replica));
+        }
+        let node = Arc::new(node);
         let listener = tokio::net::TcpListener::bind(config.listen)
             .await
             .with_context(|| format!("failed to listen on {}", config.listen))?;
@@ -562,6 +626,9 @@ pub async fn serve(config: NodeConfig) -> anyhow::Result<()> {
     let _ = stop_tx.send(true);
     let _ = probe_task.await;
     let _ = scrub_task.await;
+    if let Some(replica) = &node.replica {
+        let _ = tokio::time::timeout_at(deadline, replica.shutdown()).await;
+    }
     let closing = tokio::task::spawn_blocking(move || {
         store.checkpoint()?;
         store.flush()

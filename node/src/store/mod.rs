@@ -27,11 +27,13 @@
 //! A database lives in `DATA_DIR/gen-N`; `DATA_DIR/CURRENT` names the live generation. A
 //! rebuild copies the live generation into `gen-(N+1)`, reopens it, switches `CURRENT`
 //! atomically and swaps the handle, so a crash at any point leaves one complete generation.
+//! A replicated node keeps its Raft log and vote in `DATA_DIR/raft` ([`raft_log`]).
 
 mod checkpoint;
 mod chunks;
 mod commit;
 mod generations;
+pub mod raft_log;
 mod rebuild;
 mod scrub;
 mod space;
@@ -167,6 +169,9 @@ impl From<sled::Error> for StoreError {
         StoreError::Engine(EngineError(error))
     }
 }
+
+/// What [`Store::export`] calls for each memory: key, value, expiry (unix ms).
+pub type Exported<'a> = dyn FnMut(&[u8], &[u8], Option<u64>) -> Result<()> + 'a;
 
 /// Result with [`StoreError`].
 pub type Result<T, E = StoreError> = std::result::Result<T, E>;
@@ -747,6 +752,17 @@ impl Store {
         Ok(guard)
     }
 
+    /// [`Store::lock_write`], waiting while a rebuild copies or swaps (replicated applies
+    /// must not fail: every replica applies the same entries).
+    fn lock_write_waiting(&self) -> Result<MutexGuard<'_, WriteState>> {
+        loop {
+            match self.lock_write() {
+                Err(StoreError::Busy { .. }) => std::thread::sleep(Duration::from_millis(5)),
+                other => return other,
+            }
+        }
+    }
+
     fn validate(&self, key: &[u8], value: Option<&[u8]>) -> Result<()> {
         let limits = self.config.limits;
         if key.is_empty() {
@@ -780,21 +796,94 @@ impl Store {
     /// errors.
     pub fn store(&self, key: &[u8], value: &[u8], ttl: Option<Duration>) -> Result<Stored> {
         self.validate(key, Some(value))?;
-        let ttl = ttl.or(self.config.default_ttl);
-        let expires_at = match ttl {
-            None => 0,
-            Some(ttl) if ttl < Duration::from_millis(1) || ttl > LONGEST_TTL => {
-                return Err(StoreError::InvalidTtl { ttl });
-            }
-            Some(ttl) => self
-                .config
-                .clock
-                .now_ms()
-                .saturating_add(u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX)),
-        };
+        let expires_at = self.expiry_of(ttl)?;
         self.admit_write(key.len() + value.len(), false)?;
-        let leaf = merkle::leaf_hash(key, value);
+        let (seq, stored) = self.write_record(key, value, expires_at)?;
+        reclaim_write_garbage();
+        self.make_durable(seq)?;
+        Ok(stored)
+    }
 
+    /// The absolute expiry (unix ms) a store with `ttl` (or the default) gets now.
+    ///
+    /// # Errors
+    /// [`StoreError::InvalidTtl`].
+    pub fn expiry_of(&self, ttl: Option<Duration>) -> Result<Option<u64>> {
+        let ttl = ttl.or(self.config.default_ttl);
+        match ttl {
+            None => Ok(None),
+            Some(ttl) if ttl < Duration::from_millis(1) || ttl > LONGEST_TTL => {
+                Err(StoreError::InvalidTtl { ttl })
+            }
+            Some(ttl) => {
+                Ok(Some(self.config.clock.now_ms().saturating_add(
+                    u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX),
+                )))
+            }
+        }
+    }
+
+    /// Whether a store of `value` (or a delete, `None`) under `key` would be taken now:
+    /// input limits, durability and the free-space reserve. What a Raft leader checks
+    /// before it proposes a write (every replica then applies it unconditionally).
+    ///
+    /// # Errors
+    /// The error the write itself would get.
+    pub fn check_write(&self, key: &[u8], value: Option<&[u8]>) -> Result<()> {
+        self.validate(key, value)?;
+        match value {
+            Some(value) => self.admit_write(key.len() + value.len(), false),
+            None => self.admit_write(key.len(), true),
+        }
+    }
+
+    /// Applies a replicated store: no admission checks (the leader made them) and no wait
+    /// for a flush (the Raft log is what makes it durable). A rebuild swap in progress is
+    /// waited out.
+    ///
+    /// # Errors
+    /// Engine errors.
+    pub fn apply_store(
+        &self,
+        key: &[u8],
+        value: &[u8],
+        expires_at_ms: Option<u64>,
+    ) -> Result<Stored> {
+        loop {
+            match self.write_record(key, value, expires_at_ms) {
+                Err(StoreError::Busy { .. }) => std::thread::sleep(Duration::from_millis(5)),
+                Err(error) => return Err(error),
+                Ok((_, stored)) => {
+                    reclaim_write_garbage();
+                    return Ok(stored);
+                }
+            }
+        }
+    }
+
+    /// Applies a replicated delete (see [`Store::apply_store`]); false when absent.
+    ///
+    /// # Errors
+    /// Engine errors.
+    pub fn apply_delete(&self, key: &[u8]) -> Result<bool> {
+        let mut state = self.lock_write_waiting()?;
+        let deleted = self.delete_locked(&mut state, key);
+        let deleted = deleted.map_err(|e| self.write_failed(e))?.is_some();
+        drop(state);
+        reclaim_write_garbage();
+        Ok(deleted)
+    }
+
+    /// Writes one record under the write lock (waiting out a rebuild swap); the commit
+    /// sequence and what was stored.
+    fn write_record(
+        &self,
+        key: &[u8],
+        value: &[u8],
+        expires_at_ms: Option<u64>,
+    ) -> Result<(u64, Stored)> {
+        let expires_at = expires_at_ms.unwrap_or(0);
+        let leaf = merkle::leaf_hash(key, value);
         let mut state = self.lock_write()?;
         let applied = (|| {
             let engine = self.engine.load();
@@ -845,12 +934,13 @@ impl Store {
         })();
         drop(state);
         let (seq, created) = applied.map_err(|e| self.write_failed(e))?;
-        reclaim_write_garbage();
-        self.make_durable(seq)?;
-        Ok(Stored {
-            created,
-            expires_at_ms: Some(expires_at).filter(|at| *at != 0),
-        })
+        Ok((
+            seq,
+            Stored {
+                created,
+                expires_at_ms: Some(expires_at).filter(|at| *at != 0),
+            },
+        ))
     }
 
     /// Marks the checkpoint dirty before the first write after it. sled recovers a prefix
@@ -1105,7 +1195,25 @@ impl Store {
     /// [`StoreError::Busy`] during a rebuild swap, engine errors. Memories pruned before
     /// an error stay pruned.
     pub fn prune_expired(&self) -> Result<u64> {
-        let now = self.config.clock.now_ms();
+        self.prune_until(self.config.clock.now_ms(), false)
+    }
+
+    /// Applies a replicated prune: deletes every memory that expired at or before `now_ms`
+    /// (the leader's clock, so every replica deletes the same ones), without admission
+    /// checks or flush waits, waiting out a rebuild swap.
+    ///
+    /// # Errors
+    /// Engine errors.
+    pub fn apply_prune(&self, now_ms: u64) -> Result<u64> {
+        self.prune_until(now_ms, true)
+    }
+
+    /// The current time on the store's clock, unix milliseconds.
+    pub fn now_ms(&self) -> u64 {
+        self.config.clock.now_ms()
+    }
+
+    fn prune_until(&self, now: u64, replicated: bool) -> Result<u64> {
         let mut pruned = 0;
         loop {
             // Collect a bounded chunk, then delete it, so writers are not starved.
@@ -1125,10 +1233,14 @@ impl Store {
             if due.is_empty() {
                 break;
             }
-            self.admit_write(0, true)?;
             let mut last = 0;
             {
-                let mut state = self.lock_write()?;
+                let mut state = if replicated {
+                    self.lock_write_waiting()?
+                } else {
+                    self.admit_write(0, true)?;
+                    self.lock_write()?
+                };
                 let engine = self.engine.load();
                 for index_key in &due {
                     let (at, key) = index_key[1..].split_at(8);
@@ -1146,7 +1258,9 @@ impl Store {
                     }
                 }
             }
-            self.make_durable(last)?;
+            if !replicated {
+                self.make_durable(last)?;
+            }
         }
         Ok(pruned)
     }
@@ -1245,6 +1359,80 @@ impl Store {
             .db
             .get(prefixed(META, name.as_bytes()))?
             .map(|v| v.to_vec()))
+    }
+
+    /// Stores a named record with the data, without a flush: it becomes durable with the
+    /// writes before it (sled recovers a prefix of its log), which is what a replicated
+    /// node's applied index needs.
+    ///
+    /// # Errors
+    /// Engine errors.
+    pub fn put_meta(&self, name: &str, value: &[u8]) -> Result<()> {
+        let _state = self.lock_write_waiting()?;
+        self.engine
+            .load()
+            .db
+            .insert(prefixed(META, name.as_bytes()), value)?;
+        Ok(())
+    }
+
+    /// Calls `each(key, value, expires_at_ms)` for every stored memory, expired ones not
+    /// yet pruned included, in key order, with writes held off: a consistent export (what
+    /// a replication snapshot is).
+    ///
+    /// # Errors
+    /// Engine errors, a record that does not decode, or `each`'s error.
+    pub fn export(
+        &self,
+        each: &mut Exported<'_>,
+    ) -> Result<()> {
+        let _state = self.lock_write_waiting()?;
+        let engine = self.engine.load();
+        for entry in engine.db.scan_prefix([DATA]) {
+            let (data_key, record) = entry?;
+            let key = &data_key[1..];
+            let body = chunks::body(&record).ok_or_else(corrupt_record)?;
+            let expires = chunks::expiry(&record);
+            match body {
+                chunks::Body::Inline(value) => each(key, value, expires)?,
+                chunks::Body::Chunked { len, id } => {
+                    let value = chunks::read(&engine.db, id, len)?.ok_or_else(|| {
+                        StoreError::Corrupt("a chunked value is missing chunks".into())
+                    })?;
+                    each(key, &value, expires)?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Deletes every stored memory (before a replication snapshot is installed).
+    ///
+    /// # Errors
+    /// Engine errors.
+    pub fn clear(&self) -> Result<u64> {
+        let mut cleared = 0;
+        loop {
+            let keys: Vec<Vec<u8>> = self
+                .engine
+                .load()
+                .db
+                .scan_prefix([DATA])
+                .keys()
+                .take(1024)
+                .map(|k| k.map(|k| k[1..].to_vec()))
+                .collect::<Result<_, _>>()?;
+            if keys.is_empty() {
+                return Ok(cleared);
+            }
+            let mut state = self.lock_write_waiting()?;
+            for key in keys {
+                let deleted = self.delete_locked(&mut state, &key);
+                if deleted.map_err(|e| self.write_failed(e))?.is_some() {
+                    cleared += 1;
+                }
+            }
+        }
     }
 
     /// Stores a named record with the data and flushes it.

@@ -189,6 +189,8 @@ pub struct Replica {
     write_wait: Duration,
     election_timeout: Duration,
     log_bytes: RaftLog,
+    /// Set while leadership is being handed over: writes are refused meanwhile.
+    moving: std::sync::atomic::AtomicBool,
 }
 
 impl fmt::Debug for Replica {
@@ -270,6 +272,7 @@ impl Replica {
             write_wait: Duration::from_millis(config.write_wait_ms),
             election_timeout: Duration::from_millis(config.election_timeout_ms),
             log_bytes: raft_log,
+            moving: std::sync::atomic::AtomicBool::new(false),
         };
         let lowest = config.peers.iter().map(|p| p.id).min();
         if config.bootstrap && lowest == Some(config.id) {
@@ -411,6 +414,11 @@ impl Replica {
     pub async fn write(&self, command: Command) -> Result<(Reply, Option<u64>), Refusal> {
         if let Some(leader) = self.leader().await? {
             return Err(self.refer(leader));
+        }
+        if self.moving.load(std::sync::atomic::Ordering::SeqCst) {
+            return Err(Refusal::Unavailable(
+                "leadership is being handed to another node; retry".into(),
+            ));
         }
         let written = tokio::time::timeout(self.write_wait, self.raft.client_write(command)).await;
         match written {
@@ -646,6 +654,78 @@ impl Replica {
                 Err(MembershipError::NotLeader(forward.leader_id))
             }
             Ok(Err(error)) => Err(MembershipError::Raft(error.to_string())),
+        }
+    }
+
+    /// Moves leadership away from this node (the leader), to node `to` if it wins.
+    ///
+    /// openraft 0.9 has no transfer, and a follower that heard from the leader within the
+    /// leader lease refuses to vote, so the leader goes quiet: it waits until `to` has
+    /// every entry, refuses new writes (503, clients retry elsewhere), stops heartbeats and
+    /// its own elections, and asks `to` to stand for election (`/v1/raft/elect`, peer
+    /// token). Once another node leads (normally `to`; any other node if `to` lost the
+    /// race) this node follows it and serves again. Bounded by a few election timeouts.
+    ///
+    /// # Errors
+    /// Not the leader, unknown node, or no other leader in time (this node then resumes
+    /// leading).
+    pub async fn move_leader(&self, to: NodeId) -> Result<GroupStatus, MembershipError> {
+        let status = self.status();
+        if status.leader == Some(to) {
+            return Ok(status);
+        }
+        if !self.is_leader() {
+            return Err(MembershipError::NotLeader(status.leader));
+        }
+        if !status.voters.contains(&to) {
+            return Err(MembershipError::Raft(format!("node {to} is not a voter")));
+        }
+        let url = self.url_of(to).ok_or(MembershipError::UnknownPeer(to))?;
+        // Let the target catch up first: a candidate behind the others loses.
+        let _ = self
+            .raft
+            .wait(Some(self.election_timeout * 4))
+            .metrics(
+                |m| {
+                    let last = m.last_log_index;
+                    m.replication.as_ref().is_some_and(|r| {
+                        r.get(&to).is_some_and(|matched| matched.map(|l| l.index) == last)
+                    })
+                },
+                "target caught up",
+            )
+            .await;
+        self.moving.store(true, std::sync::atomic::Ordering::SeqCst);
+        let runtime = self.raft.runtime_config();
+        runtime.heartbeat(false);
+        runtime.elect(false);
+        let asked = self
+            .http
+            .post(format!("{url}/v1/raft/elect"))
+            .header(PEER_TOKEN_HEADER, &*self.peer_token)
+            .timeout(self.election_timeout * 8)
+            .send()
+            .await;
+        if let Err(error) = &asked {
+            tracing::warn!(%error, to, "the node to lead did not answer; another may take over");
+        }
+        let moved = self
+            .raft
+            .wait(Some(self.election_timeout * 8))
+            .metrics(
+                |m| m.current_leader.is_some_and(|l| l != self.id),
+                "another leader",
+            )
+            .await;
+        runtime.heartbeat(true);
+        runtime.elect(true);
+        self.moving.store(false, std::sync::atomic::Ordering::SeqCst);
+        match moved {
+            Ok(_) => Ok(self.status()),
+            Err(error) => Err(MembershipError::Raft(format!(
+                "no other node took over leadership in time ({error}); node {} leads on",
+                self.id
+            ))),
         }
     }
 

@@ -166,6 +166,11 @@ impl Node {
     /// Why `/healthz` fails, if it does: writes cannot be made durable (a flush failed, or
     /// none has succeeded for `durability.stallTimeoutMs`). A restart is what recovers.
     pub fn health_problem(&self) -> Option<String> {
+        if let Some(replica) = &self.replica
+            && let Err(fatal) = &replica.metrics().running_state
+        {
+            return Some(format!("replication stopped: {fatal}"));
+        }
         self.store
             .flush_health()
             .refusing
@@ -371,6 +376,7 @@ pub fn app(node: Arc<Node>) -> Router {
         .route("/v1/raft/vote", post(replicated::raft_vote))
         .route("/v1/raft/snapshot", post(replicated::raft_snapshot))
         .route("/v1/raft/read-index", post(replicated::raft_read_index))
+        .route("/v1/raft/elect", post(replicated::raft_elect))
         .layer(DefaultBodyLimit::max(raft_body_limit(&limits)))
         .route_layer(middleware::from_fn_with_state(
             Arc::clone(&node),

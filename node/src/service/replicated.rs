@@ -385,29 +385,23 @@ struct LeaderBody {
     id: u64,
 }
 
-/// `POST /v1/admin/raft/leader` `{"id": 1}`: moves leadership to node 1 (it stands for
-/// election; openraft 0.9 has no transfer). Idempotent.
+/// `POST /v1/admin/raft/leader` `{"id": 1}`: moves leadership to node 1 (it catches up,
+/// then stands for election; openraft 0.9 has no transfer). Idempotent.
 pub(super) async fn move_leader(
     State(node): State<Arc<Node>>,
     headers: HeaderMap,
     body: Bytes,
 ) -> ApiResult<Response> {
     let parsed: LeaderBody = json(&body)?;
-    let replica = replica_of(&node)?;
-    if parsed.id == replica.id {
-        return Ok(Json(replica.elect().await.map_err(membership_error)?).into_response());
-    }
-    let url = replica
-        .url_of(parsed.id)
-        .ok_or_else(|| membership_error(MembershipError::UnknownPeer(parsed.id)))?;
-    // The request goes to the node that is to lead (it carries the admin token along).
-    let request = Forwardable {
-        method: Method::POST,
-        path_and_query: "/v1/admin/raft/elect",
-        headers: &headers,
-        body: Bytes::new(),
-    };
-    Ok(forward(replica, &url, request).await)
+    on_leader(&node, "/v1/admin/raft/leader", &headers, body, async |r: &Replica| {
+        r.move_leader(parsed.id).await
+    })
+    .await
+}
+
+/// `POST /v1/raft/elect` (peer token): this node stands for election now.
+pub(super) async fn raft_elect(State(node): State<Arc<Node>>) -> ApiResult<Json<GroupStatus>> {
+    replica_of(&node)?.elect().await.map(Json).map_err(membership_error)
 }
 
 /// Proposes a prune of every memory expired at the leader's clock (a cleanup on a

@@ -1,0 +1,638 @@
+//! Replication with real `phoenix-node` processes on loopback: one store across three
+//! nodes, the leader killed (SIGKILL) or paused (SIGSTOP) under a write load, a lost
+//! volume rejoining from a snapshot, a rolling forced cleanup under load. The clients
+//! follow the documented retry rule (a 503 or a refused connection: try the next node); a
+//! write counts as acknowledged only on a 2xx.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+const ADMIN: &str = "replication-admin-token";
+const PEER: &str = "replication-peer-token";
+const ELECTION_MS: u64 = 300;
+
+fn binary() -> &'static str {
+    env!("CARGO_BIN_EXE_phoenix-node")
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free port")
+}
+
+fn agent(timeout: Duration) -> ureq::Agent {
+    ureq::AgentBuilder::new().timeout(timeout).build()
+}
+
+/// Three (or more) node processes forming one group.
+struct Cluster {
+    dir: tempfile::TempDir,
+    ports: Vec<u16>,
+    children: Vec<Option<Child>>,
+}
+
+impl Cluster {
+    fn start(n: usize, extra: &str) -> Cluster {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let ports: Vec<u16> = (0..n).map(|_| free_port()).collect();
+        std::fs::write(dir.path().join("admin"), ADMIN).expect("admin token");
+        std::fs::write(dir.path().join("peer"), PEER).expect("peer token");
+        let peers: String = ports
+            .iter()
+            .enumerate()
+            .map(|(id, port)| format!("  - {{id: {id}, url: \"http://127.0.0.1:{port}\"}}\n"))
+            .collect();
+        for (id, port) in ports.iter().enumerate() {
+            let config = format!(
+                "listen: 127.0.0.1:{port}\ndataDir: {data}\nadminTokenFile: {admin}\n\
+                 cacheCapacity: 16Mi\nshutdownTimeoutSeconds: 5\n\
+                 durability: {{mode: Sync}}\n{extra}\
+                 replication:\n  id: {id}\n  peerTokenFile: {peer}\n  bootstrap: true\n  \
+                 electionTimeoutMs: {ELECTION_MS}\n  heartbeatMs: 60\n  writeWaitMs: 3000\n  \
+                 snapshotEveryEntries: 200\n  peers:\n{peers}",
+                data = dir.path().join(format!("data-{id}")).display(),
+                admin = dir.path().join("admin").display(),
+                peer = dir.path().join("peer").display(),
+            );
+            std::fs::write(dir.path().join(format!("node-{id}.yaml")), config).expect("config");
+        }
+        let mut cluster = Cluster {
+            dir,
+            ports,
+            children: (0..n).map(|_| None).collect(),
+        };
+        for id in 0..n {
+            cluster.spawn(id);
+        }
+        for id in 0..n {
+            cluster.wait_serving(id);
+        }
+        cluster
+    }
+
+    fn url(&self, id: usize) -> String {
+        format!("http://127.0.0.1:{}", self.ports[id])
+    }
+
+    fn urls(&self) -> Vec<String> {
+        (0..self.ports.len()).map(|id| self.url(id)).collect()
+    }
+
+    fn data(&self, id: usize) -> PathBuf {
+        self.dir.path().join(format!("data-{id}"))
+    }
+
+    fn spawn(&mut self, id: usize) {
+        let log = std::fs::File::create(self.dir.path().join(format!("node-{id}.log"))).expect("log");
+        let child = Command::new(binary())
+            .arg("serve")
+            .arg("--config")
+            .arg(self.dir.path().join(format!("node-{id}.yaml")))
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("start phoenix-node serve");
+        self.children[id] = Some(child);
+    }
+
+    fn wait_serving(&self, id: usize) {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while Instant::now() < deadline {
+            if agent(Duration::from_secs(1))
+                .get(&format!("{}/healthz", self.url(id)))
+                .call()
+                .is_ok()
+            {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        panic!("node {id} did not start: {}", self.log(id));
+    }
+
+    fn log(&self, id: usize) -> String {
+        std::fs::read_to_string(self.dir.path().join(format!("node-{id}.log"))).unwrap_or_default()
+    }
+
+    fn pid(&self, id: usize) -> u32 {
+        self.children[id].as_ref().expect("running").id()
+    }
+
+    fn signal(&self, id: usize, signal: &str) {
+        let status = Command::new("kill")
+            .args([signal, &self.pid(id).to_string()])
+            .status()
+            .expect("run kill");
+        assert!(status.success(), "kill {signal} node {id}");
+    }
+
+    fn kill(&mut self, id: usize) {
+        if let Some(mut child) = self.children[id].take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    fn status(&self, id: usize) -> Option<Value> {
+        agent(Duration::from_secs(1))
+            .get(&format!("{}/v1/admin/raft", self.url(id)))
+            .set("Authorization", &format!("Bearer {ADMIN}"))
+            .call()
+            .ok()?
+            .into_json()
+            .ok()
+    }
+
+    /// The node every one of `among` names as leader, itself among them and leading.
+    fn wait_leader(&self, among: &[usize], within: Duration) -> usize {
+        let deadline = Instant::now() + within;
+        while Instant::now() < deadline {
+            let leaders: Vec<Option<u64>> = among
+                .iter()
+                .map(|id| self.status(*id).and_then(|s| s["leader"].as_u64()))
+                .collect();
+            if let Some(Some(leader)) = leaders.first()
+                && leaders.iter().all(|l| *l == Some(*leader))
+                && among.contains(&(*leader as usize))
+                && self
+                    .status(*leader as usize)
+                    .is_some_and(|s| s["role"] == "leader")
+            {
+                return *leader as usize;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        panic!("no leader agreed among {among:?} within {within:?}");
+    }
+
+    fn root(&self, id: usize) -> Option<(String, u64, Option<u64>)> {
+        let root: Value = agent(Duration::from_secs(2))
+            .get(&format!("{}/v1/root?consistency=local", self.url(id)))
+            .call()
+            .ok()?
+            .into_json()
+            .ok()?;
+        Some((
+            root["root"].as_str()?.to_owned(),
+            root["keys"].as_u64()?,
+            root["appliedIndex"].as_u64(),
+        ))
+    }
+
+    /// Waits until every node of `among` reports the same root at the same applied index.
+    fn converged(&self, among: &[usize], within: Duration) -> (String, u64, Option<u64>) {
+        let deadline = Instant::now() + within;
+        let mut last = Vec::new();
+        while Instant::now() < deadline {
+            last = among.iter().map(|id| self.root(*id)).collect::<Vec<_>>();
+            if let Some(Some(first)) = last.first()
+                && last.iter().all(|r| r.as_ref() == Some(first))
+            {
+                return first.clone();
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        panic!("nodes {among:?} did not converge: {last:?}");
+    }
+
+    fn metric(&self, id: usize, name: &str) -> Option<f64> {
+        let text = agent(Duration::from_secs(2))
+            .get(&format!("{}/metrics", self.url(id)))
+            .call()
+            .ok()?
+            .into_string()
+            .ok()?;
+        text.lines()
+            .find(|l| l.starts_with(name) && l[name.len()..].starts_with(' '))
+            .and_then(|l| l.rsplit(' ').next())
+            .and_then(|v| v.parse().ok())
+    }
+
+    fn admin_post(&self, id: usize, path: &str, body: &str) -> Result<Value, String> {
+        agent(Duration::from_secs(60))
+            .post(&format!("{}{path}", self.url(id)))
+            .set("Authorization", &format!("Bearer {ADMIN}"))
+            .set("Content-Type", "application/json")
+            .send_string(body)
+            .map_err(|e| match e {
+                ureq::Error::Status(code, r) => format!("{code}: {}", r.into_string().unwrap_or_default()),
+                other => other.to_string(),
+            })?
+            .into_json()
+            .map_err(|e| e.to_string())
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        for id in 0..self.children.len() {
+            if let Some(child) = &self.children[id] {
+                // A stopped process must be continued before it can die cleanly.
+                let _ = Command::new("kill").args(["-CONT", &child.id().to_string()]).status();
+            }
+            self.kill(id);
+        }
+    }
+}
+
+/// What became of one write.
+#[derive(Debug, Clone, PartialEq)]
+enum Outcome {
+    /// 2xx: the group has it.
+    Acknowledged,
+    /// No node took it before the deadline: it may or may not have taken effect.
+    Unknown(String),
+}
+
+/// A client that follows the documented rule: stay with a node while it answers; on a
+/// refused connection, a timeout or a 503, try the next node (pausing briefly after a full
+/// round); a 2xx is an acknowledgement.
+struct Client {
+    urls: Vec<String>,
+    next: usize,
+    agent: ureq::Agent,
+    retries: u64,
+}
+
+impl Client {
+    fn new(urls: Vec<String>, first: usize) -> Client {
+        Client {
+            next: first % urls.len(),
+            urls,
+            agent: agent(Duration::from_secs(2)),
+            retries: 0,
+        }
+    }
+
+    fn put(&mut self, key: &str, value: &str, within: Duration) -> Outcome {
+        let deadline = Instant::now() + within;
+        let mut last = String::new();
+        let mut tried = 0;
+        while Instant::now() < deadline {
+            let url = &self.urls[self.next];
+            match self
+                .agent
+                .put(&format!("{url}/v1/memories/{key}"))
+                .send_string(value)
+            {
+                Ok(_) => return Outcome::Acknowledged,
+                Err(ureq::Error::Status(code, response)) if code == 503 => {
+                    last = format!("503 from {url}: {}", response.into_string().unwrap_or_default());
+                }
+                Err(ureq::Error::Status(code, response)) => {
+                    panic!("a write was refused with {code}: {}", response.into_string().unwrap_or_default())
+                }
+                Err(error) => last = format!("{url}: {error}"),
+            }
+            self.retries += 1;
+            self.next = (self.next + 1) % self.urls.len();
+            tried += 1;
+            if tried % self.urls.len() == 0 {
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        }
+        Outcome::Unknown(last)
+    }
+}
+
+/// Writers putting unique keys through every node until stopped; what they saw.
+struct Load {
+    stop: Arc<AtomicBool>,
+    acknowledged: Arc<Mutex<BTreeMap<String, String>>>,
+    unknown: Arc<Mutex<Vec<(String, String)>>>,
+    retries: Arc<AtomicU64>,
+    writers: Vec<std::thread::JoinHandle<()>>,
+}
+
+impl Load {
+    fn start(urls: &[String], writers: usize, per_write: Duration) -> Load {
+        let stop = Arc::new(AtomicBool::new(false));
+        let acknowledged = Arc::new(Mutex::new(BTreeMap::new()));
+        let unknown = Arc::new(Mutex::new(Vec::new()));
+        let retries = Arc::new(AtomicU64::new(0));
+        let writers = (0..writers)
+            .map(|w| {
+                let (stop, acknowledged, unknown, retries) = (
+                    Arc::clone(&stop),
+                    Arc::clone(&acknowledged),
+                    Arc::clone(&unknown),
+                    Arc::clone(&retries),
+                );
+                let mut client = Client::new(urls.to_vec(), w);
+                std::thread::spawn(move || {
+                    let mut i = 0u64;
+                    while !stop.load(Ordering::SeqCst) {
+                        let (key, value) = (format!("w{w}-{i}"), format!("value-{w}-{i}"));
+                        match client.put(&key, &value, per_write) {
+                            Outcome::Acknowledged => {
+                                acknowledged.lock().expect("lock").insert(key, value);
+                            }
+                            Outcome::Unknown(why) => unknown.lock().expect("lock").push((key, why)),
+                        }
+                        i += 1;
+                    }
+                    retries.fetch_add(client.retries, Ordering::SeqCst);
+                })
+            })
+            .collect();
+        Load {
+            stop,
+            acknowledged,
+            unknown,
+            retries,
+            writers,
+        }
+    }
+
+    fn acknowledged(&self) -> usize {
+        self.acknowledged.lock().expect("lock").len()
+    }
+
+    fn wait_for(&self, more: usize, within: Duration) {
+        let target = self.acknowledged() + more;
+        let deadline = Instant::now() + within;
+        while self.acknowledged() < target {
+            assert!(Instant::now() < deadline, "the load made no progress: {} acknowledged", self.acknowledged());
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    fn stop(self) -> (BTreeMap<String, String>, Vec<(String, String)>, u64) {
+        self.stop.store(true, Ordering::SeqCst);
+        for writer in self.writers {
+            writer.join().expect("writer");
+        }
+        let acknowledged = std::mem::take(&mut *self.acknowledged.lock().expect("lock"));
+        let unknown = std::mem::take(&mut *self.unknown.lock().expect("lock"));
+        (acknowledged, unknown, self.retries.load(Ordering::SeqCst))
+    }
+}
+
+/// Every acknowledged write reads back (linearizably) with its value from each of `nodes`.
+fn assert_all_present(cluster: &Cluster, nodes: &[usize], acknowledged: &BTreeMap<String, String>) {
+    let agent = agent(Duration::from_secs(10));
+    for id in nodes {
+        let mut missing = Vec::new();
+        for (key, value) in acknowledged {
+            let read = agent
+                .get(&format!("{}/v1/memories/{key}?consistency=local", cluster.url(*id)))
+                .call()
+                .ok()
+                .and_then(|r| r.into_string().ok());
+            if read.as_deref() != Some(value.as_str()) {
+                missing.push((key.clone(), read));
+            }
+        }
+        assert!(
+            missing.is_empty(),
+            "node {id} lost {} of {} acknowledged writes, e.g. {:?}",
+            missing.len(),
+            acknowledged.len(),
+            &missing[..missing.len().min(5)]
+        );
+    }
+}
+
+#[test]
+fn three_nodes_are_one_store_with_linearizable_and_local_reads() {
+    let cluster = Cluster::start(3, "");
+    let leader = cluster.wait_leader(&[0, 1, 2], Duration::from_secs(20));
+    let follower = (leader + 1) % 3;
+    let agent = agent(Duration::from_secs(10));
+    // A write through a follower is forwarded; every node then reads it (linearizable).
+    let stored = agent
+        .put(&format!("{}/v1/memories/shared", cluster.url(follower)))
+        .send_string("one store")
+        .expect("store through a follower");
+    assert_eq!(stored.status(), 201);
+    let index: u64 = stored
+        .header("x-phoenix-applied-index")
+        .and_then(|v| v.parse().ok())
+        .expect("the write answers with its log index");
+    for id in 0..3 {
+        let read = agent
+            .get(&format!("{}/v1/memories/shared", cluster.url(id)))
+            .call()
+            .expect("linearizable read");
+        let seen: u64 = read
+            .header("x-phoenix-applied-index")
+            .and_then(|v| v.parse().ok())
+            .expect("applied index header");
+        assert!(seen >= index, "node {id} read at index {seen} < write index {index}");
+        assert_eq!(read.into_string().expect("body"), "one store");
+    }
+    assert!(cluster.metric(follower, "phoenix_node_raft_forwarded_requests_total") >= Some(1.0));
+    // A delete through the other follower, then equal roots at equal indexes everywhere.
+    let other = (leader + 2) % 3;
+    let deleted = agent
+        .delete(&format!("{}/v1/memories/shared", cluster.url(other)))
+        .call()
+        .expect("delete through a follower");
+    assert_eq!(deleted.status(), 204);
+    for i in 0..20 {
+        agent
+            .put(&format!("{}/v1/memories/k{i}", cluster.url(i % 3)))
+            .send_string(&format!("v{i}"))
+            .expect("store");
+    }
+    let (root, keys, applied) = cluster.converged(&[0, 1, 2], Duration::from_secs(10));
+    assert_eq!(keys, 20);
+    assert!(applied.is_some());
+    println!("3 nodes converged: root {root} over {keys} keys at index {applied:?}");
+    // A proof from a follower carries the applied index and verifies.
+    let proof: Value = agent
+        .get(&format!("{}/v1/proof/k3", cluster.url(follower)))
+        .call()
+        .expect("proof")
+        .into_json()
+        .expect("json");
+    assert!(proof["appliedIndex"].as_u64().is_some(), "{proof}");
+    // Raft RPCs without the peer token are refused.
+    let refused = agent
+        .post(&format!("{}/v1/raft/vote", cluster.url(leader)))
+        .send_bytes(b"x");
+    assert!(matches!(refused, Err(ureq::Error::Status(401, _))), "{refused:?}");
+    let wrong = agent
+        .post(&format!("{}/v1/raft/append", cluster.url(leader)))
+        .set("x-phoenix-peer-token", "wrong")
+        .send_bytes(b"x");
+    assert!(matches!(wrong, Err(ureq::Error::Status(401, _))), "{wrong:?}");
+    // Bad consistency values are a clear 400.
+    let bad = agent
+        .get(&format!("{}/v1/memories/k1?consistency=eventual", cluster.url(leader)))
+        .call();
+    assert!(matches!(bad, Err(ureq::Error::Status(400, _))), "{bad:?}");
+}
+
+#[test]
+fn sigkill_of_the_leader_under_load_loses_no_acknowledged_write() {
+    let mut cluster = Cluster::start(3, "");
+    let urls = cluster.urls();
+    let leader = cluster.wait_leader(&[0, 1, 2], Duration::from_secs(20));
+    let load = Load::start(&urls, 4, Duration::from_secs(20));
+    load.wait_for(200, Duration::from_secs(30));
+    let killed_at = Instant::now();
+    cluster.kill(leader);
+    let survivors: Vec<usize> = (0..3).filter(|id| *id != leader).collect();
+    let new_leader = cluster.wait_leader(&survivors, Duration::from_secs(20));
+    let elected_in = killed_at.elapsed();
+    println!(
+        "leader {leader} killed; node {new_leader} leads after {elected_in:?} (election timeout {ELECTION_MS}–{} ms)",
+        ELECTION_MS * 2
+    );
+    load.wait_for(200, Duration::from_secs(30));
+    cluster.spawn(leader);
+    cluster.wait_serving(leader);
+    load.wait_for(100, Duration::from_secs(30));
+    let (acknowledged, unknown, retries) = load.stop();
+    println!(
+        "{} writes acknowledged, {} unknown, {retries} retries by the clients",
+        acknowledged.len(),
+        unknown.len()
+    );
+    assert!(unknown.is_empty(), "writes with no answer within 20 s: {unknown:?}");
+    let (root, keys, applied) = cluster.converged(&[0, 1, 2], Duration::from_secs(30));
+    println!("converged after the restart: {keys} keys, root {root}, index {applied:?}");
+    assert_all_present(&cluster, &[0, 1, 2], &acknowledged);
+    assert_eq!(keys, acknowledged.len() as u64, "every key is an acknowledged write");
+}
+
+#[test]
+fn a_paused_leader_steps_down_and_nothing_is_acknowledged_twice_or_lost() {
+    let cluster = Cluster::start(3, "");
+    let urls = cluster.urls();
+    let leader = cluster.wait_leader(&[0, 1, 2], Duration::from_secs(20));
+    let load = Load::start(&urls, 3, Duration::from_secs(30));
+    load.wait_for(100, Duration::from_secs(30));
+    // Writes sent to the paused leader itself while it is stopped.
+    let paused_url = cluster.url(leader);
+    cluster.signal(leader, "-STOP");
+    let stale_writes = std::thread::spawn(move || {
+        let agent = agent(Duration::from_secs(15));
+        (0..3)
+            .map(|i| {
+                let key = format!("paused-{i}");
+                let answer = agent
+                    .put(&format!("{paused_url}/v1/memories/{key}"))
+                    .set("x-phoenix-forwarded-by", "test")
+                    .send_string("sent to a paused leader");
+                (key, answer.map(|r| r.status()).map_err(|e| e.to_string()))
+            })
+            .collect::<Vec<_>>()
+    });
+    let others: Vec<usize> = (0..3).filter(|id| *id != leader).collect();
+    let new_leader = cluster.wait_leader(&others, Duration::from_secs(20));
+    println!("leader {leader} paused; node {new_leader} took over");
+    load.wait_for(100, Duration::from_secs(30));
+    std::thread::sleep(Duration::from_secs(10).saturating_sub(Duration::from_secs(2)));
+    cluster.signal(leader, "-CONT");
+    // It steps down: it follows the new leader within a few election timeouts.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let status = cluster.status(leader);
+        if status.as_ref().is_some_and(|s| s["role"] != "leader" && s["leader"].as_u64().is_some()) {
+            println!("the resumed node stepped down: {status:?}");
+            break;
+        }
+        assert!(Instant::now() < deadline, "the resumed node did not step down: {status:?}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    load.wait_for(50, Duration::from_secs(30));
+    let (acknowledged, unknown, _) = load.stop();
+    assert!(unknown.is_empty(), "{unknown:?}");
+    let stale = stale_writes.join().expect("stale writer");
+    let (_, keys, _) = cluster.converged(&[0, 1, 2], Duration::from_secs(30));
+    assert_all_present(&cluster, &[0, 1, 2], &acknowledged);
+    // A write the paused leader acknowledged must be in the store; one it did not may be.
+    let agent = agent(Duration::from_secs(5));
+    let mut stale_present = 0;
+    for (key, answer) in &stale {
+        let present = agent
+            .get(&format!("{}/v1/memories/{key}", cluster.url(new_leader)))
+            .call()
+            .is_ok();
+        stale_present += u64::from(present);
+        if matches!(answer, Ok(200 | 201)) {
+            assert!(present, "{key} was acknowledged by the paused leader and is gone");
+        }
+    }
+    println!("writes sent to the paused leader: {stale:?}");
+    assert_eq!(keys, acknowledged.len() as u64 + stale_present);
+}
+
+#[test]
+fn a_follower_with_a_lost_volume_rejoins_from_a_snapshot() {
+    let mut cluster = Cluster::start(3, "");
+    let leader = cluster.wait_leader(&[0, 1, 2], Duration::from_secs(20));
+    let follower = (leader + 1) % 3;
+    let agent = agent(Duration::from_secs(10));
+    let mut acknowledged = BTreeMap::new();
+    for i in 0..600 {
+        let (key, value) = (format!("k{i}"), format!("value {i} {}", "x".repeat(i % 50)));
+        agent
+            .put(&format!("{}/v1/memories/{key}", cluster.url(leader)))
+            .send_string(&value)
+            .expect("store");
+        acknowledged.insert(key, value);
+    }
+    cluster.converged(&[0, 1, 2], Duration::from_secs(20));
+    // The log has been compacted past the start (snapshotEveryEntries is 200).
+    cluster.kill(follower);
+    std::fs::remove_dir_all(cluster.data(follower)).expect("lose the volume");
+    cluster.spawn(follower);
+    cluster.wait_serving(follower);
+    let started = Instant::now();
+    let (root, keys, applied) = cluster.converged(&[0, 1, 2], Duration::from_secs(30));
+    println!(
+        "node {follower} rejoined with an empty volume in {:?}: {keys} keys, root {root}, index {applied:?}",
+        started.elapsed()
+    );
+    assert_eq!(keys, 600);
+    assert!(
+        cluster.metric(follower, "phoenix_node_raft_snapshots_installed_total") >= Some(1.0),
+        "the rejoined node installed a snapshot"
+    );
+    assert_all_present(&cluster, &[follower], &acknowledged);
+}
+
+#[test]
+fn a_rolling_forced_cleanup_under_load_fails_no_request_and_loses_nothing() {
+    let cluster = Cluster::start(3, "");
+    let urls = cluster.urls();
+    let leader = cluster.wait_leader(&[0, 1, 2], Duration::from_secs(20));
+    let load = Load::start(&urls, 4, Duration::from_secs(20));
+    load.wait_for(200, Duration::from_secs(30));
+    // Followers first; leadership moved away before the leader is cleaned.
+    let mut order: Vec<usize> = (0..3).filter(|id| *id != leader).collect();
+    order.push(leader);
+    for id in order {
+        if cluster.status(id).is_some_and(|s| s["role"] == "leader") {
+            let to = (id + 1) % 3;
+            let moved = cluster
+                .admin_post(id, "/v1/admin/raft/leader", &format!("{{\"id\": {to}}}"))
+                .expect("move leadership");
+            assert_eq!(moved["leader"].as_u64(), Some(to as u64), "{moved}");
+        }
+        let report = cluster
+            .admin_post(id, "/v1/admin/cleanup?forceRebuild=true", "")
+            .expect("cleanup");
+        assert_eq!(report["rebuilt"], true, "{report}");
+        cluster.converged(&[0, 1, 2], Duration::from_secs(30));
+        load.wait_for(50, Duration::from_secs(30));
+    }
+    let (acknowledged, unknown, retries) = load.stop();
+    println!("{} acknowledged during the rolling cleanup, {retries} retries", acknowledged.len());
+    assert!(unknown.is_empty(), "requests that failed for good: {unknown:?}");
+    let (_, keys, _) = cluster.converged(&[0, 1, 2], Duration::from_secs(30));
+    assert_eq!(keys, acknowledged.len() as u64);
+    assert_all_present(&cluster, &[0, 1, 2], &acknowledged);
+}

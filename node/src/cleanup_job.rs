@@ -2,6 +2,11 @@
 //! memory is healthy (and refuses to start otherwise), then cleans the nodes one at a time,
 //! skipping those whose probe ratio is below the threshold, waits for each to be ready
 //! again before the next, prints a report per node, and exits non-zero if any failed.
+//!
+//! On a replicated memory it also refuses to start unless every voter answers and agrees
+//! on one leader (a cleanup takes one node's attention: the group must have a quorum to
+//! spare), cleans the followers first, moves leadership away before it cleans the leader,
+//! and waits after each node until it has applied what the group had committed.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -9,6 +14,7 @@ use std::time::{Duration, Instant};
 
 use phoenix_node_api::NodeClient;
 use phoenix_node_api::metrics::names;
+use phoenix_node_api::wire::RaftStatus;
 
 use crate::service::AdminToken;
 
@@ -178,9 +184,17 @@ async fn clean(args: &CleanupArgs, token: &str, nodes: &[NodeClient]) -> ExitCod
             }
         }
     }
+    let order = match replication_order(token, nodes).await {
+        Ok(order) => order,
+        Err(message) => {
+            println!("refusing to clean: {message}; no node was touched");
+            return ExitCode::from(EXIT_REFUSED);
+        }
+    };
     let timeout = Duration::from_secs(args.timeout_seconds);
     let (mut cleaned, mut skipped, mut failed) = (0, 0, 0);
-    for (node, health) in nodes.iter().zip(&healths) {
+    for position in order.positions {
+        let (node, health) = (&nodes[position], &healths[position]);
         let url = &health.url;
         if args.threshold > 0.0 && health.ratio.is_none_or(|r| r < args.threshold) {
             println!(
@@ -189,6 +203,13 @@ async fn clean(args: &CleanupArgs, token: &str, nodes: &[NodeClient]) -> ExitCod
                 args.threshold
             );
             skipped += 1;
+            continue;
+        }
+        if let Some(ids) = &order.ids
+            && let Err(message) = hand_over_leadership(token, node, ids[position], ids).await
+        {
+            println!("{url}: cleanup FAILED: {message}");
+            failed += 1;
             continue;
         }
         match node.cleanup(token, args.force_rebuild, timeout).await {
@@ -220,6 +241,14 @@ async fn clean(args: &CleanupArgs, token: &str, nodes: &[NodeClient]) -> ExitCod
             failed += 1;
             break;
         }
+        if order.ids.is_some()
+            && let Err(message) =
+                wait_caught_up(token, nodes, position, Duration::from_secs(60)).await
+        {
+            println!("{url}: {message}; stopping here");
+            failed += 1;
+            break;
+        }
     }
     println!("summary: {cleaned} cleaned, {skipped} skipped, {failed} failed");
     if failed > 0 {
@@ -227,6 +256,135 @@ async fn clean(args: &CleanupArgs, token: &str, nodes: &[NodeClient]) -> ExitCod
     } else {
         ExitCode::SUCCESS
     }
+}
+
+/// The order to clean nodes in, and (replicated) each node's Raft id.
+struct Order {
+    positions: Vec<usize>,
+    ids: Option<Vec<u64>>,
+}
+
+/// Single nodes: the given order. A Raft group: every node must answer with one leader
+/// among them and every voter among the nodes; followers first, the leader last.
+async fn replication_order(token: &str, nodes: &[NodeClient]) -> Result<Order, String> {
+    let mut statuses = Vec::with_capacity(nodes.len());
+    for node in nodes {
+        let status = node
+            .raft_status(token, QUICK)
+            .await
+            .map_err(|e| format!("{}: replication status: {e}", node.url()))?;
+        statuses.push(status);
+    }
+    if statuses.iter().all(Option::is_none) {
+        return Ok(Order {
+            positions: (0..nodes.len()).collect(),
+            ids: None,
+        });
+    }
+    let statuses: Vec<RaftStatus> = statuses
+        .into_iter()
+        .zip(nodes)
+        .map(|(s, n)| s.ok_or_else(|| format!("{} is not replicated while others are", n.url())))
+        .collect::<Result<_, _>>()?;
+    let leader = statuses[0]
+        .leader
+        .ok_or("the group has no leader (an election is under way or there is no quorum)")?;
+    if let Some(other) = statuses.iter().find(|s| s.leader != Some(leader)) {
+        return Err(format!(
+            "nodes disagree on the leader ({leader} and {:?}): leadership is changing",
+            other.leader
+        ));
+    }
+    let ids: Vec<u64> = statuses.iter().map(|s| s.id).collect();
+    let missing: Vec<u64> = statuses[0]
+        .voters
+        .iter()
+        .filter(|v| !ids.contains(v))
+        .copied()
+        .collect();
+    if !missing.is_empty() {
+        return Err(format!(
+            "voters {missing:?} are not among the nodes given: the group may have no quorum to spare"
+        ));
+    }
+    if statuses[0].voters.len() < 3 && nodes.len() > 1 {
+        return Err(format!(
+            "the group has {} voters: cleaning one would leave no quorum",
+            statuses[0].voters.len()
+        ));
+    }
+    let mut positions: Vec<usize> = (0..nodes.len()).filter(|i| ids[*i] != leader).collect();
+    positions.extend((0..nodes.len()).filter(|i| ids[*i] == leader));
+    Ok(Order {
+        positions,
+        ids: Some(ids),
+    })
+}
+
+/// Before `node` (Raft id `id`) is cleaned: if it leads, leadership moves to another node.
+async fn hand_over_leadership(
+    token: &str,
+    node: &NodeClient,
+    id: u64,
+    ids: &[u64],
+) -> Result<(), String> {
+    let status = node
+        .raft_status(token, QUICK)
+        .await
+        .map_err(|e| format!("replication status: {e}"))?
+        .ok_or("the node is no longer replicated")?;
+    if status.leader != Some(id) {
+        return Ok(());
+    }
+    let to = ids
+        .iter()
+        .copied()
+        .find(|other| *other != id && status.voters.contains(other))
+        .ok_or("no other voter to hand leadership to")?;
+    let moved = node
+        .move_leader(token, to, Duration::from_secs(30))
+        .await
+        .map_err(|e| format!("moving leadership to node {to}: {e}"))?;
+    println!(
+        "{}: leadership moved to node {:?} before its cleanup",
+        node.url(),
+        moved.leader
+    );
+    Ok(())
+}
+
+/// After a cleanup: waits until node `position` has applied what the leader had
+/// committed (its last log index) when the wait began.
+async fn wait_caught_up(
+    token: &str,
+    nodes: &[NodeClient],
+    position: usize,
+    within: Duration,
+) -> Result<(), String> {
+    let deadline = Instant::now() + within;
+    let mut target = None;
+    while Instant::now() < deadline {
+        if target.is_none() {
+            for node in nodes {
+                if let Ok(Some(status)) = node.raft_status(token, QUICK).await
+                    && status.role == "leader"
+                {
+                    target = status.last_log_index;
+                }
+            }
+        }
+        if let (Some(target), Ok(Some(status))) =
+            (target, nodes[position].raft_status(token, QUICK).await)
+            && status.applied_index >= Some(target)
+        {
+            return Ok(());
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    Err(format!(
+        "did not catch up with the leader within {} s",
+        within.as_secs()
+    ))
 }
 
 #[cfg(test)]

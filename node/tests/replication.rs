@@ -91,7 +91,8 @@ impl Cluster {
     }
 
     fn spawn(&mut self, id: usize) {
-        let log = std::fs::File::create(self.dir.path().join(format!("node-{id}.log"))).expect("log");
+        let log =
+            std::fs::File::create(self.dir.path().join(format!("node-{id}.log"))).expect("log");
         let child = Command::new(binary())
             .arg("serve")
             .arg("--config")
@@ -224,7 +225,9 @@ impl Cluster {
             .set("Content-Type", "application/json")
             .send_string(body)
             .map_err(|e| match e {
-                ureq::Error::Status(code, r) => format!("{code}: {}", r.into_string().unwrap_or_default()),
+                ureq::Error::Status(code, r) => {
+                    format!("{code}: {}", r.into_string().unwrap_or_default())
+                }
                 other => other.to_string(),
             })?
             .into_json()
@@ -237,7 +240,9 @@ impl Drop for Cluster {
         for id in 0..self.children.len() {
             if let Some(child) = &self.children[id] {
                 // A stopped process must be continued before it can die cleanly.
-                let _ = Command::new("kill").args(["-CONT", &child.id().to_string()]).status();
+                let _ = Command::new("kill")
+                    .args(["-CONT", &child.id().to_string()])
+                    .status();
             }
             self.kill(id);
         }
@@ -286,10 +291,16 @@ impl Client {
             {
                 Ok(_) => return Outcome::Acknowledged,
                 Err(ureq::Error::Status(code, response)) if code == 503 => {
-                    last = format!("503 from {url}: {}", response.into_string().unwrap_or_default());
+                    last = format!(
+                        "503 from {url}: {}",
+                        response.into_string().unwrap_or_default()
+                    );
                 }
                 Err(ureq::Error::Status(code, response)) => {
-                    panic!("a write was refused with {code}: {}", response.into_string().unwrap_or_default())
+                    panic!(
+                        "a write was refused with {code}: {}",
+                        response.into_string().unwrap_or_default()
+                    )
                 }
                 Err(error) => last = format!("{url}: {error}"),
             }
@@ -361,7 +372,11 @@ impl Load {
         let target = self.acknowledged() + more;
         let deadline = Instant::now() + within;
         while self.acknowledged() < target {
-            assert!(Instant::now() < deadline, "the load made no progress: {} acknowledged", self.acknowledged());
+            assert!(
+                Instant::now() < deadline,
+                "the load made no progress: {} acknowledged",
+                self.acknowledged()
+            );
             std::thread::sleep(Duration::from_millis(10));
         }
     }
@@ -384,7 +399,10 @@ fn assert_all_present(cluster: &Cluster, nodes: &[usize], acknowledged: &BTreeMa
         let mut missing = Vec::new();
         for (key, value) in acknowledged {
             let read = agent
-                .get(&format!("{}/v1/memories/{key}?consistency=local", cluster.url(*id)))
+                .get(&format!(
+                    "{}/v1/memories/{key}?consistency=local",
+                    cluster.url(*id)
+                ))
                 .call()
                 .ok()
                 .and_then(|r| r.into_string().ok());
@@ -427,7 +445,10 @@ fn three_nodes_are_one_store_with_linearizable_and_local_reads() {
             .header("x-phoenix-applied-index")
             .and_then(|v| v.parse().ok())
             .expect("applied index header");
-        assert!(seen >= index, "node {id} read at index {seen} < write index {index}");
+        assert!(
+            seen >= index,
+            "node {id} read at index {seen} < write index {index}"
+        );
         assert_eq!(read.into_string().expect("body"), "one store");
     }
     assert!(cluster.metric(follower, "phoenix_node_raft_forwarded_requests_total") >= Some(1.0));
@@ -460,15 +481,24 @@ fn three_nodes_are_one_store_with_linearizable_and_local_reads() {
     let refused = agent
         .post(&format!("{}/v1/raft/vote", cluster.url(leader)))
         .send_bytes(b"x");
-    assert!(matches!(refused, Err(ureq::Error::Status(401, _))), "{refused:?}");
+    assert!(
+        matches!(refused, Err(ureq::Error::Status(401, _))),
+        "{refused:?}"
+    );
     let wrong = agent
         .post(&format!("{}/v1/raft/append", cluster.url(leader)))
         .set("x-phoenix-peer-token", "wrong")
         .send_bytes(b"x");
-    assert!(matches!(wrong, Err(ureq::Error::Status(401, _))), "{wrong:?}");
+    assert!(
+        matches!(wrong, Err(ureq::Error::Status(401, _))),
+        "{wrong:?}"
+    );
     // Bad consistency values are a clear 400.
     let bad = agent
-        .get(&format!("{}/v1/memories/k1?consistency=eventual", cluster.url(leader)))
+        .get(&format!(
+            "{}/v1/memories/k1?consistency=eventual",
+            cluster.url(leader)
+        ))
         .call();
     assert!(matches!(bad, Err(ureq::Error::Status(400, _))), "{bad:?}");
 }
@@ -499,11 +529,18 @@ fn sigkill_of_the_leader_under_load_loses_no_acknowledged_write() {
         acknowledged.len(),
         unknown.len()
     );
-    assert!(unknown.is_empty(), "writes with no answer within 20 s: {unknown:?}");
+    assert!(
+        unknown.is_empty(),
+        "writes with no answer within 20 s: {unknown:?}"
+    );
     let (root, keys, applied) = cluster.converged(&[0, 1, 2], Duration::from_secs(30));
     println!("converged after the restart: {keys} keys, root {root}, index {applied:?}");
     assert_all_present(&cluster, &[0, 1, 2], &acknowledged);
-    assert_eq!(keys, acknowledged.len() as u64, "every key is an acknowledged write");
+    assert_eq!(
+        keys,
+        acknowledged.len() as u64,
+        "every key is an acknowledged write"
+    );
 }
 
 #[test]
@@ -539,11 +576,17 @@ fn a_paused_leader_steps_down_and_nothing_is_acknowledged_twice_or_lost() {
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
         let status = cluster.status(leader);
-        if status.as_ref().is_some_and(|s| s["role"] != "leader" && s["leader"].as_u64().is_some()) {
+        if status
+            .as_ref()
+            .is_some_and(|s| s["role"] != "leader" && s["leader"].as_u64().is_some())
+        {
             println!("the resumed node stepped down: {status:?}");
             break;
         }
-        assert!(Instant::now() < deadline, "the resumed node did not step down: {status:?}");
+        assert!(
+            Instant::now() < deadline,
+            "the resumed node did not step down: {status:?}"
+        );
         std::thread::sleep(Duration::from_millis(20));
     }
     load.wait_for(50, Duration::from_secs(30));
@@ -562,7 +605,10 @@ fn a_paused_leader_steps_down_and_nothing_is_acknowledged_twice_or_lost() {
             .is_ok();
         stale_present += u64::from(present);
         if matches!(answer, Ok(200 | 201)) {
-            assert!(present, "{key} was acknowledged by the paused leader and is gone");
+            assert!(
+                present,
+                "{key} was acknowledged by the paused leader and is gone"
+            );
         }
     }
     println!("writes sent to the paused leader: {stale:?}");
@@ -611,27 +657,54 @@ fn a_rolling_forced_cleanup_under_load_fails_no_request_and_loses_nothing() {
     let leader = cluster.wait_leader(&[0, 1, 2], Duration::from_secs(20));
     let load = Load::start(&urls, 4, Duration::from_secs(20));
     load.wait_for(200, Duration::from_secs(30));
-    // Followers first; leadership moved away before the leader is cleaned.
-    let mut order: Vec<usize> = (0..3).filter(|id| *id != leader).collect();
-    order.push(leader);
-    for id in order {
-        if cluster.status(id).is_some_and(|s| s["role"] == "leader") {
-            let to = (id + 1) % 3;
-            let moved = cluster
-                .admin_post(id, "/v1/admin/raft/leader", &format!("{{\"id\": {to}}}"))
-                .expect("move leadership");
-            assert_eq!(moved["leader"].as_u64(), Some(to as u64), "{moved}");
-        }
-        let report = cluster
-            .admin_post(id, "/v1/admin/cleanup?forceRebuild=true", "")
-            .expect("cleanup");
-        assert_eq!(report["rebuilt"], true, "{report}");
-        cluster.converged(&[0, 1, 2], Duration::from_secs(30));
-        load.wait_for(50, Duration::from_secs(30));
+    // `phoenix-node cleanup`, as the CronJob runs it: followers first, leadership moved
+    // away before the leader is cleaned, each node caught up before the next.
+    let mut command = Command::new(binary());
+    command
+        .arg("cleanup")
+        .arg("--token-file")
+        .arg(cluster.dir.path().join("admin"))
+        .arg("--force-rebuild");
+    for url in &urls {
+        command.arg("--node").arg(url);
     }
+    let output = command.output().expect("run phoenix-node cleanup");
+    let printed = String::from_utf8_lossy(&output.stdout).into_owned();
+    println!("{printed}");
+    assert!(output.status.success(), "cleanup failed: {printed}");
+    let lines: Vec<&str> = printed.lines().collect();
+    let leader_url = cluster.url(leader);
+    let cleaned: Vec<&str> = lines
+        .iter()
+        .filter(|l| l.contains("cleaned in"))
+        .copied()
+        .collect();
+    assert_eq!(cleaned.len(), 3, "{printed}");
+    assert!(
+        cleaned[2].starts_with(&leader_url),
+        "the leader is cleaned last: {printed}"
+    );
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.starts_with(&leader_url) && l.contains("leadership moved")),
+        "{printed}"
+    );
+    assert!(printed.contains("rebuilt true"), "{printed}");
+    assert_ne!(
+        cluster.wait_leader(&[0, 1, 2], Duration::from_secs(20)),
+        leader
+    );
+    load.wait_for(50, Duration::from_secs(30));
     let (acknowledged, unknown, retries) = load.stop();
-    println!("{} acknowledged during the rolling cleanup, {retries} retries", acknowledged.len());
-    assert!(unknown.is_empty(), "requests that failed for good: {unknown:?}");
+    println!(
+        "{} acknowledged during the rolling cleanup, {retries} retries",
+        acknowledged.len()
+    );
+    assert!(
+        unknown.is_empty(),
+        "requests that failed for good: {unknown:?}"
+    );
     let (_, keys, _) = cluster.converged(&[0, 1, 2], Duration::from_secs(30));
     assert_eq!(keys, acknowledged.len() as u64);
     assert_all_present(&cluster, &[0, 1, 2], &acknowledged);

@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use crate::metrics::Scrape;
-use crate::wire::{CleanupReport, ErrorBody};
+use crate::wire::{CleanupReport, ErrorBody, RaftStatus};
 
 /// Why a call failed.
 #[derive(Debug, thiserror::Error)]
@@ -127,6 +127,60 @@ impl NodeClient {
                 self.base
             ))
             .bearer_auth(token)
+            .timeout(timeout);
+        let body = self
+            .send(request)
+            .await?
+            .bytes()
+            .await
+            .map_err(|e| ClientError::Body(e.to_string()))?;
+        serde_json::from_slice(&body).map_err(|e| ClientError::Body(e.to_string()))
+    }
+
+    /// `GET /v1/admin/raft` with the admin `token`: `None` on a node without replication.
+    ///
+    /// # Errors
+    /// No answer within `timeout`, a refusal, or an unreadable body.
+    pub async fn raft_status(
+        &self,
+        token: &str,
+        timeout: Duration,
+    ) -> Result<Option<RaftStatus>, ClientError> {
+        let request = self
+            .http
+            .get(format!("{}/v1/admin/raft", self.base))
+            .bearer_auth(token)
+            .timeout(timeout);
+        let body = match self.send(request).await {
+            Ok(response) => response
+                .bytes()
+                .await
+                .map_err(|e| ClientError::Body(e.to_string()))?,
+            Err(ClientError::Status { status: 404, .. }) => return Ok(None),
+            Err(error) => return Err(error),
+        };
+        serde_json::from_slice(&body)
+            .map(Some)
+            .map_err(|e| ClientError::Body(e.to_string()))
+    }
+
+    /// `POST /v1/admin/raft/leader` with the admin `token`: moves leadership to node `to`
+    /// (any node forwards to the leader).
+    ///
+    /// # Errors
+    /// No answer within `timeout`, a refusal, or an unreadable body.
+    pub async fn move_leader(
+        &self,
+        token: &str,
+        to: u64,
+        timeout: Duration,
+    ) -> Result<RaftStatus, ClientError> {
+        let request = self
+            .http
+            .post(format!("{}/v1/admin/raft/leader", self.base))
+            .bearer_auth(token)
+            .header(reqwest::header::CONTENT_TYPE, "application/json")
+            .body(format!("{{\"id\":{to}}}"))
             .timeout(timeout);
         let body = self
             .send(request)

@@ -1,5 +1,7 @@
 //! The bodies of the node's HTTP API, as the node writes them and clients read them.
 
+use std::collections::{BTreeMap, BTreeSet};
+
 use serde::{Deserialize, Serialize};
 
 /// `PUT /v1/memories/{key}`: what was stored.
@@ -107,4 +109,31 @@ pub struct CleanupReport {
     /// window after the cleanup, not while the rebuild has everything hot.
     #[serde(default)]
     pub settled: bool,
+}
+
+/// `GET /v1/admin/raft`: a replicated node's membership and progress.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct RaftStatus {
+    /// This node's id.
+    pub id: u64,
+    /// `leader`, `follower`, `candidate`, `learner` or `shutdown`.
+    pub role: String,
+    /// Current term.
+    pub term: u64,
+    /// The leader this node knows.
+    pub leader: Option<u64>,
+    /// Voters of the membership in force (the last one, during a joint change).
+    pub voters: BTreeSet<u64>,
+    /// Learners (non-voting members).
+    pub learners: BTreeSet<u64>,
+    /// Whether the membership is a joint configuration (a change in flight).
+    pub joint: bool,
+    /// Highest log index held.
+    pub last_log_index: Option<u64>,
+    /// Highest applied index.
+    pub applied_index: Option<u64>,
+    /// On the leader: each member's matched index.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub matched: BTreeMap<u64, Option<u64>>,
 }

@@ -149,31 +149,7 @@ pub enum Refusal {
 }
 
 /// Membership and progress, as the admin endpoint shows them.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct GroupStatus {
-    /// This node.
-    pub id: NodeId,
-    /// `leader`, `follower`, `candidate`, `learner` or `shutdown`.
-    pub role: String,
-    /// Current term.
-    pub term: u64,
-    /// The leader this node knows.
-    pub leader: Option<NodeId>,
-    /// Voters of the membership in force (the last one, during a joint change).
-    pub voters: BTreeSet<NodeId>,
-    /// Learners (non-voting members).
-    pub learners: BTreeSet<NodeId>,
-    /// Whether the membership is a joint configuration (a change in flight).
-    pub joint: bool,
-    /// Highest log index held.
-    pub last_log_index: Option<u64>,
-    /// Highest applied index.
-    pub applied_index: Option<u64>,
-    /// On the leader: each member's matched index.
-    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
-    pub matched: BTreeMap<NodeId, Option<u64>>,
-}
+pub use phoenix_node_api::wire::RaftStatus as GroupStatus;
 
 /// One node's part in its memory's Raft group.
 pub struct Replica {
@@ -689,7 +665,8 @@ impl Replica {
                 |m| {
                     let last = m.last_log_index;
                     m.replication.as_ref().is_some_and(|r| {
-                        r.get(&to).is_some_and(|matched| matched.map(|l| l.index) == last)
+                        r.get(&to)
+                            .is_some_and(|matched| matched.map(|l| l.index) == last)
                     })
                 },
                 "target caught up",
@@ -719,7 +696,8 @@ impl Replica {
             .await;
         runtime.heartbeat(true);
         runtime.elect(true);
-        self.moving.store(false, std::sync::atomic::Ordering::SeqCst);
+        self.moving
+            .store(false, std::sync::atomic::Ordering::SeqCst);
         match moved {
             Ok(_) => Ok(self.status()),
             Err(error) => Err(MembershipError::Raft(format!(

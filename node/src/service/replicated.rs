@@ -393,15 +393,23 @@ pub(super) async fn move_leader(
     body: Bytes,
 ) -> ApiResult<Response> {
     let parsed: LeaderBody = json(&body)?;
-    on_leader(&node, "/v1/admin/raft/leader", &headers, body, async |r: &Replica| {
-        r.move_leader(parsed.id).await
-    })
+    on_leader(
+        &node,
+        "/v1/admin/raft/leader",
+        &headers,
+        body,
+        async |r: &Replica| r.move_leader(parsed.id).await,
+    )
     .await
 }
 
 /// `POST /v1/raft/elect` (peer token): this node stands for election now.
 pub(super) async fn raft_elect(State(node): State<Arc<Node>>) -> ApiResult<Json<GroupStatus>> {
-    replica_of(&node)?.elect().await.map(Json).map_err(membership_error)
+    replica_of(&node)?
+        .elect()
+        .await
+        .map(Json)
+        .map_err(membership_error)
 }
 
 /// Proposes a prune of every memory expired at the leader's clock (a cleanup on a

@@ -1382,10 +1382,7 @@ impl Store {
     ///
     /// # Errors
     /// Engine errors, a record that does not decode, or `each`'s error.
-    pub fn export(
-        &self,
-        each: &mut Exported<'_>,
-    ) -> Result<()> {
+    pub fn export(&self, each: &mut Exported<'_>) -> Result<()> {
         let _state = self.lock_write_waiting()?;
         let engine = self.engine.load();
         for entry in engine.db.scan_prefix([DATA]) {

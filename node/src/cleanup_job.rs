@@ -12,9 +12,9 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
-use phoenix_node_api::NodeClient;
 use phoenix_node_api::metrics::names;
 use phoenix_node_api::wire::RaftStatus;
+use phoenix_node_api::{ClientError, NodeClient};
 
 use crate::service::AdminToken;
 
@@ -269,10 +269,15 @@ struct Order {
 async fn replication_order(token: &str, nodes: &[NodeClient]) -> Result<Order, String> {
     let mut statuses = Vec::with_capacity(nodes.len());
     for node in nodes {
-        let status = node
-            .raft_status(token, QUICK)
-            .await
-            .map_err(|e| format!("{}: replication status: {e}", node.url()))?;
+        let status = match node.raft_status(token, QUICK).await {
+            Ok(status) => status,
+            // A token the node refuses: the cleanup request itself then fails loudly (exit
+            // 1, 401) without touching anything.
+            Err(ClientError::Status {
+                status: 401 | 403, ..
+            }) => None,
+            Err(error) => return Err(format!("{}: replication status: {error}", node.url())),
+        };
         statuses.push(status);
     }
     if statuses.iter().all(Option::is_none) {

@@ -61,7 +61,11 @@ enum Command {
         /// node served in-process on loopback.
         #[arg(long)]
         http: bool,
-        /// Client threads of the HTTP scenarios.
+        /// Run the replication scenarios instead: three node processes of this binary on
+        /// loopback beside a single node (and etcd, when installed), same clients.
+        #[arg(long, conflicts_with = "http")]
+        replicated: bool,
+        /// Client threads of the HTTP and replication scenarios.
         #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u16).range(1..=256))]
         concurrency: u16,
         /// Run every scenario in this process. By default each scenario runs in a child
@@ -260,6 +264,7 @@ fn run(cli: Cli, serve_config: Option<NodeConfig>) -> anyhow::Result<ExitCode> {
             json,
             in_process,
             http,
+            replicated,
             concurrency,
         } => {
             let options = BenchOptions {
@@ -274,8 +279,9 @@ fn run(cli: Cli, serve_config: Option<NodeConfig>) -> anyhow::Result<ExitCode> {
                 progress: !no_progress,
                 seed,
                 http_concurrency: http.then_some(usize::from(concurrency)),
+                replicated_concurrency: replicated.then_some(usize::from(concurrency)),
             };
-            let results = if options.scenarios.len() > 1 && !in_process && !http {
+            let results = if options.scenarios.len() > 1 && !in_process && !http && !replicated {
                 bench_in_children(&options)?
             } else {
                 let mut stdout = std::io::stdout().lock();

@@ -8,49 +8,13 @@
 //! walks the other keys.
 //!
 //! The module is pure (no I/O): [`Tree`] is the live structure, [`verify_proof`] the
-//! function a client calls, [`compute_root`] the from-scratch reference.
+//! function a client calls (it lives in `phoenix_node_api::proof`, with the hashing, so a
+//! client needs no more than that crate), [`compute_root`] the from-scratch reference.
 
-/// A 32-byte blake3 digest.
-pub type Hash = [u8; 32];
-
-/// The root of an empty tree.
-pub const EMPTY_ROOT: Hash = [0; 32];
-
-const LEAF_DOMAIN: u8 = 0x00;
-const BRANCH_DOMAIN: u8 = 0x01;
-const PATH_DOMAIN: u8 = 0x02;
-
-/// The path of a key in the trie.
-pub fn key_path(key: &[u8]) -> Hash {
-    let mut hasher = blake3::Hasher::new();
-    hasher.update(&[PATH_DOMAIN]);
-    hasher.update(key);
-    *hasher.finalize().as_bytes()
-}
-
-/// The hash of one (key, value) leaf.
-pub fn leaf_hash(key: &[u8], value: &[u8]) -> Hash {
-    let mut hasher = blake3::Hasher::new();
-    hasher.update(&[LEAF_DOMAIN]);
-    hasher.update(&(key.len() as u64).to_le_bytes());
-    hasher.update(key);
-    hasher.update(value);
-    *hasher.finalize().as_bytes()
-}
-
-/// The hash of a branch at `depth` with the given children.
-fn branch_hash(depth: u8, left: &Hash, right: &Hash) -> Hash {
-    let mut hasher = blake3::Hasher::new();
-    hasher.update(&[BRANCH_DOMAIN, depth]);
-    hasher.update(left);
-    hasher.update(right);
-    *hasher.finalize().as_bytes()
-}
-
-/// Bit `index` of `path`, most significant bit first.
-fn bit(path: &Hash, index: u8) -> usize {
-    usize::from(path[usize::from(index / 8)] & (0x80 >> (index % 8)) != 0)
-}
+pub use phoenix_node_api::proof::{
+    EMPTY_ROOT, Hash, Proof, ProofStep, bit, branch_hash, hex_hash, key_path, leaf_hash,
+    verify_proof,
+};
 
 /// The index of the first bit where `a` and `b` differ, or `None` when they are equal.
 fn first_difference(a: &Hash, b: &Hash) -> Option<u8> {
@@ -435,73 +399,10 @@ impl Tree {
     }
 }
 
-/// One level of an inclusion proof: the hash of the sibling sub-trie at a branch.
-#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-pub struct ProofStep {
-    /// The branch's depth (which bit of the key's path chooses the side).
-    pub depth: u8,
-    /// The other side's hash.
-    #[serde(with = "hex_hash")]
-    pub sibling: Hash,
-}
-
-/// An inclusion proof for one key, from the root down.
-#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-pub struct Proof {
-    /// Branches from the root to the leaf.
-    pub steps: Vec<ProofStep>,
-}
-
-/// Checks that `(key, value)` is in the tree whose root is `root`. Pure: a client can call
-/// it with a root and a proof it received.
-pub fn verify_proof(root: &Hash, key: &[u8], value: &[u8], proof: &Proof) -> bool {
-    let path = key_path(key);
-    // Depths strictly increase from the root down; anything else is a forged proof.
-    if proof.steps.windows(2).any(|w| w[0].depth >= w[1].depth) {
-        return false;
-    }
-    let mut hash = leaf_hash(key, value);
-    for step in proof.steps.iter().rev() {
-        hash = if bit(&path, step.depth) == 1 {
-            branch_hash(step.depth, &step.sibling, &hash)
-        } else {
-            branch_hash(step.depth, &hash, &step.sibling)
-        };
-    }
-    &hash == root
-}
-
 /// The root of the tree holding exactly `leaves` (path, leaf hash), computed from scratch
 /// (bulk build, no incremental updates). Used by offline verification and tests.
 pub fn compute_root(leaves: Vec<(Hash, Hash)>) -> Hash {
     Tree::from_leaves(leaves).root()
-}
-
-/// Hex (de)serialisation of hashes for JSON.
-pub mod hex_hash {
-    use super::Hash;
-    use serde::{Deserialize, Deserializer, Serializer, de::Error};
-
-    /// Lower-case hex of `hash`.
-    pub fn to_hex(hash: &Hash) -> String {
-        blake3::Hash::from_bytes(*hash).to_hex().to_string()
-    }
-
-    /// Parses 64 hex digits.
-    pub fn from_hex(text: &str) -> Option<Hash> {
-        blake3::Hash::from_hex(text).ok().map(|h| *h.as_bytes())
-    }
-
-    /// Serde serialiser.
-    pub fn serialize<S: Serializer>(hash: &Hash, serializer: S) -> Result<S::Ok, S::Error> {
-        serializer.serialize_str(&to_hex(hash))
-    }
-
-    /// Serde deserialiser.
-    pub fn deserialize<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Hash, D::Error> {
-        let text = String::deserialize(deserializer)?;
-        from_hex(&text).ok_or_else(|| D::Error::custom("expected 64 hex digits"))
-    }
 }
 
 #[cfg(test)]

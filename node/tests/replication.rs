@@ -41,6 +41,18 @@ struct Cluster {
 
 impl Cluster {
     fn start(n: usize, extra: &str) -> Cluster {
+        let mut cluster = Cluster::configure(n, extra);
+        for id in 0..n {
+            cluster.spawn(id);
+        }
+        for id in 0..n {
+            cluster.wait_serving(id);
+        }
+        cluster
+    }
+
+    /// Writes the configurations; starts nothing.
+    fn configure(n: usize, extra: &str) -> Cluster {
         let dir = tempfile::tempdir().expect("tempdir");
         let ports: Vec<u16> = (0..n).map(|_| free_port()).collect();
         std::fs::write(dir.path().join("admin"), ADMIN).expect("admin token");
@@ -64,18 +76,11 @@ impl Cluster {
             );
             std::fs::write(dir.path().join(format!("node-{id}.yaml")), config).expect("config");
         }
-        let mut cluster = Cluster {
+        Cluster {
             dir,
             ports,
             children: (0..n).map(|_| None).collect(),
-        };
-        for id in 0..n {
-            cluster.spawn(id);
         }
-        for id in 0..n {
-            cluster.wait_serving(id);
-        }
-        cluster
     }
 
     fn url(&self, id: usize) -> String {
@@ -290,7 +295,7 @@ impl Client {
                 .send_string(value)
             {
                 Ok(_) => return Outcome::Acknowledged,
-                Err(ureq::Error::Status(code, response)) if code == 503 => {
+                Err(ureq::Error::Status(503, response)) => {
                     last = format!(
                         "503 from {url}: {}",
                         response.into_string().unwrap_or_default()
@@ -708,4 +713,424 @@ fn a_rolling_forced_cleanup_under_load_fails_no_request_and_loses_nothing() {
     let (_, keys, _) = cluster.converged(&[0, 1, 2], Duration::from_secs(30));
     assert_eq!(keys, acknowledged.len() as u64);
     assert_all_present(&cluster, &[0, 1, 2], &acknowledged);
+}
+
+/// One key's history, checked by stateright's linearizability tester against a register.
+type History = stateright::semantics::LinearizabilityTester<
+    usize,
+    stateright::semantics::register::Register<Option<u64>>,
+>;
+
+fn new_history() -> History {
+    History::new(stateright::semantics::register::Register(None))
+}
+
+#[test]
+fn the_checker_catches_a_stale_read() {
+    use stateright::semantics::ConsistencyTester;
+    use stateright::semantics::register::{RegisterOp, RegisterRet};
+    // write(1) completes, then a read that began afterwards sees nothing: not linearizable.
+    let mut history = new_history();
+    history
+        .on_invoke(0, RegisterOp::Write(Some(1)))
+        .expect("invoke");
+    history.on_return(0, RegisterRet::WriteOk).expect("return");
+    history.on_invoke(1, RegisterOp::Read).expect("invoke");
+    history
+        .on_return(1, RegisterRet::ReadOk(None))
+        .expect("return");
+    assert!(!history.is_consistent());
+    // The same read overlapping the write is fine.
+    let mut history = new_history();
+    history
+        .on_invoke(0, RegisterOp::Write(Some(1)))
+        .expect("invoke");
+    history.on_invoke(1, RegisterOp::Read).expect("invoke");
+    history
+        .on_return(1, RegisterRet::ReadOk(None))
+        .expect("return");
+    history.on_return(0, RegisterRet::WriteOk).expect("return");
+    assert!(history.is_consistent());
+}
+
+#[test]
+fn a_concurrent_history_through_all_nodes_under_faults_is_linearizable() {
+    use stateright::semantics::ConsistencyTester;
+    use stateright::semantics::register::{RegisterOp, RegisterRet};
+    const KEYS: usize = 8;
+    const CLIENTS: usize = 12;
+    let mut cluster = Cluster::start(3, "");
+    let urls = cluster.urls();
+    cluster.wait_leader(&[0, 1, 2], Duration::from_secs(20));
+    let histories: Arc<Vec<Mutex<History>>> =
+        Arc::new((0..KEYS).map(|_| Mutex::new(new_history())).collect());
+    let stop = Arc::new(AtomicBool::new(false));
+    let completed = Arc::new(AtomicU64::new(0));
+    let alive = Arc::new(AtomicU64::new(CLIENTS as u64));
+    let clients: Vec<_> = (0..CLIENTS)
+        .map(|client| {
+            let (histories, stop, completed) = (
+                Arc::clone(&histories),
+                Arc::clone(&stop),
+                Arc::clone(&completed),
+            );
+            let urls = urls.clone();
+            let alive = Arc::clone(&alive);
+            std::thread::spawn(move || {
+                let mut node = client % urls.len();
+                let agent = agent(Duration::from_secs(3));
+                let mut rng = fastrand::Rng::with_seed(client as u64);
+                let mut written = 0u64;
+                let mut unknown = None;
+                while !stop.load(Ordering::SeqCst) {
+                    let key = rng.usize(..KEYS);
+                    let write = rng.bool();
+                    let value = ((client as u64) << 32) | written;
+                    let op = if write {
+                        written += 1;
+                        RegisterOp::Write(Some(value))
+                    } else {
+                        RegisterOp::Read
+                    };
+                    histories[key]
+                        .lock()
+                        .expect("lock")
+                        .on_invoke(client, op)
+                        .expect("invoke");
+                    // Retries that cannot make one operation take effect twice: a read is
+                    // retried on any failure (it changes nothing); a write only when its
+                    // connection was refused (it never reached a node). Any other failure
+                    // of a write leaves its outcome unknown.
+                    let deadline = Instant::now() + Duration::from_secs(10);
+                    let answer = loop {
+                        let url = &urls[node];
+                        let attempt = if write {
+                            agent
+                                .put(&format!("{url}/v1/memories/lin-{key}"))
+                                .send_string(&value.to_string())
+                                .map(|_| RegisterRet::WriteOk)
+                        } else {
+                            match agent.get(&format!("{url}/v1/memories/lin-{key}")).call() {
+                                Ok(r) => Ok(RegisterRet::ReadOk(
+                                    r.into_string().ok().and_then(|v| v.parse().ok()),
+                                )),
+                                Err(ureq::Error::Status(404, _)) => Ok(RegisterRet::ReadOk(None)),
+                                Err(e) => Err(e),
+                            }
+                        };
+                        let retry = match &attempt {
+                            Ok(_) => false,
+                            Err(ureq::Error::Transport(t)) if write => {
+                                t.kind() == ureq::ErrorKind::ConnectionFailed
+                            }
+                            Err(_) => !write,
+                        };
+                        if !retry || Instant::now() > deadline {
+                            break attempt;
+                        }
+                        node = (node + 1) % urls.len();
+                        std::thread::sleep(Duration::from_millis(20));
+                    };
+                    match answer {
+                        Ok(ret) => {
+                            histories[key]
+                                .lock()
+                                .expect("lock")
+                                .on_return(client, ret)
+                                .expect("return");
+                            completed.fetch_add(1, Ordering::SeqCst);
+                        }
+                        // The outcome is unknown: the operation stays in flight (it may or
+                        // may not have taken effect) and this client stops.
+                        Err(error) => {
+                            unknown = Some(error.to_string());
+                            break;
+                        }
+                    }
+                }
+                alive.fetch_sub(1, Ordering::SeqCst);
+                unknown
+            })
+        })
+        .collect();
+    let progress = |n: u64| {
+        let target = completed.load(Ordering::SeqCst) + n;
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while completed.load(Ordering::SeqCst) < target
+            && alive.load(Ordering::SeqCst) > 0
+            && Instant::now() < deadline
+        {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    };
+    progress(150);
+    let leader = cluster.wait_leader(&[0, 1, 2], Duration::from_secs(20));
+    cluster.kill(leader);
+    progress(150);
+    cluster.spawn(leader);
+    cluster.wait_serving(leader);
+    let follower = (cluster.wait_leader(&[0, 1, 2], Duration::from_secs(20)) + 1) % 3;
+    cluster.signal(follower, "-STOP");
+    progress(100);
+    cluster.signal(follower, "-CONT");
+    progress(150);
+    stop.store(true, Ordering::SeqCst);
+    let ended: Vec<Option<String>> = clients
+        .into_iter()
+        .map(|c| c.join().expect("client"))
+        .collect();
+    let total = completed.load(Ordering::SeqCst);
+    println!(
+        "{total} operations completed; clients ended by an unknown outcome: {:?}",
+        ended.iter().flatten().collect::<Vec<_>>()
+    );
+    assert!(total >= 300, "too few operations to judge: {total}");
+    let checking = Instant::now();
+    std::thread::scope(|scope| {
+        for (key, history) in histories.iter().enumerate() {
+            scope.spawn(move || {
+                let history = history.lock().expect("lock");
+                assert!(
+                    history.is_consistent(),
+                    "the history of key lin-{key} ({} operations) is not linearizable: {history:?}",
+                    history.len()
+                );
+            });
+        }
+    });
+    println!("histories checked in {:?}", checking.elapsed());
+}
+
+#[test]
+fn a_single_node_upgraded_to_three_keeps_its_memories_and_shares_them() {
+    let mut cluster = Cluster::configure(3, "");
+    // Node 0 first runs alone, without replication, on the same data directory.
+    let single = cluster.dir.path().join("single.yaml");
+    let replicated =
+        std::fs::read_to_string(cluster.dir.path().join("node-0.yaml")).expect("config");
+    let (plain, _) = replicated
+        .split_once("replication:")
+        .expect("replication section");
+    std::fs::write(&single, plain).expect("single config");
+    let child = Command::new(binary())
+        .arg("serve")
+        .arg("--config")
+        .arg(&single)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start the single node");
+    cluster.children[0] = Some(child);
+    cluster.wait_serving(0);
+    let agent = agent(Duration::from_secs(10));
+    for i in 0..50 {
+        agent
+            .put(&format!("{}/v1/memories/old-{i}", cluster.url(0)))
+            .send_string(&format!("written alone {i}"))
+            .expect("store on the single node");
+    }
+    cluster.signal(0, "-TERM");
+    if let Some(mut child) = cluster.children[0].take() {
+        child.wait().expect("the single node stops");
+    }
+    // The same directory, now the lowest id of a three-node group.
+    for id in 0..3 {
+        cluster.spawn(id);
+    }
+    for id in 0..3 {
+        cluster.wait_serving(id);
+    }
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let voters = cluster.status(0).map(|s| s["voters"].clone());
+        if voters == Some(serde_json::json!([0, 1, 2])) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the group did not grow to three voters: {voters:?}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    agent
+        .put(&format!("{}/v1/memories/new", cluster.url(2)))
+        .send_string("written replicated")
+        .expect("store through the group");
+    let (_, keys, _) = cluster.converged(&[0, 1, 2], Duration::from_secs(30));
+    assert_eq!(keys, 51);
+    for id in 0..3 {
+        let read = agent
+            .get(&format!(
+                "{}/v1/memories/old-7?consistency=local",
+                cluster.url(id)
+            ))
+            .call()
+            .expect("an old memory on every node")
+            .into_string()
+            .expect("body");
+        assert_eq!(read, "written alone 7");
+    }
+}
+
+#[test]
+fn a_node_holding_unreplicated_memories_refuses_to_join_someone_elses_group() {
+    let mut cluster = Cluster::configure(3, "");
+    let single = cluster.dir.path().join("single.yaml");
+    let replicated =
+        std::fs::read_to_string(cluster.dir.path().join("node-1.yaml")).expect("config");
+    let (plain, _) = replicated
+        .split_once("replication:")
+        .expect("replication section");
+    std::fs::write(&single, plain).expect("single config");
+    let mut child = Command::new(binary())
+        .arg("serve")
+        .arg("--config")
+        .arg(&single)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start the single node");
+    cluster.children[1] = None;
+    let url = cluster.url(1);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while agent(Duration::from_secs(1))
+        .get(&format!("{url}/healthz"))
+        .call()
+        .is_err()
+    {
+        assert!(Instant::now() < deadline, "the single node did not start");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    agent(Duration::from_secs(5))
+        .put(&format!("{url}/v1/memories/precious"))
+        .send_string("must not be dropped")
+        .expect("store");
+    let _ = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status();
+    child.wait().expect("stops");
+    // Node 1 is not the group's initializer: it refuses to start, touching nothing.
+    let output = Command::new(binary())
+        .arg("serve")
+        .arg("--config")
+        .arg(cluster.dir.path().join("node-1.yaml"))
+        .output()
+        .expect("run");
+    assert_eq!(output.status.code(), Some(2), "{output:?}");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("written without replication"), "{stderr}");
+    // Its memory is still there when it runs alone again.
+    let mut child = Command::new(binary())
+        .arg("serve")
+        .arg("--config")
+        .arg(&single)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start the single node again");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let read = loop {
+        if let Ok(r) = agent(Duration::from_secs(1))
+            .get(&format!("{url}/v1/memories/precious"))
+            .call()
+        {
+            break r.into_string().expect("body");
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the single node did not serve again"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let _ = child.kill();
+    let _ = child.wait();
+    assert_eq!(read, "must not be dropped");
+}
+
+#[test]
+fn membership_is_changed_through_idempotent_admin_calls() {
+    let mut cluster = Cluster::configure(4, "");
+    for id in 0..4 {
+        let path = cluster.dir.path().join(format!("node-{id}.yaml"));
+        let config = std::fs::read_to_string(&path).expect("config");
+        std::fs::write(&path, config.replace("bootstrap: true", "bootstrap: false"))
+            .expect("config");
+        cluster.spawn(id);
+    }
+    for id in 0..4 {
+        cluster.wait_serving(id);
+    }
+    // Not initialized: writes are refused with a clear 503.
+    let refused = agent(Duration::from_secs(10))
+        .put(&format!("{}/v1/memories/early", cluster.url(0)))
+        .send_string("x");
+    match refused {
+        Err(ureq::Error::Status(503, r)) => {
+            let body = r.into_string().unwrap_or_default();
+            assert!(body.contains("not been initialized"), "{body}");
+        }
+        other => panic!("expected 503, got {other:?}"),
+    }
+    let voters = |s: &Value| s["voters"].clone();
+    let init = cluster
+        .admin_post(1, "/v1/admin/raft/init", r#"{"voters": [0, 1, 2]}"#)
+        .expect("init");
+    assert_eq!(voters(&init), serde_json::json!([0, 1, 2]));
+    let again = cluster
+        .admin_post(2, "/v1/admin/raft/init", r#"{"voters": [0, 1, 2]}"#)
+        .expect("init again");
+    assert_eq!(voters(&again), serde_json::json!([0, 1, 2]), "{again}");
+    cluster.wait_leader(&[0, 1, 2], Duration::from_secs(20));
+    agent(Duration::from_secs(10))
+        .put(&format!("{}/v1/memories/k", cluster.url(3)))
+        .send_string("v")
+        .map(drop)
+        .expect_err("node 3 is no member: it knows no leader to forward to");
+    // Any node takes membership calls (a follower forwards them to the leader).
+    for _ in 0..2 {
+        let added = cluster
+            .admin_post(0, "/v1/admin/raft/learners", r#"{"id": 3}"#)
+            .expect("add learner");
+        assert_eq!(added["learners"], serde_json::json!([3]), "{added}");
+    }
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while cluster
+        .status(3)
+        .and_then(|s| s["appliedIndex"].as_u64())
+        .is_none()
+    {
+        assert!(Instant::now() < deadline, "the learner did not catch up");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    for _ in 0..2 {
+        let promoted = cluster
+            .admin_post(2, "/v1/admin/raft/promote", r#"{"ids": [3]}"#)
+            .expect("promote");
+        assert_eq!(
+            voters(&promoted),
+            serde_json::json!([0, 1, 2, 3]),
+            "{promoted}"
+        );
+    }
+    agent(Duration::from_secs(10))
+        .put(&format!("{}/v1/memories/k", cluster.url(3)))
+        .send_string("v")
+        .expect("node 3 is a voter now and forwards");
+    for _ in 0..2 {
+        let removed = cluster
+            .admin_post(1, "/v1/admin/raft/remove", r#"{"ids": [3]}"#)
+            .expect("remove");
+        assert_eq!(voters(&removed), serde_json::json!([0, 1, 2]), "{removed}");
+        assert_eq!(removed["learners"], serde_json::json!([]), "{removed}");
+    }
+    let bad = cluster.admin_post(0, "/v1/admin/raft/promote", r#"{"ids": "three"}"#);
+    assert!(bad.as_ref().is_err_and(|e| e.starts_with("400")), "{bad:?}");
+    let unknown = cluster.admin_post(0, "/v1/admin/raft/learners", r#"{"id": 9}"#);
+    assert!(
+        unknown
+            .as_ref()
+            .is_err_and(|e| e.contains("not a configured peer")),
+        "{unknown:?}"
+    );
+    cluster.kill(3);
 }

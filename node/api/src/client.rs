@@ -191,3 +191,310 @@ impl NodeClient {
         serde_json::from_slice(&body).map_err(|e| ClientError::Body(e.to_string()))
     }
 }
+
+/// How a read is served by a replicated memory.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Consistency {
+    /// Sees every write acknowledged before the read began (the default).
+    #[default]
+    Linearizable,
+    /// The answering replica's state as it is (a read replica; may lag).
+    Local,
+}
+
+impl Consistency {
+    fn as_str(self) -> &'static str {
+        match self {
+            Consistency::Linearizable => "linearizable",
+            Consistency::Local => "local",
+        }
+    }
+}
+
+/// A value read back, with the log index the answering node had applied (replicated).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Read {
+    /// The value.
+    pub value: Vec<u8>,
+    /// `x-phoenix-applied-index`, on a replicated memory.
+    pub applied_index: Option<u64>,
+}
+
+/// A value whose inclusion proof verified against the root it came with.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Verified {
+    /// The value.
+    pub value: Vec<u8>,
+    /// The root it is proven under.
+    pub root: crate::proof::Hash,
+    /// The log index applied when the proof was made (replicated).
+    pub applied_index: Option<u64>,
+}
+
+/// A client of one memory's nodes that follows the documented retry rule:
+///
+/// - it sends to the node that answered last (any node takes writes: a follower forwards
+///   them to the leader);
+/// - a refused connection, a timeout or a 503 (an election, a rebuild swap, a node
+///   stopping) moves it to the next node at once; after a full round without an answer it
+///   waits the shortest `Retry-After` it was given (at most one second) and goes on, until
+///   `give_up_after` has passed;
+/// - any other answer is final (a 4xx is the caller's to fix).
+///
+/// A write whose answer was lost may still have taken effect: repeating a store is safe (it
+/// writes the same value); a repeated delete may answer "absent".
+#[derive(Debug)]
+pub struct MemoryClient {
+    http: reqwest::Client,
+    nodes: Vec<String>,
+    current: std::sync::atomic::AtomicUsize,
+    give_up_after: Duration,
+    request_timeout: Duration,
+}
+
+/// Percent-encodes a key for the request path (`/` is kept: keys may hold it).
+fn encode_key(key: &str) -> String {
+    let mut out = String::with_capacity(key.len());
+    for byte in key.bytes() {
+        match byte {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' | b'/' => {
+                out.push(char::from(byte));
+            }
+            other => out.push_str(&format!("%{other:02X}")),
+        }
+    }
+    out
+}
+
+impl MemoryClient {
+    /// A client of the nodes at `nodes` (base URLs), giving up after 30 s.
+    pub fn new(
+        http: reqwest::Client,
+        nodes: impl IntoIterator<Item = impl Into<String>>,
+    ) -> MemoryClient {
+        MemoryClient {
+            http,
+            nodes: nodes
+                .into_iter()
+                .map(|n| n.into().trim_end_matches('/').to_string())
+                .collect(),
+            current: std::sync::atomic::AtomicUsize::new(0),
+            give_up_after: Duration::from_secs(30),
+            request_timeout: Duration::from_secs(10),
+        }
+    }
+
+    /// How long to keep trying other nodes before an error.
+    #[must_use]
+    pub fn give_up_after(mut self, limit: Duration) -> MemoryClient {
+        self.give_up_after = limit;
+        self
+    }
+
+    /// How long one attempt may take.
+    #[must_use]
+    pub fn request_timeout(mut self, limit: Duration) -> MemoryClient {
+        self.request_timeout = limit;
+        self
+    }
+
+    /// Sends `build(base_url)` under the retry rule; a final answer (2xx or not 503).
+    async fn send(
+        &self,
+        build: impl Fn(&str) -> reqwest::RequestBuilder,
+    ) -> Result<reqwest::Response, ClientError> {
+        use std::sync::atomic::Ordering;
+        if self.nodes.is_empty() {
+            return Err(ClientError::Unreachable("no nodes given".into()));
+        }
+        let deadline = tokio::time::Instant::now() + self.give_up_after;
+        let mut failures_in_round = 0;
+        let mut wait = Duration::from_secs(1);
+        let mut last;
+        loop {
+            let at = self.current.load(Ordering::Relaxed) % self.nodes.len();
+            let url = &self.nodes[at];
+            match build(url).timeout(self.request_timeout).send().await {
+                Ok(response) if response.status().as_u16() != 503 => return Ok(response),
+                Ok(response) => {
+                    let after = response
+                        .headers()
+                        .get(reqwest::header::RETRY_AFTER)
+                        .and_then(|v| v.to_str().ok())
+                        .and_then(|v| v.parse::<u64>().ok())
+                        .map_or(Duration::from_secs(1), Duration::from_secs);
+                    wait = wait.min(after);
+                    last = format!("{url} answered 503");
+                }
+                Err(error) => last = format!("{url}: {error}"),
+            }
+            let _ = self.current.compare_exchange(
+                at,
+                (at + 1) % self.nodes.len(),
+                Ordering::Relaxed,
+                Ordering::Relaxed,
+            );
+            failures_in_round += 1;
+            if tokio::time::Instant::now() >= deadline {
+                return Err(ClientError::Unreachable(format!(
+                    "no node answered within {:?}; last: {last}",
+                    self.give_up_after
+                )));
+            }
+            if failures_in_round >= self.nodes.len() {
+                failures_in_round = 0;
+                tokio::time::sleep(wait.min(Duration::from_secs(1))).await;
+                wait = Duration::from_secs(1);
+            }
+        }
+    }
+
+    async fn body(
+        response: reqwest::Response,
+    ) -> Result<(reqwest::StatusCode, Option<u64>, Vec<u8>), ClientError> {
+        let status = response.status();
+        let applied = response
+            .headers()
+            .get("x-phoenix-applied-index")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse().ok());
+        let bytes = response
+            .bytes()
+            .await
+            .map_err(|e| ClientError::Body(e.to_string()))?;
+        Ok((status, applied, bytes.to_vec()))
+    }
+
+    fn refusal(status: reqwest::StatusCode, body: &[u8]) -> ClientError {
+        ClientError::Status {
+            status: status.as_u16(),
+            message: serde_json::from_slice::<ErrorBody>(body)
+                .ok()
+                .map(|e| e.error.message)
+                .or_else(|| status.canonical_reason().map(str::to_string)),
+        }
+    }
+
+    /// Stores `value` under `key` (optionally expiring after `ttl_seconds`).
+    ///
+    /// # Errors
+    /// No node answered in time, or a refusal (400, 413, 507, …).
+    pub async fn store(
+        &self,
+        key: &str,
+        value: &[u8],
+        ttl_seconds: Option<u64>,
+    ) -> Result<crate::wire::Stored, ClientError> {
+        let path = match ttl_seconds {
+            Some(ttl) => format!("/v1/memories/{}?ttlSeconds={ttl}", encode_key(key)),
+            None => format!("/v1/memories/{}", encode_key(key)),
+        };
+        let response = self
+            .send(|url| self.http.put(format!("{url}{path}")).body(value.to_vec()))
+            .await?;
+        let (status, _, body) = Self::body(response).await?;
+        if !status.is_success() {
+            return Err(Self::refusal(status, &body));
+        }
+        serde_json::from_slice(&body).map_err(|e| ClientError::Body(e.to_string()))
+    }
+
+    /// The value under `key`, or `None`.
+    ///
+    /// # Errors
+    /// No node answered in time, or a refusal.
+    pub async fn retrieve(
+        &self,
+        key: &str,
+        consistency: Consistency,
+    ) -> Result<Option<Read>, ClientError> {
+        let path = format!(
+            "/v1/memories/{}?consistency={}",
+            encode_key(key),
+            consistency.as_str()
+        );
+        let response = self
+            .send(|url| self.http.get(format!("{url}{path}")))
+            .await?;
+        let (status, applied_index, value) = Self::body(response).await?;
+        match status.as_u16() {
+            200 => Ok(Some(Read {
+                value,
+                applied_index,
+            })),
+            404 => Ok(None),
+            _ => Err(Self::refusal(status, &value)),
+        }
+    }
+
+    /// Deletes `key`; false when it was absent.
+    ///
+    /// # Errors
+    /// No node answered in time, or a refusal.
+    pub async fn delete(&self, key: &str) -> Result<bool, ClientError> {
+        let path = format!("/v1/memories/{}", encode_key(key));
+        let response = self
+            .send(|url| self.http.delete(format!("{url}{path}")))
+            .await?;
+        let (status, _, body) = Self::body(response).await?;
+        match status.as_u16() {
+            204 => Ok(true),
+            404 => Ok(false),
+            _ => Err(Self::refusal(status, &body)),
+        }
+    }
+
+    /// The Merkle root (with the applied index on a replicated memory).
+    ///
+    /// # Errors
+    /// No node answered in time, or a refusal.
+    pub async fn root(&self, consistency: Consistency) -> Result<crate::wire::Root, ClientError> {
+        let path = format!("/v1/root?consistency={}", consistency.as_str());
+        let response = self
+            .send(|url| self.http.get(format!("{url}{path}")))
+            .await?;
+        let (status, _, body) = Self::body(response).await?;
+        if !status.is_success() {
+            return Err(Self::refusal(status, &body));
+        }
+        serde_json::from_slice(&body).map_err(|e| ClientError::Body(e.to_string()))
+    }
+
+    /// The value under `key` with its inclusion proof, verified with
+    /// [`crate::proof::verify_proof`] against the root it came with.
+    ///
+    /// # Errors
+    /// No node answered in time, a refusal, or a proof that does not verify
+    /// ([`ClientError::Body`]).
+    pub async fn proven(&self, key: &str) -> Result<Option<Verified>, ClientError> {
+        use base64::Engine as _;
+        let path = format!("/v1/proof/{}", encode_key(key));
+        let response = self
+            .send(|url| self.http.get(format!("{url}{path}")))
+            .await?;
+        let (status, _, body) = Self::body(response).await?;
+        match status.as_u16() {
+            200 => {}
+            404 => return Ok(None),
+            _ => return Err(Self::refusal(status, &body)),
+        }
+        let proof: crate::wire::ProofBody =
+            serde_json::from_slice(&body).map_err(|e| ClientError::Body(e.to_string()))?;
+        let value = base64::engine::general_purpose::STANDARD
+            .decode(&proof.value)
+            .map_err(|e| ClientError::Body(format!("the proven value is not base64: {e}")))?;
+        let root = crate::proof::hex_hash::from_hex(&proof.root)
+            .ok_or_else(|| ClientError::Body("the proof's root is not 64 hex digits".into()))?;
+        if !crate::proof::verify_proof(&root, key.as_bytes(), &value, &proof.proof) {
+            return Err(ClientError::Body(format!(
+                "the proof of {key:?} does not verify against root {}",
+                proof.root
+            )));
+        }
+        Ok(Some(Verified {
+            value,
+            root,
+            applied_index: proof.applied_index,
+        }))
+    }
+}

@@ -137,3 +137,20 @@ pub struct RaftStatus {
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub matched: BTreeMap<u64, Option<u64>>,
 }
+
+/// `GET /v1/proof/{key}`: a value with its inclusion proof.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ProofBody {
+    /// The key.
+    pub key: String,
+    /// The value, base64.
+    pub value: String,
+    /// The root the proof is against, hex.
+    pub root: String,
+    /// The proof.
+    pub proof: crate::proof::Proof,
+    /// On a replicated node: the log index applied when the proof was made.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub applied_index: Option<u64>,
+}

@@ -8,6 +8,7 @@
 mod http;
 mod memory;
 mod plot;
+mod replicated;
 mod scenarios;
 
 use std::io::Write;
@@ -36,6 +37,9 @@ pub struct BenchOptions {
     pub seed: u64,
     /// Run the HTTP scenarios instead, with this many client threads.
     pub http_concurrency: Option<usize>,
+    /// Run the replicated scenarios instead (node processes on loopback), with this many
+    /// client threads.
+    pub replicated_concurrency: Option<usize>,
 }
 
 /// Errors of the benchmark.
@@ -213,12 +217,18 @@ pub fn run(
             "note: peak RSS cannot be reset here; figures are cumulative"
         )?;
     }
-    let runs: Vec<Run<'_>> = match options.http_concurrency {
-        Some(clients) => vec![
+    let runs: Vec<Run<'_>> = match (options.replicated_concurrency, options.http_concurrency) {
+        (Some(clients), _) => vec![
+            Box::new(move |dir: &Path| replicated::reads(options, dir, clients)),
+            Box::new(move |dir: &Path| replicated::durable(options, dir, clients)),
+            Box::new(move |dir: &Path| replicated::sustained(options, dir, clients)),
+            Box::new(move |dir: &Path| replicated::recovery(options, dir, clients)),
+        ],
+        (None, Some(clients)) => vec![
             Box::new(move |dir: &Path| http::sustained(options, dir, clients)),
             Box::new(move |dir: &Path| http::durable(options, dir, clients)),
         ],
-        None => options
+        (None, None) => options
             .scenarios
             .iter()
             .map(|s| Box::new(move |dir: &Path| s.run(options, dir)) as Run<'_>)

@@ -165,6 +165,9 @@ pub struct Replica {
     write_wait: Duration,
     election_timeout: Duration,
     log_bytes: RaftLog,
+    /// Memories found in the store written without replication (a single node upgraded),
+    /// before this node had any Raft state.
+    unreplicated: Option<u64>,
     /// Set while leadership is being handed over: writes are refused meanwhile.
     moving: std::sync::atomic::AtomicBool,
 }
@@ -224,6 +227,15 @@ impl Replica {
             Arc::clone(&shared),
             Arc::clone(&counters),
         )?;
+        let unreplicated =
+            (shared.applied_index().is_none() && raft_log.is_empty() && store.key_count() > 0)
+                .then(|| store.key_count());
+        if let Some(keys) = unreplicated {
+            tracing::warn!(
+                keys,
+                "the store holds memories written without replication (a single node upgraded)"
+            );
+        }
         let http = reqwest::Client::builder()
             .pool_idle_timeout(Duration::from_secs(30))
             .tcp_nodelay(true)
@@ -249,18 +261,96 @@ impl Replica {
             election_timeout: Duration::from_millis(config.election_timeout_ms),
             log_bytes: raft_log,
             moving: std::sync::atomic::AtomicBool::new(false),
+            unreplicated,
         };
         let lowest = config.peers.iter().map(|p| p.id).min();
-        if config.bootstrap && lowest == Some(config.id) {
-            let voters = replica.peers.keys().copied().collect();
-            match replica.initialize(Some(voters)).await {
-                Ok(status) => {
-                    tracing::info!(voters = ?status.voters, "replication group bootstrapped")
-                }
-                Err(error) => tracing::warn!(%error, "bootstrap of the replication group failed"),
-            }
+        let initializer = config.bootstrap && lowest == Some(config.id);
+        if let Some(keys) = replica.unreplicated
+            && config.bootstrap
+            && !initializer
+        {
+            anyhow::bail!(
+                "this data directory holds {keys} memories written without replication, and \
+                 this node (id {}) does not initialize the group (the lowest id does): joining \
+                 would replace them with the group's data. Start the node that holds them as \
+                 the lowest id, or move the directory aside",
+                config.id
+            );
         }
         Ok(replica)
+    }
+
+    /// With `bootstrap` on the lowest id: initializes the group (a no-op when it already
+    /// is). A node holding memories written before replication (a single node upgraded)
+    /// starts a group of itself, compacts its log so the data travels as a snapshot, then
+    /// adds the other peers as learners and promotes them once they have caught up.
+    pub async fn bootstrap(self: Arc<Self>, config: &ReplicationConfig) {
+        let lowest = config.peers.iter().map(|p| p.id).min();
+        if !config.bootstrap || lowest != Some(self.id) {
+            return;
+        }
+        let voters = if self.unreplicated.is_some() {
+            BTreeSet::from([self.id])
+        } else {
+            self.peers.keys().copied().collect()
+        };
+        match self.initialize(Some(voters)).await {
+            Ok(status) => tracing::info!(voters = ?status.voters, "replication group bootstrapped"),
+            Err(error) => {
+                tracing::warn!(%error, "bootstrap of the replication group failed");
+                return;
+            }
+        }
+        if self.unreplicated.is_some() {
+            tokio::spawn(async move { self.grow_from_upgraded().await });
+        }
+    }
+
+    /// The upgrade path of [`Replica::bootstrap`]: snapshot, then learners, then voters.
+    async fn grow_from_upgraded(&self) {
+        let _ = self
+            .raft
+            .wait(Some(Duration::from_secs(30)))
+            .metrics(
+                |m| m.state == ServerState::Leader && m.last_applied.is_some(),
+                "led alone",
+            )
+            .await;
+        self.compact().await;
+        let others: BTreeSet<NodeId> = self
+            .peers
+            .keys()
+            .copied()
+            .filter(|id| *id != self.id)
+            .collect();
+        loop {
+            let status = self.status();
+            if others.iter().all(|id| status.voters.contains(id)) {
+                tracing::info!(voters = ?status.voters, "the upgraded node's group has every peer as a voter");
+                return;
+            }
+            if status.leader == Some(self.id) {
+                for id in &others {
+                    if let Err(error) = self.add_learner(*id, None).await {
+                        tracing::debug!(%error, id, "adding a learner");
+                    }
+                }
+                let caught_up: BTreeSet<NodeId> = others
+                    .iter()
+                    .copied()
+                    .filter(|id| {
+                        status.matched.get(id).copied().flatten().is_some()
+                            && status.matched.get(id).copied().flatten() >= status.applied_index
+                    })
+                    .collect();
+                if caught_up.len() == others.len()
+                    && let Err(error) = self.promote(caught_up).await
+                {
+                    tracing::debug!(%error, "promoting the learners");
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
     }
 
     /// Whether `presented` is the peer token (constant time).
@@ -546,9 +636,26 @@ impl Replica {
             .map(|id| Ok((*id, self.node_of(*id)?)))
             .collect::<Result<BTreeMap<_, _>, MembershipError>>()?;
         match self.raft.initialize(nodes).await {
-            Ok(()) | Err(RaftError::APIError(InitializeError::NotAllowed(_))) => Ok(self.status()),
-            Err(error) => Err(MembershipError::Raft(error.to_string())),
+            Ok(()) | Err(RaftError::APIError(InitializeError::NotAllowed(_))) => {}
+            Err(error) => return Err(MembershipError::Raft(error.to_string())),
         }
+        // Answer with the membership in force here (a node initialized by another one may
+        // not have received it yet).
+        let _ = self
+            .raft
+            .wait(Some(self.write_wait))
+            .metrics(
+                |m| {
+                    m.membership_config
+                        .membership()
+                        .voter_ids()
+                        .next()
+                        .is_some()
+                },
+                "membership known",
+            )
+            .await;
+        Ok(self.status())
     }
 
     /// Adds `id` as a learner (it starts receiving the log). Idempotent.

@@ -11,7 +11,7 @@ use axum::http::{HeaderMap, Method, StatusCode, Uri, header};
 use axum::response::{IntoResponse, Response};
 use base64::Engine as _;
 use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
-use serde::{Deserialize, Serialize};
+use serde::Deserialize;
 
 use super::replicated::{self, Consistency};
 use super::{ApiError, Node};
@@ -20,7 +20,7 @@ use phoenix_node_api::wire::{ListItem, ListPage, Root, Stored};
 
 use crate::cleanup::{self, CleanupOptions, CleanupReport};
 use crate::fault::FaultSpec;
-use crate::merkle::{Proof, hex_hash};
+use crate::merkle::hex_hash;
 
 type ApiResult<T> = Result<T, ApiError>;
 
@@ -315,21 +315,7 @@ pub(super) async fn root(
 }
 
 /// A proof as served: the value in base64, the root in hex.
-#[derive(Debug, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct ProofBody {
-    /// The key.
-    pub key: String,
-    /// The value, base64.
-    pub value: String,
-    /// The root the proof is against, hex.
-    pub root: String,
-    /// The proof.
-    pub proof: Proof,
-    /// On a replicated node: the log index applied when the proof was made.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub applied_index: Option<u64>,
-}
+pub use phoenix_node_api::wire::ProofBody;
 
 /// `GET /v1/proof/{key}`.
 pub(super) async fn proof(

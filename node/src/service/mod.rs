@@ -578,7 +578,9 @@ pub async fn serve(config: NodeConfig) -> anyhow::Result<()> {
                 peers = replication.peers.len(),
                 "replication started"
             );
-            node = node.with_replica(Arc::new(replica));
+            let replica = Arc::new(replica);
+            Arc::clone(&replica).bootstrap(replication).await;
+            node = node.with_replica(replica);
         }
         let node = Arc::new(node);
         let listener = tokio::net::TcpListener::bind(config.listen)

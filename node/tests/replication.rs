@@ -1134,3 +1134,69 @@ fn membership_is_changed_through_idempotent_admin_calls() {
     );
     cluster.kill(3);
 }
+
+#[test]
+fn the_client_follows_the_retry_rule_and_verifies_proofs() {
+    use phoenix_node_api::{Consistency, MemoryClient};
+    let mut cluster = Cluster::start(3, "");
+    let leader = cluster.wait_leader(&[0, 1, 2], Duration::from_secs(20));
+    // The first node the client tries is down: it moves on to the next at once.
+    let down = (leader + 1) % 3;
+    cluster.kill(down);
+    let mut urls = vec![cluster.url(down)];
+    urls.extend((0..3).filter(|id| *id != down).map(|id| cluster.url(id)));
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    runtime.block_on(async {
+        let client =
+            MemoryClient::new(reqwest::Client::new(), urls).give_up_after(Duration::from_secs(20));
+        let stored = client
+            .store("notes/a b", b"kept by the group", Some(3600))
+            .await
+            .expect("store");
+        assert!(
+            stored.created && stored.expires_at_ms.is_some(),
+            "{stored:?}"
+        );
+        let read = client
+            .retrieve("notes/a b", Consistency::Linearizable)
+            .await
+            .expect("read")
+            .expect("present");
+        assert_eq!(read.value, b"kept by the group");
+        assert!(read.applied_index.is_some());
+        let proven = client
+            .proven("notes/a b")
+            .await
+            .expect("proof")
+            .expect("present");
+        assert_eq!(proven.value, b"kept by the group");
+        let root = client.root(Consistency::Local).await.expect("root");
+        assert_eq!(root.keys, 1);
+        assert!(client.delete("notes/a b").await.expect("delete"));
+        assert!(!client.delete("notes/a b").await.expect("delete again"));
+        let gone = client
+            .retrieve("notes/a b", Consistency::Linearizable)
+            .await
+            .expect("read");
+        assert!(gone.is_none(), "{gone:?}");
+        // A refusal is final, not retried: an empty value is the caller's to fix.
+        let refused = client.store("k", b"", None).await.expect_err("empty value");
+        assert!(
+            matches!(
+                refused,
+                phoenix_node_api::ClientError::Status { status: 400, .. }
+            ),
+            "{refused:?}"
+        );
+    });
+    // With every node down it gives up after its limit, naming the last failure.
+    let all_down = MemoryClient::new(reqwest::Client::new(), [cluster.url(down)])
+        .give_up_after(Duration::from_millis(300));
+    let error = runtime
+        .block_on(all_down.store("k", b"v", None))
+        .expect_err("nobody answers");
+    assert!(error.to_string().contains("no node answered"), "{error}");
+}

@@ -79,6 +79,8 @@ pub mod names {
     pub const RAFT_SNAPSHOTS_REFUSED: &str = "phoenix_node_raft_snapshots_refused_total";
     /// Requests forwarded to the leader.
     pub const RAFT_FORWARDED: &str = "phoenix_node_raft_forwarded_requests_total";
+    /// Read indexes served under the leader's lease.
+    pub const RAFT_LEASE_READS: &str = "phoenix_node_raft_lease_reads_total";
     /// Raft log flushes.
     pub const RAFT_LOG_FLUSHES: &str = "phoenix_node_raft_log_flushes_total";
     /// Appends those flushes made durable.

@@ -136,6 +136,12 @@ fn apply_command(store: &Store, command: &Command) -> Result<Reply, StoreError> 
         }
         Command::Delete { key } => Reply::Deleted(store.apply_delete(key)?),
         Command::Prune { now_ms } => Reply::Pruned(store.apply_prune(*now_ms)?),
+        Command::Batch(commands) => Reply::Batch(
+            commands
+                .iter()
+                .map(|c| apply_command(store, c))
+                .collect::<Result<_, _>>()?,
+        ),
     })
 }
 

@@ -38,6 +38,8 @@ pub struct Counters {
     pub snapshots_refused: Counter,
     /// Requests this node forwarded to the leader.
     pub forwarded: Counter,
+    /// Linearizable read indexes served under the leader's lease (no quorum round).
+    pub lease_reads: Counter,
     /// Log flushes (fsyncs).
     pub log_flushes: Counter,
     /// Appends made durable by those flushes (appends per flush = group commit batching).
@@ -160,6 +162,12 @@ pub fn render(metrics: &RaftMetrics<u64, openraft::BasicNode>, counters: &Counte
         names::RAFT_FORWARDED,
         "Requests forwarded to the leader.",
         counters.forwarded.get(),
+    );
+    counter(
+        &mut text,
+        names::RAFT_LEASE_READS,
+        "Linearizable read indexes the leader served under its lease (no quorum round).",
+        counters.lease_reads.get(),
     );
     counter(
         &mut text,

@@ -74,6 +74,9 @@ pub enum Command {
         /// The moment, unix ms.
         now_ms: u64,
     },
+    /// Several writes proposed as one entry (one log append, one fsync, one replication
+    /// round for all of them), applied in order.
+    Batch(Vec<Command>),
 }
 
 // Values stay out of logs: a key and a length are enough to follow what happened.
@@ -92,6 +95,7 @@ impl fmt::Debug for Command {
             ),
             Command::Delete { key } => write!(f, "Delete({:?})", String::from_utf8_lossy(key)),
             Command::Prune { now_ms } => write!(f, "Prune(at {now_ms})"),
+            Command::Batch(commands) => write!(f, "Batch({} writes)", commands.len()),
         }
     }
 }
@@ -119,6 +123,8 @@ pub enum Reply {
     Deleted(bool),
     /// A prune: how many memories it removed.
     Pruned(u64),
+    /// A batch: each write's reply, in order.
+    Batch(Vec<Reply>),
 }
 
 openraft::declare_raft_types!(
@@ -168,6 +174,11 @@ pub struct Replica {
     /// Memories found in the store written without replication (a single node upgraded),
     /// before this node had any Raft state.
     unreplicated: Option<u64>,
+    /// Writes waiting to be proposed (see [`propose_batches`]).
+    proposals: tokio::sync::mpsc::UnboundedSender<Proposal>,
+    /// When a quorum last acknowledged this leader (an estimate from the metrics; `None`
+    /// when not leading or before the leader applied an entry of its term).
+    lease: Arc<std::sync::Mutex<Option<std::time::Instant>>>,
     /// Set while leadership is being handed over: writes are refused meanwhile.
     moving: std::sync::atomic::AtomicBool,
 }
@@ -244,6 +255,8 @@ impl Replica {
         let network =
             network::Network::new(http.clone(), Arc::clone(&peer_token), Arc::clone(&counters));
         let raft = Raft::new(config.id, Arc::new(raft_config), network, log, machine).await?;
+        let (proposals, queued) = tokio::sync::mpsc::unbounded_channel();
+        tokio::spawn(propose_batches(raft.clone(), queued));
         let replica = Replica {
             id: config.id,
             raft,
@@ -262,7 +275,10 @@ impl Replica {
             log_bytes: raft_log,
             moving: std::sync::atomic::AtomicBool::new(false),
             unreplicated,
+            lease: Arc::default(),
+            proposals,
         };
+        replica.watch_lease();
         let lowest = config.peers.iter().map(|p| p.id).min();
         let initializer = config.bootstrap && lowest == Some(config.id);
         if let Some(keys) = replica.unreplicated
@@ -351,6 +367,43 @@ impl Replica {
             }
             tokio::time::sleep(Duration::from_millis(500)).await;
         }
+    }
+
+    /// Keeps [`Replica::lease`] from the metrics openraft publishes on every turn of its
+    /// loop: the time of the last quorum acknowledgement is the moment a heartbeat or
+    /// append was sent that a majority answered (openraft counts the sending time).
+    fn watch_lease(&self) {
+        let mut metrics = self.raft.metrics();
+        let lease = Arc::clone(&self.lease);
+        tokio::spawn(async move {
+            while metrics.changed().await.is_ok() {
+                let acked = {
+                    let m = metrics.borrow_and_update();
+                    let settled = m.state == ServerState::Leader
+                        && m.last_applied
+                            .is_some_and(|l| l.leader_id.term == m.current_term);
+                    m.millis_since_quorum_ack
+                        .filter(|_| settled)
+                        .and_then(|ms| std::time::Instant::now().checked_sub(Duration::from_millis(ms)))
+                };
+                *lease.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = acked;
+            }
+        });
+    }
+
+    /// Whether this leader may serve a linearizable read from its own state (lease read):
+    /// a majority acknowledged it less than half the minimum election timeout ago. A
+    /// follower refuses to vote for `electionTimeoutMs × 2` after it last heard from its
+    /// leader, so no other leader can have been elected meanwhile; the leader has applied
+    /// an entry of its own term (so everything committed before is applied), and every
+    /// write it acknowledged was applied before the acknowledgement. Never while
+    /// leadership is being handed over.
+    fn lease_holds(&self) -> bool {
+        if self.moving.load(std::sync::atomic::Ordering::SeqCst) {
+            return false;
+        }
+        let acked = *self.lease.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        acked.is_some_and(|at| at.elapsed() < self.election_timeout / 2) && self.is_leader()
     }
 
     /// Whether `presented` is the peer token (constant time).
@@ -486,22 +539,17 @@ impl Replica {
                 "leadership is being handed to another node; retry".into(),
             ));
         }
-        let written = tokio::time::timeout(self.write_wait, self.raft.client_write(command)).await;
-        match written {
+        let (done, answer) = tokio::sync::oneshot::channel();
+        self.proposals
+            .send(Proposal { command, done })
+            .map_err(|_| Refusal::Unavailable("replication stopped".into()))?;
+        match tokio::time::timeout(self.write_wait, answer).await {
             Err(_) => Err(Refusal::Unavailable(format!(
                 "the write was not committed within {} ms; it may still take effect",
                 self.write_wait.as_millis()
             ))),
-            Ok(Ok(response)) => Ok((response.data, Some(response.log_id.index))),
-            Ok(Err(RaftError::APIError(ClientWriteError::ForwardToLeader(forward)))) => {
-                match forward.leader_id {
-                    Some(leader) if leader != self.id => Err(self.refer(leader)),
-                    _ => Err(Refusal::Unavailable(
-                        "leadership changed while writing; the write may still take effect".into(),
-                    )),
-                }
-            }
-            Ok(Err(error)) => Err(Refusal::Unavailable(error.to_string())),
+            Ok(Err(_)) => Err(Refusal::Unavailable("replication stopped".into())),
+            Ok(Ok(result)) => result,
         }
     }
 
@@ -512,6 +560,10 @@ impl Replica {
     /// # Errors
     /// [`Refusal::Unavailable`] without a leader or quorum within the write wait.
     pub async fn read_index(&self) -> Result<Option<u64>, Refusal> {
+        if self.lease_holds() {
+            self.counters.lease_reads.inc();
+            return Ok(self.shared.applied_index());
+        }
         let index = match self.leader().await? {
             None => self.leader_read_index().await?,
             Some(leader) => self.fetch_read_index(leader).await?,
@@ -535,6 +587,10 @@ impl Replica {
     /// # Errors
     /// Not the leader, or no quorum within the write wait.
     pub async fn leader_read_index(&self) -> Result<Option<u64>, Refusal> {
+        if self.lease_holds() {
+            self.counters.lease_reads.inc();
+            return Ok(self.shared.applied_index());
+        }
         let asked = tokio::time::timeout(self.write_wait, self.raft.get_read_log_id()).await;
         match asked {
             Err(_) => Err(Refusal::Unavailable(
@@ -889,6 +945,83 @@ impl Replica {
     pub async fn shutdown(&self) {
         if let Err(error) = self.raft.shutdown().await {
             tracing::warn!(%error, "Raft did not shut down cleanly");
+        }
+    }
+}
+
+/// A write waiting to be proposed, and where its outcome goes.
+struct Proposal {
+    command: Command,
+    done: tokio::sync::oneshot::Sender<Result<(Reply, Option<u64>), Refusal>>,
+}
+
+/// Proposals in flight at once.
+const PROPOSALS_IN_FLIGHT: usize = 2;
+/// Writes in one proposed entry at most.
+const MAX_BATCH: usize = 256;
+
+/// Proposes queued writes: up to [`PROPOSALS_IN_FLIGHT`] entries at once, each carrying
+/// every write that queued up meanwhile (up to [`MAX_BATCH`]). openraft 0.9 appends and
+/// fsyncs each proposal separately and waits for the fsync in its core loop, so without
+/// this each write would cost its own fsync on the leader and on every follower.
+async fn propose_batches(raft: Raft<TypeConfig>, mut queued: tokio::sync::mpsc::UnboundedReceiver<Proposal>) {
+    let slots = Arc::new(tokio::sync::Semaphore::new(PROPOSALS_IN_FLIGHT));
+    while let Some(first) = queued.recv().await {
+        let Ok(slot) = Arc::clone(&slots).acquire_owned().await else {
+            return;
+        };
+        let mut batch = vec![first];
+        while batch.len() < MAX_BATCH {
+            match queued.try_recv() {
+                Ok(more) => batch.push(more),
+                Err(_) => break,
+            }
+        }
+        let raft = raft.clone();
+        tokio::spawn(async move {
+            let _slot = slot;
+            propose(&raft, batch).await;
+        });
+    }
+}
+
+async fn propose(raft: &Raft<TypeConfig>, mut batch: Vec<Proposal>) {
+    let command = if batch.len() == 1 {
+        batch[0].command.clone()
+    } else {
+        Command::Batch(batch.iter().map(|p| p.command.clone()).collect())
+    };
+    let outcome = raft.client_write(command).await;
+    let replies: Result<Vec<(Reply, Option<u64>)>, Refusal> = match outcome {
+        Ok(response) => {
+            let index = Some(response.log_id.index);
+            match response.data {
+                Reply::Batch(replies) if batch.len() > 1 && replies.len() == batch.len() => {
+                    Ok(replies.into_iter().map(|r| (r, index)).collect())
+                }
+                reply if batch.len() == 1 => Ok(vec![(reply, index)]),
+                other => Err(Refusal::Unavailable(format!(
+                    "a batch of {} writes was answered with {other:?}",
+                    batch.len()
+                ))),
+            }
+        }
+        Err(RaftError::APIError(ClientWriteError::ForwardToLeader(_))) => Err(Refusal::Unavailable(
+            "leadership changed while writing; the write may still take effect".into(),
+        )),
+        Err(error) => Err(Refusal::Unavailable(error.to_string())),
+    };
+    match replies {
+        Ok(replies) => {
+            for (proposal, reply) in batch.drain(..).zip(replies) {
+                let _ = proposal.done.send(Ok(reply));
+            }
+        }
+        Err(refusal) => {
+            let message = refusal.to_string();
+            for proposal in batch.drain(..) {
+                let _ = proposal.done.send(Err(Refusal::Unavailable(message.clone())));
+            }
         }
     }
 }

@@ -65,6 +65,9 @@ enum Command {
         /// loopback beside a single node (and etcd, when installed), same clients.
         #[arg(long, conflicts_with = "http")]
         replicated: bool,
+        /// With `--replicated`: only these scenarios (repeatable).
+        #[arg(long = "only", requires = "replicated", value_parser = ["reads", "durable", "sustained", "recovery"])]
+        only: Vec<String>,
         /// Client threads of the HTTP and replication scenarios.
         #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u16).range(1..=256))]
         concurrency: u16,
@@ -265,6 +268,7 @@ fn run(cli: Cli, serve_config: Option<NodeConfig>) -> anyhow::Result<ExitCode> {
             in_process,
             http,
             replicated,
+            only,
             concurrency,
         } => {
             let options = BenchOptions {
@@ -280,6 +284,7 @@ fn run(cli: Cli, serve_config: Option<NodeConfig>) -> anyhow::Result<ExitCode> {
                 seed,
                 http_concurrency: http.then_some(usize::from(concurrency)),
                 replicated_concurrency: replicated.then_some(usize::from(concurrency)),
+                replicated_only: only,
             };
             let results = if options.scenarios.len() > 1 && !in_process && !http && !replicated {
                 bench_in_children(&options)?

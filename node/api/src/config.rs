@@ -136,8 +136,9 @@ pub struct ReplicationConfig {
     /// File holding the peer token: Raft RPCs without it are refused. Distinct from the
     /// admin token.
     pub peer_token_file: PathBuf,
-    /// Election timeout, milliseconds (a follower waits between this and twice this before
-    /// it stands for election).
+    /// Election timeout, milliseconds (a follower waits between this and 1.5× this before
+    /// it stands for election; a follower refuses to vote for 1.5× this after it last heard
+    /// from its leader, so a failover takes about 2–3× this).
     #[serde(default = "default_election_timeout_ms")]
     pub election_timeout_ms: u64,
     /// Leader heartbeat interval, milliseconds.
@@ -158,10 +159,10 @@ pub struct ReplicationConfig {
 }
 
 fn default_election_timeout_ms() -> u64 {
-    1000
+    500
 }
 fn default_heartbeat_ms() -> u64 {
-    150
+    100
 }
 fn default_write_wait_ms() -> u64 {
     5000

@@ -40,6 +40,8 @@ pub struct BenchOptions {
     /// Run the replicated scenarios instead (node processes on loopback), with this many
     /// client threads.
     pub replicated_concurrency: Option<usize>,
+    /// Which replicated scenarios (`reads`, `durable`, `sustained`, `recovery`; empty: all).
+    pub replicated_only: Vec<String>,
 }
 
 /// Errors of the benchmark.
@@ -218,12 +220,33 @@ pub fn run(
         )?;
     }
     let runs: Vec<Run<'_>> = match (options.replicated_concurrency, options.http_concurrency) {
-        (Some(clients), _) => vec![
-            Box::new(move |dir: &Path| replicated::reads(options, dir, clients)),
-            Box::new(move |dir: &Path| replicated::durable(options, dir, clients)),
-            Box::new(move |dir: &Path| replicated::sustained(options, dir, clients)),
-            Box::new(move |dir: &Path| replicated::recovery(options, dir, clients)),
-        ],
+        (Some(clients), _) => {
+            let all: [(&str, Run<'_>); 4] = [
+                (
+                    "reads",
+                    Box::new(move |dir: &Path| replicated::reads(options, dir, clients)),
+                ),
+                (
+                    "durable",
+                    Box::new(move |dir: &Path| replicated::durable(options, dir, clients)),
+                ),
+                (
+                    "sustained",
+                    Box::new(move |dir: &Path| replicated::sustained(options, dir, clients)),
+                ),
+                (
+                    "recovery",
+                    Box::new(move |dir: &Path| replicated::recovery(options, dir, clients)),
+                ),
+            ];
+            all.into_iter()
+                .filter(|(name, _)| {
+                    options.replicated_only.is_empty()
+                        || options.replicated_only.iter().any(|o| o == name)
+                })
+                .map(|(_, run)| run)
+                .collect()
+        }
         (None, Some(clients)) => vec![
             Box::new(move |dir: &Path| http::sustained(options, dir, clients)),
             Box::new(move |dir: &Path| http::durable(options, dir, clients)),

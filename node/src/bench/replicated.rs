@@ -701,7 +701,8 @@ pub(super) fn recovery(
     }
     drop(group);
     figures.push((
-        "new leader after SIGKILL of the leader (5 runs; election timeout 1000–2000 ms)".into(),
+        "new leader after SIGKILL of the leader (5 runs; default election timeout 500–750 ms)"
+            .into(),
         elections
             .iter()
             .map(|d| format!("{} ms", d.as_millis()))

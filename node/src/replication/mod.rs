@@ -192,11 +192,12 @@ impl fmt::Debug for Replica {
 }
 
 impl Replica {
-    /// Opens the log beside `store`, starts Raft and (with `bootstrap`, on the lowest id)
-    /// initializes the group with every configured peer as a voter.
+    /// Opens the log beside `store` and starts Raft ([`Replica::bootstrap`] initializes the
+    /// group).
     ///
     /// # Errors
-    /// An unreadable peer token, an unopenable log, an invalid Raft configuration.
+    /// An unreadable peer token, an unopenable log, an invalid Raft configuration, or
+    /// memories written without replication on a node that would not keep them.
     pub async fn start(
         config: &ReplicationConfig,
         store: Arc<Store>,
@@ -220,7 +221,10 @@ impl Replica {
             cluster_name: "phoenix-memory".into(),
             heartbeat_interval: config.heartbeat_ms,
             election_timeout_min: config.election_timeout_ms,
-            election_timeout_max: config.election_timeout_ms * 2,
+            // openraft's leader lease (followers refuse votes) is the maximum: a narrow range
+            // keeps a failover short (the first candidacy after a leader dies meets the
+            // lease; the second wins).
+            election_timeout_max: config.election_timeout_ms * 3 / 2,
             snapshot_policy: SnapshotPolicy::LogsSinceLast(config.snapshot_every_entries),
             max_in_snapshot_log_to_keep: (config.snapshot_every_entries / 10).max(100),
             install_snapshot_timeout: 10_000,
@@ -242,6 +246,16 @@ impl Replica {
             (shared.applied_index().is_none() && raft_log.is_empty() && store.key_count() > 0)
                 .then(|| store.key_count());
         if let Some(keys) = unreplicated {
+            let lowest = config.peers.iter().map(|p| p.id).min();
+            if config.bootstrap && lowest != Some(config.id) {
+                anyhow::bail!(
+                    "this data directory holds {keys} memories written without replication, and \
+                     this node (id {}) does not initialize the group (the lowest id does): \
+                     joining would replace them with the group's data. Start the node that holds \
+                     them as the lowest id, or move the directory aside",
+                    config.id
+                );
+            }
             tracing::warn!(
                 keys,
                 "the store holds memories written without replication (a single node upgraded)"
@@ -279,20 +293,6 @@ impl Replica {
             proposals,
         };
         replica.watch_lease();
-        let lowest = config.peers.iter().map(|p| p.id).min();
-        let initializer = config.bootstrap && lowest == Some(config.id);
-        if let Some(keys) = replica.unreplicated
-            && config.bootstrap
-            && !initializer
-        {
-            anyhow::bail!(
-                "this data directory holds {keys} memories written without replication, and \
-                 this node (id {}) does not initialize the group (the lowest id does): joining \
-                 would replace them with the group's data. Start the node that holds them as \
-                 the lowest id, or move the directory aside",
-                config.id
-            );
-        }
         Ok(replica)
     }
 
@@ -384,16 +384,20 @@ impl Replica {
                             .is_some_and(|l| l.leader_id.term == m.current_term);
                     m.millis_since_quorum_ack
                         .filter(|_| settled)
-                        .and_then(|ms| std::time::Instant::now().checked_sub(Duration::from_millis(ms)))
+                        .and_then(|ms| {
+                            std::time::Instant::now().checked_sub(Duration::from_millis(ms))
+                        })
                 };
-                *lease.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = acked;
+                *lease
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner) = acked;
             }
         });
     }
 
     /// Whether this leader may serve a linearizable read from its own state (lease read):
     /// a majority acknowledged it less than half the minimum election timeout ago. A
-    /// follower refuses to vote for `electionTimeoutMs × 2` after it last heard from its
+    /// follower refuses to vote for `electionTimeoutMs × 1.5` after it last heard from its
     /// leader, so no other leader can have been elected meanwhile; the leader has applied
     /// an entry of its own term (so everything committed before is applied), and every
     /// write it acknowledged was applied before the acknowledgement. Never while
@@ -402,7 +406,10 @@ impl Replica {
         if self.moving.load(std::sync::atomic::Ordering::SeqCst) {
             return false;
         }
-        let acked = *self.lease.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let acked = *self
+            .lease
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         acked.is_some_and(|at| at.elapsed() < self.election_timeout / 2) && self.is_leader()
     }
 
@@ -964,7 +971,10 @@ const MAX_BATCH: usize = 256;
 /// every write that queued up meanwhile (up to [`MAX_BATCH`]). openraft 0.9 appends and
 /// fsyncs each proposal separately and waits for the fsync in its core loop, so without
 /// this each write would cost its own fsync on the leader and on every follower.
-async fn propose_batches(raft: Raft<TypeConfig>, mut queued: tokio::sync::mpsc::UnboundedReceiver<Proposal>) {
+async fn propose_batches(
+    raft: Raft<TypeConfig>,
+    mut queued: tokio::sync::mpsc::UnboundedReceiver<Proposal>,
+) {
     let slots = Arc::new(tokio::sync::Semaphore::new(PROPOSALS_IN_FLIGHT));
     while let Some(first) = queued.recv().await {
         let Ok(slot) = Arc::clone(&slots).acquire_owned().await else {
@@ -1006,9 +1016,11 @@ async fn propose(raft: &Raft<TypeConfig>, mut batch: Vec<Proposal>) {
                 ))),
             }
         }
-        Err(RaftError::APIError(ClientWriteError::ForwardToLeader(_))) => Err(Refusal::Unavailable(
-            "leadership changed while writing; the write may still take effect".into(),
-        )),
+        Err(RaftError::APIError(ClientWriteError::ForwardToLeader(_))) => {
+            Err(Refusal::Unavailable(
+                "leadership changed while writing; the write may still take effect".into(),
+            ))
+        }
         Err(error) => Err(Refusal::Unavailable(error.to_string())),
     };
     match replies {
@@ -1020,7 +1032,9 @@ async fn propose(raft: &Raft<TypeConfig>, mut batch: Vec<Proposal>) {
         Err(refusal) => {
             let message = refusal.to_string();
             for proposal in batch.drain(..) {
-                let _ = proposal.done.send(Err(Refusal::Unavailable(message.clone())));
+                let _ = proposal
+                    .done
+                    .send(Err(Refusal::Unavailable(message.clone())));
             }
         }
     }

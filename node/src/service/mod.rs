@@ -346,7 +346,6 @@ pub fn app(node: Arc<Node>) -> Router {
         .route("/v1/admin/raft/learners", post(replicated::add_learner))
         .route("/v1/admin/raft/promote", post(replicated::promote))
         .route("/v1/admin/raft/remove", post(replicated::remove))
-        .route("/v1/admin/raft/elect", post(replicated::elect))
         .route("/v1/admin/raft/leader", post(replicated::move_leader))
         .route("/v1/admin/raft/prune", post(replicated::prune_route))
         .route_layer(middleware::from_fn_with_state(

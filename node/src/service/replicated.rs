@@ -369,15 +369,6 @@ pub(super) async fn remove(
     .await
 }
 
-/// `POST /v1/admin/raft/elect`: this node stands for election now.
-pub(super) async fn elect(State(node): State<Arc<Node>>) -> ApiResult<Json<GroupStatus>> {
-    replica_of(&node)?
-        .elect()
-        .await
-        .map(Json)
-        .map_err(membership_error)
-}
-
 /// Body of `POST /v1/admin/raft/leader`.
 #[derive(Debug, Default, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]

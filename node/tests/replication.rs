@@ -83,6 +83,19 @@ impl Cluster {
         }
     }
 
+    /// Node `id`'s configuration without its replication section: the same port and data
+    /// directory, as a single node.
+    fn single_config(&self, id: usize) -> PathBuf {
+        let single = self.dir.path().join(format!("single-{id}.yaml"));
+        let replicated = std::fs::read_to_string(self.dir.path().join(format!("node-{id}.yaml")))
+            .expect("config");
+        let (plain, _) = replicated
+            .split_once("replication:")
+            .expect("replication section");
+        std::fs::write(&single, plain).expect("single config");
+        single
+    }
+
     fn url(&self, id: usize) -> String {
         format!("http://127.0.0.1:{}", self.ports[id])
     }
@@ -905,13 +918,7 @@ fn a_concurrent_history_through_all_nodes_under_faults_is_linearizable() {
 fn a_single_node_upgraded_to_three_keeps_its_memories_and_shares_them() {
     let mut cluster = Cluster::configure(3, "");
     // Node 0 first runs alone, without replication, on the same data directory.
-    let single = cluster.dir.path().join("single.yaml");
-    let replicated =
-        std::fs::read_to_string(cluster.dir.path().join("node-0.yaml")).expect("config");
-    let (plain, _) = replicated
-        .split_once("replication:")
-        .expect("replication section");
-    std::fs::write(&single, plain).expect("single config");
+    let single = cluster.single_config(0);
     let child = Command::new(binary())
         .arg("serve")
         .arg("--config")
@@ -975,13 +982,7 @@ fn a_single_node_upgraded_to_three_keeps_its_memories_and_shares_them() {
 #[test]
 fn a_node_holding_unreplicated_memories_refuses_to_join_someone_elses_group() {
     let mut cluster = Cluster::configure(3, "");
-    let single = cluster.dir.path().join("single.yaml");
-    let replicated =
-        std::fs::read_to_string(cluster.dir.path().join("node-1.yaml")).expect("config");
-    let (plain, _) = replicated
-        .split_once("replication:")
-        .expect("replication section");
-    std::fs::write(&single, plain).expect("single config");
+    let single = cluster.single_config(1);
     let mut child = Command::new(binary())
         .arg("serve")
         .arg("--config")

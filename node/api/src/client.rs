@@ -58,16 +58,8 @@ impl NodeClient {
             return Ok(response);
         }
         let status = response.status();
-        let message = response
-            .bytes()
-            .await
-            .ok()
-            .and_then(|b| serde_json::from_slice::<ErrorBody>(&b).ok())
-            .map(|e| e.error.message);
-        Err(ClientError::Status {
-            status: status.as_u16(),
-            message: message.or_else(|| status.canonical_reason().map(str::to_string)),
-        })
+        let body = response.bytes().await.unwrap_or_default();
+        Err(refusal(status, &body))
     }
 
     /// `GET /readyz`: succeeds when the node serves.
@@ -189,6 +181,18 @@ impl NodeClient {
             .await
             .map_err(|e| ClientError::Body(e.to_string()))?;
         serde_json::from_slice(&body).map_err(|e| ClientError::Body(e.to_string()))
+    }
+}
+
+/// A refusal: the status and the message of the node's JSON error body (or the status's
+/// reason when the body is not one).
+fn refusal(status: reqwest::StatusCode, body: &[u8]) -> ClientError {
+    ClientError::Status {
+        status: status.as_u16(),
+        message: serde_json::from_slice::<ErrorBody>(body)
+            .ok()
+            .map(|e| e.error.message)
+            .or_else(|| status.canonical_reason().map(str::to_string)),
     }
 }
 
@@ -365,16 +369,6 @@ impl MemoryClient {
         Ok((status, applied, bytes.to_vec()))
     }
 
-    fn refusal(status: reqwest::StatusCode, body: &[u8]) -> ClientError {
-        ClientError::Status {
-            status: status.as_u16(),
-            message: serde_json::from_slice::<ErrorBody>(body)
-                .ok()
-                .map(|e| e.error.message)
-                .or_else(|| status.canonical_reason().map(str::to_string)),
-        }
-    }
-
     /// Stores `value` under `key` (optionally expiring after `ttl_seconds`).
     ///
     /// # Errors
@@ -394,7 +388,7 @@ impl MemoryClient {
             .await?;
         let (status, _, body) = Self::body(response).await?;
         if !status.is_success() {
-            return Err(Self::refusal(status, &body));
+            return Err(refusal(status, &body));
         }
         serde_json::from_slice(&body).map_err(|e| ClientError::Body(e.to_string()))
     }
@@ -423,7 +417,7 @@ impl MemoryClient {
                 applied_index,
             })),
             404 => Ok(None),
-            _ => Err(Self::refusal(status, &value)),
+            _ => Err(refusal(status, &value)),
         }
     }
 
@@ -440,7 +434,7 @@ impl MemoryClient {
         match status.as_u16() {
             204 => Ok(true),
             404 => Ok(false),
-            _ => Err(Self::refusal(status, &body)),
+            _ => Err(refusal(status, &body)),
         }
     }
 
@@ -455,7 +449,7 @@ impl MemoryClient {
             .await?;
         let (status, _, body) = Self::body(response).await?;
         if !status.is_success() {
-            return Err(Self::refusal(status, &body));
+            return Err(refusal(status, &body));
         }
         serde_json::from_slice(&body).map_err(|e| ClientError::Body(e.to_string()))
     }
@@ -476,7 +470,7 @@ impl MemoryClient {
         match status.as_u16() {
             200 => {}
             404 => return Ok(None),
-            _ => return Err(Self::refusal(status, &body)),
+            _ => return Err(refusal(status, &body)),
         }
         let proof: crate::wire::ProofBody =
             serde_json::from_slice(&body).map_err(|e| ClientError::Body(e.to_string()))?;

@@ -24,6 +24,13 @@ struct TestNode {
 
 impl TestNode {
     fn start(adjust: impl FnOnce(&mut NodeConfig)) -> TestNode {
+        Self::start_with_store(adjust, |_| {})
+    }
+
+    fn start_with_store(
+        adjust: impl FnOnce(&mut NodeConfig),
+        adjust_store: impl FnOnce(&mut phoenix_node::store::StoreConfig),
+    ) -> TestNode {
         let dir = tempfile::tempdir().expect("tempdir");
         let mut config = NodeConfig {
             data_dir: dir.path().join("data"),
@@ -35,7 +42,9 @@ impl TestNode {
         config.limits.max_list_limit = 50;
         adjust(&mut config);
         config.validate().expect("valid test config");
-        let store = Arc::new(Store::open(config.store_config()).expect("open store"));
+        let mut store_config = config.store_config();
+        adjust_store(&mut store_config);
+        let store = Arc::new(Store::open(store_config).expect("open store"));
         let token = AdminToken::new(TOKEN).expect("token");
         let node = Arc::new(Node::new(store, config, Some(token)).expect("node"));
         let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -643,4 +652,72 @@ fn injected_slowdown_raises_the_ratio_and_a_cleanup_clears_a_transient_one() {
     );
     let (_, fault_now) = node.json("GET", "/v1/admin/faults", &[(bearer().0, &bearer().1)], b"");
     assert_eq!(fault_now["retrieveSlowdown"].as_f64(), Some(1.0));
+}
+
+#[test]
+fn a_rebuild_longer_than_the_request_timeout_stays_ready_and_is_reported_as_its_success() {
+    // Requests time out after 300 ms; the rebuild's copy takes at least 1.5 s.
+    let node = TestNode::start_with_store(
+        |c| c.limits.request_timeout_ms = 300,
+        |s| s.rebuild_pause = Duration::from_millis(1500),
+    );
+    for i in 0..20 {
+        let (status, _) = node.send("PUT", &format!("/v1/memories/k{i}"), &[], b"value");
+        assert_eq!(status, 201);
+    }
+    let auth = format!("Bearer {TOKEN}");
+    let url = node.url.clone();
+    let cleanup = std::thread::spawn(move || {
+        let response = TestNode::agent()
+            .post(&format!("{url}/v1/admin/cleanup?forceRebuild=true"))
+            .set("Authorization", &auth)
+            .call();
+        match response {
+            Ok(r) => (r.status(), r.into_string().unwrap_or_default()),
+            Err(ureq::Error::Status(code, r)) => (code, r.into_string().unwrap_or_default()),
+            Err(e) => (0, e.to_string()),
+        }
+    });
+    // While the copy runs: ready, reads served, writes refused with 503 + Retry-After.
+    let deadline = std::time::Instant::now() + Duration::from_millis(1000);
+    std::thread::sleep(Duration::from_millis(200));
+    let mut checks = 0;
+    while std::time::Instant::now() < deadline {
+        assert!(
+            node.node.store.is_rebuilding(),
+            "the rebuild is still copying"
+        );
+        let (ready, body) = node.send("GET", "/readyz", &[], b"");
+        assert_eq!(
+            ready,
+            200,
+            "unready during the copy: {}",
+            String::from_utf8_lossy(&body)
+        );
+        let (read, value) = node.send("GET", "/v1/memories/k3", &[], b"");
+        assert_eq!((read, value.as_slice()), (200, &b"value"[..]));
+        let (write, _) = node.send("PUT", "/v1/memories/during", &[], b"x");
+        assert_eq!(write, 503, "writes wait for the swap");
+        checks += 1;
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(checks >= 5);
+    let (status, body) = cleanup.join().expect("cleanup thread");
+    assert_eq!(
+        status, 200,
+        "the cleanup outlives the request timeout: {body}"
+    );
+    let report: Value = serde_json::from_str(&body).expect("a cleanup report");
+    assert_eq!(report["rebuilt"], true, "{report}");
+    let (_, metrics) = node.send("GET", "/metrics", &[], b"");
+    let scrape = Scrape::parse(&String::from_utf8_lossy(&metrics)).expect("metrics");
+    let text = String::from_utf8_lossy(&metrics).into_owned();
+    assert!(
+        text.lines()
+            .any(|l| l.starts_with(names::CLEANUPS) && l.contains("success") && l.ends_with(" 1")),
+        "{text}"
+    );
+    assert_eq!(scrape.get(names::READY), Some(1.0));
+    let (status, _) = node.send("GET", "/v1/memories/k19", &[], b"");
+    assert_eq!(status, 200);
 }

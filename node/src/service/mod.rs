@@ -144,8 +144,10 @@ impl Node {
         if !self.accepting.load(Ordering::SeqCst) {
             return Some("the node is opening or stopping".into());
         }
-        if self.store.is_rebuilding() {
-            return Some("the store is being rebuilt".into());
+        // A rebuild's copy serves every read (writes get 503 + Retry-After meanwhile): the
+        // node stays in its Service for it, and leaves only for the swap.
+        if self.store.is_swapping() {
+            return Some("the store is switching to its rebuilt database".into());
         }
         let corruption = self.store.corruption();
         if corruption.detected > 0 {
@@ -251,10 +253,16 @@ async fn observe(State(node): State<Arc<Node>>, request: Request, next: Next) ->
             .get::<MatchedPath>()
             .map(MatchedPath::as_str),
     );
-    let timeout = Duration::from_millis(node.config.limits.request_timeout_ms);
-    let response = match tokio::time::timeout(timeout, next.run(request)).await {
-        Ok(response) => response,
-        Err(_) => ApiError::Timeout.into_response(),
+    // A cleanup is not cut by the request timeout: a rebuild of any size runs to its end
+    // and is answered with what it was (the caller's own timeout bounds its wait).
+    let response = if operation == "cleanup" {
+        next.run(request).await
+    } else {
+        let timeout = Duration::from_millis(node.config.limits.request_timeout_ms);
+        match tokio::time::timeout(timeout, next.run(request)).await {
+            Ok(response) => response,
+            Err(_) => ApiError::Timeout.into_response(),
+        }
     };
     node.metrics.observe_request(
         operation,

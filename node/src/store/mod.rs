@@ -298,6 +298,9 @@ pub struct StoreConfig {
     pub free_space: Arc<dyn FreeSpace>,
     /// A flush running (or none succeeding) for this long refuses writes and fails health.
     pub stall_after: Duration,
+    /// A pause before a rebuild starts copying (zero in service: tests use it to watch a
+    /// rebuild that lasts).
+    pub rebuild_pause: Duration,
 }
 
 /// Bytes a key takes in the tree checkpoint (an upper estimate), reserved on the volume.
@@ -319,6 +322,7 @@ impl StoreConfig {
             min_free_bytes: 64 << 20,
             free_space: Arc::new(VolumeSpace),
             stall_after: Duration::from_secs(10),
+            rebuild_pause: Duration::ZERO,
         }
     }
 }
@@ -562,6 +566,8 @@ pub struct Store {
     engine: Arc<ArcSwap<Engine>>,
     write: Mutex<WriteState>,
     rebuilding: AtomicBool,
+    /// True only while a rebuild switches `CURRENT` and the live handle.
+    swapping: AtomicBool,
     keys: AtomicU64,
     logical: AtomicU64,
     flusher: Flusher,
@@ -682,6 +688,7 @@ impl Store {
                 sample: Reservoir::new(),
             }),
             rebuilding: AtomicBool::new(false),
+            swapping: AtomicBool::new(false),
             fault: crate::fault::RetrieveFault::default(),
             keys: AtomicU64::new(keys),
             logical: AtomicU64::new(logical),
@@ -1448,6 +1455,12 @@ impl Store {
     /// Whether a rebuild is copying or swapping the database (writes are refused meanwhile).
     pub fn is_rebuilding(&self) -> bool {
         self.rebuilding.load(Ordering::SeqCst)
+    }
+
+    /// Whether a rebuild is switching to its copy (the moment readiness goes false; reads
+    /// are served throughout the copy before it).
+    pub fn is_swapping(&self) -> bool {
+        self.swapping.load(Ordering::SeqCst)
     }
 
     /// The generation number of the live database (bumped by every rebuild).

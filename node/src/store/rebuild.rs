@@ -90,6 +90,9 @@ impl Store {
             .unwrap_or_else(std::sync::PoisonError::into_inner);
         let old = self.engine.load_full();
         old.db.flush()?;
+        if !self.config.rebuild_pause.is_zero() {
+            std::thread::sleep(self.config.rebuild_pause);
+        }
         let next = old.generation + 1;
         let next_dir = dir_of(dir, next);
         if next_dir.exists() {
@@ -102,9 +105,11 @@ impl Store {
         let reopened = Engine::open(dir, &self.config, next).inspect_err(|_| {
             let _ = std::fs::remove_dir_all(&next_dir);
         })?;
+        self.swapping.store(true, Ordering::SeqCst);
         let switched = generations::mark_complete(dir, next)
             .and_then(|()| generations::write_current(dir, next));
         if let Err(error) = switched {
+            self.swapping.store(false, Ordering::SeqCst);
             drop(reopened);
             if let Err(cleanup) = std::fs::remove_dir_all(&next_dir) {
                 // A restart would roll forward to the complete copy, which lacks any write
@@ -120,6 +125,7 @@ impl Store {
             return Err(error);
         }
         self.engine.store(Arc::new(reopened));
+        self.swapping.store(false, Ordering::SeqCst);
         // The copy left the checkpoint marker behind (see `copy_into`).
         state.checkpointed = false;
         // Readers that loaded the old handle finish on it; wait for them (bounded) before

@@ -20,20 +20,29 @@ fn rss_mib() -> f64 {
 }
 
 fn main() {
-    let keys: u64 = std::env::args().nth(1).and_then(|a| a.parse().ok()).unwrap_or(200_000);
+    let keys: u64 = std::env::args()
+        .nth(1)
+        .and_then(|a| a.parse().ok())
+        .unwrap_or(200_000);
     let dir = tempfile::tempdir().expect("tempdir");
     let mut config = StoreConfig::new(dir.path());
     config.cache_capacity = 256 << 20;
     let store = Store::open(config).expect("open");
     let value = vec![b'v'; 640];
     for i in 0..keys {
-        store.store(format!("key-{i:010}").as_bytes(), &value, None).expect("store");
+        store
+            .store(format!("key-{i:010}").as_bytes(), &value, None)
+            .expect("store");
     }
     store.flush().expect("flush");
     std::thread::sleep(Duration::from_secs(2));
     println!("{keys} keys: RSS before the rebuild {:.0} MiB", rss_mib());
     let report = store.rebuild().expect("rebuild");
-    println!("rebuild took {:.2} s: RSS right after {:.0} MiB", report.seconds, rss_mib());
+    println!(
+        "rebuild took {:.2} s: RSS right after {:.0} MiB",
+        report.seconds,
+        rss_mib()
+    );
     for s in [1, 3, 6] {
         std::thread::sleep(Duration::from_secs(if s == 1 { 1 } else { s / 2 }));
         println!("  +{s} s: {:.0} MiB", rss_mib());

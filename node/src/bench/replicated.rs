@@ -658,6 +658,33 @@ pub(super) fn sustained(
                 .collect::<Vec<_>>(),
         )
     })?;
+    // Then a forced cleanup of every node (followers first, the leader last), and its disk
+    // against its logical bytes with the Raft log counted.
+    let mut order: Vec<usize> = (0..3).filter(|id| *id != leader).collect();
+    order.push(leader);
+    let mut disk = Vec::new();
+    for id in order {
+        group
+            .agent
+            .post(&format!(
+                "{}/v1/admin/cleanup?forceRebuild=true",
+                group.url(id)
+            ))
+            .set("Authorization", &format!("Bearer {ADMIN}"))
+            .timeout(Duration::from_secs(600))
+            .call()
+            .map_err(http_error)?;
+        let logical = group
+            .metric(id, "phoenix_node_logical_bytes")
+            .unwrap_or(0.0);
+        let bytes = group.metric(id, "phoenix_node_disk_bytes").unwrap_or(0.0);
+        disk.push(format!(
+            "node {id}: {:.1} MiB on disk (store + Raft log) / {:.1} MiB logical = {:.2}×",
+            bytes / 1048576.0,
+            logical / 1048576.0,
+            bytes / logical.max(1.0)
+        ));
+    }
     let roots: Vec<String> = (0..3)
         .filter_map(|i| {
             group
@@ -675,7 +702,13 @@ pub(super) fn sustained(
             "3-node group (durability Periodic), {clients} clients each on one node: {keys} keys preloaded, then {ops} requests (50% linearizable retrieve, 20% overwrite, 15% new, 15% delete); target retrieve p50 last/first ≤ 1.2×"
         ),
         windows,
-        figures: vec![("roots at the end".into(), roots.join(" | "))],
+        figures: vec![
+            ("roots at the end".into(), roots.join(" | ")),
+            (
+                "disk after a forced cleanup of each node (target ≤ 2× logical)".into(),
+                disk.join("; "),
+            ),
+        ],
         peak_rss_bytes: None,
     })
 }

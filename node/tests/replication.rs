@@ -535,7 +535,7 @@ fn sigkill_of_the_leader_under_load_loses_no_acknowledged_write() {
     let elected_in = killed_at.elapsed();
     println!(
         "leader {leader} killed; node {new_leader} leads after {elected_in:?} (election timeout {ELECTION_MS}–{} ms)",
-        ELECTION_MS * 2
+        ELECTION_MS * 3 / 2
     );
     load.wait_for(200, Duration::from_secs(30));
     cluster.spawn(leader);

@@ -267,6 +267,18 @@ impl Drop for Cluster {
     }
 }
 
+/// `phoenix-node serve` on a single-node configuration (output discarded).
+fn serve_single(config: &std::path::Path) -> Child {
+    Command::new(binary())
+        .arg("serve")
+        .arg("--config")
+        .arg(config)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start a single node")
+}
+
 /// What became of one write.
 #[derive(Debug, Clone, PartialEq)]
 enum Outcome {
@@ -919,14 +931,7 @@ fn a_single_node_upgraded_to_three_keeps_its_memories_and_shares_them() {
     let mut cluster = Cluster::configure(3, "");
     // Node 0 first runs alone, without replication, on the same data directory.
     let single = cluster.single_config(0);
-    let child = Command::new(binary())
-        .arg("serve")
-        .arg("--config")
-        .arg(&single)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("start the single node");
+    let child = serve_single(&single);
     cluster.children[0] = Some(child);
     cluster.wait_serving(0);
     let agent = agent(Duration::from_secs(10));
@@ -983,14 +988,7 @@ fn a_single_node_upgraded_to_three_keeps_its_memories_and_shares_them() {
 fn a_node_holding_unreplicated_memories_refuses_to_join_someone_elses_group() {
     let mut cluster = Cluster::configure(3, "");
     let single = cluster.single_config(1);
-    let mut child = Command::new(binary())
-        .arg("serve")
-        .arg("--config")
-        .arg(&single)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("start the single node");
+    let mut child = serve_single(&single);
     cluster.children[1] = None;
     let url = cluster.url(1);
     let deadline = Instant::now() + Duration::from_secs(20);
@@ -1021,14 +1019,7 @@ fn a_node_holding_unreplicated_memories_refuses_to_join_someone_elses_group() {
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(stderr.contains("written without replication"), "{stderr}");
     // Its memory is still there when it runs alone again.
-    let mut child = Command::new(binary())
-        .arg("serve")
-        .arg("--config")
-        .arg(&single)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("start the single node again");
+    let mut child = serve_single(&single);
     let deadline = Instant::now() + Duration::from_secs(20);
     let read = loop {
         if let Ok(r) = agent(Duration::from_secs(1))

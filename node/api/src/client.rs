@@ -120,13 +120,7 @@ impl NodeClient {
             ))
             .bearer_auth(token)
             .timeout(timeout);
-        let body = self
-            .send(request)
-            .await?
-            .bytes()
-            .await
-            .map_err(|e| ClientError::Body(e.to_string()))?;
-        serde_json::from_slice(&body).map_err(|e| ClientError::Body(e.to_string()))
+        json_body(self.send(request).await?).await
     }
 
     /// `GET /v1/admin/raft` with the admin `token`: `None` on a node without replication.
@@ -174,14 +168,19 @@ impl NodeClient {
             .header(reqwest::header::CONTENT_TYPE, "application/json")
             .body(format!("{{\"id\":{to}}}"))
             .timeout(timeout);
-        let body = self
-            .send(request)
-            .await?
-            .bytes()
-            .await
-            .map_err(|e| ClientError::Body(e.to_string()))?;
-        serde_json::from_slice(&body).map_err(|e| ClientError::Body(e.to_string()))
+        json_body(self.send(request).await?).await
     }
+}
+
+/// The body of a successful answer, as JSON.
+async fn json_body<T: serde::de::DeserializeOwned>(
+    response: reqwest::Response,
+) -> Result<T, ClientError> {
+    let body = response
+        .bytes()
+        .await
+        .map_err(|e| ClientError::Body(e.to_string()))?;
+    serde_json::from_slice(&body).map_err(|e| ClientError::Body(e.to_string()))
 }
 
 /// A refusal: the status and the message of the node's JSON error body (or the status's

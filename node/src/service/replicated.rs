@@ -415,7 +415,7 @@ pub(super) async fn prune(node: &Arc<Node>, headers: &HeaderMap) -> ApiResult<u6
     };
     let make = |node: &Node| {
         Ok(Command::Prune {
-            now_ms: node.store.now_ms(),
+            now_ms: node.store.config().clock.now_ms(),
         })
     };
     match write(node, replica, make, request).await? {

@@ -1215,11 +1215,6 @@ impl Store {
         self.prune_until(now_ms, true)
     }
 
-    /// The current time on the store's clock, unix milliseconds.
-    pub fn now_ms(&self) -> u64 {
-        self.config.clock.now_ms()
-    }
-
     fn prune_until(&self, now: u64, replicated: bool) -> Result<u64> {
         let mut pruned = 0;
         loop {

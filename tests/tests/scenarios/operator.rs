@@ -761,15 +761,7 @@ async fn quantities_the_server_rewrites_cause_no_writes() {
         "stored canonically"
     );
     h.nodes_ready("sized").await;
-    eventually("Ready=True", || async {
-        let status = h.memories().get("sized").await.ok()?.status?;
-        status
-            .conditions
-            .iter()
-            .any(|c| c.type_ == "Ready" && c.status == "True")
-            .then_some(())
-    })
-    .await;
+    h.ready_true("sized").await;
     tokio::time::sleep(Duration::from_secs(2)).await;
     h.server.reset_counts();
     // Full checks every second (resync) for three seconds: nothing to write.

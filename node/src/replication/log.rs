@@ -148,9 +148,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     }
 
     async fn save_vote(&mut self, vote: &Vote<NodeId>) -> StorageResult<()> {
-        self.put(VOTE, vote).map_err(|_| {
-            StorageIOError::write_vote(&std::io::Error::other("failed to write the vote"))
-        })?;
+        self.put(VOTE, vote)?;
         self.log
             .flush()
             .map_err(|e| StorageIOError::write_vote(&e))?;

@@ -805,7 +805,7 @@ impl Store {
         self.validate(key, Some(value))?;
         let expires_at = self.expiry_of(ttl)?;
         self.admit_write(key.len() + value.len(), false)?;
-        let (seq, stored) = self.write_record(key, value, expires_at)?;
+        let (seq, stored) = self.write_record(key, value, expires_at, false)?;
         reclaim_write_garbage();
         self.make_durable(seq)?;
         Ok(stored)
@@ -856,16 +856,9 @@ impl Store {
         value: &[u8],
         expires_at_ms: Option<u64>,
     ) -> Result<Stored> {
-        loop {
-            match self.write_record(key, value, expires_at_ms) {
-                Err(StoreError::Busy { .. }) => std::thread::sleep(Duration::from_millis(5)),
-                Err(error) => return Err(error),
-                Ok((_, stored)) => {
-                    reclaim_write_garbage();
-                    return Ok(stored);
-                }
-            }
-        }
+        let (_, stored) = self.write_record(key, value, expires_at_ms, true)?;
+        reclaim_write_garbage();
+        Ok(stored)
     }
 
     /// Applies a replicated delete (see [`Store::apply_store`]); false when absent.
@@ -881,17 +874,22 @@ impl Store {
         Ok(deleted)
     }
 
-    /// Writes one record under the write lock (waiting out a rebuild swap); the commit
-    /// sequence and what was stored.
+    /// Writes one record under the write lock; the commit sequence and what was stored.
+    /// During a rebuild it answers [`StoreError::Busy`], or with `wait` waits the rebuild out.
     fn write_record(
         &self,
         key: &[u8],
         value: &[u8],
         expires_at_ms: Option<u64>,
+        wait: bool,
     ) -> Result<(u64, Stored)> {
         let expires_at = expires_at_ms.unwrap_or(0);
         let leaf = merkle::leaf_hash(key, value);
-        let mut state = self.lock_write()?;
+        let mut state = if wait {
+            self.lock_write_waiting()?
+        } else {
+            self.lock_write()?
+        };
         let applied = (|| {
             let engine = self.engine.load();
             self.invalidate_checkpoint(&mut state, &engine)?;

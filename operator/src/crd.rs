@@ -30,6 +30,11 @@ use serde::{Deserialize, Serialize};
     printcolumn(name = "Replicas", type_ = "integer", json_path = ".spec.replicas"),
     printcolumn(name = "Ready", type_ = "integer", json_path = ".status.readyReplicas"),
     printcolumn(
+        name = "Leader",
+        type_ = "string",
+        json_path = ".status.replication.leader"
+    ),
+    printcolumn(
         name = "Worst Ratio",
         type_ = "number",
         json_path = ".status.worstRatio"
@@ -367,7 +372,7 @@ pub struct PhoenixMemoryStatus {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub worst_ratio: Option<f64>,
     /// `Ready`, `Progressing`, `Degraded`, `CleanupScheduled`, `MetricsStale`,
-    /// `CleanupIneffective`.
+    /// `CleanupIneffective`; replicated memories also `Replicated`, `QuorumLost`, `Diverged`.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub conditions: Vec<Condition>,
     /// Per-node observations from the nodes' metrics.
@@ -389,6 +394,62 @@ pub struct PhoenixMemoryStatus {
     /// The last emergency cleanup Job the operator created.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_emergency_job: Option<EmergencyJob>,
+    /// The Raft group of a replicated memory (two nodes or more): who leads, who votes,
+    /// and how far each node has applied the log.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub replication: Option<ReplicationStatus>,
+}
+
+/// A replicated memory's group, as its nodes report it.
+#[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ReplicationStatus {
+    /// Whether the group has been initialized (by the operator, through node 0, once).
+    #[serde(default)]
+    pub initialized: bool,
+    /// The leader's pod; absent while there is none (an election, or no quorum).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub leader: Option<String>,
+    /// The leader's term.
+    #[serde(default)]
+    pub term: u64,
+    /// Pods that vote.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub voters: Vec<String>,
+    /// Pods that receive the log without voting (joining, not yet caught up).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub learners: Vec<String>,
+    /// The leader's applied index (everything it applied is committed).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub commit_index: Option<u64>,
+    /// Each node.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub nodes: Vec<ReplicaStatus>,
+}
+
+/// One node of a replicated memory.
+#[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ReplicaStatus {
+    /// Pod name.
+    pub name: String,
+    /// `leader`, `follower`, `candidate`, `learner`, or `unknown` when it does not answer.
+    pub role: String,
+    /// The log index it has applied.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub applied_index: Option<u64>,
+    /// Entries behind the leader.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lag: Option<u64>,
+    /// Its Merkle root at `appliedIndex` (nodes at the same index have the same root).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub root: Option<String>,
+    /// It found corruption in its data.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub corrupted: bool,
+    /// Why it could not be asked, when it could not.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub unreachable: Option<String>,
 }
 
 /// An emergency cleanup Job.
@@ -517,6 +578,15 @@ pub mod conditions {
     pub const METRICS_STALE: &str = "MetricsStale";
     /// Recent cleanups did not lower the ratio.
     pub const CLEANUP_INEFFECTIVE: &str = "CleanupIneffective";
+    /// Replicated memories: every voter answers and is within the lag bound of the leader.
+    pub const REPLICATED: &str = "Replicated";
+    /// Replicated memories: fewer than a majority of the voters answer; writes are refused.
+    pub const QUORUM_LOST: &str = "QuorumLost";
+    /// Replicated memories: two nodes report different roots at the same applied index
+    /// (which must never happen).
+    pub const DIVERGED: &str = "Diverged";
+    /// The conditions only a replicated memory has (dropped when it is one node again).
+    pub const REPLICATION: [&str; 3] = [REPLICATED, QUORUM_LOST, DIVERGED];
 }
 
 #[cfg(test)]
@@ -581,7 +651,14 @@ mod tests {
             .collect();
         assert_eq!(
             columns,
-            ["Replicas", "Ready", "Worst Ratio", "Schedule", "Age"]
+            [
+                "Replicas",
+                "Ready",
+                "Leader",
+                "Worst Ratio",
+                "Schedule",
+                "Age"
+            ]
         );
         let replicas =
             &version["schema"]["openAPIV3Schema"]["properties"]["spec"]["properties"]["replicas"];

@@ -128,7 +128,7 @@ fn plan(file: &std::path::Path, default_image: &str) -> anyhow::Result<String> {
     use anyhow::Context;
     use kube::ResourceExt;
     use phoenix_operator::children::{
-        Inputs, build_all, build_cronjob, build_emergency_job, emergency_job_name,
+        Inputs, Tokens, build_all, build_cronjob, build_emergency_job, emergency_job_name,
     };
     use phoenix_operator::crd::PhoenixMemory;
     let text = std::fs::read_to_string(file)
@@ -141,12 +141,11 @@ fn plan(file: &std::path::Path, default_image: &str) -> anyhow::Result<String> {
     memory.metadata.uid = Some("<assigned by the API server>".into());
     let valid = phoenix_operator::validate::validate_named(&memory.name_any(), &memory.spec)
         .map_err(|problems| anyhow::anyhow!("invalid spec:\n  {}", problems.join("\n  ")))?;
-    let inputs = Inputs {
-        memory: &memory,
-        valid: &valid,
-        default_image,
-        admin_token: "<generated once at the first reconcile>",
+    let tokens = Tokens {
+        admin: "<generated once at the first reconcile>".into(),
+        peer: "<generated once at the first reconcile>".into(),
     };
+    let inputs = Inputs::new(&memory, &valid, default_image, &tokens);
     let children = build_all(&inputs)?;
     // Before any observation the plan is maxInterval.
     let schedule = phoenix_operator::plan::schedule(

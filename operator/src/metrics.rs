@@ -23,6 +23,7 @@ pub struct Metrics {
     emergency_jobs: IntCounter,
     cadence: GaugeVec,
     status_writes: IntCounterVec,
+    membership_steps: IntCounterVec,
     observation_age: GaugeVec,
     /// When each memory's nodes were last observed (the age is worked out at scrape time).
     observed_at: std::sync::Arc<std::sync::Mutex<HashMap<(String, String), Instant>>>,
@@ -102,6 +103,17 @@ impl Metrics {
         for outcome in ["written", "deferred"] {
             status_writes.with_label_values(&[outcome]);
         }
+        let membership_steps = IntCounterVec::new(
+            Opts::new(
+                "phoenix_operator_membership_steps_total",
+                "Membership changes of replicated memories by outcome (done, failed).",
+            ),
+            &["outcome"],
+        )?;
+        registry.register(Box::new(membership_steps.clone()))?;
+        for outcome in ["done", "failed"] {
+            membership_steps.with_label_values(&[outcome]);
+        }
         registry.register(Box::new(scrapes.clone()))?;
         registry.register(Box::new(decisions.clone()))?;
         registry.register(Box::new(emergency_jobs.clone()))?;
@@ -135,6 +147,7 @@ impl Metrics {
             emergency_jobs,
             cadence,
             status_writes,
+            membership_steps,
             observation_age,
             observed_at: std::sync::Arc::default(),
             health: std::sync::Arc::default(),
@@ -159,6 +172,11 @@ impl Metrics {
     /// Counts one status update by outcome (`written`, `deferred`).
     pub fn status_write(&self, outcome: &'static str) {
         self.status_writes.with_label_values(&[outcome]).inc();
+    }
+
+    /// Counts one membership step by outcome (`done`, `failed`).
+    pub fn membership_step(&self, outcome: &'static str) {
+        self.membership_steps.with_label_values(&[outcome]).inc();
     }
 
     /// Sets a memory's cadence.

@@ -21,6 +21,9 @@ pub enum JobsOff {
     DryRun,
     /// `cleanup.suspend: true`.
     Suspended,
+    /// A replicated memory's group has no quorum member to spare: cleaning a node now
+    /// could stop its writes (see `controller::replication`).
+    QuorumAtRisk,
 }
 
 impl JobsOff {
@@ -30,6 +33,7 @@ impl JobsOff {
             JobsOff::Disabled => "Disabled",
             JobsOff::DryRun => "DryRun",
             JobsOff::Suspended => "Suspended",
+            JobsOff::QuorumAtRisk => "QuorumAtRisk",
         }
     }
 }

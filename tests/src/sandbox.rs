@@ -10,7 +10,7 @@
 
 use std::collections::BTreeMap;
 use std::net::{Ipv4Addr, SocketAddr};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
@@ -24,8 +24,11 @@ use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomRe
 use kube::api::{DeleteParams, ListParams, Patch, PatchParams, PostParams};
 use kube::{Api, Client, CustomResourceExt, ResourceExt};
 use phoenix_node::config::{NodeConfig, NodeSettings, ProbeSettings};
-use phoenix_operator::children::{CONFIG_FILE, TOKEN_KEY, configmap_name, secret_name};
-use phoenix_operator::controller::{self, Settings};
+use phoenix_operator::children::{
+    CONFIG_FILE, CONFIG_HASH_ANNOTATION, PEER_TOKEN_KEY, TOKEN_KEY, configmap_name, secret_name,
+};
+
+use phoenix_operator::controller::{self, PeerAddresses, Settings};
 use phoenix_operator::crd::PhoenixMemory;
 use phoenix_operator::metrics::Metrics;
 use phoenix_operator::observe::Freshness;
@@ -105,12 +108,25 @@ pub struct Seed {
     pub value_len: usize,
 }
 
+/// What starting one pod's node needs.
+struct PodStart<'a> {
+    memory: &'a str,
+    pod: &'a str,
+    /// The StatefulSet's replicas (peers are named up to it).
+    replicas: i32,
+    config_text: &'a str,
+    config_hash: Option<String>,
+    seed: Seed,
+}
+
 /// One node process.
 #[derive(Debug)]
 struct NodeProcess {
     child: Child,
     url: String,
     ip: Ipv4Addr,
+    /// The config hash of the pod template it was started from (a new one restarts it).
+    config_hash: Option<String>,
 }
 
 impl Drop for NodeProcess {
@@ -142,6 +158,8 @@ pub struct Sandbox {
     options: Options,
     work: tempfile::TempDir,
     nodes: Mutex<BTreeMap<String, NodeProcess>>,
+    /// Each pod's address, kept across restarts (a pod's DNS name is, in a cluster).
+    addresses: Mutex<BTreeMap<String, SocketAddr>>,
     next_ip: AtomicU8,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
     operator: Option<tokio::task::JoinHandle<()>>,
@@ -192,6 +210,9 @@ impl Sandbox {
                 min_samples: options.probe.min_samples as f64,
                 max_age: Duration::from_secs(30),
             },
+            // No DNS here: members join at their pod's address, which the stand-in kubelet
+            // keeps across restarts.
+            peer_addresses: PeerAddresses::PodIp,
             ..Settings::default()
         };
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
@@ -212,6 +233,7 @@ impl Sandbox {
             options,
             work: tempfile::tempdir()?,
             nodes: Mutex::new(BTreeMap::new()),
+            addresses: Mutex::new(BTreeMap::new()),
             next_ip: AtomicU8::new(2),
             stop: Some(stop),
             operator: Some(operator),
@@ -295,17 +317,43 @@ impl Sandbox {
             .ok_or_else(|| anyhow!("no admin token for {memory} yet"))?;
         let token_file = self.token_file(memory);
         std::fs::write(&token_file, &token.0)?;
+        if let Some(peer) = self
+            .api::<Secret>()
+            .get_opt(&secret_name(memory))
+            .await?
+            .and_then(|s| s.data)
+            .and_then(|d| d.get(PEER_TOKEN_KEY).cloned())
+        {
+            std::fs::write(self.peer_token_file(memory), &peer.0)?;
+        }
+        let config_hash = template
+            .metadata
+            .as_ref()
+            .and_then(|m| m.annotations.as_ref())
+            .and_then(|a| a.get(CONFIG_HASH_ANNOTATION).cloned());
 
         let pods = self.api::<Pod>();
         let mut started = Vec::new();
         for ordinal in 0..replicas.max(0) {
             let name = format!("{memory}-{ordinal}");
-            if self.lock().contains_key(&name) {
-                continue;
+            let running = self.lock().get(&name).map(|p| p.config_hash.clone());
+            match running {
+                Some(hash) if hash == config_hash => continue,
+                // A rolling update: the StatefulSet controller replaces the pod.
+                Some(_) => {
+                    self.lock().remove(&name);
+                }
+                None => {}
             }
-            let process = self
-                .start_node(&name, &config_text, &token_file, seed)
-                .await?;
+            let node = PodStart {
+                memory,
+                pod: &name,
+                replicas,
+                config_text: &config_text,
+                config_hash: config_hash.clone(),
+                seed,
+            };
+            let process = self.start_node(node).await?;
             let port = process.url.rsplit(':').next().unwrap_or("8080").to_string();
             let mut pod_template = serde_json::to_value(&template)?;
             pod_template["metadata"]["name"] = json!(name);
@@ -374,24 +422,72 @@ impl Sandbox {
         self.work.path().join(format!("{memory}.token"))
     }
 
-    async fn start_node(
-        &self,
-        pod: &str,
-        config_text: &str,
-        token_file: &Path,
-        seed: Seed,
-    ) -> anyhow::Result<NodeProcess> {
+    fn peer_token_file(&self, memory: &str) -> PathBuf {
+        self.work.path().join(format!("{memory}.peer-token"))
+    }
+
+    /// The pod's address: the one it had, or a new loopback address and free port.
+    fn address_of(&self, pod: &str) -> anyhow::Result<SocketAddr> {
+        let mut addresses = self
+            .addresses
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        if let Some(address) = addresses.get(pod) {
+            return Ok(*address);
+        }
         let ip = Ipv4Addr::new(
             127,
             0,
             0,
             self.next_ip.fetch_add(1, Ordering::Relaxed).max(2),
         );
-        let port = free_port(ip)?;
+        let address = SocketAddr::from((ip, free_port(ip)?));
+        addresses.insert(pod.to_string(), address);
+        Ok(address)
+    }
+
+    async fn start_node(&self, start: PodStart<'_>) -> anyhow::Result<NodeProcess> {
+        let PodStart {
+            memory,
+            pod,
+            replicas,
+            config_text,
+            config_hash,
+            seed,
+        } = start;
+        let listen = self.address_of(pod)?;
+        let ip = match listen.ip() {
+            std::net::IpAddr::V4(ip) => ip,
+            std::net::IpAddr::V6(_) => bail!("the sandbox's addresses are IPv4"),
+        };
+        let port = listen.port();
         let mut config = NodeConfig::from_yaml(config_text)?;
-        config.listen = SocketAddr::from((ip, port));
+        config.listen = listen;
         config.data_dir = self.work.path().join(pod);
-        config.admin_token_file = Some(token_file.to_path_buf());
+        config.admin_token_file = Some(self.token_file(memory));
+        // What DNS and the downward API do in a cluster: each peer's name becomes its pod's
+        // address, the pod's ordinal its id, the mounted peer token a local file.
+        if let Some(replication) = config.replication.as_mut() {
+            let count = u64::try_from(replicas.max(1)).unwrap_or(1);
+            let ids: std::collections::BTreeSet<u64> = replication
+                .peers
+                .iter()
+                .map(|p| p.id)
+                .chain(0..count)
+                .collect();
+            replication.peers = ids
+                .into_iter()
+                .map(|id| {
+                    let address = self.address_of(&format!("{memory}-{id}"))?;
+                    Ok(phoenix_node::config::PeerConfig {
+                        id,
+                        url: format!("http://{address}"),
+                    })
+                })
+                .collect::<anyhow::Result<_>>()?;
+            replication.id = ordinal(memory, pod).and_then(|o| u64::try_from(o).ok());
+            replication.peer_token_file = self.peer_token_file(memory);
+        }
         config.probe = self.options.probe;
         // A scrub pass every second, so damage shows within seconds, not within the hour.
         config.scrub = phoenix_node::config::ScrubSettings {
@@ -424,6 +520,7 @@ impl Sandbox {
             child,
             url: format!("http://{ip}:{port}"),
             ip,
+            config_hash,
         };
         let http = reqwest::Client::new();
         for _ in 0..200 {

@@ -161,12 +161,100 @@ impl NodeClient {
         to: u64,
         timeout: Duration,
     ) -> Result<RaftStatus, ClientError> {
+        self.membership(token, "leader", &serde_json::json!({"id": to}), timeout)
+            .await
+    }
+
+    /// `POST /v1/admin/raft/init` `{"voters": […]}`: initializes the group (idempotent: an
+    /// initialized group answers with its membership).
+    ///
+    /// # Errors
+    /// No answer within `timeout`, a refusal, or an unreadable body.
+    pub async fn init_group(
+        &self,
+        token: &str,
+        voters: &[u64],
+        timeout: Duration,
+    ) -> Result<RaftStatus, ClientError> {
+        self.membership(
+            token,
+            "init",
+            &serde_json::json!({"voters": voters}),
+            timeout,
+        )
+        .await
+    }
+
+    /// `POST /v1/admin/raft/learners` `{"id", "url"}`: node `id` at `url` joins as a learner
+    /// (idempotent; any node forwards to the leader).
+    ///
+    /// # Errors
+    /// No answer within `timeout`, a refusal, or an unreadable body.
+    pub async fn add_learner(
+        &self,
+        token: &str,
+        id: u64,
+        url: &str,
+        timeout: Duration,
+    ) -> Result<RaftStatus, ClientError> {
+        let body = serde_json::json!({"id": id, "url": url});
+        self.membership(token, "learners", &body, timeout).await
+    }
+
+    /// `POST /v1/admin/raft/promote` `{"ids": […]}`: learners become voters (idempotent).
+    ///
+    /// # Errors
+    /// No answer within `timeout`, a refusal, or an unreadable body.
+    pub async fn promote(
+        &self,
+        token: &str,
+        ids: &[u64],
+        timeout: Duration,
+    ) -> Result<RaftStatus, ClientError> {
+        self.membership(token, "promote", &serde_json::json!({"ids": ids}), timeout)
+            .await
+    }
+
+    /// `POST /v1/admin/raft/remove` `{"ids": […]}`: members leave the group (idempotent).
+    ///
+    /// # Errors
+    /// No answer within `timeout`, a refusal, or an unreadable body.
+    pub async fn remove_members(
+        &self,
+        token: &str,
+        ids: &[u64],
+        timeout: Duration,
+    ) -> Result<RaftStatus, ClientError> {
+        self.membership(token, "remove", &serde_json::json!({"ids": ids}), timeout)
+            .await
+    }
+
+    async fn membership(
+        &self,
+        token: &str,
+        action: &str,
+        body: &serde_json::Value,
+        timeout: Duration,
+    ) -> Result<RaftStatus, ClientError> {
         let request = self
             .http
-            .post(format!("{}/v1/admin/raft/leader", self.base))
+            .post(format!("{}/v1/admin/raft/{action}", self.base))
             .bearer_auth(token)
             .header(reqwest::header::CONTENT_TYPE, "application/json")
-            .body(format!("{{\"id\":{to}}}"))
+            .body(body.to_string())
+            .timeout(timeout);
+        json_body(self.send(request).await?).await
+    }
+
+    /// `GET /v1/root?consistency=local`: this replica's root, key count and applied index,
+    /// read together.
+    ///
+    /// # Errors
+    /// No answer within `timeout`, a refusal, or an unreadable body.
+    pub async fn local_root(&self, timeout: Duration) -> Result<crate::wire::Root, ClientError> {
+        let request = self
+            .http
+            .get(format!("{}/v1/root?consistency=local", self.base))
             .timeout(timeout);
         json_body(self.send(request).await?).await
     }

@@ -129,8 +129,11 @@ pub struct PeerConfig {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct ReplicationConfig {
-    /// This node's Raft id.
-    pub id: u64,
+    /// This node's Raft id. Absent: the ordinal at the end of the `POD_NAME` environment
+    /// variable (`NAME-3` → 3; a StatefulSet pod's name, given by the downward API), so one
+    /// ConfigMap serves every pod.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub id: Option<u64>,
     /// Every member the group may have, this node included (id and URL).
     pub peers: Vec<PeerConfig>,
     /// File holding the peer token: Raft RPCs without it are refused. Distinct from the
@@ -156,6 +159,68 @@ pub struct ReplicationConfig {
     /// waits for `POST /v1/admin/raft/init`.
     #[serde(default)]
     pub bootstrap: bool,
+}
+
+impl ReplicationConfig {
+    /// Replication among `peers` with the peer token in `peer_token_file`, the id from
+    /// `$POD_NAME`, the group initialized by `POST /v1/admin/raft/init` (no `bootstrap`),
+    /// and the default timings.
+    pub fn new(peers: Vec<PeerConfig>, peer_token_file: PathBuf) -> ReplicationConfig {
+        ReplicationConfig {
+            id: None,
+            peers,
+            peer_token_file,
+            election_timeout_ms: default_election_timeout_ms(),
+            heartbeat_ms: default_heartbeat_ms(),
+            write_wait_ms: default_write_wait_ms(),
+            snapshot_every_entries: default_snapshot_every(),
+            bootstrap: false,
+        }
+    }
+}
+
+/// The environment variable a node without `replication.id` takes its id from.
+pub const POD_NAME_ENV: &str = "POD_NAME";
+
+/// The ordinal at the end of a StatefulSet pod's name (`mem-12` → 12).
+pub fn ordinal_of(pod_name: &str) -> Option<u64> {
+    let (_, ordinal) = pod_name.rsplit_once('-')?;
+    if ordinal.is_empty() || !ordinal.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    ordinal.parse().ok()
+}
+
+impl ReplicationConfig {
+    /// This node's id: `id`, else the ordinal of `$POD_NAME`; it must be one of the peers.
+    ///
+    /// # Errors
+    /// Neither is set, the pod name has no ordinal, or the id is not a peer.
+    pub fn node_id(&self) -> Result<u64, String> {
+        let id = match self.id {
+            Some(id) => id,
+            None => {
+                let pod = std::env::var(POD_NAME_ENV).map_err(|_| {
+                    format!(
+                        "replication.id is not set and ${POD_NAME_ENV} is not set: give the node                          its id in the file or run it as a StatefulSet pod"
+                    )
+                })?;
+                ordinal_of(&pod).ok_or_else(|| {
+                    format!(
+                        "replication.id is not set and ${POD_NAME_ENV} ({pod:?}) does not end                          in an ordinal"
+                    )
+                })?
+            }
+        };
+        if self.peers.iter().any(|p| p.id == id) {
+            Ok(id)
+        } else {
+            Err(format!(
+                "this node's id {id} is not among replication.peers {:?}",
+                self.peers.iter().map(|p| p.id).collect::<Vec<_>>()
+            ))
+        }
+    }
 }
 
 fn default_election_timeout_ms() -> u64 {
@@ -522,12 +587,14 @@ impl NodeConfig {
             ids.sort_unstable();
             let distinct = ids.windows(2).all(|w| w[0] != w[1]);
             check(
-                distinct && r.peers.iter().any(|p| p.id == r.id),
+                distinct && r.id.is_none_or(|id| ids.contains(&id)),
                 "replication.peers",
-                format!(
-                    "must name distinct ids, this node's ({}) among them, got {ids:?}",
-                    r.id
-                ),
+                match r.id {
+                    Some(id) => format!(
+                        "must name distinct ids, this node's ({id}) among them, got {ids:?}"
+                    ),
+                    None => format!("must name distinct ids, got {ids:?}"),
+                },
             );
             for peer in &r.peers {
                 check(

@@ -136,6 +136,11 @@ pub struct RaftStatus {
     /// On the leader: each member's matched index.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub matched: BTreeMap<u64, Option<u64>>,
+    /// Before the group is initialized: memories this node holds that were written without
+    /// replication (a single node upgraded). Such a node starts the group alone (`init`
+    /// with itself) and the others join it as learners; it never joins another group.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub unreplicated: Option<u64>,
 }
 
 /// `GET /v1/proof/{key}`: a value with its inclusion proof.

@@ -29,7 +29,7 @@ use crate::merkle::{self, Hash};
 use crate::store::{Store, StoreError};
 
 /// The store record naming the last applied log id and membership.
-const APPLIED: &str = "raft.applied";
+pub(super) const APPLIED: &str = "raft.applied";
 /// Snapshot format version.
 const SNAPSHOT_FORMAT: u32 = 1;
 

@@ -191,6 +191,24 @@ impl fmt::Debug for Replica {
     }
 }
 
+/// A node started without replication whose data directory still holds a Raft log (its
+/// memory was scaled down to one node): the store holds everything it applied, so the log
+/// and the applied index are dropped and the node serves alone; scaled up again, it starts
+/// a new group from its data as any single node does. Returns whether there was a log.
+///
+/// # Errors
+/// The applied index cannot be removed or the log directory cannot be deleted.
+pub fn leave_group(store: &Store) -> anyhow::Result<bool> {
+    let dir = crate::store::raft_log::dir_in(&store.config().path);
+    if !dir.exists() {
+        return Ok(false);
+    }
+    store.delete_meta(machine::APPLIED)?;
+    std::fs::remove_dir_all(&dir)
+        .map_err(|e| anyhow::anyhow!("failed to remove the old Raft log {}: {e}", dir.display()))?;
+    Ok(true)
+}
+
 impl Replica {
     /// Opens the log beside `store` and starts Raft ([`Replica::bootstrap`] initializes the
     /// group).
@@ -204,6 +222,7 @@ impl Replica {
         durable: bool,
         flush_every_ms: Option<u64>,
     ) -> anyhow::Result<Replica> {
+        let id = config.node_id().map_err(|e| anyhow::anyhow!(e))?;
         let token = std::fs::read_to_string(&config.peer_token_file).map_err(|e| {
             anyhow::anyhow!(
                 "failed to read the peer token file {}: {e}",
@@ -247,13 +266,13 @@ impl Replica {
                 .then(|| store.key_count());
         if let Some(keys) = unreplicated {
             let lowest = config.peers.iter().map(|p| p.id).min();
-            if config.bootstrap && lowest != Some(config.id) {
+            if config.bootstrap && lowest != Some(id) {
                 anyhow::bail!(
                     "this data directory holds {keys} memories written without replication, and \
                      this node (id {}) does not initialize the group (the lowest id does): \
                      joining would replace them with the group's data. Start the node that holds \
                      them as the lowest id, or move the directory aside",
-                    config.id
+                    id
                 );
             }
             tracing::warn!(
@@ -268,11 +287,11 @@ impl Replica {
         let peer_token: Arc<str> = Arc::from(token);
         let network =
             network::Network::new(http.clone(), Arc::clone(&peer_token), Arc::clone(&counters));
-        let raft = Raft::new(config.id, Arc::new(raft_config), network, log, machine).await?;
+        let raft = Raft::new(id, Arc::new(raft_config), network, log, machine).await?;
         let (proposals, queued) = tokio::sync::mpsc::unbounded_channel();
         tokio::spawn(propose_batches(raft.clone(), queued));
         let replica = Replica {
-            id: config.id,
+            id,
             raft,
             shared,
             counters,
@@ -552,7 +571,8 @@ impl Replica {
             .map_err(|_| Refusal::Unavailable("replication stopped".into()))?;
         match tokio::time::timeout(self.write_wait, answer).await {
             Err(_) => Err(Refusal::Unavailable(format!(
-                "the write was not committed within {} ms; it may still take effect",
+                "the write was not committed within {} ms: no quorum of the group \
+                 acknowledged it (voters down or unreachable); it may still take effect",
                 self.write_wait.as_millis()
             ))),
             Ok(Err(_)) => Err(Refusal::Unavailable("replication stopped".into())),
@@ -675,6 +695,9 @@ impl Replica {
                 .flatten()
                 .map(|(id, m)| (*id, m.map(|l| l.index)))
                 .collect(),
+            unreplicated: self
+                .unreplicated
+                .filter(|_| membership.voter_ids().next().is_none()),
         }
     }
 
@@ -694,6 +717,17 @@ impl Replica {
         voters: Option<BTreeSet<NodeId>>,
     ) -> Result<GroupStatus, MembershipError> {
         let voters = voters.unwrap_or_else(|| self.peers.keys().copied().collect());
+        if let Some(keys) = self.unreplicated
+            && voters != BTreeSet::from([self.id])
+            && self.status().voters.is_empty()
+        {
+            return Err(MembershipError::Raft(format!(
+                "this node holds {keys} memories written without replication: initialize the \
+                 group with this node alone ({{\"voters\": [{}]}}), then add the others as \
+                 learners (they receive the data as a snapshot)",
+                self.id
+            )));
+        }
         let nodes = voters
             .iter()
             .map(|id| Ok((*id, self.node_of(*id)?)))

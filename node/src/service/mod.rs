@@ -588,6 +588,10 @@ pub async fn serve(config: NodeConfig) -> anyhow::Result<()> {
             let replica = Arc::new(replica);
             Arc::clone(&replica).bootstrap(replication).await;
             node = node.with_replica(replica);
+        } else if crate::replication::leave_group(&store).context("failed to leave the group")? {
+            tracing::warn!(
+                "the data directory held a Raft log but replication is off: this node now                  serves alone with the data it had applied (the log was removed)"
+            );
         }
         let node = Arc::new(node);
         let listener = tokio::net::TcpListener::bind(config.listen)

@@ -1376,6 +1376,18 @@ impl Store {
         Ok(())
     }
 
+    /// Removes a named record and flushes.
+    ///
+    /// # Errors
+    /// Engine errors.
+    pub fn delete_meta(&self, name: &str) -> Result<()> {
+        let _state = self.lock_write_waiting()?;
+        let engine = self.engine.load();
+        engine.db.remove(prefixed(META, name.as_bytes()))?;
+        engine.db.flush()?;
+        Ok(())
+    }
+
     /// Calls `each(key, value, expires_at_ms)` for every stored memory, expired ones not
     /// yet pruned included, in key order, with writes held off: a consistent export (what
     /// a replication snapshot is).

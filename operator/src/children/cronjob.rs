@@ -15,7 +15,6 @@ use crate::plan::Schedule;
 /// The CronJob, on `schedule` (suspended when no Job may run: disabled, suspended, or
 /// DryRun, which decides and records but creates no Jobs).
 pub fn build_cronjob(inputs: &Inputs<'_>, schedule: &Schedule) -> CronJob {
-    let spec = &inputs.valid.spec;
     let name = inputs.name();
     let namespace = inputs.namespace();
     let args = vec![
@@ -25,7 +24,7 @@ pub fn build_cronjob(inputs: &Inputs<'_>, schedule: &Schedule) -> CronJob {
         "--headless-service".into(),
         format!("{}.{namespace}.svc", headless_name(&name)),
         "--replicas".into(),
-        spec.replicas.to_string(),
+        inputs.replicas.max(0).to_string(),
         "--port".into(),
         NODE_PORT.to_string(),
         "--token-file".into(),
@@ -67,7 +66,7 @@ pub fn build_cronjob(inputs: &Inputs<'_>, schedule: &Schedule) -> CronJob {
                                 volume_mounts: Some(vec![token_mount()]),
                                 ..Container::default()
                             }],
-                            volumes: Some(vec![token_volume(&name)]),
+                            volumes: Some(vec![token_volume(&name, true)]),
                             ..PodSpec::default()
                         }),
                     },

@@ -9,8 +9,8 @@ mod statefulset;
 
 use k8s_openapi::api::apps::v1::StatefulSet;
 use k8s_openapi::api::core::v1::{
-    Capabilities, ConfigMap, PodSecurityContext, SeccompProfile, Secret, SecretVolumeSource,
-    SecurityContext, Service, Volume, VolumeMount,
+    Capabilities, ConfigMap, KeyToPath, PodSecurityContext, SeccompProfile, Secret,
+    SecretVolumeSource, SecurityContext, Service, Volume, VolumeMount,
 };
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
@@ -20,11 +20,11 @@ use std::collections::BTreeMap;
 use crate::crd::PhoenixMemory;
 use crate::validate::ValidSpec;
 
-pub use configmap::{CONFIG_FILE, build_configmap, config_hash};
+pub use configmap::{CONFIG_FILE, build_configmap, config_hash, node_config};
 pub use cronjob::{EMERGENCY_COMPONENT, build_cronjob, build_emergency_job, emergency_job_name};
 pub use pdb::build_pdb;
 pub use service::{build_client_service, build_headless_service};
-pub use statefulset::build_statefulset;
+pub use statefulset::{CONFIG_HASH_ANNOTATION, build_statefulset};
 
 /// The nodes' HTTP port.
 pub const NODE_PORT: i32 = 8080;
@@ -35,8 +35,20 @@ pub const CONFIG_DIR: &str = "/etc/phoenix";
 /// Where the node reads its admin token.
 pub const TOKEN_DIR: &str = "/var/run/secrets/phoenix";
 
-/// Everything the builders need besides the spec.
-#[derive(Clone, Debug)]
+/// Key of the peer token (Raft RPCs between the nodes) in the Secret.
+pub const PEER_TOKEN_KEY: &str = "peer-token";
+
+/// The memory's two secrets, each generated once and kept in its Secret. No `Debug`.
+#[derive(Clone)]
+pub struct Tokens {
+    /// Bearer token of the nodes' admin endpoints (the operator and the cleanup Jobs).
+    pub admin: String,
+    /// Token of the Raft RPCs between the nodes (only the nodes mount it).
+    pub peer: String,
+}
+
+/// Everything the builders need besides the spec. No `Debug`: it holds the tokens.
+#[derive(Clone)]
 pub struct Inputs<'a> {
     /// The resource.
     pub memory: &'a PhoenixMemory,
@@ -44,8 +56,46 @@ pub struct Inputs<'a> {
     pub valid: &'a ValidSpec,
     /// Image when the spec names none (the operator's `--default-image`).
     pub default_image: &'a str,
-    /// The admin token (generated once and kept in the Secret).
-    pub admin_token: &'a str,
+    /// The tokens.
+    pub tokens: &'a Tokens,
+    /// How many pods the StatefulSet runs: `spec.replicas`, or more while members the
+    /// spec no longer wants are still leaving the Raft group (see `controller::replication`).
+    pub replicas: i32,
+    /// Whether the nodes form a Raft group (the StatefulSet runs two nodes or more, or a
+    /// group of more than node 0 still exists).
+    pub replicated: bool,
+}
+
+impl<'a> Inputs<'a> {
+    /// The inputs of a memory before anything is known about its group: the StatefulSet
+    /// runs `spec.replicas`, replicated from two.
+    pub fn new(
+        memory: &'a PhoenixMemory,
+        valid: &'a ValidSpec,
+        default_image: &'a str,
+        tokens: &'a Tokens,
+    ) -> Inputs<'a> {
+        Inputs {
+            memory,
+            valid,
+            default_image,
+            tokens,
+            replicas: valid.spec.replicas,
+            replicated: valid.spec.replicas >= 2,
+        }
+    }
+
+    /// With the StatefulSet's replica count and replication decided from the group.
+    pub fn sized(mut self, replicas: i32, replicated: bool) -> Inputs<'a> {
+        self.replicas = replicas;
+        self.replicated = replicated;
+        self
+    }
+
+    /// The admin token.
+    pub fn admin_token(&self) -> &str {
+        &self.tokens.admin
+    }
 }
 
 impl Inputs<'_> {
@@ -102,17 +152,34 @@ pub fn restricted_pod() -> PodSecurityContext {
     }
 }
 
-/// The admin-token Secret as a volume (owner-read only).
-pub fn token_volume(memory: &str) -> Volume {
+/// The memory's Secret as a volume (owner-read only): every token for the nodes, only the
+/// admin token for the cleanup Jobs (`admin_only`), which never speak Raft.
+pub fn token_volume(memory: &str, admin_only: bool) -> Volume {
     Volume {
         name: "admin-token".into(),
         secret: Some(SecretVolumeSource {
             secret_name: Some(secret_name(memory)),
             default_mode: Some(0o400),
+            items: admin_only.then(|| {
+                vec![KeyToPath {
+                    key: TOKEN_KEY.into(),
+                    path: TOKEN_KEY.into(),
+                    mode: None,
+                }]
+            }),
             ..SecretVolumeSource::default()
         }),
         ..Volume::default()
     }
+}
+
+/// The URL a node's peers reach it at: `http://NAME-i.NAME-nodes.NAMESPACE.svc:PORT` (the
+/// headless Service publishes not-ready pods, so peers resolve during start-up).
+pub fn peer_url(memory: &str, namespace: &str, ordinal: u64) -> String {
+    format!(
+        "http://{memory}-{ordinal}.{}.{namespace}.svc:{NODE_PORT}",
+        headless_name(memory)
+    )
 }
 
 /// Where the admin token is mounted.
@@ -218,16 +285,22 @@ pub fn child_meta(inputs: &Inputs<'_>, name: String, component: &str) -> ObjectM
     }
 }
 
-/// The admin-token Secret.
+/// The Secret with the admin and peer tokens.
 pub fn build_secret(inputs: &Inputs<'_>) -> Secret {
     Secret {
         metadata: child_meta(inputs, secret_name(&inputs.name()), "admin-token"),
         type_: Some("Opaque".into()),
         string_data: None,
-        data: Some(BTreeMap::from([(
-            TOKEN_KEY.to_string(),
-            k8s_openapi::ByteString(inputs.admin_token.as_bytes().to_vec()),
-        )])),
+        data: Some(BTreeMap::from([
+            (
+                TOKEN_KEY.to_string(),
+                k8s_openapi::ByteString(inputs.tokens.admin.as_bytes().to_vec()),
+            ),
+            (
+                PEER_TOKEN_KEY.to_string(),
+                k8s_openapi::ByteString(inputs.tokens.peer.as_bytes().to_vec()),
+            ),
+        ])),
         ..Secret::default()
     }
 }
@@ -255,8 +328,9 @@ pub struct Children {
 /// # Errors
 /// Only if the node configuration cannot be serialised (a programming error).
 pub fn build_all(inputs: &Inputs<'_>) -> Result<Children, serde_yaml::Error> {
-    let configmap = build_configmap(inputs)?;
-    let hash = config_hash(&configmap);
+    let config = node_config(inputs);
+    let hash = config_hash(&config)?;
+    let configmap = build_configmap(inputs, &config)?;
     Ok(Children {
         secret: build_secret(inputs),
         headless_service: build_headless_service(inputs),
@@ -284,12 +358,11 @@ pub(crate) mod fixtures {
     /// Runs `f` with inputs for `memory`.
     pub fn with_inputs<T>(memory: &PhoenixMemory, f: impl FnOnce(&Inputs<'_>) -> T) -> T {
         let valid = crate::validate::validate(&memory.spec).expect("valid spec");
-        f(&Inputs {
-            memory,
-            valid: &valid,
-            default_image: "phoenix-memory:test",
-            admin_token: "secret-token",
-        })
+        let tokens = Tokens {
+            admin: "secret-token".into(),
+            peer: "peer-secret".into(),
+        };
+        f(&Inputs::new(memory, &valid, "phoenix-memory:test", &tokens))
     }
 
     /// The schedule at `maxInterval` (before any observation).
@@ -410,7 +483,9 @@ mod tests {
     fn the_secret_holds_the_token_it_was_given() {
         let memory = memory(serde_json::json!({}));
         let secret = with_inputs(&memory, build_secret);
-        assert_eq!(secret.data.expect("data")[TOKEN_KEY].0, b"secret-token");
+        let data = secret.data.expect("data");
+        assert_eq!(data[TOKEN_KEY].0, b"secret-token");
+        assert_eq!(data[PEER_TOKEN_KEY].0, b"peer-secret");
         assert_eq!(secret.metadata.name.as_deref(), Some("mem-admin"));
     }
 }

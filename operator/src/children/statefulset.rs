@@ -7,13 +7,15 @@ use k8s_openapi::api::apps::v1::{
     StatefulSet, StatefulSetPersistentVolumeClaimRetentionPolicy, StatefulSetSpec,
 };
 use k8s_openapi::api::core::v1::{
-    ConfigMapVolumeSource, Container, ContainerPort, HTTPGetAction, PersistentVolumeClaim,
-    PersistentVolumeClaimSpec, PodSpec, PodTemplateSpec, Probe, ResourceRequirements, Volume,
-    VolumeMount, VolumeResourceRequirements,
+    ConfigMapVolumeSource, Container, ContainerPort, EnvVar, EnvVarSource, HTTPGetAction,
+    ObjectFieldSelector, PersistentVolumeClaim, PersistentVolumeClaimSpec, PodSpec,
+    PodTemplateSpec, Probe, ResourceRequirements, Volume, VolumeMount, VolumeResourceRequirements,
 };
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+
+use phoenix_node_api::config::POD_NAME_ENV;
 
 use super::configmap::config_path;
 use super::{
@@ -72,6 +74,18 @@ fn container(inputs: &Inputs<'_>) -> Container {
         name: "node".into(),
         image: Some(inputs.image()),
         args: Some(vec!["serve".into(), "--config".into(), config_path()]),
+        // A replicated node's Raft id is its ordinal, read from its pod's name.
+        env: Some(vec![EnvVar {
+            name: POD_NAME_ENV.into(),
+            value_from: Some(EnvVarSource {
+                field_ref: Some(ObjectFieldSelector {
+                    field_path: "metadata.name".into(),
+                    ..ObjectFieldSelector::default()
+                }),
+                ..EnvVarSource::default()
+            }),
+            ..EnvVar::default()
+        }]),
         ports: Some(vec![ContainerPort {
             name: Some("http".into()),
             container_port: NODE_PORT,
@@ -114,7 +128,7 @@ pub fn build_statefulset(inputs: &Inputs<'_>, config_hash: &str) -> StatefulSet 
     StatefulSet {
         metadata: child_meta(inputs, name.clone(), "node"),
         spec: Some(StatefulSetSpec {
-            replicas: Some(inputs.valid.spec.replicas),
+            replicas: Some(inputs.replicas),
             service_name: Some(headless_name(&name)),
             selector: LabelSelector {
                 match_labels: Some(selector_labels(&name)),
@@ -150,7 +164,7 @@ pub fn build_statefulset(inputs: &Inputs<'_>, config_hash: &str) -> StatefulSet 
                             }),
                             ..Volume::default()
                         },
-                        token_volume(&name),
+                        token_volume(&name, false),
                     ]),
                     ..PodSpec::default()
                 }),

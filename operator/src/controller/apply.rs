@@ -18,8 +18,9 @@ use serde_json::Value;
 
 use super::caches::Cached;
 use super::context::{Context, Error, FIELD_MANAGER};
+use super::replication::Sizing;
 use super::state::{Checked, CronJobChecked, Key};
-use crate::children::{self, Children, Inputs, TOKEN_KEY, secret_name};
+use crate::children::{self, Children, Inputs, PEER_TOKEN_KEY, TOKEN_KEY, Tokens, secret_name};
 use crate::crd::PhoenixMemory;
 use crate::validate::ValidSpec;
 
@@ -98,11 +99,15 @@ async fn apply_over<K: Cached>(
     }
 }
 
-/// The memory's admin token: the one its Secret holds, or a new random one. The Secret is
-/// read from the watch cache; only when the cache lacks it (a new memory, or a Secret whose
-/// `managed-by` label someone removed) is it read from the API server, so that an existing
-/// token is never replaced by a new one.
-pub async fn admin_token(ctx: &Context, namespace: &str, memory: &str) -> Result<String, Error> {
+/// The memory's tokens: the ones its Secret holds, or new random ones (each key on its
+/// own: a Secret from before the peer token gains one and keeps its admin token). The
+/// Secret is read from the watch cache; only when the cache lacks it (a new memory, or a
+/// Secret whose `managed-by` label someone removed) is it read from the API server, so
+/// that an existing token is never replaced by a new one.
+///
+/// # Errors
+/// The Secret cannot be read, or the random generator fails.
+pub async fn tokens(ctx: &Context, namespace: &str, memory: &str) -> Result<Tokens, Error> {
     let name = secret_name(memory);
     let secret = match ctx.caches.get::<Secret>(namespace, &name) {
         Some(secret) => Some(secret),
@@ -112,17 +117,21 @@ pub async fn admin_token(ctx: &Context, namespace: &str, memory: &str) -> Result
                 .await?
         }
     };
-    let existing = secret
-        .and_then(|s| s.data)
-        .and_then(|d| {
-            d.get(TOKEN_KEY)
-                .map(|t| String::from_utf8_lossy(&t.0).into_owned())
-        })
-        .filter(|t| !t.is_empty());
-    match existing {
-        Some(token) => Ok(token),
-        None => new_token(),
-    }
+    let data = secret.and_then(|s| s.data).unwrap_or_default();
+    let kept = |key: &str| -> Result<String, Error> {
+        match data
+            .get(key)
+            .map(|t| String::from_utf8_lossy(&t.0).into_owned())
+            .filter(|t| !t.is_empty())
+        {
+            Some(token) => Ok(token),
+            None => new_token(),
+        }
+    };
+    Ok(Tokens {
+        admin: kept(TOKEN_KEY)?,
+        peer: kept(PEER_TOKEN_KEY)?,
+    })
 }
 
 /// 256 bits from the operating system's cryptographic generator, as hex.
@@ -209,11 +218,11 @@ async fn statefulset(
     }
 }
 
-/// What the apply step found: the admin token, the StatefulSet, what it wrote. No `Debug`:
-/// it holds the admin token.
+/// What the apply step found: the tokens, the StatefulSet, what it wrote. No `Debug`: it
+/// holds the tokens.
 pub struct Applied {
-    /// The memory's admin token.
-    pub token: String,
+    /// The memory's tokens.
+    pub tokens: Tokens,
     /// The StatefulSet as applied or cached.
     pub statefulset: StatefulSet,
     /// The kinds written, for the `Applied` Event.
@@ -245,6 +254,7 @@ pub async fn serving(
     key: &Key,
     memory: &PhoenixMemory,
     valid: &ValidSpec,
+    sizing: Sizing,
 ) -> Result<Applied, Error> {
     // An object missing from a cache must be missing from the cluster (else a Secret's
     // token would be replaced): wait for every cache's first complete list.
@@ -255,14 +265,15 @@ pub async fn serving(
     let name = memory.name_any();
     let versions = versions(ctx, &namespace, &name);
     let unchanged = ctx.memories.with(key, |state| {
-        state
-            .checked
-            .clone()
-            .filter(|c| c.generation == memory.metadata.generation && c.versions == versions)
+        state.checked.clone().filter(|c| {
+            c.generation == memory.metadata.generation
+                && c.versions == versions
+                && c.sizing == sizing
+        })
     });
     if let Some(checked) = unchanged {
         return Ok(Applied {
-            token: checked.token,
+            tokens: checked.tokens,
             statefulset: StatefulSet {
                 status: checked.statefulset_status,
                 ..StatefulSet::default()
@@ -270,24 +281,21 @@ pub async fn serving(
             written: Vec::new(),
         });
     }
-    let token = admin_token(ctx, &namespace, &name).await?;
-    let inputs = Inputs {
-        memory,
-        valid,
-        default_image: &ctx.settings.default_image,
-        admin_token: &token,
-    };
+    let tokens = tokens(ctx, &namespace, &name).await?;
+    let inputs = Inputs::new(memory, valid, &ctx.settings.default_image, &tokens)
+        .sized(sizing.replicas, sizing.replicated);
     let (statefulset, written) = children(ctx, &namespace, &children::build_all(&inputs)?).await?;
     // Only a check that changed nothing vouches for these versions.
     let checked = written.is_empty().then(|| Checked {
         generation: memory.metadata.generation,
         versions,
-        token: token.clone(),
+        sizing,
+        tokens: tokens.clone(),
         statefulset_status: statefulset.status.clone(),
     });
     ctx.memories.with(key, |state| state.checked = checked);
     Ok(Applied {
-        token,
+        tokens,
         statefulset,
         written,
     })

@@ -84,6 +84,19 @@ pub struct Settings {
     pub scrape_timeout: Duration,
     /// When a node's report is fresh enough to decide on.
     pub freshness: crate::observe::Freshness,
+    /// How a replicated memory's nodes address each other.
+    pub peer_addresses: PeerAddresses,
+}
+
+/// How the members of a Raft group reach each other (the address given when a node joins).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum PeerAddresses {
+    /// `http://NAME-i.NAME-nodes.NAMESPACE.svc:PORT`: stable across restarts (a cluster).
+    #[default]
+    ServiceDns,
+    /// The pod's IP: for a cluster without DNS (the in-process sandbox, whose stand-in
+    /// kubelet keeps each pod's address across restarts).
+    PodIp,
 }
 
 /// Leader election on a `coordination.k8s.io/v1` Lease, so that of several operator replicas
@@ -113,6 +126,7 @@ impl Default for Settings {
             observe_interval: Duration::from_secs(30),
             scrape_timeout: Duration::from_secs(5),
             freshness: crate::observe::Freshness::default(),
+            peer_addresses: PeerAddresses::ServiceDns,
         }
     }
 }
@@ -169,6 +183,15 @@ pub mod reasons {
     pub const CHILD_REJECTED: &str = "ChildRejected";
     /// Cleanups stopped helping; automatic cleanup backed off.
     pub const CLEANUP_INEFFECTIVE: &str = "CleanupIneffective";
+    /// The operator changed a replicated memory's group (initialized it, added, promoted or
+    /// removed a member, moved leadership).
+    pub const MEMBERSHIP: &str = "Membership";
+    /// A membership change is due but refused or waiting.
+    pub const MEMBERSHIP_BLOCKED: &str = "MembershipBlocked";
+    /// Fewer than a majority of a group's voters answer.
+    pub const QUORUM_LOST: &str = "QuorumLost";
+    /// Two nodes report different roots at the same applied index.
+    pub const DIVERGED: &str = "Diverged";
 }
 
 impl std::fmt::Debug for Context {

@@ -66,6 +66,8 @@ pub async fn what_changed(
             conditions::CLEANUP_INEFFECTIVE,
             reasons::CLEANUP_INEFFECTIVE,
         ),
+        (conditions::QUORUM_LOST, reasons::QUORUM_LOST),
+        (conditions::DIVERGED, reasons::DIVERGED),
     ] {
         if let Some(message) = turned_true(old, &after.conditions, type_) {
             publish(EventType::Warning, reason, message).await;

@@ -3,7 +3,8 @@
 //!
 //! validate ([`crate::validate`]) → apply the serving children ([`apply`], against
 //! the [`caches`]) → observe the
-//! nodes ([`nodes`]) → decide ([`decision`], over the pure [`crate::policy`]) → plan the
+//! nodes ([`nodes`]; a replicated memory's group and its membership: [`replication`]) →
+//! decide ([`decision`], over the pure [`crate::policy`]) → plan the
 //! schedule ([`crate::plan`]) → act (the CronJob, an emergency Job: [`apply`],
 //! [`emergency`]) → status ([`status`], [`conditions`]) → Events ([`explain`], published
 //! by [`events`]).
@@ -24,11 +25,14 @@ pub mod explain;
 pub mod lease;
 pub mod nodes;
 pub mod reconcile;
+pub mod replication;
 pub mod runner;
 pub mod state;
 pub mod status;
 pub mod storage;
 
-pub use context::{Context, Error, FIELD_MANAGER, LeaderElection, Settings, api, reasons};
+pub use context::{
+    Context, Error, FIELD_MANAGER, LeaderElection, PeerAddresses, Settings, api, reasons,
+};
 pub use lease::run;
 pub use reconcile::{REJECTED_RETRY, backoff, error_policy, reconcile};

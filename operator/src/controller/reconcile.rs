@@ -14,39 +14,131 @@ use super::context::{Context, Error, reasons};
 use super::decision::{self, Decided};
 use super::events::Kind as EventType;
 use super::state::Key;
-use super::{conditions, emergency, explain, nodes, status};
+use super::{conditions, emergency, explain, nodes, replication, status};
 use crate::children::{self, Inputs};
-use crate::crd::{EmergencyJob, PhoenixMemory, PhoenixMemoryStatus};
-use crate::plan::{self, Schedule};
+use crate::crd::{EmergencyJob, PhoenixMemory, PhoenixMemoryStatus, conditions as crd_conditions};
+use crate::plan::{self, JobsOff, Schedule};
 use crate::validate::{self, ValidSpec};
 
 /// How often a memory whose child the API server refused is tried again: a calm, fixed pace
 /// (the same after an operator restart), not a backoff that starts over at half a second.
 pub const REJECTED_RETRY: Duration = Duration::from_secs(300);
 
-/// One reconcile: validate → apply the serving children → observe → decide → plan → act
-/// (CronJob, emergency Job) → status → Events.
+/// One reconcile: validate → the group (replicated memories) → apply the serving children
+/// → the membership step → observe → decide → plan → act (CronJob, emergency Job) →
+/// status → Events.
 async fn reconcile_once(memory: Arc<PhoenixMemory>, ctx: Arc<Context>) -> Result<Action, Error> {
     let Some(valid) = validated(&ctx, &memory).await? else {
         return Ok(Action::await_change());
     };
     let it = Reconciling::new(&ctx, &memory, &valid)?;
-    let mut applied = apply::serving(&ctx, &it.key, &memory, &valid).await?;
+    let group = group_of(&ctx, &memory).await?;
+    let before_replication = it.before.replication.as_ref();
+    let sizing = replication::sizing(valid.spec.replicas, &group, before_replication);
+    let mut applied = apply::serving(&ctx, &it.key, &memory, &valid, sizing).await?;
+    let membership_pending = membership(&it, &group, &applied).await;
     let observed = nodes::observe(&ctx, &it.key, &memory, &applied.statefulset).await;
     let observations = &observed.observations;
     let decided = decision::decide(&valid, &it.before, observations, it.now);
     let interval = decided.decision.interval;
-    let schedule = it.schedule(interval);
-    let emergency = act(&it, &mut applied, &schedule, &decided).await?;
+    let mut schedule = it.schedule(interval);
+    let at_risk = replication::quorum_at_risk(&group);
+    if at_risk.is_some() && schedule.jobs_off.is_none() {
+        schedule.jobs_off = Some(JobsOff::QuorumAtRisk);
+    }
+    let emergency = act(&it, &mut applied, &schedule, &decided, sizing).await?;
     let plan = plan::cleanup_plan(&schedule, &decided.decision, it.now);
-    let conditions =
+    let mut conditions =
         conditions::decision_conditions(&memory, &valid, observations, &decided, &schedule, &plan);
-    let update = status::Update::new(&it.before, &decided, plan, conditions, emergency);
+    if let Some(why) = &at_risk
+        && schedule.jobs_off == Some(JobsOff::QuorumAtRisk)
+    {
+        conditions.retain(|c| c.type_ != crd_conditions::CLEANUP_SCHEDULED);
+        conditions.push(conditions::condition(
+            &memory,
+            crd_conditions::CLEANUP_SCHEDULED,
+            false,
+            JobsOff::QuorumAtRisk.as_str(),
+            format!("{why}: the CronJob is suspended and no emergency Job is made"),
+        ));
+    }
+    conditions.extend(replication::conditions(&memory, &group));
+    let mut update = status::Update::new(&it.before, &decided, plan, conditions, emergency);
+    update.replication = replication::status(&group).map(|mut replication| {
+        for node in &mut replication.nodes {
+            node.corrupted = decided
+                .nodes
+                .iter()
+                .any(|n| n.name == node.name && n.corrupted);
+        }
+        replication
+    });
     let statefulset = &applied.statefulset;
     status::ready(&ctx, &memory, statefulset, update.clone(), observed.taken).await?;
     explain::what_changed(&ctx, &memory, &it.before, &update, &decided.decision).await;
-    let next = ctx.settings.resync.min(ctx.settings.observe_interval);
+    let mut next = ctx.settings.resync.min(ctx.settings.observe_interval);
+    if membership_pending {
+        next = next.min(MEMBERSHIP_RETRY);
+    }
     Ok(Action::requeue(next))
+}
+
+/// How soon a memory whose group is still changing is reconciled again.
+const MEMBERSHIP_RETRY: Duration = Duration::from_secs(2);
+
+/// A replicated memory's group as its nodes report it (empty for a single node: nothing
+/// is asked).
+async fn group_of(ctx: &Context, memory: &PhoenixMemory) -> Result<replication::Group, Error> {
+    let live = replication::live_replicas(ctx, memory);
+    if !replication::wanted(memory, live) {
+        return Ok(replication::Group::default());
+    }
+    let namespace = memory.namespace().ok_or(Error::NoNamespace)?;
+    let tokens = apply::tokens(ctx, &namespace, &memory.name_any()).await?;
+    let asked = memory.spec.replicas.max(live);
+    Ok(replication::observe(ctx, memory, &tokens.admin, asked).await)
+}
+
+/// Takes the membership step due, if any (with an Event); returns whether the group is
+/// still changing (or waiting to), so the memory is reconciled again soon.
+async fn membership(it: &Reconciling<'_>, group: &replication::Group, applied: &Applied) -> bool {
+    if group.nodes.is_empty() {
+        return false;
+    }
+    let (ctx, memory) = (it.ctx, it.memory);
+    let wanted = u64::try_from(it.valid.spec.replicas.max(0)).unwrap_or(0);
+    match replication::next_step(wanted, group) {
+        Ok(None) => false,
+        Ok(Some(step)) => {
+            match replication::take(ctx, memory, group, &step, &applied.tokens.admin).await {
+                Ok(()) => {
+                    tracing::info!(memory = %it.name, %step, "membership changed");
+                    ctx.metrics.membership_step("done");
+                    let note = format!("{step}");
+                    ctx.events
+                        .publish(memory, EventType::Normal, reasons::MEMBERSHIP, note)
+                        .await;
+                }
+                Err(message) => {
+                    tracing::warn!(memory = %it.name, %message, "membership change failed");
+                    ctx.metrics.membership_step("failed");
+                    ctx.events
+                        .publish(
+                            memory,
+                            EventType::Warning,
+                            reasons::MEMBERSHIP_BLOCKED,
+                            message,
+                        )
+                        .await;
+                }
+            }
+            true
+        }
+        Err(waiting) => {
+            tracing::debug!(memory = %it.name, %waiting, "membership change waits");
+            true
+        }
+    }
 }
 
 /// The memory a reconcile works on, with what every step reads.
@@ -128,18 +220,15 @@ async fn act(
     applied: &mut Applied,
     schedule: &Schedule,
     decided: &Decided,
+    sizing: replication::Sizing,
 ) -> Result<Option<EmergencyJob>, Error> {
     let (ctx, memory) = (it.ctx, it.memory);
     let interval = decided.decision.interval.as_secs_f64();
     ctx.metrics.decided(decided.decision.rule);
     ctx.metrics.cadence(&it.namespace, &it.name, interval);
-    let token = applied.token.clone();
-    let inputs = Inputs {
-        memory,
-        valid: it.valid,
-        default_image: &ctx.settings.default_image,
-        admin_token: &token,
-    };
+    let tokens = applied.tokens.clone();
+    let inputs = Inputs::new(memory, it.valid, &ctx.settings.default_image, &tokens)
+        .sized(sizing.replicas, sizing.replicated);
     let cronjob = children::build_cronjob(&inputs, schedule);
     apply::cronjob(ctx, &it.key, memory, applied, &cronjob).await?;
     if !applied.written.is_empty() {
@@ -148,7 +237,8 @@ async fn act(
             .publish(memory, EventType::Normal, reasons::APPLIED, note)
             .await;
     }
-    if !decided.decision.emergency_job {
+    // No cleanup while the group has no quorum member to spare.
+    if !decided.decision.emergency_job || schedule.jobs_off == Some(JobsOff::QuorumAtRisk) {
         return Ok(None);
     }
     Ok(Some(

@@ -34,15 +34,17 @@ pub struct Observed {
 /// A check of the children that found nothing to apply: while the memory's generation and
 /// the cached children's resourceVersions are these, the next reconcile need not build and
 /// compare them again (at 10,000 memories that was a core's worth of work every observe
-/// interval). No `Debug`: it holds the admin token.
+/// interval). No `Debug`: it holds the tokens.
 #[derive(Clone)]
 pub struct Checked {
     /// The memory's generation.
     pub generation: Option<i64>,
     /// The serving children's resourceVersions, in apply order.
     pub versions: Vec<Option<Arc<str>>>,
-    /// The admin token the Secret held.
-    pub token: String,
+    /// The StatefulSet's size and replication then.
+    pub sizing: crate::controller::replication::Sizing,
+    /// The tokens the Secret held.
+    pub tokens: crate::children::Tokens,
     /// The StatefulSet's status then.
     pub statefulset_status: Option<StatefulSetStatus>,
 }

@@ -14,7 +14,7 @@ use super::decision::Decided;
 use crate::children::selector_string;
 use crate::crd::{
     CleanupPlan, Decision, EmergencyJob, NodeObservation, PhoenixMemory, PhoenixMemoryStatus,
-    conditions,
+    ReplicationStatus, conditions,
 };
 
 /// Writes `status` unless it is what the object already has; returns whether it wrote.
@@ -67,6 +67,16 @@ fn shape(status: &PhoenixMemoryStatus) -> PhoenixMemoryStatus {
         node.disk_bytes = 0;
         // Stale or not counts; the reason's text may carry an age.
         node.stale_reason = node.stale_reason.as_ref().map(|_| String::new());
+    }
+    // Indexes and lags move with every write; roles, leader, members and conditions count.
+    if let Some(replication) = shape.replication.as_mut() {
+        replication.commit_index = None;
+        for node in &mut replication.nodes {
+            node.applied_index = None;
+            node.lag = None;
+            node.root = None;
+            node.unreachable = node.unreachable.as_ref().map(|_| String::new());
+        }
     }
     if let Some(plan) = shape.plan.as_mut() {
         plan.predicted_breach = None;
@@ -132,6 +142,8 @@ pub struct Update {
     pub conditions: Vec<Condition>,
     /// The emergency Job made by this reconcile, if one was.
     pub new_emergency_job: Option<EmergencyJob>,
+    /// A replicated memory's group (`None`: one node; its replication conditions go).
+    pub replication: Option<ReplicationStatus>,
 }
 
 impl Update {
@@ -154,6 +166,7 @@ impl Update {
             last_emergency_job: emergency.clone().or(before.last_emergency_job.clone()),
             conditions,
             new_emergency_job: emergency,
+            replication: None,
         }
     }
 }
@@ -176,6 +189,9 @@ pub async fn ready(
     for new in observed.conditions {
         conditions = with_condition(&conditions, new);
     }
+    if observed.replication.is_none() {
+        conditions.retain(|c| !crate::crd::conditions::REPLICATION.contains(&c.type_.as_str()));
+    }
     let status = PhoenixMemoryStatus {
         observed_generation: memory.metadata.generation,
         replicas: sts_status.map_or(0, |s| s.replicas),
@@ -188,6 +204,7 @@ pub async fn ready(
         plan: Some(observed.plan),
         last_decision: Some(observed.last_decision),
         last_emergency_job: observed.last_emergency_job,
+        replication: observed.replication,
     };
     if memory
         .status

@@ -11,3 +11,4 @@ mod msrv;
 mod observe;
 mod operator;
 mod real_cluster;
+mod replication;

@@ -1,0 +1,477 @@
+//! Replicated memories end to end: the operator's real controller against the in-process
+//! API server, real `phoenix-node` processes as the pods (one Raft group per memory), and
+//! clients that count every acknowledged write and every failed request.
+
+use std::collections::BTreeSet;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::Duration;
+
+use k8s_openapi::api::apps::v1::StatefulSet;
+use k8s_openapi::api::batch::v1::CronJob;
+use k8s_openapi::api::events::v1::Event;
+use kube::api::{ListParams, Patch, PatchParams};
+use phoenix_node_api::{Consistency, MemoryClient, NodeClient};
+use phoenix_operator::crd::{PhoenixMemory, PhoenixMemoryStatus, ReplicationStatus};
+use phoenix_tests::sandbox::{Options, Sandbox, find_node_bin};
+use serde_json::json;
+
+fn options() -> Options {
+    Options::new(find_node_bin().expect("the phoenix-node binary (cargo build -p phoenix-node)"))
+}
+
+fn manifest(name: &str, replicas: i32) -> String {
+    format!(
+        r#"
+apiVersion: phoenix.dev/v1alpha1
+kind: PhoenixMemory
+metadata:
+  name: {name}
+  namespace: default
+spec:
+  replicas: {replicas}
+  cleanup:
+    degradationThreshold: 2.0
+    recoverThreshold: 1.5
+    emergencyThreshold: 6.0
+    minInterval: 1m
+    maxInterval: 24h
+"#
+    )
+}
+
+/// Plays kubelet and StatefulSet controller for `name` until `check` holds on its status,
+/// or panics after `seconds` with the last status. `each` sees every status polled.
+async fn converge<F, G>(
+    sandbox: &Sandbox,
+    name: &str,
+    what: &str,
+    seconds: u64,
+    mut check: F,
+    mut each: G,
+) -> PhoenixMemoryStatus
+where
+    F: FnMut(&PhoenixMemoryStatus) -> bool,
+    G: FnMut(&PhoenixMemoryStatus, Option<&StatefulSet>),
+{
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(seconds);
+    let mut last = None;
+    while tokio::time::Instant::now() < deadline {
+        let _ = sandbox.sync_pods(name).await;
+        if let Ok(memory) = sandbox.api::<PhoenixMemory>().get(name).await {
+            let status = memory.status.unwrap_or_default();
+            let sts = sandbox
+                .api::<StatefulSet>()
+                .get_opt(name)
+                .await
+                .ok()
+                .flatten();
+            each(&status, sts.as_ref());
+            if check(&status) {
+                return status;
+            }
+            last = Some(status);
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    panic!(
+        "timed out waiting for {what}; last status:\n{}",
+        serde_yaml::to_string(&last).unwrap_or_default()
+    );
+}
+
+/// Polls the status (the kubelet idle: a killed node stays down) until `check` holds.
+async fn wait_status<F>(
+    sandbox: &Sandbox,
+    name: &str,
+    what: &str,
+    seconds: u64,
+    mut check: F,
+) -> PhoenixMemoryStatus
+where
+    F: FnMut(&PhoenixMemoryStatus) -> bool,
+{
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(seconds);
+    loop {
+        let status = sandbox
+            .api::<PhoenixMemory>()
+            .get(name)
+            .await
+            .expect("memory")
+            .status
+            .unwrap_or_default();
+        if check(&status) {
+            return status;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out waiting for {what}; last status:\n{}",
+            serde_yaml::to_string(&status).unwrap_or_default()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+fn replication(status: &PhoenixMemoryStatus) -> ReplicationStatus {
+    status.replication.clone().unwrap_or_default()
+}
+
+fn is(status: &PhoenixMemoryStatus, type_: &str, value: &str) -> bool {
+    status
+        .conditions
+        .iter()
+        .any(|c| c.type_ == type_ && c.status == value)
+}
+
+/// A group of `voters` voters, no learner, a leader, every voter current.
+fn settled(status: &PhoenixMemoryStatus, voters: usize) -> bool {
+    let r = replication(status);
+    r.voters.len() == voters
+        && r.learners.is_empty()
+        && r.leader.is_some()
+        && is(status, "Replicated", "True")
+}
+
+async fn event_notes(sandbox: &Sandbox, reason: &str) -> Vec<String> {
+    sandbox
+        .api::<Event>()
+        .list(&ListParams::default())
+        .await
+        .expect("events")
+        .items
+        .into_iter()
+        .filter(|e| e.reason.as_deref() == Some(reason))
+        .map(|e| e.note.unwrap_or_default())
+        .collect()
+}
+
+async fn scale(sandbox: &Sandbox, name: &str, replicas: i32) {
+    sandbox
+        .api::<PhoenixMemory>()
+        .patch(
+            name,
+            &PatchParams::default(),
+            &Patch::Merge(json!({"spec": {"replicas": replicas}})),
+        )
+        .await
+        .expect("scale");
+}
+
+/// Node URLs of `name`'s running pods `0..count`.
+fn urls(sandbox: &Sandbox, name: &str, count: u64) -> Vec<String> {
+    (0..count)
+        .filter_map(|o| sandbox.node_url(&format!("{name}-{o}")))
+        .collect()
+}
+
+/// Writers storing `w-{writer}-{n}` through `nodes` until stopped; every acknowledged key
+/// is kept, every request that failed for good is counted.
+struct Load {
+    stop: Arc<AtomicBool>,
+    failed: Arc<AtomicU64>,
+    tasks: Vec<tokio::task::JoinHandle<Vec<String>>>,
+}
+
+impl Load {
+    fn start(nodes: &[String], writers: usize) -> Load {
+        let stop = Arc::new(AtomicBool::new(false));
+        let failed = Arc::new(AtomicU64::new(0));
+        let tasks = (0..writers)
+            .map(|writer| {
+                let client = MemoryClient::new(reqwest::Client::new(), nodes.to_vec())
+                    .give_up_after(Duration::from_secs(20));
+                let (stop, failed) = (Arc::clone(&stop), Arc::clone(&failed));
+                tokio::spawn(async move {
+                    let mut acknowledged = Vec::new();
+                    let mut n = 0u64;
+                    while !stop.load(Ordering::Relaxed) {
+                        let key = format!("w-{writer}-{n}");
+                        n += 1;
+                        match client.store(&key, key.as_bytes(), None).await {
+                            Ok(_) => acknowledged.push(key),
+                            Err(error) => {
+                                eprintln!("{key}: {error}");
+                                failed.fetch_add(1, Ordering::Relaxed);
+                            }
+                        }
+                        tokio::time::sleep(Duration::from_millis(5)).await;
+                    }
+                    acknowledged
+                })
+            })
+            .collect();
+        Load {
+            stop,
+            failed,
+            tasks,
+        }
+    }
+
+    /// Stops the writers: the acknowledged keys and the number of failed requests.
+    async fn finish(self) -> (Vec<String>, u64) {
+        self.stop.store(true, Ordering::Relaxed);
+        let mut keys = Vec::new();
+        for task in self.tasks {
+            keys.extend(task.await.expect("writer"));
+        }
+        (keys, self.failed.load(Ordering::Relaxed))
+    }
+}
+
+/// Every key in `keys` is readable (linearizably) through `nodes`, and once the nodes have
+/// applied the same index their roots are equal.
+async fn nothing_lost_and_roots_equal(nodes: &[String], keys: &[String]) {
+    let client = MemoryClient::new(reqwest::Client::new(), nodes.to_vec());
+    let mut lost = Vec::new();
+    for key in keys {
+        match client.retrieve(key, Consistency::Linearizable).await {
+            Ok(Some(read)) if read.value == key.as_bytes() => {}
+            other => lost.push(format!("{key}: {other:?}")),
+        }
+    }
+    assert!(lost.is_empty(), "acknowledged writes lost: {lost:?}");
+    let http = reqwest::Client::new();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let mut roots = BTreeSet::new();
+        let mut indexes = BTreeSet::new();
+        for url in nodes {
+            let root = NodeClient::new(http.clone(), url.clone())
+                .local_root(Duration::from_secs(2))
+                .await
+                .expect("root");
+            roots.insert(root.root);
+            indexes.insert(root.applied_index);
+        }
+        if indexes.len() == 1 {
+            assert_eq!(roots.len(), 1, "equal indexes {indexes:?}, roots {roots:?}");
+            return;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the nodes never reached the same index: {indexes:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_group_is_bootstrapped_once_scales_3_5_3_under_writes_and_survives_its_leader() {
+    let sandbox = Sandbox::start(options()).await.expect("sandbox");
+    sandbox
+        .create_memory(&manifest("mem", 3))
+        .await
+        .expect("memory");
+
+    // Bootstrapped once, one leader, roots equal.
+    let formed = converge(
+        &sandbox,
+        "mem",
+        "a group of three",
+        60,
+        |s| settled(s, 3),
+        |_, _| {},
+    )
+    .await;
+    let r = replication(&formed);
+    println!("formed: leader {:?}, term {}", r.leader, r.term);
+    let inits = event_notes(&sandbox, "Membership").await;
+    assert_eq!(
+        inits.iter().filter(|n| n.starts_with("initialize")).count(),
+        1,
+        "initialized exactly once: {inits:?}"
+    );
+    let three = urls(&sandbox, "mem", 3);
+    nothing_lost_and_roots_equal(&three, &[]).await;
+
+    // 3 → 5 → 3 under writes: learners promoted, voters removed before the pods go.
+    let load = Load::start(&three, 3);
+    scale(&sandbox, "mem", 5).await;
+    let five = converge(
+        &sandbox,
+        "mem",
+        "five voters",
+        90,
+        |s| settled(s, 5),
+        |_, _| {},
+    )
+    .await;
+    println!("scaled up: voters {:?}", replication(&five).voters);
+    scale(&sandbox, "mem", 3).await;
+    // Each poll reads the StatefulSet, then the membership from a node: a member at or past
+    // the StatefulSet's size then was one already when it shrank.
+    let token = sandbox.token("mem").expect("token");
+    let http = reqwest::Client::new();
+    let mut shrank_too_early = Vec::new();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(90);
+    let back = loop {
+        let _ = sandbox.sync_pods("mem").await;
+        let kept = sandbox
+            .api::<StatefulSet>()
+            .get("mem")
+            .await
+            .ok()
+            .and_then(|s| s.spec)
+            .and_then(|s| s.replicas)
+            .unwrap_or(0);
+        if let Some(url) = sandbox.node_url("mem-0")
+            && let Ok(Some(raft)) = NodeClient::new(http.clone(), url)
+                .raft_status(&token, Duration::from_secs(2))
+                .await
+            && let Some(beyond) = raft
+                .voters
+                .iter()
+                .chain(&raft.learners)
+                .find(|m| i64::try_from(**m).unwrap_or(i64::MAX) >= i64::from(kept))
+        {
+            shrank_too_early.push((kept, *beyond));
+        }
+        let status = sandbox
+            .api::<PhoenixMemory>()
+            .get("mem")
+            .await
+            .expect("memory")
+            .status
+            .unwrap_or_default();
+        if settled(&status, 3) && status.replicas == 3 && sandbox.node_url("mem-3").is_none() {
+            break status;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no return to three voters and three pods: {status:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert!(
+        shrank_too_early.is_empty(),
+        "the StatefulSet shrank below a member (replicas, member): {shrank_too_early:?}"
+    );
+    assert_eq!(replication(&back).voters, ["mem-0", "mem-1", "mem-2"]);
+    let (keys, failed) = load.finish().await;
+    println!(
+        "3 → 5 → 3: {} writes acknowledged, {failed} failed requests",
+        keys.len()
+    );
+    assert!(!keys.is_empty());
+    assert_eq!(failed, 0, "no client request failed");
+    nothing_lost_and_roots_equal(&three, &keys).await;
+    let notes = event_notes(&sandbox, "Membership").await;
+    for expected in [
+        "add node 3",
+        "promote node 4",
+        "remove node 4",
+        "remove node 3",
+    ] {
+        assert!(
+            notes.iter().any(|n| n.starts_with(expected)),
+            "no `{expected}` Event in {notes:?}"
+        );
+    }
+
+    // The leader's process dies: another node leads, Replicated recovers.
+    let old_leader = replication(&back).leader.expect("a leader");
+    assert!(sandbox.kill_node(&old_leader));
+    let failover = wait_status(&sandbox, "mem", "a new leader", 60, |s| {
+        replication(s).leader.is_some_and(|l| l != old_leader)
+    })
+    .await;
+    println!(
+        "leader {old_leader} killed; now {:?}",
+        replication(&failover).leader
+    );
+    // The stand-in kubelet restarts the pod (same address, same volume): all current.
+    converge(
+        &sandbox,
+        "mem",
+        "Replicated again",
+        60,
+        |s| settled(s, 3),
+        |_, _| {},
+    )
+    .await;
+    sandbox.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_a_quorum_no_cleanup_runs_writes_are_refused_and_it_recovers() {
+    let sandbox = Sandbox::start(options()).await.expect("sandbox");
+    sandbox
+        .create_memory(&manifest("q", 3))
+        .await
+        .expect("memory");
+    let formed = converge(
+        &sandbox,
+        "q",
+        "a group of three",
+        60,
+        |s| settled(s, 3),
+        |_, _| {},
+    )
+    .await;
+    assert!(is(&formed, "CleanupScheduled", "True"), "{formed:?}");
+    let leader = replication(&formed).leader.expect("leader");
+    let followers: Vec<String> = (0..3)
+        .map(|o| format!("q-{o}"))
+        .filter(|p| *p != leader)
+        .collect();
+
+    // Two of three down (processes killed; the pods still say Ready).
+    for pod in &followers {
+        assert!(sandbox.kill_node(pod));
+    }
+    let lost = wait_status(&sandbox, "q", "QuorumLost", 30, |s| {
+        is(s, "QuorumLost", "True")
+    })
+    .await;
+    let cleanup = lost
+        .conditions
+        .iter()
+        .find(|c| c.type_ == "CleanupScheduled")
+        .expect("CleanupScheduled");
+    assert_eq!(
+        (cleanup.status.as_str(), cleanup.reason.as_str()),
+        ("False", "QuorumAtRisk")
+    );
+    let cronjob = sandbox
+        .api::<CronJob>()
+        .get("q-cleanup")
+        .await
+        .expect("cronjob");
+    assert_eq!(cronjob.spec.and_then(|s| s.suspend), Some(true));
+    assert!(sandbox.emergency_jobs("q").await.expect("jobs").is_empty());
+    assert!(
+        !event_notes(&sandbox, "QuorumLost").await.is_empty(),
+        "a Warning Event"
+    );
+    // Writes are refused with a clear error (after the node's write wait).
+    let survivor = sandbox.node_url(&leader).expect("survivor");
+    let answer = reqwest::Client::new()
+        .put(format!("{survivor}/v1/memories/during-the-outage"))
+        .body("x")
+        .timeout(Duration::from_secs(20))
+        .send()
+        .await
+        .expect("an answer");
+    let status = answer.status();
+    let text = answer.text().await.unwrap_or_default();
+    println!("a write without a quorum: {status} {text}");
+    assert_eq!(status.as_u16(), 503, "{text}");
+    assert!(text.contains("quorum") || text.contains("leader"), "{text}");
+
+    // They return: the quorum and the schedule come back.
+    let recovered = converge(
+        &sandbox,
+        "q",
+        "recovery",
+        60,
+        |s| settled(s, 3) && is(s, "QuorumLost", "False") && is(s, "CleanupScheduled", "True"),
+        |_, _| {},
+    )
+    .await;
+    println!(
+        "recovered: leader {:?}, term {}",
+        replication(&recovered).leader,
+        replication(&recovered).term
+    );
+    sandbox.shutdown().await;
+}

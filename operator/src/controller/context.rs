@@ -192,6 +192,8 @@ pub mod reasons {
     pub const QUORUM_LOST: &str = "QuorumLost";
     /// Two nodes report different roots at the same applied index.
     pub const DIVERGED: &str = "Diverged";
+    /// An even replica count: no more fault tolerance than one node fewer.
+    pub const EVEN_REPLICAS: &str = "EvenReplicas";
 }
 
 impl std::fmt::Debug for Context {

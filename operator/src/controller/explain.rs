@@ -19,6 +19,19 @@ pub async fn what_changed(
 ) {
     let publish =
         |kind, reason: &'static str, note: String| ctx.events.publish(memory, kind, reason, note);
+    let replicas = memory.spec.replicas;
+    if replicas >= 2
+        && replicas % 2 == 0
+        && before.observed_generation != memory.metadata.generation
+    {
+        let note = format!(
+            "replicas {replicas} is even: a group of {replicas} survives {} node(s) down, as \
+             one of {} does; an odd count buys the same safety with one node less",
+            (replicas - 1) / 2,
+            replicas - 1
+        );
+        publish(EventType::Warning, reasons::EVEN_REPLICAS, note).await;
+    }
     let newly_corrupted: Vec<&str> = after
         .nodes
         .iter()

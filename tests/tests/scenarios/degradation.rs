@@ -104,7 +104,7 @@ metadata:
   name: mem
   namespace: default
 spec:
-  replicas: 2
+  replicas: 3
   cleanup:
     degradationThreshold: 2.0
     recoverThreshold: 1.5
@@ -113,16 +113,19 @@ spec:
     maxInterval: 24h
 "#;
 
-/// `MEMORY` with two nodes of 2,000 seeded keys each, once both report and the plan is flat.
-async fn two_flat_nodes(sandbox: &Sandbox) -> PhoenixMemoryStatus {
+/// `MEMORY`: a group of three nodes holding the same 2,000 keys (each seeded alike; node
+/// 0's copy seeds the group, the others join from its snapshot), once all report and the
+/// plan is flat.
+async fn three_flat_nodes(sandbox: &Sandbox) -> PhoenixMemoryStatus {
     sandbox.create_memory(MEMORY).await.expect("memory");
     let seed = Seed {
         keys: 2000,
         value_len: 100,
     };
-    start_pods(sandbox, "mem", 2, seed).await;
+    start_pods(sandbox, "mem", 3, seed).await;
     wait_status(sandbox, "mem", "fresh flat observations", 30, |s| {
-        s.nodes.len() == 2
+        s.nodes.len() == 3
+            && is(s, "Replicated", "True")
             && s.nodes.iter().all(|n| n.ratio.is_some())
             && is(s, "MetricsStale", "False")
             && s.last_decision.as_ref().is_some_and(|d| d.rule == "flat")
@@ -134,8 +137,8 @@ async fn two_flat_nodes(sandbox: &Sandbox) -> PhoenixMemoryStatus {
 async fn degradation_tightens_the_schedule_an_emergency_job_cleans_and_it_relaxes() {
     let sandbox = sandbox().await;
 
-    // Flat: both nodes fresh, cleanup every maxInterval.
-    let flat = two_flat_nodes(&sandbox).await;
+    // Flat: every node fresh, cleanup every maxInterval.
+    let flat = three_flat_nodes(&sandbox).await;
     assert_eq!(interval(&flat), 86_400);
     println!(
         "idle seeded nodes after settling: ratios {:?}",
@@ -213,7 +216,7 @@ async fn degradation_tightens_the_schedule_an_emergency_job_cleans_and_it_relaxe
     assert_eq!(run.code, Some(0), "{}\n{}", run.stdout, run.stderr);
     assert!(
         run.stdout.contains("skipped"),
-        "mem-1 is below the threshold: {}",
+        "mem-1 and mem-2 are below the threshold: {}",
         run.stdout
     );
     sandbox.finish_job(job, true).await.expect("finish");
@@ -410,7 +413,7 @@ async fn cleanups_that_do_not_help_back_off_with_the_cause() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn steady_nodes_do_not_rewrite_status_at_every_observe() {
     let sandbox = Sandbox::start(options()).await.expect("sandbox");
-    let flat = two_flat_nodes(&sandbox).await;
+    let flat = three_flat_nodes(&sandbox).await;
     sandbox.server.reset_counts();
     // Ten observes (one a second) of idle, settled nodes.
     tokio::time::sleep(Duration::from_secs(10)).await;
@@ -454,7 +457,7 @@ async fn steady_nodes_do_not_rewrite_status_at_every_observe() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_node_that_finds_corruption_turns_unready_and_the_memory_shows_it() {
     let sandbox = sandbox().await;
-    two_flat_nodes(&sandbox).await;
+    three_flat_nodes(&sandbox).await;
     // A bad disk under mem-1: the node's scrub finds the damaged record.
     sandbox
         .corrupt("mem", "mem-1", "key-000042")
@@ -504,6 +507,12 @@ async fn a_node_that_finds_corruption_turns_unready_and_the_memory_shows_it() {
             .any(|n| n.name == "mem-0" && !n.corrupted),
         "mem-0 is fine"
     );
+    let replica = status
+        .replication
+        .as_ref()
+        .and_then(|r| r.nodes.iter().find(|n| n.name == "mem-1"))
+        .expect("mem-1 in status.replication");
+    assert!(replica.corrupted, "{replica:?}");
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
     loop {
         let events = event_reasons(&sandbox).await;

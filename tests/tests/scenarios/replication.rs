@@ -13,7 +13,7 @@ use k8s_openapi::api::events::v1::Event;
 use kube::api::{ListParams, Patch, PatchParams};
 use phoenix_node_api::{Consistency, MemoryClient, NodeClient};
 use phoenix_operator::crd::{PhoenixMemory, PhoenixMemoryStatus, ReplicationStatus};
-use phoenix_tests::sandbox::{Options, Sandbox, find_node_bin};
+use phoenix_tests::sandbox::{Options, Sandbox, Seed, find_node_bin};
 use serde_json::json;
 
 fn options() -> Options {
@@ -473,5 +473,114 @@ async fn without_a_quorum_no_cleanup_runs_writes_are_refused_and_it_recovers() {
         replication(&recovered).leader,
         replication(&recovered).term
     );
+    sandbox.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_emergency_cleanup_of_a_degraded_follower_fails_no_request_and_spares_the_leader() {
+    let sandbox = Sandbox::start(options()).await.expect("sandbox");
+    sandbox
+        .create_memory(&manifest("e", 3))
+        .await
+        .expect("memory");
+    // Each node seeded alike (the probe needs data): node 0's copy seeds the group (a single
+    // node upgraded), the others join from its snapshot.
+    let seed = Seed {
+        keys: 2000,
+        value_len: 100,
+    };
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    let mut started = 0;
+    while started < 3 {
+        match sandbox.sync_pods_seeded("e", seed).await {
+            Ok(new) => started += new.len(),
+            Err(error) => assert!(tokio::time::Instant::now() < deadline, "{error:#}"),
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let formed = converge(
+        &sandbox,
+        "e",
+        "a group of three with fresh ratios",
+        60,
+        |s| settled(s, 3) && s.nodes.iter().filter(|n| n.ratio.is_some()).count() == 3,
+        |_, _| {},
+    )
+    .await;
+    let leader = replication(&formed).leader.expect("leader");
+    let follower = (0..3)
+        .map(|o| format!("e-{o}"))
+        .find(|p| *p != leader)
+        .expect("a follower");
+    // The upgraded node's data is on every node.
+    let nodes = urls(&sandbox, "e", 3);
+    let seeded: Vec<String> = (0..2000)
+        .step_by(97)
+        .map(|i| format!("key-{i:06}"))
+        .collect();
+    let client = MemoryClient::new(reqwest::Client::new(), nodes.clone());
+    for key in &seeded {
+        let read = client
+            .retrieve(key, Consistency::Local)
+            .await
+            .expect("read");
+        assert!(read.is_some(), "{key} was not replicated");
+    }
+
+    // The follower degrades past the emergency line: one emergency Job.
+    sandbox
+        .set_fault("e", &follower, 12.0, true)
+        .await
+        .expect("fault");
+    let emergency = converge(
+        &sandbox,
+        "e",
+        "an emergency Job",
+        30,
+        |s| s.last_emergency_job.is_some(),
+        |_, _| {},
+    )
+    .await;
+    let jobs = sandbox.emergency_jobs("e").await.expect("jobs");
+    assert_eq!(jobs.len(), 1, "{emergency:?}");
+
+    // Run it under load through every node.
+    let load = Load::start(&nodes, 3);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let run = sandbox.run_job("e", &jobs[0]).await.expect("run the job");
+    let (keys, failed) = load.finish().await;
+    println!("{}", run.stdout);
+    assert_eq!(run.code, Some(0), "{}\n{}", run.stdout, run.stderr);
+    assert!(
+        !run.stdout.contains("leadership moved"),
+        "the leader is not touched: {}",
+        run.stdout
+    );
+    println!(
+        "emergency cleanup of {follower} under load: {} writes acknowledged, {failed} failed",
+        keys.len()
+    );
+    assert_eq!(failed, 0, "no client request failed");
+    let after = converge(
+        &sandbox,
+        "e",
+        "the follower cleaned, the leader not",
+        30,
+        |s| {
+            s.nodes
+                .iter()
+                .any(|n| n.name == follower && n.last_cleanup.is_some())
+        },
+        |_, _| {},
+    )
+    .await;
+    let leader_node = after
+        .nodes
+        .iter()
+        .find(|n| n.name == leader)
+        .expect("leader node");
+    assert!(leader_node.last_cleanup.is_none(), "{leader_node:?}");
+    assert_eq!(replication(&after).leader.as_deref(), Some(leader.as_str()));
+    nothing_lost_and_roots_equal(&nodes, &keys).await;
     sandbox.shutdown().await;
 }

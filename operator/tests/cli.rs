@@ -24,7 +24,7 @@ fn crd_prints_what_crds_holds() {
 
 #[test]
 fn plan_prints_every_child_of_each_example() {
-    for file in ["minimal.yaml", "production.yaml"] {
+    for file in ["minimal.yaml", "production.yaml", "replicated.yaml"] {
         let output = operator()
             .args(["plan", "-f", &example(file)])
             .output()

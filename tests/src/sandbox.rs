@@ -496,7 +496,8 @@ impl Sandbox {
         };
         config.fault_injection = self.options.fault_injection;
         config.shutdown_timeout_seconds = 2;
-        if seed.keys > 0 {
+        // A new volume is seeded; a restarted pod keeps what its volume holds.
+        if seed.keys > 0 && !config.data_dir.exists() {
             let store = phoenix_node::store::Store::open(config.store_config())?;
             let value = vec![b'v'; seed.value_len.max(1)];
             for i in 0..seed.keys {

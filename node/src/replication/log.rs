@@ -29,14 +29,16 @@ type StorageResult<T> = Result<T, StorageError<NodeId>>;
 pub struct LogStore {
     log: RaftLog,
     flushes: mpsc::Sender<LogFlushed<TypeConfig>>,
-    /// Whether an append waits for its flush before openraft counts it (durability Sync).
-    durable: bool,
     counters: Arc<Counters>,
 }
 
 impl LogStore {
-    /// A log store over `log`; `durable`: appends are reported only once flushed.
-    pub fn new(log: RaftLog, durable: bool, counters: Arc<Counters>) -> LogStore {
+    /// A log store over `log`. Appends are reported to openraft only once flushed, whatever
+    /// the memory's durability mode (which governs the store): an entry counted toward a
+    /// commit must survive the node's crash, or a restarted leader without it can be elected
+    /// by a follower that never had it, and an acknowledged write is lost
+    /// (`a_leader_killed_before_its_periodic_flush_loses_no_acknowledged_write`).
+    pub fn new(log: RaftLog, counters: Arc<Counters>) -> LogStore {
         let (flushes, waiting) = mpsc::channel::<LogFlushed<TypeConfig>>();
         let flushed_log = log.clone();
         let flush_counters = Arc::clone(&counters);
@@ -50,7 +52,6 @@ impl LogStore {
         LogStore {
             log,
             flushes,
-            durable,
             counters,
         }
     }
@@ -188,12 +189,8 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         self.log
             .append(rows)
             .map_err(|e| StorageIOError::write_logs(&e))?;
-        if self.durable {
-            if let Err(mpsc::SendError(callback)) = self.flushes.send(callback) {
-                callback.log_io_completed(Err(std::io::Error::other("the log flusher stopped")));
-            }
-        } else {
-            callback.log_io_completed(Ok(()));
+        if let Err(mpsc::SendError(callback)) = self.flushes.send(callback) {
+            callback.log_io_completed(Err(std::io::Error::other("the log flusher stopped")));
         }
         Ok(())
     }

@@ -216,12 +216,7 @@ impl Replica {
     /// # Errors
     /// An unreadable peer token, an unopenable log, an invalid Raft configuration, or
     /// memories written without replication on a node that would not keep them.
-    pub async fn start(
-        config: &ReplicationConfig,
-        store: Arc<Store>,
-        durable: bool,
-        flush_every_ms: Option<u64>,
-    ) -> anyhow::Result<Replica> {
+    pub async fn start(config: &ReplicationConfig, store: Arc<Store>) -> anyhow::Result<Replica> {
         let id = config.node_id().map_err(|e| anyhow::anyhow!(e))?;
         let token = std::fs::read_to_string(&config.peer_token_file).map_err(|e| {
             anyhow::anyhow!(
@@ -254,8 +249,9 @@ impl Replica {
         let counters = Arc::new(Counters::default());
         let shared = Arc::new(Shared::default());
         let data_dir = store.config().path.clone();
-        let raft_log = RaftLog::open(&data_dir, if durable { None } else { flush_every_ms })?;
-        let log = log::LogStore::new(raft_log.clone(), durable, Arc::clone(&counters));
+        // Only explicit flushes: every append is flushed before it counts (see `LogStore`).
+        let raft_log = RaftLog::open(&data_dir, None)?;
+        let log = log::LogStore::new(raft_log.clone(), Arc::clone(&counters));
         let machine = Machine::open(
             Arc::clone(&store),
             Arc::clone(&shared),

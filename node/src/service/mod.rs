@@ -571,15 +571,11 @@ pub async fn serve(config: NodeConfig) -> anyhow::Result<()> {
         let store = Arc::new(store);
         let mut node = Node::new(Arc::clone(&store), config.clone(), admin_token)?;
         if let Some(replication) = &config.replication {
-            let durable = config.durability.mode == crate::config::DurabilityMode::Sync;
-            let replica = crate::replication::Replica::start(
-                replication,
-                Arc::clone(&store),
-                durable,
-                Some(config.durability.flush_every_ms),
-            )
-            .await
-            .context("failed to start replication")?;
+            // The Raft log is always flushed before an entry counts; `durability` governs
+            // the store (which the log replays after a crash).
+            let replica = crate::replication::Replica::start(replication, Arc::clone(&store))
+                .await
+                .context("failed to start replication")?;
             tracing::info!(
                 id = replica.id,
                 peers = replication.peers.len(),

@@ -1,12 +1,15 @@
 //! `phoenix-sandbox`: the whole product on one machine, without a cluster.
 //!
 //! It starts the in-process API server, installs the CRD and a PhoenixMemory (the built-in
-//! `examples/minimal.yaml` by default), runs the operator's controller, starts one real
+//! `examples/replicated.yaml` by default: three nodes forming one Raft group;
+//! `--memory examples/minimal.yaml` runs one node), runs the operator's controller, starts one real
 //! `phoenix-node` process per pod the StatefulSet asks for (on 127.0.0.x, writing each pod's
 //! IP and readiness into its status as a kubelet would), runs the cleanup Jobs' command when
 //! the CronJob's schedule or an emergency asks for one, drives a load whose retrieve latency
-//! degrades in phases, and shows a live table of each node's ratio, the plan, the last
-//! decision and the Jobs. Ctrl-C stops it and every node process.
+//! degrades in phases, and shows a live table of each node's ratio, role, applied index and
+//! root, the plan, the last decision and the Jobs. A replicated memory also goes through a
+//! leader kill and a rolling cleanup, while clients write through every node and count
+//! every request that failed (which must stay 0). Ctrl-C stops it and every node process.
 //!
 //! Run: `cargo build --release --workspace --bins && target/release/phoenix-sandbox`.
 
@@ -24,13 +27,14 @@ use kube::api::ListParams;
 use phoenix_operator::crd::{PhoenixMemory, PhoenixMemoryStatus};
 use phoenix_tests::sandbox::{Options, Sandbox, Seed, find_node_bin};
 
-const MINIMAL: &str = include_str!("../../../examples/minimal.yaml");
+const REPLICATED: &str = include_str!("../../../examples/replicated.yaml");
 
 /// Run Phoenix Memory — API server, operator, nodes, cleanup Jobs — on this machine.
 #[derive(Debug, Parser)]
 #[command(version)]
 struct Args {
-    /// A PhoenixMemory manifest to run (default: examples/minimal.yaml, built in).
+    /// A PhoenixMemory manifest to run (default: examples/replicated.yaml, built in: three
+    /// nodes; examples/minimal.yaml runs one).
     #[arg(long)]
     memory: Option<PathBuf>,
     /// Stop after this many seconds (default: run until Ctrl-C).
@@ -61,6 +65,10 @@ enum Output {
 struct Story {
     phase: String,
     jobs: Vec<String>,
+    /// Client writes acknowledged, and requests that failed for good (reads and writes).
+    written: u64,
+    failed: u64,
+    last_failure: Option<String>,
 }
 
 type Shared = Arc<Mutex<Story>>;
@@ -99,7 +107,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
     let manifest = match &args.memory {
         Some(path) => std::fs::read_to_string(path)
             .with_context(|| format!("failed to read {}", path.display()))?,
-        None => MINIMAL.to_string(),
+        None => REPLICATED.to_string(),
     };
     let node_bin = find_node_bin()?;
     let sandbox = Arc::new(Sandbox::start(Options::new(node_bin)).await?);
@@ -306,6 +314,11 @@ async fn load(sandbox: Arc<Sandbox>, memory: String, seed: Seed, calm: Duration,
             }
         }
     }));
+    let writers = AbortOnDrop(tokio::spawn(clients(
+        Arc::clone(&sandbox),
+        memory.clone(),
+        Arc::clone(&shared),
+    )));
     let first = format!("{memory}-0");
     let set_phase = |text: String| story(&shared).phase = text;
     loop {
@@ -351,9 +364,128 @@ async fn load(sandbox: Arc<Sandbox>, memory: String, seed: Seed, calm: Duration,
                 break;
             }
         }
-        if traffic.0.is_finished() {
+        if replicated(&sandbox, &memory).await {
+            maintenance(&sandbox, &memory, &shared).await;
+        }
+        if traffic.0.is_finished() || writers.0.is_finished() {
             break;
         }
+    }
+}
+
+/// Whether the memory's nodes form a group (the status shows one).
+async fn replicated(sandbox: &Sandbox, memory: &str) -> bool {
+    sandbox
+        .api::<PhoenixMemory>()
+        .get(memory)
+        .await
+        .ok()
+        .and_then(|m| m.status)
+        .is_some_and(|s| s.replication.is_some_and(|r| r.initialized))
+}
+
+/// A replicated memory's hard moments: its leader's process is killed (the kubelet
+/// restarts it), then every node is cleaned in turn with a forced rebuild, the leader last
+/// after leadership has moved — while the clients keep writing through every node.
+async fn maintenance(sandbox: &Sandbox, memory: &str, shared: &Shared) {
+    let set_phase = |text: String| story(shared).phase = text;
+    let leader = sandbox
+        .api::<PhoenixMemory>()
+        .get(memory)
+        .await
+        .ok()
+        .and_then(|m| m.status)
+        .and_then(|s| s.replication)
+        .and_then(|r| r.leader);
+    if let Some(leader) = leader {
+        set_phase(format!("the leader {leader}'s process is killed (SIGKILL)"));
+        sandbox.kill_node(&leader);
+        tokio::time::sleep(Duration::from_secs(15)).await;
+    }
+    set_phase("rolling cleanup: every node rebuilt in turn, followers first".into());
+    let job = cronjob_run(sandbox, memory, &["--force-rebuild"]).await;
+    if let Some(job) = job {
+        run_one(sandbox, memory, &job, shared, "rolling").await;
+    }
+    tokio::time::sleep(Duration::from_secs(10)).await;
+}
+
+/// One run of the CronJob's Job template, with `extra` arguments.
+async fn cronjob_run(sandbox: &Sandbox, memory: &str, extra: &[&str]) -> Option<Job> {
+    let cronjob = sandbox
+        .api::<CronJob>()
+        .get_opt(&phoenix_operator::children::cronjob_name(memory))
+        .await
+        .ok()??;
+    let mut spec = cronjob.spec?.job_template.spec?;
+    if let Some(container) = spec
+        .template
+        .spec
+        .as_mut()
+        .and_then(|p| p.containers.first_mut())
+    {
+        container
+            .args
+            .get_or_insert_with(Vec::new)
+            .extend(extra.iter().map(|a| (*a).to_string()));
+    }
+    Some(Job {
+        metadata: kube::api::ObjectMeta {
+            name: Some(format!("{memory}-cleanup-now")),
+            ..Default::default()
+        },
+        spec: Some(spec),
+        ..Job::default()
+    })
+}
+
+/// Clients writing and reading through every node (with the documented retry rule),
+/// counting acknowledged writes and every request that failed for good.
+async fn clients(sandbox: Arc<Sandbox>, memory: String, shared: Shared) {
+    // The nodes' addresses are stable (a cluster's DNS names): wait until they all run.
+    let nodes = loop {
+        let replicas = sandbox
+            .api::<PhoenixMemory>()
+            .get(&memory)
+            .await
+            .map_or(0, |m| m.spec.replicas.max(0));
+        let urls: Vec<String> = (0..replicas)
+            .filter_map(|o| sandbox.node_url(&format!("{memory}-{o}")))
+            .collect();
+        if replicas > 0 && urls.len() == usize::try_from(replicas).unwrap_or(0) {
+            break urls;
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    };
+    let client = phoenix_node_api::MemoryClient::new(reqwest::Client::new(), nodes);
+    let mut n = 0u64;
+    loop {
+        let key = format!("client-{n:08}");
+        n += 1;
+        let wrote = client.store(&key, key.as_bytes(), None).await;
+        let read = match &wrote {
+            Ok(_) => client
+                .retrieve(&key, phoenix_node_api::Consistency::Linearizable)
+                .await
+                .map(|r| r.is_some()),
+            Err(_) => Ok(true),
+        };
+        {
+            let mut story = story(&shared);
+            match (wrote, read) {
+                (Ok(_), Ok(true)) => story.written += 1,
+                (Err(error), _) | (_, Err(error)) => {
+                    story.failed += 1;
+                    story.last_failure = Some(format!("{} {key}: {error}", clock()));
+                }
+                (Ok(_), Ok(false)) => {
+                    story.failed += 1;
+                    story.last_failure =
+                        Some(format!("{} {key}: acknowledged but not read back", clock()));
+                }
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
 
@@ -396,10 +528,18 @@ async fn render(
         .iter()
         .map(|c| format!("{}={}", c.type_, c.status))
         .collect();
-    let (phase, jobs) = {
+    let (phase, jobs, written, failed, last_failure) = {
         let story = story(shared);
-        (story.phase.clone(), story.jobs.clone())
+        (
+            story.phase.clone(),
+            story.jobs.clone(),
+            story.written,
+            story.failed,
+            story.last_failure.clone(),
+        )
     };
+    let replication = status.replication.clone().unwrap_or_default();
+    let replica = |name: &str| replication.nodes.iter().find(|n| n.name == name);
     if !table {
         let ratios: Vec<String> = status
             .nodes
@@ -417,9 +557,10 @@ async fn render(
             .as_ref()
             .map_or(("-", "-"), |d| (d.rule.as_str(), d.outcome.as_str()));
         return format!(
-            "[{:>4.0}s] {} | plan {} every {} | {rule}/{outcome}: {} | {}",
+            "[{:>4.0}s] {} | leader {} | writes {written} failed {failed} | plan {} every {} | {rule}/{outcome}: {} | {}",
             started.elapsed().as_secs_f64(),
             ratios.join(" "),
+            replication.leader.as_deref().unwrap_or("-"),
             plan.schedule,
             seconds_text(plan.runs_every_seconds.unwrap_or(plan.interval_seconds)),
             conditions.join(" "),
@@ -430,15 +571,49 @@ async fn render(
         "Phoenix sandbox — PhoenixMemory default/{memory} — up {:.0} s — Ctrl-C stops everything\n\n",
         started.elapsed().as_secs_f64()
     );
+    if status.replication.is_some() {
+        out.push_str(&format!(
+            "GROUP      leader {}, term {}, voters {}, learners {}, commit index {}\n\n",
+            replication.leader.as_deref().unwrap_or("none"),
+            replication.term,
+            replication.voters.join(" "),
+            if replication.learners.is_empty() {
+                "-".to_string()
+            } else {
+                replication.learners.join(" ")
+            },
+            replication
+                .commit_index
+                .map_or("-".into(), |i| i.to_string())
+        ));
+    }
     out.push_str(&format!(
-        "{:<14} {:>7} {:>10} {:>10} {:>8} {:>7}  {:<22} {}\n",
-        "NODE", "RATIO", "RECENT", "BASELINE", "SAMPLES", "KEYS", "LAST CLEANUP", "NOTE"
+        "{:<14} {:<9} {:>8} {:<10} {:>7} {:>10} {:>10} {:>8} {:>7}  {:<22} {}\n",
+        "NODE",
+        "ROLE",
+        "APPLIED",
+        "ROOT",
+        "RATIO",
+        "RECENT",
+        "BASELINE",
+        "SAMPLES",
+        "KEYS",
+        "LAST CLEANUP",
+        "NOTE"
     ));
     for node in &status.nodes {
         let us = |s: Option<f64>| s.map_or("-".into(), |s| format!("{:.2}µs", s * 1e6));
+        let replica = replica(&node.name);
         out.push_str(&format!(
-            "{:<14} {:>7} {:>10} {:>10} {:>8} {:>7}  {:<22} {}\n",
+            "{:<14} {:<9} {:>8} {:<10} {:>7} {:>10} {:>10} {:>8} {:>7}  {:<22} {}\n",
             node.name,
+            replica.map_or("-", |r| r.role.as_str()),
+            replica
+                .and_then(|r| r.applied_index)
+                .map_or("-".into(), |i| i.to_string()),
+            replica
+                .and_then(|r| r.root.as_deref())
+                .map_or("-".into(), |r| r.chars().take(8).collect::<String>()),
             node.ratio.map_or("-".into(), |r| format!("{r:.2}×")),
             us(node.recent_seconds),
             us(node.baseline_seconds),
@@ -465,7 +640,18 @@ async fn render(
         None => out.push_str("DECISION   -\n"),
     }
     out.push_str(&format!("CONDITIONS {}\n", conditions.join("  ")));
-    out.push_str(&format!("LOAD       {phase}\n\nJOBS\n"));
+    for alarm in status
+        .conditions
+        .iter()
+        .filter(|c| c.status == "True" && ["Diverged", "QuorumLost"].contains(&c.type_.as_str()))
+    {
+        out.push_str(&format!("  {}: {}\n", alarm.type_, alarm.message));
+    }
+    out.push_str(&format!("LOAD       {phase}\n"));
+    out.push_str(&format!(
+        "CLIENTS    {written} writes acknowledged and read back, {failed} requests failed{}\n\nJOBS\n",
+        last_failure.map_or(String::new(), |f| format!(" (last: {f})"))
+    ));
     if jobs.is_empty() {
         out.push_str("  none yet\n");
     }

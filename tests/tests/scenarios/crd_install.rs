@@ -27,7 +27,7 @@ async fn the_crd_installs_and_the_examples_validate() {
         .await
         .expect("install the CRD");
     let memories: Api<PhoenixMemory> = Api::default_namespaced(client);
-    for name in ["minimal.yaml", "production.yaml"] {
+    for name in ["minimal.yaml", "production.yaml", "replicated.yaml"] {
         let created = memories
             .create(&PostParams::default(), &example(name))
             .await

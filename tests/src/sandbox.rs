@@ -336,6 +336,14 @@ impl Sandbox {
         let mut started = Vec::new();
         for ordinal in 0..replicas.max(0) {
             let name = format!("{memory}-{ordinal}");
+            // A process that exited is restarted (restartPolicy Always).
+            let exited = self
+                .lock()
+                .get_mut(&name)
+                .is_some_and(|p| matches!(p.child.try_wait(), Ok(Some(_))));
+            if exited {
+                self.lock().remove(&name);
+            }
             let running = self.lock().get(&name).map(|p| p.config_hash.clone());
             match running {
                 Some(hash) if hash == config_hash => continue,

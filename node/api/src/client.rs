@@ -229,6 +229,20 @@ impl NodeClient {
             .await
     }
 
+    /// `POST /v1/admin/raft/rejoin`: the node exits and restarts empty (it must no longer
+    /// be a member; the leader refuses with 409).
+    ///
+    /// # Errors
+    /// No answer within `timeout`, or a refusal.
+    pub async fn rejoin(&self, token: &str, timeout: Duration) -> Result<(), ClientError> {
+        let request = self
+            .http
+            .post(format!("{}/v1/admin/raft/rejoin", self.base))
+            .bearer_auth(token)
+            .timeout(timeout);
+        self.send(request).await.map(drop)
+    }
+
     async fn membership(
         &self,
         token: &str,

@@ -209,6 +209,51 @@ pub fn leave_group(store: &Store) -> anyhow::Result<bool> {
     Ok(true)
 }
 
+/// The marker a node leaves when asked to rejoin its group from scratch
+/// (`POST /v1/admin/raft/rejoin`): at its next start its memories, its Raft log and its
+/// applied index are deleted before Raft starts, so it comes back as a new, empty node.
+fn rejoin_marker(store: &Store) -> std::path::PathBuf {
+    store.config().path.join("rejoin")
+}
+
+/// Asks for a rejoin at the next start (see [`rejoin_marker`]).
+///
+/// # Errors
+/// The marker cannot be written.
+pub fn ask_rejoin(store: &Store) -> anyhow::Result<()> {
+    let marker = rejoin_marker(store);
+    std::fs::write(
+        &marker,
+        b"rejoin the group from scratch at the next start\n",
+    )
+    .map_err(|e| anyhow::anyhow!("failed to write {}: {e}", marker.display()))?;
+    Ok(())
+}
+
+/// At start: if a rejoin was asked for, deletes every memory, the applied index and the
+/// Raft log (in that order; the marker goes last, so an interrupted reset is redone).
+/// Returns how many memories were deleted.
+///
+/// # Errors
+/// The store or the log directory cannot be cleared.
+pub fn reset_if_asked(store: &Store) -> anyhow::Result<Option<u64>> {
+    let marker = rejoin_marker(store);
+    if !marker.exists() {
+        return Ok(None);
+    }
+    let cleared = store.clear()?;
+    store.delete_meta(machine::APPLIED)?;
+    store.flush()?;
+    let dir = crate::store::raft_log::dir_in(&store.config().path);
+    if dir.exists() {
+        std::fs::remove_dir_all(&dir)
+            .map_err(|e| anyhow::anyhow!("failed to remove {}: {e}", dir.display()))?;
+    }
+    std::fs::remove_file(&marker)
+        .map_err(|e| anyhow::anyhow!("failed to remove {}: {e}", marker.display()))?;
+    Ok(Some(cleared))
+}
+
 impl Replica {
     /// Opens the log beside `store` and starts Raft ([`Replica::bootstrap`] initializes the
     /// group).

@@ -495,6 +495,25 @@ pub(super) async fn corrupt(State(node): State<Arc<Node>>, body: Bytes) -> ApiRe
     }
 }
 
+/// `POST /v1/admin/faults/diverge` `{"key": K}` (bearer token, `faultInjection` on):
+/// stores K on this node's store alone, bypassing the group's log — what a replica that
+/// diverged would hold (its root differs from its peers' at the same applied index).
+pub(super) async fn diverge(State(node): State<Arc<Node>>, body: Bytes) -> ApiResult<StatusCode> {
+    faults_enabled(&node)?;
+    let CorruptBody { key } = serde_json::from_slice(&body)
+        .map_err(|e| ApiError::bad_request("invalid_body", format!("not {{\"key\": …}}: {e}")))?;
+    let worker = Arc::clone(&node);
+    blocking(move || {
+        worker
+            .store
+            .store(key.as_bytes(), b"written outside the group's log", None)?;
+        Ok(())
+    })
+    .await?;
+    tracing::warn!("fault injected: a memory written outside the group's log");
+    Ok(StatusCode::NO_CONTENT)
+}
+
 /// `GET /v1/ping`: an empty route, the floor for HTTP latency.
 pub(super) async fn ping() -> StatusCode {
     StatusCode::OK

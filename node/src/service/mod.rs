@@ -237,7 +237,7 @@ fn operation_of(method: &axum::http::Method, path: Option<&str>) -> &'static str
         (&Method::GET, "/v1/proof/{*key}") => "proof",
         (&Method::POST, "/v1/admin/cleanup") => "cleanup",
         (&Method::PUT | &Method::GET, "/v1/admin/faults")
-        | (&Method::POST, "/v1/admin/faults/corrupt") => "faults",
+        | (&Method::POST, "/v1/admin/faults/corrupt" | "/v1/admin/faults/diverge") => "faults",
         (&Method::GET, "/v1/ping") => "ping",
         _ => "other",
     }
@@ -356,6 +356,8 @@ pub fn app(node: Arc<Node>) -> Router {
         .route("/v1/admin/raft/remove", post(replicated::remove))
         .route("/v1/admin/raft/leader", post(replicated::move_leader))
         .route("/v1/admin/raft/prune", post(replicated::prune_route))
+        .route("/v1/admin/raft/rejoin", post(replicated::rejoin))
+        .route("/v1/admin/faults/diverge", post(handlers::diverge))
         .route_layer(middleware::from_fn_with_state(
             Arc::clone(&node),
             handlers::require_admin,
@@ -571,6 +573,14 @@ pub async fn serve(config: NodeConfig) -> anyhow::Result<()> {
         let store = Arc::new(store);
         let mut node = Node::new(Arc::clone(&store), config.clone(), admin_token)?;
         if let Some(replication) = &config.replication {
+            if let Some(cleared) =
+                crate::replication::reset_if_asked(&store).context("failed to reset")?
+            {
+                tracing::warn!(
+                    cleared,
+                    "rejoining the group from scratch: memories, log and applied index deleted"
+                );
+            }
             // The Raft log is always flushed before an entry counts; `durability` governs
             // the store (which the log replays after a crash).
             let replica = crate::replication::Replica::start(replication, Arc::clone(&store))

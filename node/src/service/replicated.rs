@@ -5,6 +5,7 @@
 
 use std::collections::BTreeSet;
 use std::sync::Arc;
+use std::time::Duration;
 
 use axum::Json;
 use axum::body::Bytes;
@@ -401,6 +402,30 @@ pub(super) async fn raft_elect(State(node): State<Arc<Node>>) -> ApiResult<Json<
         .await
         .map(Json)
         .map_err(membership_error)
+}
+
+/// `POST /v1/admin/raft/rejoin` (admin token): this node leaves a marker and exits; at its
+/// next start (its supervisor restarts it) it deletes its memories, its log and its applied
+/// index and comes back empty, to be added again as a learner and sent the group's data.
+/// For a replica that diverged or was removed: the operator calls it only on a node the
+/// membership no longer holds. Refused on the leader (409).
+pub(super) async fn rejoin(State(node): State<Arc<Node>>) -> ApiResult<StatusCode> {
+    let replica = replica_of(&node)?;
+    if replica.is_leader() {
+        return Err(ApiError::Membership(
+            "this node leads the group: move leadership and remove it from the membership \
+             before it rejoins from scratch"
+                .into(),
+        ));
+    }
+    crate::replication::ask_rejoin(&node.store)
+        .map_err(|e| ApiError::Internal(format!("{e:#}")))?;
+    tracing::warn!("asked to rejoin the group from scratch: exiting to restart empty");
+    tokio::spawn(async {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        std::process::exit(0);
+    });
+    Ok(StatusCode::ACCEPTED)
 }
 
 /// Proposes a prune of every memory expired at the leader's clock (a cleanup on a

@@ -136,6 +136,26 @@ impl Group {
         Some(head.saturating_sub(held))
     }
 
+    /// Nodes whose root differs from the leader's at the same applied index.
+    pub fn diverging(&self) -> Vec<u64> {
+        let Some(reference) = self
+            .leader()
+            .and_then(|(n, _)| self.answered(n.ordinal))
+            .and_then(|a| a.root.as_ref())
+            .filter(|r| r.applied_index.is_some())
+        else {
+            return Vec::new();
+        };
+        self.nodes
+            .iter()
+            .filter_map(|n| Some((n.ordinal, n.answer.as_ref().ok()?.root.as_ref()?)))
+            .filter(|(_, root)| {
+                root.applied_index == reference.applied_index && root.root != reference.root
+            })
+            .map(|(ordinal, _)| ordinal)
+            .collect()
+    }
+
     /// The voters that answer, follow the leader and are within [`REPLICATED_LAG`].
     fn healthy_voters(&self, voters: &BTreeSet<u64>) -> BTreeSet<u64> {
         let Some((_, leader)) = self.leader() else {
@@ -218,6 +238,9 @@ pub enum Step {
     },
     /// Member `id` leaves the group.
     Remove(u64),
+    /// Node `id` holds data but is no member (it diverged and was removed, or was removed
+    /// by a scale-down before): it restarts empty, to join again as a learner.
+    Rejoin(u64),
 }
 
 impl std::fmt::Display for Step {
@@ -230,6 +253,10 @@ impl std::fmt::Display for Step {
                 write!(f, "move leadership from node {from} (leaving) to node {to}")
             }
             Step::Remove(id) => write!(f, "remove node {id} from the group"),
+            Step::Rejoin(id) => write!(
+                f,
+                "reset node {id} to rejoin from scratch (it holds data but is no member)"
+            ),
         }
     }
 }
@@ -276,9 +303,36 @@ pub fn next_step(wanted: u64, group: &Group) -> Result<Option<Step>, String> {
     let voters = &membership.voters;
     let learners = &membership.learners;
     let members: BTreeSet<u64> = voters.union(learners).copied().collect();
-    // Joining: new nodes as learners once they answer, then voters once caught up.
+    // A member whose root differs from the leader's at the same applied index diverged
+    // (which must never happen): it leaves, restarts empty and joins again from the group.
+    if let Some(id) = group
+        .diverging()
+        .into_iter()
+        .find(|id| members.contains(id))
+    {
+        if voters.contains(&id) {
+            let staying: BTreeSet<u64> = voters.iter().copied().filter(|v| *v != id).collect();
+            let healthy = group.healthy_voters(&staying);
+            if healthy.len() < majority(staying.len()) {
+                return Err(format!(
+                    "node {id} diverged, but removing it would leave {healthy:?} healthy of \
+                     {staying:?}, fewer than a majority"
+                ));
+            }
+        }
+        return Ok(Some(Step::Remove(id)));
+    }
+    // Joining: new nodes as learners once they answer (a node holding data from an
+    // earlier membership is reset first), then voters once caught up.
     if let Some(id) = (0..wanted).find(|o| !members.contains(o) && group.answered(*o).is_some()) {
-        return Ok(Some(Step::AddLearner(id)));
+        let holds = group
+            .answered(id)
+            .is_some_and(|a| a.raft.applied_index.is_some() || !a.raft.voters.is_empty());
+        return Ok(Some(if holds {
+            Step::Rejoin(id)
+        } else {
+            Step::AddLearner(id)
+        }));
     }
     if let Some(id) = learners
         .iter()
@@ -408,6 +462,7 @@ pub async fn take(
 ) -> Result<(), String> {
     let via = match step {
         Step::Init(_) => group.node(0),
+        Step::Rejoin(id) => group.node(*id),
         _ => group.leader().map(|(n, _)| n),
     }
     .and_then(|n| n.url.clone())
@@ -423,6 +478,12 @@ pub async fn take(
         Step::Promote(id) => node.promote(token, &[*id], MEMBERSHIP_TIMEOUT).await,
         Step::MoveLeader { to, .. } => node.move_leader(token, *to, MEMBERSHIP_TIMEOUT).await,
         Step::Remove(id) => node.remove_members(token, &[*id], MEMBERSHIP_TIMEOUT).await,
+        Step::Rejoin(_) => {
+            return node
+                .rejoin(token, MEMBERSHIP_TIMEOUT)
+                .await
+                .map_err(|e| format!("failed to {step}: {e}"));
+        }
     };
     result
         .map(drop)
@@ -717,7 +778,11 @@ mod tests {
                 continue;
             }
             let mut status = if extra.contains(&o) {
-                raft(o, "learner", None, &[], &[])
+                RaftStatus {
+                    applied_index: None,
+                    last_log_index: None,
+                    ..raft(o, "learner", None, &[], &[])
+                }
             } else if o == leader {
                 raft(o, "leader", Some(leader), voters, learners)
             } else if learners.contains(&o) {
@@ -786,6 +851,12 @@ mod tests {
         assert_eq!(next_step(5, &both), Ok(Some(Step::Promote(4))));
         let done = group(0, &[0, 1, 2, 3, 4], &[], &[], &[], &[]);
         assert_eq!(next_step(5, &done), Ok(None));
+        // A node back from an earlier membership (it holds data) is reset before it joins.
+        let mut returning = group(0, &[0, 1, 2], &[], &[], &[3], &[]);
+        if let Ok(answer) = returning.nodes[3].answer.as_mut() {
+            answer.raft.applied_index = Some(40);
+        }
+        assert_eq!(next_step(4, &returning), Ok(Some(Step::Rejoin(3))));
         assert_eq!(
             sizing(5, &done, None),
             Sizing {
@@ -889,6 +960,9 @@ mod tests {
         }
         let c = conditions(&memory, &split);
         assert_eq!(find(&c, "Diverged"), ("True".into(), "RootsDiffer".into()));
+        // The diverging node (not the leader: it is the reference) leaves the group.
+        assert_eq!(split.diverging(), [2]);
+        assert_eq!(next_step(3, &split), Ok(Some(Step::Remove(2))));
         // Roots at different indexes are not compared.
         if let Ok(answer) = split.nodes[2].answer.as_mut()
             && let Some(root) = answer.root.as_mut()

@@ -584,3 +584,93 @@ async fn an_emergency_cleanup_of_a_degraded_follower_fails_no_request_and_spares
     nothing_lost_and_roots_equal(&nodes, &keys).await;
     sandbox.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_diverged_replica_is_shown_removed_reset_and_rebuilt_from_the_group() {
+    let sandbox = Sandbox::start(options()).await.expect("sandbox");
+    sandbox
+        .create_memory(&manifest("d", 3))
+        .await
+        .expect("memory");
+    let formed = converge(
+        &sandbox,
+        "d",
+        "a group of three",
+        60,
+        |s| settled(s, 3),
+        |_, _| {},
+    )
+    .await;
+    let leader = replication(&formed).leader.expect("leader");
+    let victim = (0..3)
+        .map(|o| format!("d-{o}"))
+        .find(|p| *p != leader)
+        .expect("a follower");
+    let nodes = urls(&sandbox, "d", 3);
+    let client = MemoryClient::new(reqwest::Client::new(), nodes.clone());
+    let keys: Vec<String> = (0..50).map(|i| format!("before-{i}")).collect();
+    for key in &keys {
+        client
+            .store(key, key.as_bytes(), None)
+            .await
+            .expect("store");
+    }
+    // The fault hook writes a memory into the follower's store alone, outside the log.
+    let url = sandbox.node_url(&victim).expect("victim");
+    let answer = reqwest::Client::new()
+        .post(format!("{url}/v1/admin/faults/diverge"))
+        .bearer_auth(sandbox.token("d").expect("token"))
+        .body(json!({"key": "outside-the-log"}).to_string())
+        .send()
+        .await
+        .expect("diverge");
+    assert_eq!(answer.status().as_u16(), 204);
+    let diverged = wait_status(&sandbox, "d", "Diverged", 30, |s| is(s, "Diverged", "True")).await;
+    let message = diverged
+        .conditions
+        .iter()
+        .find(|c| c.type_ == "Diverged")
+        .map(|c| c.message.clone())
+        .unwrap_or_default();
+    println!("Diverged: {message}");
+    assert!(message.contains(&victim), "{message}");
+    // Repaired: removed, reset (the node exits and the kubelet restarts it empty), added
+    // as a learner, sent the group's data, promoted.
+    let repaired = converge(
+        &sandbox,
+        "d",
+        "the diverged node rebuilt",
+        90,
+        |s| settled(s, 3) && is(s, "Diverged", "False"),
+        |_, _| {},
+    )
+    .await;
+    assert!(
+        !event_notes(&sandbox, "Diverged").await.is_empty(),
+        "a Warning Event"
+    );
+    let ordinal = victim.rsplit('-').next().expect("ordinal");
+    let notes = event_notes(&sandbox, "Membership").await;
+    for expected in [
+        format!("remove node {ordinal}"),
+        format!("reset node {ordinal}"),
+        format!("add node {ordinal}"),
+        format!("promote node {ordinal}"),
+    ] {
+        assert!(
+            notes.iter().any(|n| n.starts_with(&expected)),
+            "no `{expected}` Event in {notes:?}"
+        );
+    }
+    println!("repaired: voters {:?}", replication(&repaired).voters);
+    nothing_lost_and_roots_equal(&nodes, &keys).await;
+    let stray = MemoryClient::new(reqwest::Client::new(), vec![url])
+        .retrieve("outside-the-log", Consistency::Local)
+        .await
+        .expect("read");
+    assert!(
+        stray.is_none(),
+        "the memory written outside the log is gone"
+    );
+    sandbox.shutdown().await;
+}

@@ -53,14 +53,24 @@ impl Cluster {
 
     /// Writes the configurations; starts nothing.
     fn configure(n: usize, extra: &str) -> Cluster {
+        Cluster::configure_ports(n, extra, false)
+    }
+
+    /// As [`Cluster::configure`]; with `peer_ports`, Raft is served on a port of its own.
+    fn configure_ports(n: usize, extra: &str, peer_ports: bool) -> Cluster {
         let dir = tempfile::tempdir().expect("tempdir");
         let ports: Vec<u16> = (0..n).map(|_| free_port()).collect();
+        let peer_ports: Vec<Option<u16>> = (0..n).map(|_| peer_ports.then(free_port)).collect();
         std::fs::write(dir.path().join("admin"), ADMIN).expect("admin token");
         std::fs::write(dir.path().join("peer"), PEER).expect("peer token");
         let peers: String = ports
             .iter()
+            .zip(&peer_ports)
             .enumerate()
-            .map(|(id, port)| format!("  - {{id: {id}, url: \"http://127.0.0.1:{port}\"}}\n"))
+            .map(|(id, (port, peer))| {
+                let port = peer.unwrap_or(*port);
+                format!("  - {{id: {id}, url: \"http://127.0.0.1:{port}\"}}\n")
+            })
             .collect();
         // Sync unless the test says otherwise.
         let durability = if extra.contains("durability:") {
@@ -69,13 +79,15 @@ impl Cluster {
             "durability: {mode: Sync}\n"
         };
         for (id, port) in ports.iter().enumerate() {
+            let listen =
+                peer_ports[id].map_or(String::new(), |p| format!("  listen: 127.0.0.1:{p}\n"));
             let config = format!(
                 "listen: 127.0.0.1:{port}\ndataDir: {data}\nadminTokenFile: {admin}\n\
                  cacheCapacity: 16Mi\nshutdownTimeoutSeconds: 5\n\
                  {durability}{extra}\
                  replication:\n  id: {id}\n  peerTokenFile: {peer}\n  bootstrap: true\n  \
                  electionTimeoutMs: {ELECTION_MS}\n  heartbeatMs: 60\n  writeWaitMs: 3000\n  \
-                 snapshotEveryEntries: 200\n  peers:\n{peers}",
+                 snapshotEveryEntries: 200\n{listen}  peers:\n{peers}",
                 data = dir.path().join(format!("data-{id}")).display(),
                 admin = dir.path().join("admin").display(),
                 peer = dir.path().join("peer").display(),
@@ -577,6 +589,43 @@ fn sigkill_of_the_leader_under_load_loses_no_acknowledged_write() {
         acknowledged.len() as u64,
         "every key is an acknowledged write"
     );
+}
+
+/// With a peer port, the client port does not serve Raft (a NetworkPolicy can then keep
+/// clients off it), and the group works through the peer ports: a write to a follower's
+/// client port is forwarded to the leader's peer port.
+#[test]
+fn with_a_peer_port_raft_is_served_there_only() {
+    let mut cluster = Cluster::configure_ports(3, "", true);
+    for id in 0..3 {
+        cluster.spawn(id);
+    }
+    for id in 0..3 {
+        cluster.wait_serving(id);
+    }
+    let leader = cluster.wait_leader(&[0, 1, 2], Duration::from_secs(20));
+    let follower = (leader + 1) % 3;
+    let agent = agent(Duration::from_secs(5));
+    let refused = agent
+        .post(&format!("{}/v1/raft/vote", cluster.url(follower)))
+        .set("x-phoenix-peer-token", PEER)
+        .send_string("");
+    assert!(
+        matches!(refused, Err(ureq::Error::Status(404, _))),
+        "the client port serves no Raft route: {refused:?}"
+    );
+    let mut client = Client::new(vec![cluster.url(follower)], 0);
+    let mut acknowledged = BTreeMap::new();
+    for i in 0..10 {
+        let key = format!("peer-port-{i}");
+        assert!(matches!(
+            client.put(&key, &key, Duration::from_secs(5)),
+            Outcome::Acknowledged
+        ));
+        acknowledged.insert(key.clone(), key);
+    }
+    cluster.converged(&[0, 1, 2], Duration::from_secs(20));
+    assert_all_present(&cluster, &[0, 1, 2], &acknowledged);
 }
 
 /// The memory's `durability: Periodic` governs its store, never the Raft log: an entry a

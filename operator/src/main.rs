@@ -169,6 +169,7 @@ fn plan(file: &std::path::Path, default_image: &str) -> anyhow::Result<String> {
         serde_yaml::to_string(&children.client_service)?,
         serde_yaml::to_string(&children.statefulset)?,
         serde_yaml::to_string(&children.pdb)?,
+        serde_yaml::to_string(&children.network_policy)?,
         serde_yaml::to_string(&cronjob)?,
         serde_yaml::to_string(&emergency)?,
     ];

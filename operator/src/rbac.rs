@@ -77,6 +77,11 @@ pub const RULES: &[Rule] = &[
         verbs: APPLY,
     },
     Rule {
+        api_groups: &["networking.k8s.io"],
+        resources: &["networkpolicies"],
+        verbs: APPLY,
+    },
+    Rule {
         api_groups: &["batch"],
         resources: &["cronjobs"],
         verbs: APPLY,

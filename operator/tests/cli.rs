@@ -48,6 +48,7 @@ fn plan_prints_every_child_of_each_example() {
                 "Service",
                 "StatefulSet",
                 "PodDisruptionBudget",
+                "NetworkPolicy",
                 "CronJob",
                 "Job"
             ],

@@ -181,6 +181,6 @@ def test_every_object_the_operator_builds_is_valid_kubernetes(example, version):
     ).stdout
     objects = [doc for doc in yaml.safe_load_all(out) if doc]
     # Every child, and the Job an emergency would create.
-    assert [o["kind"] for o in objects][-2:] == ["CronJob", "Job"] and len(objects) == 8
+    assert [o["kind"] for o in objects][-2:] == ["CronJob", "Job"] and len(objects) == 9
     for obj in objects:
         kubernetes_validate.validate(obj, version, strict=True)

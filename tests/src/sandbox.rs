@@ -159,7 +159,7 @@ pub struct Sandbox {
     work: tempfile::TempDir,
     nodes: Mutex<BTreeMap<String, NodeProcess>>,
     /// Each pod's address, kept across restarts (a pod's DNS name is, in a cluster).
-    addresses: Mutex<BTreeMap<String, SocketAddr>>,
+    addresses: Mutex<BTreeMap<String, (SocketAddr, SocketAddr)>>,
     next_ip: AtomicU8,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
     operator: Option<tokio::task::JoinHandle<()>>,
@@ -362,11 +362,26 @@ impl Sandbox {
                 seed,
             };
             let process = self.start_node(node).await?;
-            let port = process.url.rsplit(':').next().unwrap_or("8080").to_string();
+            let (http, peer) = self.address_of(&name)?;
             let mut pod_template = serde_json::to_value(&template)?;
             pod_template["metadata"]["name"] = json!(name);
-            pod_template["spec"]["containers"][0]["ports"] =
-                json!([{"name": "http", "containerPort": port.parse::<i32>()?}]);
+            // The template's ports, at the ports this pod's process listens on.
+            let ports: Vec<serde_json::Value> = pod_template["spec"]["containers"][0]["ports"]
+                .as_array()
+                .cloned()
+                .unwrap_or_default()
+                .into_iter()
+                .map(|mut port| {
+                    let local = if port["name"] == "peer" {
+                        peer.port()
+                    } else {
+                        http.port()
+                    };
+                    port["containerPort"] = json!(local);
+                    port
+                })
+                .collect();
+            pod_template["spec"]["containers"][0]["ports"] = json!(ports);
             let pod: Pod = serde_json::from_value(pod_template)?;
             if pods.get_opt(&name).await?.is_none() {
                 pods.create(&PostParams::default(), &pod).await?;
@@ -434,8 +449,9 @@ impl Sandbox {
         self.work.path().join(format!("{memory}.peer-token"))
     }
 
-    /// The pod's address: the one it had, or a new loopback address and free port.
-    fn address_of(&self, pod: &str) -> anyhow::Result<SocketAddr> {
+    /// The pod's HTTP and peer addresses: the ones it had, or a new loopback address and two
+    /// free ports.
+    fn address_of(&self, pod: &str) -> anyhow::Result<(SocketAddr, SocketAddr)> {
         let mut addresses = self
             .addresses
             .lock()
@@ -449,7 +465,10 @@ impl Sandbox {
             0,
             self.next_ip.fetch_add(1, Ordering::Relaxed).max(2),
         );
-        let address = SocketAddr::from((ip, free_port(ip)?));
+        let address = (
+            SocketAddr::from((ip, free_port(ip)?)),
+            SocketAddr::from((ip, free_port(ip)?)),
+        );
         addresses.insert(pod.to_string(), address);
         Ok(address)
     }
@@ -463,7 +482,7 @@ impl Sandbox {
             config_hash,
             seed,
         } = start;
-        let listen = self.address_of(pod)?;
+        let (listen, peer_listen) = self.address_of(pod)?;
         let ip = match listen.ip() {
             std::net::IpAddr::V4(ip) => ip,
             std::net::IpAddr::V6(_) => bail!("the sandbox's addresses are IPv4"),
@@ -483,16 +502,21 @@ impl Sandbox {
                 .map(|p| p.id)
                 .chain(0..count)
                 .collect();
+            let separate = replication.listen.is_some();
             replication.peers = ids
                 .into_iter()
                 .map(|id| {
-                    let address = self.address_of(&format!("{memory}-{id}"))?;
+                    let (http, peer) = self.address_of(&format!("{memory}-{id}"))?;
+                    let address = if separate { peer } else { http };
                     Ok(phoenix_node::config::PeerConfig {
                         id,
                         url: format!("http://{address}"),
                     })
                 })
                 .collect::<anyhow::Result<_>>()?;
+            if separate {
+                replication.listen = Some(peer_listen);
+            }
             replication.id = ordinal(memory, pod).and_then(|o| u64::try_from(o).ok());
             replication.peer_token_file = self.peer_token_file(memory);
         }

@@ -136,6 +136,11 @@ pub struct ReplicationConfig {
     pub id: Option<u64>,
     /// Every member the group may have, this node included (id and URL).
     pub peers: Vec<PeerConfig>,
+    /// The peer address: Raft RPCs (and requests forwarded to this node as leader) are
+    /// served here and no longer on `listen`, so a NetworkPolicy can keep every client off
+    /// the Raft paths. Absent: `listen` serves them too. The peers' URLs name this port.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub listen: Option<SocketAddr>,
     /// File holding the peer token: Raft RPCs without it are refused. Distinct from the
     /// admin token.
     pub peer_token_file: PathBuf,
@@ -169,6 +174,7 @@ impl ReplicationConfig {
         ReplicationConfig {
             id: None,
             peers,
+            listen: None,
             peer_token_file,
             election_timeout_ms: default_election_timeout_ms(),
             heartbeat_ms: default_heartbeat_ms(),

@@ -338,8 +338,18 @@ async fn refuse_oversized(State(node): State<Arc<Node>>, request: Request, next:
     }
 }
 
-/// The node's router.
+/// The node's router: every route.
 pub fn app(node: Arc<Node>) -> Router {
+    router(node, true)
+}
+
+/// The router of the client port when a separate peer port serves the Raft RPCs: every
+/// route but `/v1/raft/…`.
+pub fn client_app(node: Arc<Node>) -> Router {
+    router(node, false)
+}
+
+fn router(node: Arc<Node>, with_raft: bool) -> Router {
     let limits = node.config.limits;
     // Admin routes check the token before anything else, the body included.
     let admin = Router::new()
@@ -397,9 +407,12 @@ pub fn app(node: Arc<Node>) -> Router {
         .route("/metrics", get(handlers::metrics))
         .route("/healthz", get(handlers::healthz))
         .route("/readyz", get(handlers::readyz));
-    Router::new()
-        .merge(work)
-        .merge(raft)
+    let routes = if with_raft {
+        Router::new().merge(work).merge(raft)
+    } else {
+        work
+    };
+    routes
         .merge(probes)
         .fallback(handlers::no_route)
         .method_not_allowed_fallback(handlers::method_not_allowed)
@@ -603,10 +616,45 @@ pub async fn serve(config: NodeConfig) -> anyhow::Result<()> {
         let listener = tokio::net::TcpListener::bind(config.listen)
             .await
             .with_context(|| format!("failed to listen on {}", config.listen))?;
-        anyhow::Ok((store, node, listener))
+        let peer_listener = match config.replication.as_ref().and_then(|r| r.listen) {
+            Some(address) => Some(
+                tokio::net::TcpListener::bind(address)
+                    .await
+                    .with_context(|| format!("failed to listen on {address} (peers)"))?,
+            ),
+            None => None,
+        };
+        anyhow::Ok((store, node, listener, peer_listener))
     };
-    let (store, node, listener) = start.await.map_err(CannotStart)?;
+    let (store, node, listener, peer_listener) = start.await.map_err(CannotStart)?;
     tracing::info!(address = %listener.local_addr()?, data = %config.data_dir.display(), "serving");
+    // One signal stops every listener.
+    let (stopping_tx, stopping_rx) = tokio::sync::watch::channel(false);
+    tokio::spawn(async move {
+        shutdown_signal().await;
+        let _ = stopping_tx.send(true);
+    });
+    let stopped = move || {
+        let mut rx = stopping_rx.clone();
+        async move {
+            let _ = rx.wait_for(|stop| *stop).await;
+        }
+    };
+    let peers = match peer_listener {
+        Some(peer_listener) => {
+            tracing::info!(address = %peer_listener.local_addr()?, "serving the peers");
+            let (node, limits, stopped) = (Arc::clone(&node), config.limits, stopped());
+            Some(tokio::spawn(async move {
+                accept(peer_listener, app(node), limits, stopped).await
+            }))
+        }
+        None => None,
+    };
+    let client_router = if peers.is_some() {
+        client_app(Arc::clone(&node))
+    } else {
+        app(Arc::clone(&node))
+    };
 
     // The probe: a fixed cadence, on a blocking thread (it times blocking retrieves).
     let (stop_tx, mut stop_rx) = tokio::sync::watch::channel(false);
@@ -629,20 +677,24 @@ pub async fn serve(config: NodeConfig) -> anyhow::Result<()> {
         }
     });
 
-    let graceful = accept(
-        listener,
-        app(Arc::clone(&node)),
-        config.limits,
-        shutdown_signal(),
-    )
-    .await;
+    let graceful = accept(listener, client_router, config.limits, stopped()).await;
+    let peer_graceful = match peers {
+        Some(task) => task.await.ok(),
+        None => None,
+    };
     node.stop_accepting();
     // One budget for the whole shutdown (the pod's grace period is longer): the drain may
     // use three quarters of it, the checkpoint and flush what is left.
     let budget = Duration::from_secs(config.shutdown_timeout_seconds);
     let stopping = tokio::time::Instant::now();
     let deadline = stopping + budget;
-    if tokio::time::timeout_at(stopping + budget * 3 / 4, graceful.shutdown())
+    let drained = async {
+        graceful.shutdown().await;
+        if let Some(peer_graceful) = peer_graceful {
+            peer_graceful.shutdown().await;
+        }
+    };
+    if tokio::time::timeout_at(stopping + budget * 3 / 4, drained)
         .await
         .is_err()
     {

@@ -10,7 +10,7 @@ use phoenix_node_api::config::{
 };
 
 use super::{
-    CONFIG_DIR, Inputs, NODE_PORT, PEER_TOKEN_KEY, TOKEN_DIR, TOKEN_KEY, child_meta,
+    CONFIG_DIR, Inputs, NODE_PORT, PEER_PORT, PEER_TOKEN_KEY, TOKEN_DIR, TOKEN_KEY, child_meta,
     configmap_name, peer_url,
 };
 
@@ -40,10 +40,13 @@ pub fn node_config(inputs: &Inputs<'_>) -> NodeConfig {
                     url: peer_url(&name, &namespace, id),
                 })
                 .collect();
-            ReplicationConfig::new(
-                peers,
-                PathBuf::from(format!("{TOKEN_DIR}/{PEER_TOKEN_KEY}")),
-            )
+            ReplicationConfig {
+                listen: Some(SocketAddr::from(([0, 0, 0, 0], PEER_PORT as u16))),
+                ..ReplicationConfig::new(
+                    peers,
+                    PathBuf::from(format!("{TOKEN_DIR}/{PEER_TOKEN_KEY}")),
+                )
+            }
         }),
         ..NodeConfig::default()
     }
@@ -135,9 +138,9 @@ mod tests {
                 .map(|p| p.url.as_str())
                 .collect::<Vec<_>>(),
             [
-                "http://mem-0.mem-nodes.ns.svc:8080",
-                "http://mem-1.mem-nodes.ns.svc:8080",
-                "http://mem-2.mem-nodes.ns.svc:8080"
+                "http://mem-0.mem-nodes.ns.svc:8081",
+                "http://mem-1.mem-nodes.ns.svc:8081",
+                "http://mem-2.mem-nodes.ns.svc:8081"
             ]
         );
         assert_eq!(

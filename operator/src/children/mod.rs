@@ -3,6 +3,7 @@
 
 mod configmap;
 mod cronjob;
+mod networkpolicy;
 mod pdb;
 mod service;
 mod statefulset;
@@ -12,6 +13,7 @@ use k8s_openapi::api::core::v1::{
     Capabilities, ConfigMap, KeyToPath, PodSecurityContext, SeccompProfile, Secret,
     SecretVolumeSource, SecurityContext, Service, Volume, VolumeMount,
 };
+use k8s_openapi::api::networking::v1::NetworkPolicy;
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
 use kube::{Resource, ResourceExt};
@@ -22,12 +24,15 @@ use crate::validate::ValidSpec;
 
 pub use configmap::{CONFIG_FILE, build_configmap, config_hash, node_config};
 pub use cronjob::{EMERGENCY_COMPONENT, build_cronjob, build_emergency_job, emergency_job_name};
+pub use networkpolicy::build_network_policy;
 pub use pdb::build_pdb;
 pub use service::{build_client_service, build_headless_service};
 pub use statefulset::{CONFIG_HASH_ANNOTATION, build_statefulset};
 
 /// The nodes' HTTP port.
 pub const NODE_PORT: i32 = 8080;
+/// A replicated node's peer port: Raft RPCs and requests forwarded by other nodes.
+pub const PEER_PORT: i32 = 8081;
 /// Key of the admin token in the Secret.
 pub const TOKEN_KEY: &str = "token";
 /// Where the node reads its config file.
@@ -173,11 +178,11 @@ pub fn token_volume(memory: &str, admin_only: bool) -> Volume {
     }
 }
 
-/// The URL a node's peers reach it at: `http://NAME-i.NAME-nodes.NAMESPACE.svc:PORT` (the
+/// The URL a node's peers reach it at: `http://NAME-i.NAME-nodes.NAMESPACE.svc:8081` (the
 /// headless Service publishes not-ready pods, so peers resolve during start-up).
 pub fn peer_url(memory: &str, namespace: &str, ordinal: u64) -> String {
     format!(
-        "http://{memory}-{ordinal}.{}.{namespace}.svc:{NODE_PORT}",
+        "http://{memory}-{ordinal}.{}.{namespace}.svc:{PEER_PORT}",
         headless_name(memory)
     )
 }
@@ -321,6 +326,8 @@ pub struct Children {
     pub statefulset: StatefulSet,
     /// Disruption budget.
     pub pdb: PodDisruptionBudget,
+    /// Who may reach the nodes.
+    pub network_policy: NetworkPolicy,
 }
 
 /// Builds every child but the CronJob.
@@ -337,6 +344,7 @@ pub fn build_all(inputs: &Inputs<'_>) -> Result<Children, serde_yaml::Error> {
         client_service: build_client_service(inputs),
         statefulset: build_statefulset(inputs, &hash),
         pdb: build_pdb(inputs),
+        network_policy: build_network_policy(inputs),
         configmap,
     })
 }

@@ -19,7 +19,7 @@ use phoenix_node_api::config::POD_NAME_ENV;
 
 use super::configmap::config_path;
 use super::{
-    CONFIG_DIR, Inputs, NODE_PORT, child_meta, configmap_name, headless_name, labels,
+    CONFIG_DIR, Inputs, NODE_PORT, PEER_PORT, child_meta, configmap_name, headless_name, labels,
     restricted_container, restricted_pod, selector_labels, token_mount, token_volume,
 };
 
@@ -86,12 +86,17 @@ fn container(inputs: &Inputs<'_>) -> Container {
             }),
             ..EnvVar::default()
         }]),
-        ports: Some(vec![ContainerPort {
-            name: Some("http".into()),
-            container_port: NODE_PORT,
-            protocol: Some("TCP".into()),
-            ..ContainerPort::default()
-        }]),
+        ports: Some(
+            std::iter::once(("http", NODE_PORT))
+                .chain(inputs.replicated.then_some(("peer", PEER_PORT)))
+                .map(|(name, port)| ContainerPort {
+                    name: Some(name.into()),
+                    container_port: port,
+                    protocol: Some("TCP".into()),
+                    ..ContainerPort::default()
+                })
+                .collect(),
+        ),
         readiness_probe: Some(probe("/readyz", 5, 2)),
         liveness_probe: Some(probe("/healthz", 10, 6)),
         startup_probe: Some(probe("/healthz", 2, 150)),

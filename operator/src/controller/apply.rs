@@ -11,6 +11,7 @@ use k8s_openapi::api::batch::v1::CronJob;
 use std::sync::Arc;
 
 use k8s_openapi::api::core::v1::{ConfigMap, Secret, Service};
+use k8s_openapi::api::networking::v1::NetworkPolicy;
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use kube::api::{Patch, PatchParams};
 use kube::{Api, ResourceExt};
@@ -163,6 +164,9 @@ async fn children(
         .is_some();
     let (statefulset, nodes) = statefulset(ctx, namespace, &children.statefulset).await?;
     let pdb = apply_one(ctx, namespace, &children.pdb).await?.is_some();
+    let network_policy = apply_one(ctx, namespace, &children.network_policy)
+        .await?
+        .is_some();
     let written = [
         ("ConfigMap", configmap),
         ("Secret", secret),
@@ -170,6 +174,7 @@ async fn children(
         ("client Service", client),
         ("StatefulSet", nodes),
         ("PodDisruptionBudget", pdb),
+        ("NetworkPolicy", network_policy),
     ]
     .into_iter()
     .filter_map(|(kind, changed)| changed.then_some(kind))
@@ -239,6 +244,7 @@ fn versions(ctx: &Context, namespace: &str, memory: &str) -> Vec<Option<Arc<str>
         caches.version::<Service>(namespace, memory),
         caches.version::<StatefulSet>(namespace, memory),
         caches.version::<PodDisruptionBudget>(namespace, memory),
+        caches.version::<NetworkPolicy>(namespace, memory),
     ]
 }
 

@@ -18,6 +18,7 @@ use k8s_openapi::NamespaceResourceScope;
 use k8s_openapi::api::apps::v1::StatefulSet;
 use k8s_openapi::api::batch::v1::CronJob;
 use k8s_openapi::api::core::v1::{ConfigMap, Container, Pod, PodSpec, PodStatus, Secret, Service};
+use k8s_openapi::api::networking::v1::NetworkPolicy;
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Api, Resource, ResourceExt};
@@ -206,6 +207,8 @@ pub struct Caches {
     /// Cached children of this kind.
     pub pdbs: Cache<PodDisruptionBudget>,
     /// Cached children of this kind.
+    pub network_policies: Cache<NetworkPolicy>,
+    /// Cached children of this kind.
     pub cronjobs: Cache<CronJob>,
     /// Every memory's nodes, slimmed to what observing reads (see [`watch_pods`]).
     pub pods: Cache<Pod>,
@@ -250,6 +253,7 @@ cached!(Secret, secrets);
 cached!(Service, services);
 cached!(StatefulSet, statefulsets);
 cached!(PodDisruptionBudget, pdbs);
+cached!(NetworkPolicy, network_policies);
 cached!(CronJob, cronjobs);
 cached!(Pod, pods);
 
@@ -278,10 +282,11 @@ impl Caches {
             self.services.wait_until_ready(),
             self.statefulsets.wait_until_ready(),
             self.pdbs.wait_until_ready(),
+            self.network_policies.wait_until_ready(),
             self.cronjobs.wait_until_ready(),
             self.pods.wait_until_ready(),
         );
-        waits.0 && waits.1 && waits.2 && waits.3 && waits.4 && waits.5 && waits.6
+        waits.0 && waits.1 && waits.2 && waits.3 && waits.4 && waits.5 && waits.6 && waits.7
     }
 }
 

@@ -23,16 +23,24 @@ fn pod_ready(pod: &Pod) -> bool {
         .is_some_and(|c| c.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
 }
 
-fn http_port(pod: &Pod) -> i32 {
+fn named_port(pod: &Pod, name: &str) -> Option<i32> {
     pod.spec
         .as_ref()
         .and_then(|s| {
             s.containers
                 .iter()
                 .flat_map(|c| c.ports.iter().flatten())
-                .find(|p| p.name.as_deref() == Some("http"))
+                .find(|p| p.name.as_deref() == Some(name))
         })
-        .map_or(NODE_PORT, |p| p.container_port)
+        .map(|p| p.container_port)
+}
+
+fn url(ip: &str, port: i32) -> String {
+    if ip.contains(':') {
+        format!("http://[{ip}]:{port}")
+    } else {
+        format!("http://{ip}:{port}")
+    }
 }
 
 /// A node to scrape: its URL, and whether its pod is ready. An unready pod with an IP is
@@ -42,6 +50,8 @@ fn http_port(pod: &Pod) -> i32 {
 pub struct Target {
     /// `http://IP:PORT`.
     pub url: String,
+    /// `http://IP:PEER_PORT`, when the pod has a `peer` port (a replicated node).
+    pub peer_url: Option<String>,
     /// The pod's Ready condition.
     pub ready: bool,
 }
@@ -57,11 +67,8 @@ pub fn targets(memory: &str, replicas: i32, pods: &[Pod]) -> Vec<(String, Result
                     None if !pod_ready(pod) => Err("pod not ready".to_string()),
                     None => Err("pod has no IP".to_string()),
                     Some(ip) => Ok(Target {
-                        url: if ip.contains(':') {
-                            format!("http://[{ip}]:{}", http_port(pod))
-                        } else {
-                            format!("http://{ip}:{}", http_port(pod))
-                        },
+                        url: url(ip, named_port(pod, "http").unwrap_or(NODE_PORT)),
+                        peer_url: named_port(pod, "peer").map(|port| url(ip, port)),
                         ready: pod_ready(pod),
                     }),
                 },
@@ -198,6 +205,7 @@ mod tests {
         let target = |url: &str, ready| {
             Ok(Target {
                 url: url.into(),
+                peer_url: None,
                 ready,
             })
         };

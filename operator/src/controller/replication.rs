@@ -60,6 +60,8 @@ pub struct NodeView {
     pub name: String,
     /// Its pod's URL, when it has an IP.
     pub url: Option<String>,
+    /// Its pod's peer-port URL, when it has an IP and a peer port.
+    pub peer_url: Option<String>,
     /// Its answer, or why there is none.
     pub answer: Result<Answer, String>,
 }
@@ -404,6 +406,7 @@ pub async fn observe(ctx: &Context, memory: &PhoenixMemory, token: &str, asked: 
                             ordinal,
                             name: pod,
                             url: None,
+                            peer_url: None,
                             answer: Err(why),
                         };
                     };
@@ -413,6 +416,7 @@ pub async fn observe(ctx: &Context, memory: &PhoenixMemory, token: &str, asked: 
                         ordinal,
                         name: pod,
                         url: Some(target.url),
+                        peer_url: target.peer_url,
                         answer,
                     }
                 }
@@ -445,7 +449,7 @@ fn peer_address(
             &memory.namespace().unwrap_or_default(),
             ordinal,
         )),
-        PeerAddresses::PodIp => group.node(ordinal).and_then(|n| n.url.clone()),
+        PeerAddresses::PodIp => group.node(ordinal).and_then(|n| n.peer_url.clone()),
     }
 }
 
@@ -738,6 +742,7 @@ mod tests {
             ordinal,
             name: format!("m-{ordinal}"),
             url: Some(format!("http://127.0.0.{}:8080", ordinal + 2)),
+            peer_url: Some(format!("http://127.0.0.{}:8081", ordinal + 2)),
             answer: raft.map_or_else(
                 || Err("connection refused".into()),
                 |raft| {

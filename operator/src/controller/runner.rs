@@ -8,6 +8,7 @@ use futures::StreamExt;
 use k8s_openapi::api::apps::v1::StatefulSet;
 use k8s_openapi::api::batch::v1::CronJob;
 use k8s_openapi::api::core::v1::{ConfigMap, Pod, Secret, Service};
+use k8s_openapi::api::networking::v1::NetworkPolicy;
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use kube::runtime::controller::Controller;
 use kube::runtime::{WatchStreamExt, reflector, watcher};
@@ -37,6 +38,8 @@ pub async fn run_controller(
     let (services, service_changes) = caches::watch(api::<Service>(&client, &ns));
     let (statefulsets, statefulset_changes) = caches::watch(api::<StatefulSet>(&client, &ns));
     let (pdbs, pdb_changes) = caches::watch(api::<PodDisruptionBudget>(&client, &ns));
+    let (network_policies, network_policy_changes) =
+        caches::watch(api::<NetworkPolicy>(&client, &ns));
     let (cronjobs, cronjob_changes) = caches::watch(api::<CronJob>(&client, &ns));
     let (pods, pod_watch) = caches::watch_pods(api::<Pod>(&client, &ns));
     let pod_watch = tokio::spawn(pod_watch);
@@ -46,6 +49,7 @@ pub async fn run_controller(
         services,
         statefulsets,
         pdbs,
+        network_policies,
         cronjobs,
         pods,
     };
@@ -109,6 +113,7 @@ pub async fn run_controller(
         .owns_stream(secret_changes)
         .owns_stream(service_changes)
         .owns_stream(pdb_changes)
+        .owns_stream(network_policy_changes)
         .owns_stream(cronjob_changes)
         .with_config(
             kube::runtime::controller::Config::default()

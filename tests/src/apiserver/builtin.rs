@@ -64,6 +64,10 @@ fn openapi_schema(group: &str, plural: &str) -> Option<&'static Value> {
                     schema_of::<api::policy::v1::PodDisruptionBudget>(),
                 ),
                 (
+                    ("networking.k8s.io", "networkpolicies"),
+                    schema_of::<api::networking::v1::NetworkPolicy>(),
+                ),
+                (
                     ("events.k8s.io", "events"),
                     schema_of::<api::events::v1::Event>(),
                 ),

@@ -107,6 +107,14 @@ pub fn builtins() -> Vec<ResourceType> {
             true,
             true,
         ),
+        R::builtin(
+            "networking.k8s.io",
+            "v1",
+            "networkpolicies",
+            "NetworkPolicy",
+            true,
+            false,
+        ),
         R::builtin("coordination.k8s.io", "v1", "leases", "Lease", true, false),
         R::builtin(
             "storage.k8s.io",

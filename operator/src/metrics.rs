@@ -24,6 +24,7 @@ pub struct Metrics {
     cadence: GaugeVec,
     status_writes: IntCounterVec,
     membership_steps: IntCounterVec,
+    replication: GaugeVec,
     observation_age: GaugeVec,
     /// When each memory's nodes were last observed (the age is worked out at scrape time).
     observed_at: std::sync::Arc<std::sync::Mutex<HashMap<(String, String), Instant>>>,
@@ -114,6 +115,15 @@ impl Metrics {
         for outcome in ["done", "failed"] {
             membership_steps.with_label_values(&[outcome]);
         }
+        let replication = GaugeVec::new(
+            Opts::new(
+                "phoenix_operator_replication_condition",
+                "Replicated memories: 1 while a condition holds (QuorumLost, Diverged, \
+                 Replicated), 0 otherwise.",
+            ),
+            &["namespace", "name", "condition"],
+        )?;
+        registry.register(Box::new(replication.clone()))?;
         registry.register(Box::new(scrapes.clone()))?;
         registry.register(Box::new(decisions.clone()))?;
         registry.register(Box::new(emergency_jobs.clone()))?;
@@ -148,6 +158,7 @@ impl Metrics {
             cadence,
             status_writes,
             membership_steps,
+            replication,
             observation_age,
             observed_at: std::sync::Arc::default(),
             health: std::sync::Arc::default(),
@@ -172,6 +183,24 @@ impl Metrics {
     /// Counts one status update by outcome (`written`, `deferred`).
     pub fn status_write(&self, outcome: &'static str) {
         self.status_writes.with_label_values(&[outcome]).inc();
+    }
+
+    /// Sets a replicated memory's `Replicated`, `QuorumLost` and `Diverged` (1 = True);
+    /// a memory without them (one node) has no series.
+    pub fn replication_conditions(&self, namespace: &str, name: &str, conditions: &[(&str, bool)]) {
+        for condition in crate::crd::conditions::REPLICATION {
+            match conditions.iter().find(|(c, _)| *c == condition) {
+                Some((_, holds)) => self
+                    .replication
+                    .with_label_values(&[namespace, name, condition])
+                    .set(if *holds { 1.0 } else { 0.0 }),
+                None => {
+                    let _ = self
+                        .replication
+                        .remove_label_values(&[namespace, name, condition]);
+                }
+            }
+        }
     }
 
     /// Counts one membership step by outcome (`done`, `failed`).
@@ -199,6 +228,7 @@ impl Metrics {
         // Absent when the memory never got a plan: nothing to drop.
         let _ = self.cadence.remove_label_values(&[namespace, name]);
         let _ = self.observation_age.remove_label_values(&[namespace, name]);
+        self.replication_conditions(namespace, name, &[]);
         self.observed_at
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)

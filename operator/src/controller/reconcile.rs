@@ -62,7 +62,14 @@ async fn reconcile_once(memory: Arc<PhoenixMemory>, ctx: Arc<Context>) -> Result
             format!("{why}: the CronJob is suspended and no emergency Job is made"),
         ));
     }
-    conditions.extend(replication::conditions(&memory, &group));
+    let replicated = replication::conditions(&memory, &group);
+    let held: Vec<(&str, bool)> = replicated
+        .iter()
+        .map(|c| (c.type_.as_str(), c.status == "True"))
+        .collect();
+    ctx.metrics
+        .replication_conditions(&it.namespace, &it.name, &held);
+    conditions.extend(replicated);
     let mut update = status::Update::new(&it.before, &decided, plan, conditions, emergency);
     update.replication = replication::status(&group).map(|mut replication| {
         for node in &mut replication.nodes {

@@ -443,6 +443,13 @@ async fn without_a_quorum_no_cleanup_runs_writes_are_refused_and_it_recovers() {
         !event_notes(&sandbox, "QuorumLost").await.is_empty(),
         "a Warning Event"
     );
+    let text = sandbox.metrics.render();
+    assert!(
+        text.contains(
+            "phoenix_operator_replication_condition{condition=\"QuorumLost\",name=\"q\",namespace=\"default\"} 1"
+        ),
+        "the alert's series: {text}"
+    );
     // Writes are refused with a clear error (after the node's write wait).
     let survivor = sandbox.node_url(&leader).expect("survivor");
     let answer = reqwest::Client::new()

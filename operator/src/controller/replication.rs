@@ -496,9 +496,8 @@ pub async fn take(
 
 /// `status.replication` for `group` (`None` when no node is replicated).
 pub fn status(group: &Group) -> Option<ReplicationStatus> {
-    if group.answers().next().is_none() {
-        return None;
-    }
+    // No node answers as a member of a group: nothing to show.
+    group.answers().next()?;
     let membership = group.membership();
     let leader = group.leader();
     let name_of = |ordinal: &u64| {

@@ -183,7 +183,21 @@ pub async fn ready(
 ) -> Result<bool, Error> {
     let current = memory.status.clone().unwrap_or_default();
     let sts_status = statefulset.status.as_ref();
-    let (ready, progressing) = rollout_conditions(memory, statefulset);
+    let (mut ready, progressing) = rollout_conditions(memory, statefulset);
+    // `Ready` means the memory serves: a group without a quorum refuses every write.
+    if let Some(lost) = observed
+        .conditions
+        .iter()
+        .find(|c| c.type_ == conditions::QUORUM_LOST && c.status == "True")
+    {
+        ready = condition(
+            memory,
+            conditions::READY,
+            false,
+            "QuorumLost",
+            lost.message.clone(),
+        );
+    }
     let mut conditions = with_condition(&current.conditions, ready);
     conditions = with_condition(&conditions, progressing);
     for new in observed.conditions {

@@ -423,6 +423,13 @@ async fn without_a_quorum_no_cleanup_runs_writes_are_refused_and_it_recovers() {
         is(s, "QuorumLost", "True")
     })
     .await;
+    assert!(
+        lost.conditions
+            .iter()
+            .any(|c| c.type_ == "Ready" && c.status == "False" && c.reason == "QuorumLost"),
+        "a memory that refuses writes is not Ready: {:?}",
+        lost.conditions
+    );
     let cleanup = lost
         .conditions
         .iter()
@@ -471,7 +478,12 @@ async fn without_a_quorum_no_cleanup_runs_writes_are_refused_and_it_recovers() {
         "q",
         "recovery",
         60,
-        |s| settled(s, 3) && is(s, "QuorumLost", "False") && is(s, "CleanupScheduled", "True"),
+        |s| {
+            settled(s, 3)
+                && is(s, "QuorumLost", "False")
+                && is(s, "CleanupScheduled", "True")
+                && is(s, "Ready", "True")
+        },
         |_, _| {},
     )
     .await;

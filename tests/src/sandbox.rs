@@ -129,6 +129,20 @@ struct NodeProcess {
     config_hash: Option<String>,
 }
 
+impl NodeProcess {
+    /// Stops the node as the kubelet stops a pod: SIGTERM, then SIGKILL after 10 s.
+    async fn terminate(mut self) {
+        let pid = self.child.id().to_string();
+        let _ = Command::new("kill").args(["-TERM", &pid]).status();
+        for _ in 0..200 {
+            if matches!(self.child.try_wait(), Ok(Some(_))) {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}
+
 impl Drop for NodeProcess {
     fn drop(&mut self) {
         let _ = self.child.kill();
@@ -347,9 +361,13 @@ impl Sandbox {
             let running = self.lock().get(&name).map(|p| p.config_hash.clone());
             match running {
                 Some(hash) if hash == config_hash => continue,
-                // A rolling update: the StatefulSet controller replaces the pod.
+                // A rolling update: the StatefulSet controller replaces the pod, and the
+                // kubelet stops it as it stops any pod (SIGTERM, then the grace period).
                 Some(_) => {
-                    self.lock().remove(&name);
+                    let old = self.lock().remove(&name);
+                    if let Some(old) = old {
+                        old.terminate().await;
+                    }
                 }
                 None => {}
             }

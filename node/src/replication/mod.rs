@@ -773,9 +773,24 @@ impl Replica {
             .iter()
             .map(|id| Ok((*id, self.node_of(*id)?)))
             .collect::<Result<BTreeMap<_, _>, MembershipError>>()?;
-        match self.raft.initialize(nodes).await {
-            Ok(()) | Err(RaftError::APIError(InitializeError::NotAllowed(_))) => {}
+        let first = match self.raft.initialize(nodes).await {
+            Ok(()) => true,
+            Err(RaftError::APIError(InitializeError::NotAllowed(_))) => false,
             Err(error) => return Err(MembershipError::Raft(error.to_string())),
+        };
+        if first && self.unreplicated.is_some() {
+            // The memories written before replication are in the store, not in the log: a
+            // snapshot, and the log purged up to it, make every joining node receive them
+            // (a learner replaying the log from its start would miss them and diverge).
+            let _ = self
+                .raft
+                .wait(Some(self.write_wait))
+                .metrics(
+                    |m| m.state == ServerState::Leader && m.last_applied.is_some(),
+                    "led alone",
+                )
+                .await;
+            self.compact().await;
         }
         // Answer with the membership in force here (a node initialized by another one may
         // not have received it yet).

@@ -39,6 +39,8 @@ pub const CAUGHT_UP: u64 = 64;
 /// A voter this far behind the leader (entries) makes `Replicated` False and does not
 /// count as a spare quorum member.
 pub const REPLICATED_LAG: u64 = 1_000;
+/// Why a node that serves alone is not part of the group.
+const NOT_REPLICATED: &str = "not replicated (its configuration has no group)";
 /// How long a membership call may take (the node bounds its own wait for a commit).
 const MEMBERSHIP_TIMEOUT: Duration = Duration::from_secs(30);
 
@@ -64,6 +66,9 @@ pub struct NodeView {
     pub peer_url: Option<String>,
     /// Its answer, or why there is none.
     pub answer: Result<Answer, String>,
+    /// It answered as a node without replication (its configuration has no group yet, or
+    /// no longer).
+    pub single: bool,
 }
 
 /// Every node's view of the group. Empty for a memory that is not replicated.
@@ -204,7 +209,11 @@ fn recorded_members(before: Option<&ReplicationStatus>) -> BTreeSet<u64> {
 pub fn sizing(spec_replicas: i32, group: &Group, before: Option<&ReplicationStatus>) -> Sizing {
     let members = if group.initialized() {
         group.members()
+    } else if group.nodes.iter().any(|n| n.single) {
+        // A node serves alone: whatever status last recorded, there is no group now.
+        BTreeSet::new()
     } else {
+        // No node answers (scaled to zero, or all down): the membership status recorded.
         recorded_members(before)
     };
     let needed = members
@@ -273,12 +282,13 @@ pub fn next_step(wanted: u64, group: &Group) -> Result<Option<Step>, String> {
         return Ok(None);
     }
     if !group.initialized() {
+        let first = group.answered(0);
         if wanted < 2 {
-            return Ok(None);
+            // A group of one (node 0 replicated while a group shrank to it): initialized
+            // like any other, so that it serves.
+            return Ok(first.map(|_| Step::Init(vec![0])));
         }
-        let first = group
-            .answered(0)
-            .ok_or("waiting for node 0 to answer before initializing the group")?;
+        let first = first.ok_or("waiting for node 0 to answer before initializing the group")?;
         if first.raft.unreplicated.is_some() {
             // A single node upgraded: its data seeds the group; the others join it.
             return Ok(Some(Step::Init(vec![0])));
@@ -408,6 +418,7 @@ pub async fn observe(ctx: &Context, memory: &PhoenixMemory, token: &str, asked: 
                             url: None,
                             peer_url: None,
                             answer: Err(why),
+                            single: false,
                         };
                     };
                     let client = NodeClient::new(http, target.url.clone());
@@ -417,6 +428,7 @@ pub async fn observe(ctx: &Context, memory: &PhoenixMemory, token: &str, asked: 
                         name: pod,
                         url: Some(target.url),
                         peer_url: target.peer_url,
+                        single: answer == Err(NOT_REPLICATED.to_string()),
                         answer,
                     }
                 }
@@ -429,7 +441,7 @@ pub async fn observe(ctx: &Context, memory: &PhoenixMemory, token: &str, asked: 
 async fn ask(client: &NodeClient, token: &str, timeout: Duration) -> Result<Answer, String> {
     let raft = match client.raft_status(token, timeout).await {
         Ok(Some(raft)) => raft,
-        Ok(None) => return Err("not replicated (its configuration has no group yet)".into()),
+        Ok(None) => return Err(NOT_REPLICATED.into()),
         Err(error) => return Err(error.to_string()),
     };
     let root = client.local_root(timeout).await.ok();
@@ -742,6 +754,7 @@ mod tests {
             name: format!("m-{ordinal}"),
             url: Some(format!("http://127.0.0.{}:8080", ordinal + 2)),
             peer_url: Some(format!("http://127.0.0.{}:8081", ordinal + 2)),
+            single: false,
             answer: raft.map_or_else(
                 || Err("connection refused".into()),
                 |raft| {
@@ -842,7 +855,42 @@ mod tests {
             answer.raft.unreplicated = Some(50);
         }
         assert_eq!(next_step(3, &upgraded), Ok(Some(Step::Init(vec![0]))));
-        assert_eq!(next_step(1, &fresh(&[])), Ok(None), "one node: no group");
+        assert_eq!(
+            next_step(1, &fresh(&[])),
+            Ok(Some(Step::Init(vec![0]))),
+            "node 0 replicated alone: a group of one"
+        );
+        let mut single = fresh(&[1, 2]);
+        single.nodes[0].answer = Err(NOT_REPLICATED.into());
+        single.nodes[0].single = true;
+        assert_eq!(
+            next_step(1, &single),
+            Ok(None),
+            "one node serving alone: no group"
+        );
+        // A node serving alone overrides the membership status last recorded.
+        let recorded = ReplicationStatus {
+            voters: vec!["m-0".into(), "m-1".into()],
+            ..ReplicationStatus::default()
+        };
+        assert_eq!(
+            sizing(1, &single, Some(&recorded)),
+            Sizing {
+                replicas: 1,
+                replicated: false
+            }
+        );
+        let silent = Group {
+            nodes: vec![view(0, None)],
+        };
+        assert_eq!(
+            sizing(0, &silent, Some(&recorded)),
+            Sizing {
+                replicas: 0,
+                replicated: true
+            },
+            "scaled to zero: the recorded group is kept"
+        );
     }
 
     #[test]

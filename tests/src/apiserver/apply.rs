@@ -323,6 +323,24 @@ pub fn apply(
             .any(|(other, paths)| *other != me && paths.contains(path));
         if !shared {
             remove_at(&mut merged, path);
+            // A map left empty that the applied object no longer has goes with its last
+            // field (the API server tracks the map itself as owned, `.`, and drops it):
+            // otherwise a struct the manager stopped applying stayed as `{}` and read back
+            // with its defaults.
+            for end in (1..path.len()).rev() {
+                let parent = &path[..end];
+                let emptied = at(&merged, parent)
+                    .and_then(Value::as_object)
+                    .is_some_and(serde_json::Map::is_empty);
+                let kept = at(applied, parent).is_some()
+                    || owners
+                        .iter()
+                        .any(|(other, paths)| *other != me && paths.iter().any(|p| p == parent));
+                if !emptied || kept {
+                    break;
+                }
+                remove_at(&mut merged, parent);
+            }
         }
     }
     deep_merge(&mut merged, applied);
@@ -350,6 +368,40 @@ mod tests {
         let mut target = json!({"a": "b", "c": {"d": "e", "f": "g"}});
         merge_patch(&mut target, &json!({"a": "z", "c": {"f": null}}));
         assert_eq!(target, json!({"a": "z", "c": {"d": "e"}}));
+    }
+
+    #[test]
+    fn a_map_no_longer_applied_goes_with_its_last_field() {
+        let now = "2026-01-01T00:00:00Z";
+        let applied = |spec: Value| json!({"metadata": {"name": "x"}, "spec": spec});
+        let first = applied(json!({"keep": 1, "group": {"leader": "a", "term": 2}}));
+        let ApplyOutcome::Applied(created) = apply(None, &first, "op", "", false, "v1", now) else {
+            panic!("conflict")
+        };
+        let second = applied(json!({"keep": 1}));
+        let ApplyOutcome::Applied(after) =
+            apply(Some(&created), &second, "op", "", false, "v1", now)
+        else {
+            panic!("conflict")
+        };
+        assert_eq!(
+            after["spec"],
+            json!({"keep": 1}),
+            "no empty `group: {{}}` left"
+        );
+        // A map another manager still has a field in stays, with that field.
+        let theirs = applied(json!({"group": {"owner": "b"}}));
+        let ApplyOutcome::Applied(shared) =
+            apply(Some(&created), &theirs, "other", "", false, "v1", now)
+        else {
+            panic!("conflict")
+        };
+        let ApplyOutcome::Applied(after) =
+            apply(Some(&shared), &second, "op", "", false, "v1", now)
+        else {
+            panic!("conflict")
+        };
+        assert_eq!(after["spec"], json!({"keep": 1, "group": {"owner": "b"}}));
     }
 
     #[test]

@@ -693,3 +693,106 @@ async fn a_diverged_replica_is_shown_removed_reset_and_rebuilt_from_the_group() 
     );
     sandbox.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_single_node_scaled_to_three_keeps_its_memories_and_back_to_one_serves_alone() {
+    let sandbox = Sandbox::start(options()).await.expect("sandbox");
+    sandbox
+        .create_memory(&manifest("u", 1))
+        .await
+        .expect("memory");
+    converge(
+        &sandbox,
+        "u",
+        "one node serving",
+        60,
+        |s| is(s, "Ready", "True"),
+        |_, _| {},
+    )
+    .await;
+    let one = urls(&sandbox, "u", 1);
+    let client = MemoryClient::new(reqwest::Client::new(), one.clone());
+    let alone: Vec<String> = (0..50).map(|i| format!("alone-{i}")).collect();
+    for key in &alone {
+        client
+            .store(key, key.as_bytes(), None)
+            .await
+            .expect("store");
+    }
+
+    // 1 → 3: node 0 restarts with the group's configuration and seeds it with its
+    // memories; the others join from its snapshot.
+    scale(&sandbox, "u", 3).await;
+    let three = converge(
+        &sandbox,
+        "u",
+        "a group of three",
+        90,
+        |s| settled(s, 3),
+        |_, _| {},
+    )
+    .await;
+    assert!(
+        three
+            .conditions
+            .iter()
+            .all(|c| c.type_ != "QuorumLost" || c.status == "False")
+    );
+    let nodes = urls(&sandbox, "u", 3);
+    for url in &nodes {
+        let local = MemoryClient::new(reqwest::Client::new(), vec![url.clone()]);
+        for key in &alone {
+            let read = local.retrieve(key, Consistency::Local).await.expect("read");
+            assert!(read.is_some(), "{key} missing on {url}");
+        }
+    }
+    let together: Vec<String> = (0..20).map(|i| format!("together-{i}")).collect();
+    for key in &together {
+        client
+            .store(key, key.as_bytes(), None)
+            .await
+            .expect("store");
+    }
+    let mut everything: Vec<String> = alone.iter().chain(&together).cloned().collect();
+    nothing_lost_and_roots_equal(&nodes, &everything).await;
+
+    // 3 → 1: the others leave the group, then node 0 serves alone with everything.
+    scale(&sandbox, "u", 1).await;
+    let single = converge(
+        &sandbox,
+        "u",
+        "one node again",
+        90,
+        |s| {
+            s.replicas == 1
+                && s.replication.is_none()
+                && s.conditions.iter().all(|c| c.type_ != "Replicated")
+                && sandbox.node_url("u-1").is_none()
+                && is(s, "Ready", "True")
+        },
+        |_, _| {},
+    )
+    .await;
+    println!(
+        "back to one node: conditions {:?}",
+        single
+            .conditions
+            .iter()
+            .map(|c| &c.type_)
+            .collect::<Vec<_>>()
+    );
+    let after: Vec<String> = (0..10).map(|i| format!("after-{i}")).collect();
+    for key in &after {
+        client
+            .store(key, key.as_bytes(), None)
+            .await
+            .expect("store");
+    }
+    everything.extend(after);
+    let local = MemoryClient::new(reqwest::Client::new(), one);
+    for key in &everything {
+        let read = local.retrieve(key, Consistency::Local).await.expect("read");
+        assert!(read.is_some(), "{key} missing on the single node");
+    }
+    sandbox.shutdown().await;
+}

@@ -59,6 +59,28 @@ async fn blocking<T: Send + 'static>(
         .map_err(|e| ApiError::Internal(format!("store task failed: {e}")))?
 }
 
+/// Values up to this size are written on the request's own task when nothing waits for a
+/// flush (see [`write`]).
+const INLINE_WRITE_BYTES: usize = 64 << 10;
+
+/// Runs a write of `bytes` bytes: on the request's own task when it cannot wait (durability
+/// periodic and a small value: the engine's insert and the Merkle update take microseconds,
+/// and the hop to the blocking pool and back — two thread switches — cost more than the
+/// write itself), else on the blocking pool (a sync write waits for its flush; a large value
+/// takes milliseconds to chunk and insert).
+async fn write<T: Send + 'static>(
+    node: &Node,
+    bytes: usize,
+    work: impl FnOnce() -> ApiResult<T> + Send + 'static,
+) -> ApiResult<T> {
+    let waits = node.store.config().durability == crate::store::Durability::Sync;
+    if waits || bytes > INLINE_WRITE_BYTES {
+        blocking(work).await
+    } else {
+        work()
+    }
+}
+
 /// Query of a store.
 #[derive(Debug, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
@@ -127,7 +149,11 @@ pub(super) async fn store(
     } else {
         let store = Arc::clone(&node.store);
         let stored_key = key.clone();
-        let stored = blocking(move || Ok(store.store(stored_key.as_bytes(), &body, ttl)?)).await?;
+        let bytes = stored_key.len() + body.len();
+        let stored = write(&node, bytes, move || {
+            Ok(store.store(stored_key.as_bytes(), &body, ttl)?)
+        })
+        .await?;
         (stored, None)
     };
     let status = if stored.created {
@@ -214,7 +240,7 @@ pub(super) async fn delete(
     } else {
         let store = Arc::clone(&node.store);
         (
-            blocking(move || Ok(store.delete(key.as_bytes())?)).await?,
+            write(&node, key.len(), move || Ok(store.delete(key.as_bytes())?)).await?,
             None,
         )
     };

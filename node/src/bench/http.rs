@@ -136,8 +136,9 @@ pub(super) fn sustained(
         .max_idle_connections_per_host(concurrency)
         .build();
     let url = &served.url;
-    // Preload over HTTP too, concurrently.
+    // Preload over HTTP too, concurrently: the bulk load.
     let next_id = AtomicU64::new(0);
+    let loading = Instant::now();
     run_clients(concurrency, |t| {
         let mut rng = fastrand::Rng::with_seed(options.seed + t as u64);
         loop {
@@ -152,6 +153,7 @@ pub(super) fn sustained(
             )?;
         }
     })?;
+    let bulk_rate = keys as f64 / loading.elapsed().as_secs_f64();
 
     let done = AtomicU64::new(0);
     let merged = run_clients(concurrency, |t| {
@@ -226,6 +228,8 @@ pub(super) fn sustained(
         let _ = all_ping.add(&merged.ping[i]);
     }
     let (r, p) = (Percentiles::of(&all_retrieve), Percentiles::of(&all_ping));
+    let single = single_client(&agent, url, &next_id, ops / 10, options.seed)?;
+    let store_rate = store_throughput(&agent, url, &next_id, concurrency, ops / 2, options.seed)?;
     let stats = served.node.store.stats()?;
     drop(served.runtime);
     Ok(ScenarioResult {
@@ -246,10 +250,87 @@ pub(super) fn sustained(
                     p.p99_ns as f64 / 1e3
                 ),
             ),
+            (
+                "store vs empty route, 1 client".into(),
+                format!(
+                    "p50 {:.1} µs vs {:.1} µs: +{:.1} µs (target ≤ +40 µs); p99 {:.1} µs vs {:.1} µs",
+                    single.0.p50_ns as f64 / 1e3,
+                    single.1.p50_ns as f64 / 1e3,
+                    single.0.p50_ns.saturating_sub(single.1.p50_ns) as f64 / 1e3,
+                    single.0.p99_ns as f64 / 1e3,
+                    single.1.p99_ns as f64 / 1e3
+                ),
+            ),
+            (
+                format!("stores/s, {concurrency} clients"),
+                format!("{store_rate:.0} (overwrites and new keys, 256–1024 B)"),
+            ),
+            (
+                format!("bulk load, {concurrency} clients"),
+                format!("{bulk_rate:.0} stores/s ({keys} new keys)"),
+            ),
             ("final keys".into(), stats.keys.to_string()),
         ],
         peak_rss_bytes: super::peak_rss_bytes(),
     })
+}
+
+/// One client alternating a store of a new key and the empty route: each one's latency.
+fn single_client(
+    agent: &ureq::Agent,
+    url: &str,
+    next_id: &AtomicU64,
+    rounds: u64,
+    seed: u64,
+) -> Result<(Percentiles, Percentiles), BenchError> {
+    let mut rng = fastrand::Rng::with_seed(seed ^ 0x51);
+    let (mut stores, mut pings) = (histogram(), histogram());
+    for _ in 0..rounds.max(100) {
+        let id = next_id.fetch_add(1, Ordering::Relaxed);
+        let body = value(&mut rng);
+        let at = Instant::now();
+        check(
+            agent
+                .put(&format!("{url}/v1/memories/{}", key(id)))
+                .send_string(&body),
+        )?;
+        stores.saturating_record(nanos(at.elapsed()));
+        let at = Instant::now();
+        check(agent.get(&format!("{url}/v1/ping")).call())?;
+        pings.saturating_record(nanos(at.elapsed()));
+    }
+    Ok((Percentiles::of(&stores), Percentiles::of(&pings)))
+}
+
+/// `concurrency` clients storing only (half overwrites, half new keys): stores a second.
+fn store_throughput(
+    agent: &ureq::Agent,
+    url: &str,
+    next_id: &AtomicU64,
+    concurrency: usize,
+    ops: u64,
+    seed: u64,
+) -> Result<f64, BenchError> {
+    let done = AtomicU64::new(0);
+    let started = Instant::now();
+    run_clients(concurrency, |t| {
+        let mut rng = fastrand::Rng::with_seed(seed ^ (2000 + t as u64));
+        while done.fetch_add(1, Ordering::Relaxed) < ops {
+            let top = next_id.load(Ordering::Relaxed).max(1);
+            let id = if rng.bool() {
+                rng.u64(0..top)
+            } else {
+                next_id.fetch_add(1, Ordering::Relaxed)
+            };
+            check(
+                agent
+                    .put(&format!("{url}/v1/memories/{}", key(id)))
+                    .send_string(&value(&mut rng)),
+            )?;
+        }
+        Ok(Windows::new())
+    })?;
+    Ok(ops as f64 / started.elapsed().as_secs_f64())
 }
 
 /// Concurrent durable stores (group commit).

@@ -29,7 +29,7 @@ use phoenix_operator::children::{
 };
 
 use phoenix_operator::controller::{self, PeerAddresses, Settings};
-use phoenix_operator::crd::PhoenixMemory;
+use phoenix_operator::crd::{PhoenixMemory, PhoenixMemoryStatus};
 use phoenix_operator::metrics::Metrics;
 use phoenix_operator::observe::Freshness;
 use serde_json::json;
@@ -277,6 +277,38 @@ impl Sandbox {
             .api::<PhoenixMemory>()
             .create(&PostParams::default(), &memory)
             .await?)
+    }
+
+    /// Polls `name`'s status every 200 ms until `check` holds.
+    ///
+    /// # Errors
+    /// `check` did not hold within `seconds` (the error shows the last status).
+    pub async fn wait_status<F>(
+        &self,
+        name: &str,
+        what: &str,
+        seconds: u64,
+        mut check: F,
+    ) -> anyhow::Result<PhoenixMemoryStatus>
+    where
+        F: FnMut(&PhoenixMemoryStatus) -> bool,
+    {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(seconds);
+        let mut last = None;
+        while tokio::time::Instant::now() < deadline {
+            if let Ok(memory) = self.api::<PhoenixMemory>().get(name).await {
+                let status = memory.status.unwrap_or_default();
+                if check(&status) {
+                    return Ok(status);
+                }
+                last = Some(status);
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        bail!(
+            "timed out waiting for {what}; last status:\n{}",
+            serde_yaml::to_string(&last).unwrap_or_default()
+        )
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, BTreeMap<String, NodeProcess>> {

@@ -9,11 +9,10 @@
 
 use std::time::Duration;
 
+use super::support::{event_reasons, manifest, status_of, wait_status};
 use k8s_openapi::api::batch::v1::CronJob;
-use k8s_openapi::api::events::v1::Event;
 use kube::ResourceExt;
-use kube::api::ListParams;
-use phoenix_operator::crd::{PhoenixMemory, PhoenixMemoryStatus};
+use phoenix_operator::crd::PhoenixMemoryStatus;
 use phoenix_tests::sandbox::{Options, Sandbox, Seed, find_node_bin};
 
 fn options() -> Options {
@@ -22,36 +21,6 @@ fn options() -> Options {
 
 async fn sandbox() -> Sandbox {
     Sandbox::start(options()).await.expect("sandbox")
-}
-
-/// Polls the memory's status until `check` holds, or panics after `seconds` with the last
-/// status.
-async fn wait_status<F>(
-    sandbox: &Sandbox,
-    name: &str,
-    what: &str,
-    seconds: u64,
-    mut check: F,
-) -> PhoenixMemoryStatus
-where
-    F: FnMut(&PhoenixMemoryStatus) -> bool,
-{
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(seconds);
-    let mut last = None;
-    while tokio::time::Instant::now() < deadline {
-        if let Ok(memory) = sandbox.api::<PhoenixMemory>().get(name).await {
-            let status = memory.status.unwrap_or_default();
-            if check(&status) {
-                return status;
-            }
-            last = Some(status);
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-    panic!(
-        "timed out waiting for {what}; last status:\n{}",
-        serde_yaml::to_string(&last).unwrap_or_default()
-    );
 }
 
 fn condition(status: &PhoenixMemoryStatus, type_: &str) -> Option<(String, String, String)> {
@@ -85,39 +54,14 @@ async fn start_pods(sandbox: &Sandbox, memory: &str, replicas: usize, seed: Seed
     }
 }
 
-async fn event_reasons(sandbox: &Sandbox) -> Vec<(String, String)> {
-    sandbox
-        .api::<Event>()
-        .list(&ListParams::default())
-        .await
-        .expect("events")
-        .items
-        .into_iter()
-        .map(|e| (e.reason.unwrap_or_default(), e.note.unwrap_or_default()))
-        .collect()
-}
-
-const MEMORY: &str = r#"
-apiVersion: phoenix.dev/v1alpha1
-kind: PhoenixMemory
-metadata:
-  name: mem
-  namespace: default
-spec:
-  replicas: 3
-  cleanup:
-    degradationThreshold: 2.0
-    recoverThreshold: 1.5
-    emergencyThreshold: 6.0
-    minInterval: 1m
-    maxInterval: 24h
-"#;
-
-/// `MEMORY`: a group of three nodes holding the same 2,000 keys (each seeded alike; node
-/// 0's copy seeds the group, the others join from its snapshot), once all report and the
-/// plan is flat.
+/// `manifest("mem", 3)`: a group of three nodes holding the same 2,000 keys (each seeded
+/// alike; node 0's copy seeds the group, the others join from its snapshot), once all
+/// report and the plan is flat.
 async fn three_flat_nodes(sandbox: &Sandbox) -> PhoenixMemoryStatus {
-    sandbox.create_memory(MEMORY).await.expect("memory");
+    sandbox
+        .create_memory(&manifest("mem", 3))
+        .await
+        .expect("memory");
     let seed = Seed {
         keys: 2000,
         value_len: 100,
@@ -204,13 +148,7 @@ async fn degradation_tightens_the_schedule_an_emergency_job_cleans_and_it_relaxe
     );
 
     // Running that Job's command against the nodes cleans mem-0 (the degraded one only).
-    let before = sandbox
-        .api::<PhoenixMemory>()
-        .get("mem")
-        .await
-        .expect("memory")
-        .status
-        .unwrap_or_default();
+    let before = status_of(&sandbox, "mem").await;
     let ratio_before = before.nodes[0].ratio.expect("ratio");
     let run = sandbox.run_job("mem", job).await.expect("run the job");
     assert_eq!(run.code, Some(0), "{}\n{}", run.stdout, run.stderr);

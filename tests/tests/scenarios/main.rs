@@ -12,3 +12,4 @@ mod observe;
 mod operator;
 mod real_cluster;
 mod replication;
+mod support;

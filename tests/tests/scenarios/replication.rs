@@ -7,10 +7,10 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
+use super::support::{event_reasons, manifest, status_of, wait_status};
 use k8s_openapi::api::apps::v1::StatefulSet;
 use k8s_openapi::api::batch::v1::CronJob;
-use k8s_openapi::api::events::v1::Event;
-use kube::api::{ListParams, Patch, PatchParams};
+use kube::api::{Patch, PatchParams};
 use phoenix_node_api::{Consistency, MemoryClient, NodeClient};
 use phoenix_operator::crd::{PhoenixMemory, PhoenixMemoryStatus, ReplicationStatus};
 use phoenix_tests::sandbox::{Options, Sandbox, Seed, find_node_bin};
@@ -18,26 +18,6 @@ use serde_json::json;
 
 fn options() -> Options {
     Options::new(find_node_bin().expect("the phoenix-node binary (cargo build -p phoenix-node)"))
-}
-
-fn manifest(name: &str, replicas: i32) -> String {
-    format!(
-        r#"
-apiVersion: phoenix.dev/v1alpha1
-kind: PhoenixMemory
-metadata:
-  name: {name}
-  namespace: default
-spec:
-  replicas: {replicas}
-  cleanup:
-    degradationThreshold: 2.0
-    recoverThreshold: 1.5
-    emergencyThreshold: 6.0
-    minInterval: 1m
-    maxInterval: 24h
-"#
-    )
 }
 
 /// Plays kubelet and StatefulSet controller for `name` until `check` holds on its status,
@@ -80,38 +60,6 @@ where
     );
 }
 
-/// Polls the status (the kubelet idle: a killed node stays down) until `check` holds.
-async fn wait_status<F>(
-    sandbox: &Sandbox,
-    name: &str,
-    what: &str,
-    seconds: u64,
-    mut check: F,
-) -> PhoenixMemoryStatus
-where
-    F: FnMut(&PhoenixMemoryStatus) -> bool,
-{
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(seconds);
-    loop {
-        let status = sandbox
-            .api::<PhoenixMemory>()
-            .get(name)
-            .await
-            .expect("memory")
-            .status
-            .unwrap_or_default();
-        if check(&status) {
-            return status;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "timed out waiting for {what}; last status:\n{}",
-            serde_yaml::to_string(&status).unwrap_or_default()
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-}
-
 fn replication(status: &PhoenixMemoryStatus) -> ReplicationStatus {
     status.replication.clone().unwrap_or_default()
 }
@@ -132,16 +80,31 @@ fn settled(status: &PhoenixMemoryStatus, voters: usize) -> bool {
         && is(status, "Replicated", "True")
 }
 
-async fn event_notes(sandbox: &Sandbox, reason: &str) -> Vec<String> {
+/// A sandbox running memory `name` of three replicas, once its group is settled.
+async fn group_of_three(name: &str) -> (Sandbox, PhoenixMemoryStatus) {
+    let sandbox = Sandbox::start(options()).await.expect("sandbox");
     sandbox
-        .api::<Event>()
-        .list(&ListParams::default())
+        .create_memory(&manifest(name, 3))
         .await
-        .expect("events")
-        .items
+        .expect("memory");
+    let formed = converge(
+        &sandbox,
+        name,
+        "a group of three",
+        60,
+        |s| settled(s, 3),
+        |_, _| {},
+    )
+    .await;
+    (sandbox, formed)
+}
+
+async fn event_notes(sandbox: &Sandbox, reason: &str) -> Vec<String> {
+    event_reasons(sandbox)
+        .await
         .into_iter()
-        .filter(|e| e.reason.as_deref() == Some(reason))
-        .map(|e| e.note.unwrap_or_default())
+        .filter(|(r, _)| r == reason)
+        .map(|(_, note)| note)
         .collect()
 }
 
@@ -257,22 +220,8 @@ async fn nothing_lost_and_roots_equal(nodes: &[String], keys: &[String]) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_group_is_bootstrapped_once_scales_3_5_3_under_writes_and_survives_its_leader() {
-    let sandbox = Sandbox::start(options()).await.expect("sandbox");
-    sandbox
-        .create_memory(&manifest("mem", 3))
-        .await
-        .expect("memory");
-
     // Bootstrapped once, one leader, roots equal.
-    let formed = converge(
-        &sandbox,
-        "mem",
-        "a group of three",
-        60,
-        |s| settled(s, 3),
-        |_, _| {},
-    )
-    .await;
+    let (sandbox, formed) = group_of_three("mem").await;
     let r = replication(&formed);
     println!("formed: leader {:?}, term {}", r.leader, r.term);
     let inits = event_notes(&sandbox, "Membership").await;
@@ -326,13 +275,7 @@ async fn a_group_is_bootstrapped_once_scales_3_5_3_under_writes_and_survives_its
         {
             shrank_too_early.push((kept, *beyond));
         }
-        let status = sandbox
-            .api::<PhoenixMemory>()
-            .get("mem")
-            .await
-            .expect("memory")
-            .status
-            .unwrap_or_default();
+        let status = status_of(&sandbox, "mem").await;
         if settled(&status, 3) && status.replicas == 3 && sandbox.node_url("mem-3").is_none() {
             break status;
         }
@@ -394,20 +337,7 @@ async fn a_group_is_bootstrapped_once_scales_3_5_3_under_writes_and_survives_its
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn without_a_quorum_no_cleanup_runs_writes_are_refused_and_it_recovers() {
-    let sandbox = Sandbox::start(options()).await.expect("sandbox");
-    sandbox
-        .create_memory(&manifest("q", 3))
-        .await
-        .expect("memory");
-    let formed = converge(
-        &sandbox,
-        "q",
-        "a group of three",
-        60,
-        |s| settled(s, 3),
-        |_, _| {},
-    )
-    .await;
+    let (sandbox, formed) = group_of_three("q").await;
     assert!(is(&formed, "CleanupScheduled", "True"), "{formed:?}");
     let leader = replication(&formed).leader.expect("leader");
     let followers: Vec<String> = (0..3)
@@ -606,20 +536,7 @@ async fn an_emergency_cleanup_of_a_degraded_follower_fails_no_request_and_spares
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_diverged_replica_is_shown_removed_reset_and_rebuilt_from_the_group() {
-    let sandbox = Sandbox::start(options()).await.expect("sandbox");
-    sandbox
-        .create_memory(&manifest("d", 3))
-        .await
-        .expect("memory");
-    let formed = converge(
-        &sandbox,
-        "d",
-        "a group of three",
-        60,
-        |s| settled(s, 3),
-        |_, _| {},
-    )
-    .await;
+    let (sandbox, formed) = group_of_three("d").await;
     let leader = replication(&formed).leader.expect("leader");
     let victim = (0..3)
         .map(|o| format!("d-{o}"))

@@ -104,34 +104,91 @@ pub(super) async fn write(
     make: impl FnOnce(&Node) -> ApiResult<Command>,
     request: Forwardable<'_>,
 ) -> ApiResult<Result<(Reply, Option<u64>), Response>> {
-    let command = if replica.is_leader() {
-        make(node)?
-    } else {
-        match replica.leader_hint() {
-            Some((_, url)) => return Ok(Err(forward(replica, &url, request).await)),
-            None => make(node)?,
+    // A leader that cannot be reached (its process is gone) never saw the request: wait for
+    // the next leader, within the write wait, instead of failing a write whose outcome is
+    // known (a client would have to treat the 503 as unknown).
+    let deadline = tokio::time::Instant::now() + replica.write_wait();
+    let command = loop {
+        if replica.is_leader() {
+            break make(node)?;
+        }
+        let Some((leader, url)) = replica.leader_hint() else {
+            break make(node)?;
+        };
+        match forward(replica, &url, &request).await {
+            Forwarded::Answered(response) => return Ok(Err(response)),
+            Forwarded::Unreached(error) => {
+                let remaining = deadline.saturating_duration_since(tokio::time::Instant::now());
+                let moved = replica
+                    .raft()
+                    .wait(Some(remaining))
+                    .metrics(|m| m.current_leader != Some(leader), "another leader")
+                    .await;
+                if moved.is_err() {
+                    return Ok(Err(ApiError::Unavailable(format!(
+                        "the leader did not answer a forwarded request: {error}"
+                    ))
+                    .into_response()));
+                }
+            }
         }
     };
     match replica.write(command).await {
         Ok(done) => Ok(Ok(done)),
-        Err(Refusal::Leader { url, .. }) => Ok(Err(forward(replica, &url, request).await)),
+        Err(Refusal::Leader { url, .. }) => {
+            Ok(Err(forward(replica, &url, &request).await.into_response()))
+        }
         Err(other) => Err(refusal(other)),
+    }
+}
+
+/// What came of forwarding a request to the leader.
+enum Forwarded {
+    /// The leader's answer (or a 503 when its outcome is unknown).
+    Answered(Response),
+    /// The connection to the leader failed: the request never reached it.
+    Unreached(String),
+}
+
+impl Forwarded {
+    fn into_response(self) -> Response {
+        match self {
+            Forwarded::Answered(response) => response,
+            Forwarded::Unreached(error) => ApiError::Unavailable(format!(
+                "the leader did not answer a forwarded request: {error}"
+            ))
+            .into_response(),
+        }
     }
 }
 
 /// Sends `request` to the leader at `url` and relays its answer. A request that was
 /// already forwarded is not forwarded again (503: leadership is moving).
-async fn forward(replica: &Replica, url: &str, request: Forwardable<'_>) -> Response {
+async fn forward(replica: &Replica, url: &str, request: &Forwardable<'_>) -> Forwarded {
+    Forwarded::Answered(match forward_once(replica, url, request).await {
+        Ok(response) => response,
+        Err(unreached) => return Forwarded::Unreached(unreached),
+    })
+}
+
+async fn forward_once(
+    replica: &Replica,
+    url: &str,
+    request: &Forwardable<'_>,
+) -> Result<Response, String> {
     if request.headers.contains_key(FORWARDED_HEADER) {
-        return ApiError::Unavailable(
+        return Ok(ApiError::Unavailable(
             "a forwarded request reached a node that does not lead: leadership is changing".into(),
         )
-        .into_response();
+        .into_response());
     }
     replica.counters().forwarded.inc();
     let mut outgoing = replica
         .http()
-        .request(request.method, format!("{url}{}", request.path_and_query))
+        .request(
+            request.method.clone(),
+            format!("{url}{}", request.path_and_query),
+        )
         .header(FORWARDED_HEADER, replica.id)
         .timeout(replica.write_wait() * 2);
     for name in [header::AUTHORIZATION, header::CONTENT_TYPE] {
@@ -139,13 +196,14 @@ async fn forward(replica: &Replica, url: &str, request: Forwardable<'_>) -> Resp
             outgoing = outgoing.header(name, value);
         }
     }
-    let answer = match outgoing.body(request.body).send().await {
+    let answer = match outgoing.body(request.body.clone()).send().await {
         Ok(answer) => answer,
+        Err(error) if error.is_connect() => return Err(error.to_string()),
         Err(error) => {
-            return ApiError::Unavailable(format!(
+            return Ok(ApiError::Unavailable(format!(
                 "the leader did not answer a forwarded request: {error}"
             ))
-            .into_response();
+            .into_response());
         }
     };
     let status = answer.status();
@@ -158,12 +216,12 @@ async fn forward(replica: &Replica, url: &str, request: Forwardable<'_>) -> Resp
             headers.insert(name.clone(), value.clone());
         }
     }
-    match answer.bytes().await {
+    Ok(match answer.bytes().await {
         Ok(body) => (status, headers, body).into_response(),
         Err(error) => {
             ApiError::Unavailable(format!("the leader's answer broke off: {error}")).into_response()
         }
-    }
+    })
 }
 
 /// The peer-token check of the `/v1/raft/` routes (404 on a node without replication).
@@ -263,7 +321,7 @@ async fn on_leader(
             headers,
             body,
         };
-        return Ok(forward(replica, &url, request).await);
+        return Ok(forward(replica, &url, &request).await.into_response());
     }
     let status = change(replica).await.map_err(membership_error)?;
     Ok(Json(status).into_response())

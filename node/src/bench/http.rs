@@ -229,6 +229,7 @@ pub(super) fn sustained(
     }
     let (r, p) = (Percentiles::of(&all_retrieve), Percentiles::of(&all_ping));
     let single = single_client(&agent, url, &next_id, ops / 10, options.seed)?;
+    let engine = engine_store(&served.node.store, &next_id, ops / 10, options.seed)?;
     let store_rate = store_throughput(&agent, url, &next_id, concurrency, ops / 2, options.seed)?;
     let stats = served.node.store.stats()?;
     drop(served.runtime);
@@ -259,6 +260,24 @@ pub(super) fn sustained(
                     single.0.p50_ns.saturating_sub(single.1.p50_ns) as f64 / 1e3,
                     single.0.p99_ns as f64 / 1e3,
                     single.1.p99_ns as f64 / 1e3
+                ),
+            ),
+            (
+                "a store's parts, 1 client (p50)".into(),
+                format!(
+                    "empty route (HTTP, routing, the response) {:.1} µs + the engine's store \
+                     (validation, admission, sled insert, Merkle update, expiry index) {:.1} µs \
+                     + the rest (body, key and query extraction, the write's handler) {:.1} µs \
+                     = {:.1} µs",
+                    single.1.p50_ns as f64 / 1e3,
+                    engine.p50_ns as f64 / 1e3,
+                    single
+                        .0
+                        .p50_ns
+                        .saturating_sub(single.1.p50_ns)
+                        .saturating_sub(engine.p50_ns) as f64
+                        / 1e3,
+                    single.0.p50_ns as f64 / 1e3
                 ),
             ),
             (
@@ -300,6 +319,25 @@ fn single_client(
         pings.saturating_record(nanos(at.elapsed()));
     }
     Ok((Percentiles::of(&stores), Percentiles::of(&pings)))
+}
+
+/// The engine's own store of a new key, called directly (no HTTP): its latency.
+fn engine_store(
+    store: &Store,
+    next_id: &AtomicU64,
+    rounds: u64,
+    seed: u64,
+) -> Result<Percentiles, BenchError> {
+    let mut rng = fastrand::Rng::with_seed(seed ^ 0xE5);
+    let mut stores = histogram();
+    for _ in 0..rounds.max(100) {
+        let id = next_id.fetch_add(1, Ordering::Relaxed);
+        let body = value(&mut rng);
+        let at = Instant::now();
+        store.store(key(id).as_bytes(), body.as_bytes(), None)?;
+        stores.saturating_record(nanos(at.elapsed()));
+    }
+    Ok(Percentiles::of(&stores))
 }
 
 /// `concurrency` clients storing only (half overwrites, half new keys): stores a second.

@@ -208,12 +208,14 @@ impl ReplicationConfig {
             None => {
                 let pod = std::env::var(POD_NAME_ENV).map_err(|_| {
                     format!(
-                        "replication.id is not set and ${POD_NAME_ENV} is not set: give the node                          its id in the file or run it as a StatefulSet pod"
+                        "replication.id is not set and ${POD_NAME_ENV} is not set: give the node \
+                         its id in the file or run it as a StatefulSet pod"
                     )
                 })?;
                 ordinal_of(&pod).ok_or_else(|| {
                     format!(
-                        "replication.id is not set and ${POD_NAME_ENV} ({pod:?}) does not end                          in an ordinal"
+                        "replication.id is not set and ${POD_NAME_ENV} ({pod:?}) does not end \
+                         in an ordinal"
                     )
                 })?
             }

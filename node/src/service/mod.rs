@@ -609,7 +609,8 @@ pub async fn serve(config: NodeConfig) -> anyhow::Result<()> {
             node = node.with_replica(replica);
         } else if crate::replication::leave_group(&store).context("failed to leave the group")? {
             tracing::warn!(
-                "the data directory held a Raft log but replication is off: this node now                  serves alone with the data it had applied (the log was removed)"
+                "the data directory held a Raft log but replication is off: this node now \
+                 serves alone with the data it had applied (the log was removed)"
             );
         }
         let node = Arc::new(node);

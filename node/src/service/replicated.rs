@@ -116,8 +116,8 @@ pub(super) async fn write(
             break make(node)?;
         };
         match forward(replica, &url, &request).await {
-            Forwarded::Answered(response) => return Ok(Err(response)),
-            Forwarded::Unreached(error) => {
+            Ok(response) => return Ok(Err(response)),
+            Err(error) => {
                 let remaining = deadline.saturating_duration_since(tokio::time::Instant::now());
                 let moved = replica
                     .raft()
@@ -125,53 +125,32 @@ pub(super) async fn write(
                     .metrics(|m| m.current_leader != Some(leader), "another leader")
                     .await;
                 if moved.is_err() {
-                    return Ok(Err(ApiError::Unavailable(format!(
-                        "the leader did not answer a forwarded request: {error}"
-                    ))
-                    .into_response()));
+                    return Ok(Err(unreached(&error)));
                 }
             }
         }
     };
     match replica.write(command).await {
         Ok(done) => Ok(Ok(done)),
-        Err(Refusal::Leader { url, .. }) => {
-            Ok(Err(forward(replica, &url, &request).await.into_response()))
-        }
+        Err(Refusal::Leader { url, .. }) => Ok(Err(forward(replica, &url, &request)
+            .await
+            .unwrap_or_else(|error| unreached(&error)))),
         Err(other) => Err(refusal(other)),
     }
 }
 
-/// What came of forwarding a request to the leader.
-enum Forwarded {
-    /// The leader's answer (or a 503 when its outcome is unknown).
-    Answered(Response),
-    /// The connection to the leader failed: the request never reached it.
-    Unreached(String),
+/// The answer when the leader could not be connected to (the request never reached it).
+fn unreached(error: &str) -> Response {
+    ApiError::Unavailable(format!(
+        "the leader did not answer a forwarded request: {error}"
+    ))
+    .into_response()
 }
 
-impl Forwarded {
-    fn into_response(self) -> Response {
-        match self {
-            Forwarded::Answered(response) => response,
-            Forwarded::Unreached(error) => ApiError::Unavailable(format!(
-                "the leader did not answer a forwarded request: {error}"
-            ))
-            .into_response(),
-        }
-    }
-}
-
-/// Sends `request` to the leader at `url` and relays its answer. A request that was
-/// already forwarded is not forwarded again (503: leadership is moving).
-async fn forward(replica: &Replica, url: &str, request: &Forwardable<'_>) -> Forwarded {
-    Forwarded::Answered(match forward_once(replica, url, request).await {
-        Ok(response) => response,
-        Err(unreached) => return Forwarded::Unreached(unreached),
-    })
-}
-
-async fn forward_once(
+/// Sends `request` to the leader at `url` and relays its answer (a 503 when its outcome is
+/// unknown). A request that was already forwarded is not forwarded again (503: leadership
+/// is moving). `Err`: the connection to the leader failed, the request never reached it.
+async fn forward(
     replica: &Replica,
     url: &str,
     request: &Forwardable<'_>,
@@ -321,7 +300,9 @@ async fn on_leader(
             headers,
             body,
         };
-        return Ok(forward(replica, &url, &request).await.into_response());
+        return Ok(forward(replica, &url, &request)
+            .await
+            .unwrap_or_else(|error| unreached(&error)));
     }
     let status = change(replica).await.map_err(membership_error)?;
     Ok(Json(status).into_response())

@@ -32,7 +32,7 @@ async fn reconcile_once(memory: Arc<PhoenixMemory>, ctx: Arc<Context>) -> Result
         return Ok(Action::await_change());
     };
     let it = Reconciling::new(&ctx, &memory, &valid)?;
-    let group = group_of(&ctx, &memory).await?;
+    let group = group_of(&it).await?;
     let before_replication = it.before.replication.as_ref();
     let sizing = replication::sizing(valid.spec.replicas, &group, before_replication);
     let mut applied = apply::serving(&ctx, &it.key, &memory, &valid, sizing).await?;
@@ -95,15 +95,24 @@ const MEMBERSHIP_RETRY: Duration = Duration::from_secs(2);
 
 /// A replicated memory's group as its nodes report it (empty for a single node: nothing
 /// is asked).
-async fn group_of(ctx: &Context, memory: &PhoenixMemory) -> Result<replication::Group, Error> {
-    let live = replication::live_replicas(ctx, memory);
-    if !replication::wanted(memory, live) {
+async fn group_of(it: &Reconciling<'_>) -> Result<replication::Group, Error> {
+    let (ctx, memory) = (it.ctx, it.memory);
+    if !replication::wanted(memory) {
         return Ok(replication::Group::default());
     }
-    let namespace = memory.namespace().ok_or(Error::NoNamespace)?;
-    let tokens = apply::tokens(ctx, &namespace, &memory.name_any()).await?;
-    let asked = memory.spec.replicas.max(live);
-    Ok(replication::observe(ctx, memory, &tokens.admin, asked).await)
+    // The admin token the last check of the children kept, else the Secret's.
+    let kept = ctx.memories.with(&it.key, |state| {
+        state.checked.as_ref().map(|c| c.tokens.admin.clone())
+    });
+    let token = match kept {
+        Some(token) => token,
+        None => apply::tokens(ctx, &it.namespace, &it.name).await?.admin,
+    };
+    let asked = memory
+        .spec
+        .replicas
+        .max(replication::live_replicas(ctx, memory));
+    Ok(replication::observe(ctx, memory, &token, asked).await)
 }
 
 /// Takes the membership step due, if any (with an Event); returns whether the group is

@@ -383,10 +383,11 @@ pub fn next_step(wanted: u64, group: &Group) -> Result<Option<Step>, String> {
     Ok(None)
 }
 
-/// Whether `memory`'s group must be asked: two replicas or more, now or before.
-pub fn wanted(memory: &PhoenixMemory, live_replicas: i32) -> bool {
+/// Whether `memory`'s group must be asked: two replicas or more wanted, or a group shown
+/// in status (one scaled down keeps its leaving members until they have left). Decided
+/// from the memory alone: a single node's reconcile reads nothing more.
+pub fn wanted(memory: &PhoenixMemory) -> bool {
     memory.spec.replicas >= 2
-        || live_replicas >= 2
         || memory
             .status
             .as_ref()

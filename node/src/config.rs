@@ -15,6 +15,8 @@ pub trait NodeSettings {
     fn store_config(&self) -> StoreConfig;
     /// The probe configuration.
     fn probe_config(&self) -> ProbeConfig;
+    /// The served-latency tracker's settings (the probe's window and settling).
+    fn served_config(&self) -> crate::served::ServedConfig;
 }
 
 impl NodeSettings for NodeConfig {
@@ -50,6 +52,14 @@ impl NodeSettings for NodeConfig {
             min_samples: self.probe.min_samples,
             settle_ticks: self.probe.settle_ticks,
             ..ProbeConfig::default()
+        }
+    }
+
+    fn served_config(&self) -> crate::served::ServedConfig {
+        crate::served::ServedConfig {
+            window_ticks: self.probe.window_ticks,
+            settle_ticks: self.probe.settle_ticks,
+            ..crate::served::ServedConfig::default()
         }
     }
 }

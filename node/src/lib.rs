@@ -5,6 +5,7 @@
 //! - [`store`]: the only module that touches sled; typed API and [`store::StoreError`].
 //! - [`merkle`]: the order-independent integrity trie and pure proof verification.
 //! - [`probe`]: the retrieve-latency probe and its persisted baseline.
+//! - [`served`]: the latency of the retrieves clients were served, against its own baseline.
 //! - [`cleanup`]: prune, rebuild, flush, re-measure.
 //! - [`cleanup_job`]: `phoenix-node cleanup`, the CronJob's program.
 //! - `bench`: the `phoenix-node bench` scenarios (feature `bench`, on by default; the
@@ -22,6 +23,7 @@ pub mod fault;
 pub mod merkle;
 pub mod probe;
 pub mod replication;
+pub mod served;
 pub mod service;
 pub mod store;
 

@@ -265,6 +265,92 @@ fn the_probe_ratio_appears_once_there_are_samples() {
     );
 }
 
+#[test]
+fn served_latency_comes_from_real_retrieves_and_is_absent_without_them() {
+    let node = TestNode::start(|c| {
+        c.probe.samples_per_tick = 16;
+        c.probe.window_ticks = 4;
+        c.probe.min_samples = 32;
+        c.probe.settle_ticks = 0;
+        c.fault_injection = true;
+    });
+    for i in 0..100 {
+        node.json("PUT", &format!("/v1/memories/k{i}"), &[], b"value");
+    }
+    // The probe ticks, but no client retrieved anything: no served figures, never 0.
+    for _ in 0..4 {
+        node.node.probe_tick();
+    }
+    let metrics = String::from_utf8(node.send("GET", "/metrics", &[], b"").1).expect("utf-8");
+    assert!(
+        metrics.contains("phoenix_node_served_samples 0"),
+        "{metrics}"
+    );
+    for absent in [
+        "phoenix_node_served_p50_seconds ",
+        "phoenix_node_served_ratio ",
+    ] {
+        assert!(!metrics.contains(absent), "{absent}: {metrics}");
+    }
+    // 50 retrieves (and 50 misses, which are not served latency) per tick for a window.
+    let serve_window = |node: &TestNode| {
+        for _ in 0..4 {
+            for i in 0..50 {
+                assert_eq!(
+                    node.send("GET", &format!("/v1/memories/k{i}"), &[], b"").0,
+                    200
+                );
+                assert_eq!(
+                    node.send("GET", &format!("/v1/memories/missing{i}"), &[], b"")
+                        .0,
+                    404
+                );
+            }
+            node.node.probe_tick();
+        }
+    };
+    serve_window(&node);
+    let scrape = |node: &TestNode| {
+        phoenix_node_api::metrics::Scrape::parse(
+            &String::from_utf8(node.send("GET", "/metrics", &[], b"").1).expect("utf-8"),
+        )
+        .expect("metrics")
+    };
+    use phoenix_node_api::metrics::names;
+    let first = scrape(&node);
+    assert_eq!(first.get(names::SERVED_SAMPLES), Some(200.0));
+    // The baseline was taken as soon as the window held enough retrieves (half of it).
+    let ratio = first.get(names::SERVED_RATIO).expect("a ratio");
+    assert!(
+        (0.5..2.0).contains(&ratio),
+        "ratio {ratio} against the first window"
+    );
+    let p50 = first.get(names::SERVED_P50_SECONDS).expect("p50");
+    let p99 = first.get(names::SERVED_P99_SECONDS).expect("p99");
+    assert!(p50 > 0.0 && p99 >= p50, "p50 {p50}, p99 {p99}");
+    assert!(first.get(names::SERVED_BASELINE_SECONDS).is_some());
+    // Every engine retrieve 100× slower (the fault hook): the served ratio rises with it.
+    let fault = br#"{"retrieveSlowdown": 100}"#;
+    let (status, body) = node.json(
+        "PUT",
+        "/v1/admin/faults",
+        &[(bearer().0, &bearer().1)],
+        fault,
+    );
+    assert_eq!(status, 200, "{body}");
+    serve_window(&node);
+    let slow = scrape(&node);
+    let ratio = slow.get(names::SERVED_RATIO).expect("ratio");
+    assert!(
+        ratio > 2.0,
+        "served ratio {ratio} with the engine 100× slower"
+    );
+    assert_eq!(
+        slow.get(names::SERVED_BASELINE_SECONDS),
+        first.get(names::SERVED_BASELINE_SECONDS)
+    );
+}
+
 /// Method, path, headers, body, expected status, expected error code.
 type Case = (
     &'static str,

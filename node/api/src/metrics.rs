@@ -49,6 +49,22 @@ pub mod names {
     pub const CORRUPTION_DETECTED: &str = "phoenix_node_corruption_detected_total";
     /// Resident memory of the node process.
     pub const RESIDENT_MEMORY: &str = "phoenix_node_resident_memory_bytes";
+    /// Served retrieve latency, p50 over the recent window.
+    pub const SERVED_P50_SECONDS: &str = "phoenix_node_served_p50_seconds";
+    /// Served retrieve latency, p99 over the recent window.
+    pub const SERVED_P99_SECONDS: &str = "phoenix_node_served_p99_seconds";
+    /// The served baseline's p50.
+    pub const SERVED_BASELINE_SECONDS: &str = "phoenix_node_served_baseline_seconds";
+    /// The served baseline's p99.
+    pub const SERVED_BASELINE_P99_SECONDS: &str = "phoenix_node_served_baseline_p99_seconds";
+    /// Recent served p50 over the baseline's.
+    pub const SERVED_RATIO: &str = "phoenix_node_served_ratio";
+    /// Retrieves served in the recent window.
+    pub const SERVED_SAMPLES: &str = "phoenix_node_served_samples";
+    /// Expired memories not yet pruned (counted up to a cap).
+    pub const EXPIRED_KEYS: &str = "phoenix_node_expired_keys";
+    /// 1 when the disk holds more than the rebuild multiple of logical bytes.
+    pub const REBUILD_DUE: &str = "phoenix_node_rebuild_due";
     /// HTTP request duration by operation (histogram).
     pub const REQUEST_DURATION: &str = "phoenix_node_request_duration_seconds";
     /// HTTP requests by operation and status class.
@@ -126,7 +142,7 @@ const fn gauge(name: &'static str, help: &'static str) -> Series {
 }
 
 /// The node's state series, in the order it writes them.
-pub const STATE: [Series; 22] = [
+pub const STATE: [Series; 30] = [
     gauge(
         names::READY,
         "1 when the node serves, 0 while opening, rebuilding or stopping.",
@@ -161,6 +177,38 @@ pub const STATE: [Series; 22] = [
     gauge(
         names::PROBE_BASELINE_TIMESTAMP,
         "When the baseline was taken (unix).",
+    ),
+    gauge(
+        names::SERVED_P50_SECONDS,
+        "Served retrieve latency (successful retrieves, router to response), p50 over the probe's window; absent when traffic is thin.",
+    ),
+    gauge(
+        names::SERVED_P99_SECONDS,
+        "Served retrieve latency, p99 over the probe's window.",
+    ),
+    gauge(
+        names::SERVED_BASELINE_SECONDS,
+        "The served baseline's p50 (settled after start and after cleanups that helped).",
+    ),
+    gauge(
+        names::SERVED_BASELINE_P99_SECONDS,
+        "The served baseline's p99.",
+    ),
+    gauge(
+        names::SERVED_RATIO,
+        "Recent served p50 over the baseline's.",
+    ),
+    gauge(
+        names::SERVED_SAMPLES,
+        "Retrieves served in the recent window (a sample of at most 256 per tick).",
+    ),
+    gauge(
+        names::EXPIRED_KEYS,
+        "Expired memories not yet pruned (counted up to 10000).",
+    ),
+    gauge(
+        names::REBUILD_DUE,
+        "1 when the disk holds more than the rebuild multiple of logical bytes (a cleanup rebuilds).",
     ),
     gauge(
         names::LAST_CLEANUP_TIMESTAMP,

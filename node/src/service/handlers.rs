@@ -451,6 +451,9 @@ pub(super) async fn cleanup(
             },
         );
         worker.remember_snapshot(&probe);
+        if report.is_ok() {
+            worker.served.begin_after_cleanup();
+        }
         Ok(report?)
     })
     .await;
@@ -558,10 +561,17 @@ pub(super) async fn metrics(State(node): State<Arc<Node>>) -> Response {
         flush: node.store.flush_health(),
         corruption: node.store.corruption().detected,
         resident_bytes: super::metrics::resident_memory_bytes(),
+        expired_keys: node.store.expired_keys(super::metrics::EXPIRED_CAP).ok(),
+        rebuild_due: node.store.needs_rebuild().ok(),
     };
-    let mut text =
-        node.metrics
-            .render(stats.as_ref(), &probe, last.as_ref(), node.ready(), &safety);
+    let mut text = node.metrics.render(
+        stats.as_ref(),
+        &probe,
+        &node.served.snapshot(),
+        last.as_ref(),
+        node.ready(),
+        &safety,
+    );
     if let Some(replica) = &node.replica {
         text.push_str(&replica.render_metrics());
     }

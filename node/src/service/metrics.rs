@@ -9,6 +9,7 @@ use phoenix_node_api::metrics::{STATE, names};
 
 use crate::cleanup::CleanupReport;
 use crate::probe::ProbeSnapshot;
+use crate::served::ServedSnapshot;
 use crate::store::{FlushHealth, Stats};
 
 /// What the data-safety metrics are rendered from.
@@ -20,7 +21,14 @@ pub struct Safety {
     pub corruption: u64,
     /// The process's resident memory, when the platform tells.
     pub resident_bytes: Option<u64>,
+    /// Expired memories not yet pruned (up to [`EXPIRED_CAP`]), when the store answered.
+    pub expired_keys: Option<u64>,
+    /// Whether a cleanup would rebuild, when the store answered.
+    pub rebuild_due: Option<bool>,
 }
+
+/// The expired memories counted per scrape at most.
+pub const EXPIRED_CAP: u64 = 10_000;
 
 /// The process's resident set size (`VmRSS` in `/proc/self/status`), bytes.
 pub fn resident_memory_bytes() -> Option<u64> {
@@ -115,6 +123,7 @@ impl Metrics {
         &self,
         stats: Option<&Stats>,
         probe: &ProbeSnapshot,
+        served: &ServedSnapshot,
         last_cleanup: Option<&CleanupReport>,
         ready: bool,
         safety: &Safety,
@@ -139,6 +148,14 @@ impl Metrics {
                 names::PROBE_BASELINE_TIMESTAMP => {
                     probe.baseline_taken_at_ms.map(|ms| ms as f64 / 1000.0)
                 }
+                names::SERVED_P50_SECONDS => served.p50_ns.map(|ns| ns / 1e9),
+                names::SERVED_P99_SECONDS => served.p99_ns.map(|ns| ns / 1e9),
+                names::SERVED_BASELINE_SECONDS => served.baseline_p50_ns.map(|ns| ns / 1e9),
+                names::SERVED_BASELINE_P99_SECONDS => served.baseline_p99_ns.map(|ns| ns / 1e9),
+                names::SERVED_RATIO => served.ratio,
+                names::SERVED_SAMPLES => Some(served.samples as f64),
+                names::EXPIRED_KEYS => safety.expired_keys.map(|n| n as f64),
+                names::REBUILD_DUE => safety.rebuild_due.map(|due| f64::from(u8::from(due))),
                 names::LAST_CLEANUP_TIMESTAMP => {
                     last_cleanup.map(|r| r.started_at_ms as f64 / 1000.0)
                 }

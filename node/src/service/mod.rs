@@ -82,6 +82,8 @@ pub struct Node {
     pub probe: Mutex<Probe>,
     /// The probe's last snapshot, for scrapes that arrive while a cleanup holds the probe.
     last_snapshot: Mutex<ProbeSnapshot>,
+    /// The latency of the retrieves clients were served (ticked with the probe).
+    pub served: crate::served::Served,
     /// Metrics.
     pub metrics: Metrics,
     /// The admin token; `None` disables the admin endpoints.
@@ -114,8 +116,10 @@ impl Node {
         if crate::cleanup::resume_unsettled(&store, &mut probe)? {
             tracing::info!("the last cleanup had not settled before the restart: settling now");
         }
+        let served = crate::served::Served::load(&store, config.served_config())?;
         Ok(Node {
             store,
+            served,
             last_snapshot: Mutex::new(probe.snapshot()),
             probe: Mutex::new(probe),
             metrics: Metrics::new()?,
@@ -189,6 +193,9 @@ impl Node {
         let mut probe = self.probe.lock().unwrap_or_else(PoisonError::into_inner);
         if let Err(error) = probe.tick(&self.store) {
             tracing::warn!(%error, "probe tick failed");
+        }
+        if let Err(error) = self.served.tick(&self.store) {
+            tracing::warn!(%error, "served-latency tick failed");
         }
         if let Some(settled) = probe.take_settled() {
             match crate::cleanup::record_settled(&self.store, settled) {
@@ -264,11 +271,12 @@ async fn observe(State(node): State<Arc<Node>>, request: Request, next: Next) ->
             Err(_) => ApiError::Timeout.into_response(),
         }
     };
-    node.metrics.observe_request(
-        operation,
-        response.status().as_u16(),
-        started.elapsed().as_secs_f64(),
-    );
+    let took = started.elapsed();
+    if operation == "retrieve" && response.status() == axum::http::StatusCode::OK {
+        node.served.record(took);
+    }
+    node.metrics
+        .observe_request(operation, response.status().as_u16(), took.as_secs_f64());
     response
 }
 

@@ -1203,6 +1203,29 @@ impl Store {
         self.prune_until(self.config.clock.now_ms(), false)
     }
 
+    /// Memories whose expiry has passed but which are not pruned yet, counted up to `cap`
+    /// (a scan of the expiry index; an entry left by an overwrite counts until the next
+    /// prune clears it).
+    ///
+    /// # Errors
+    /// Engine errors.
+    pub fn expired_keys(&self, cap: u64) -> Result<u64> {
+        let now = self.config.clock.now_ms();
+        let engine = self.engine.load();
+        let mut count = 0;
+        for entry in engine
+            .db
+            .range(vec![EXPIRY]..expiry_key(now.saturating_add(1), b""))
+        {
+            entry?;
+            count += 1;
+            if count >= cap {
+                break;
+            }
+        }
+        Ok(count)
+    }
+
     /// Applies a replicated prune: deletes every memory that expired at or before `now_ms`
     /// (the leader's clock, so every replica deletes the same ones), without admission
     /// checks or flush waits, waiting out a rebuild swap.

@@ -40,6 +40,11 @@ use serde::{Deserialize, Serialize};
         json_path = ".status.worstRatio"
     ),
     printcolumn(
+        name = "Served",
+        type_ = "string",
+        json_path = ".status.servedLatency"
+    ),
+    printcolumn(
         name = "Schedule",
         type_ = "string",
         json_path = ".status.plan.schedule"
@@ -143,6 +148,23 @@ pub struct NodeSpec {
     #[serde(default)]
     #[schemars(range(max = 3153600000u64))]
     pub default_ttl_seconds: u64,
+    /// Opt-in cache right-sizing. When the operator finds that a hot set beyond
+    /// `cacheCapacity` is what slows the nodes, it raises the cache (and the memory request
+    /// and limit with it) up to `max`, in a rolling restart one node at a time, and records
+    /// the raise in `status.cache` with a `CacheRaised` Event. Without it, it only
+    /// recommends a size (in the decision's reason and a `CacheRecommended` Event).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub auto_cache: Option<AutoCache>,
+}
+
+/// Bounds of the opt-in cache right-sizing.
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct AutoCache {
+    /// The largest cache per node the operator may set, a quantity (e.g. `2Gi`); at least
+    /// `cacheCapacity`.
+    #[schemars(regex(pattern = r"^[0-9]+(Ki|Mi|Gi|Ti|k|M|G|T)?$"))]
+    pub max: String,
 }
 
 impl Default for NodeSpec {
@@ -152,8 +174,21 @@ impl Default for NodeSpec {
             durability: default_durability(),
             flush_every_ms: default_flush_ms(),
             default_ttl_seconds: 0,
+            auto_cache: None,
         }
     }
+}
+
+/// Which latency the cleanup policy decides on.
+#[derive(Deserialize, Serialize, Clone, Copy, Debug, Default, PartialEq, Eq, JsonSchema)]
+pub enum LatencySignal {
+    /// The retrieve latency each node served to clients (p50 against its own settled
+    /// baseline); a node with too little traffic for a figure is judged by its probe, and
+    /// the decision says so.
+    #[default]
+    Served,
+    /// The engine probe alone (the node times retrieves of its own keys on a fixed cadence).
+    Probe,
 }
 
 fn default_cache() -> String {
@@ -264,6 +299,17 @@ pub struct CleanupSpec {
     /// A fixed cron schedule that overrides the computed one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub schedule: Option<String>,
+    /// Which latency decides: `Served` (default; the probe for a node with too little
+    /// traffic) or `Probe`.
+    #[serde(default)]
+    pub signal: LatencySignal,
+    /// An absolute floor on the served p99 retrieve latency, a duration (`1ms`, `500us`,
+    /// `0.5ms`): while every node serves under it, nothing is `Degraded`, tightened or
+    /// cleaned at once, whatever the ratios. Unset: no floor. A node with too little traffic
+    /// for a served figure is not under it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = r"^[0-9]+(\.[0-9]+)?(us|ms|s)$"))]
+    pub latency_floor: Option<String>,
 }
 
 impl Default for CleanupSpec {
@@ -280,6 +326,8 @@ impl Default for CleanupSpec {
             time_zone: default_time_zone(),
             suspend: false,
             schedule: None,
+            signal: LatencySignal::Served,
+            latency_floor: None,
         }
     }
 }
@@ -398,6 +446,24 @@ pub struct PhoenixMemoryStatus {
     /// and how far each node has applied the log.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub replication: Option<ReplicationStatus>,
+    /// The worst node's served latency, e.g. `p99 0.39 ms, 1.38×` (the `Served` column).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub served_latency: Option<String>,
+    /// The cache the operator set with `node.autoCache` (absent until it raised one).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cache: Option<CacheStatus>,
+}
+
+/// A cache the operator raised within `node.autoCache.max`.
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct CacheStatus {
+    /// The cache each node runs with, a quantity (`cacheCapacity` until raised).
+    pub capacity: String,
+    /// When it was last raised.
+    pub raised_at: Time,
+    /// Why.
+    pub reason: String,
 }
 
 /// A replicated memory's group, as its nodes report it.
@@ -506,6 +572,19 @@ pub struct NodeObservation {
     /// with replication, from a peer).
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub corrupted: bool,
+    /// Recent served p50 over the node's served baseline; absent without enough traffic.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub served_ratio: Option<f64>,
+    /// Recent served p50 retrieve latency, seconds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub served_p50_seconds: Option<f64>,
+    /// Recent served p99 retrieve latency, seconds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub served_p99_seconds: Option<f64>,
+    /// Which ratio the policy judged this node by: `served`, or `probe` (the spec asks for
+    /// it, or the node had too little traffic for a served figure).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub signal: Option<String>,
 }
 
 /// A scheduling decision: inputs, rule, outcome, reason.
@@ -535,6 +614,10 @@ pub struct Decision {
     /// Nodes without one.
     #[serde(default)]
     pub stale_nodes: u32,
+    /// The cause named for the worst node (`cache-pressure`, `disk-bloat`,
+    /// `expired-memories`, `unknown`), when it was degraded, rising or past the emergency line.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cause: Option<String>,
 }
 
 /// The cleanup plan in force.
@@ -656,6 +739,7 @@ mod tests {
                 "Ready",
                 "Leader",
                 "Worst Ratio",
+                "Served",
                 "Schedule",
                 "Age"
             ]

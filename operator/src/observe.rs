@@ -7,7 +7,7 @@ use std::time::Duration;
 use phoenix_node_api::metrics::{Scrape, names};
 use phoenix_node_api::{ClientError, NodeClient};
 
-use crate::policy::{LastCleanup, NodeReport, Observation};
+use crate::policy::{LastCleanup, NodeReport, Observation, ServedReport};
 
 /// When a report is fresh enough to decide on.
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -109,6 +109,20 @@ pub fn from_scrape(
         samples: samples.max(0.0) as u64,
         keys: count(names::KEYS),
         last_cleanup,
+        served: match (
+            scrape.finite(names::SERVED_P50_SECONDS),
+            scrape.finite(names::SERVED_P99_SECONDS),
+        ) {
+            (Some(p50), Some(p99)) => Some(ServedReport {
+                ratio: scrape.finite(names::SERVED_RATIO),
+                p50_seconds: p50,
+                p99_seconds: p99,
+                samples: count(names::SERVED_SAMPLES),
+            }),
+            _ => None,
+        },
+        expired_keys: count(names::EXPIRED_KEYS),
+        rebuild_due: scrape.get(names::REBUILD_DUE).is_some_and(|v| v > 0.0),
     })
 }
 
@@ -194,6 +208,31 @@ mod tests {
                     })
                 );
             }
+            stale => panic!("expected fresh, got {stale:?}"),
+        }
+    }
+
+    #[test]
+    fn served_figures_and_causes_are_read_when_present() {
+        let with = format!(
+            "{METRICS}phoenix_node_served_p50_seconds 0.0001\nphoenix_node_served_p99_seconds 0.0004\n\
+             phoenix_node_served_ratio 1.38\nphoenix_node_served_samples 700\n\
+             phoenix_node_expired_keys 12\nphoenix_node_rebuild_due 1\n"
+        );
+        match from_metrics("n0", &with, &Freshness::default(), 1600.0) {
+            Observation::Fresh(r) => {
+                let served = r.served.expect("served");
+                assert_eq!(
+                    (served.ratio, served.p99_seconds, served.samples),
+                    (Some(1.38), 0.0004, 700)
+                );
+                assert_eq!((r.expired_keys, r.rebuild_due), (12, true));
+            }
+            stale => panic!("expected fresh, got {stale:?}"),
+        }
+        // No served p50/p99 (thin traffic): no served figures, never zeros.
+        match from_metrics("n0", METRICS, &Freshness::default(), 1600.0) {
+            Observation::Fresh(r) => assert_eq!((r.served, r.rebuild_due), (None, false)),
             stale => panic!("expected fresh, got {stale:?}"),
         }
     }

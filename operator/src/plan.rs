@@ -177,6 +177,8 @@ mod tests {
             reason: "rising".into(),
             worst_ratio: Some(1.4),
             data_age_seconds: Some(1.0),
+            cause: None,
+            cache: None,
         };
         let now = Timestamp::from_second(1_000).expect("time");
         let plan = cleanup_plan(&fixed, &decision, now);

@@ -2,11 +2,22 @@
 //! before) to the cleanup cadence, whether to run an emergency Job now, and a reason that
 //! explains it. The schedule that runs at that cadence is the plan's ([`crate::plan`]).
 //!
+//! Each node's ratio is its **signal**: the served ratio (what clients saw, p50 against the
+//! node's own served baseline) with `signal: Served` when the node has enough traffic, else
+//! the engine probe's ratio (said in the reason).
+//!
 //! Rules, in order:
 //! 1. **stale** — any node missing, unreadable, with too few samples or too old: keep the
 //!    current plan, no Job. Missing data is never read as zero.
+//! 1. **floor** — every node serves p99 under `latencyFloor`: whatever the ratios, nothing
+//!    to do (every `maxInterval`, not degraded, no Job).
 //! 2. **ineffective** — the last few cleanups did not lower the ratio: back off to
 //!    `maxInterval`, no emergency Job, and name the likely cause.
+//! 3. **cache-pressure** — the worst node is degraded, past the emergency line or rising,
+//!    and its figures name a cause no cleanup fixes: a hot set beyond `cacheCapacity` (with
+//!    no disk bloat and no expired memories to prune). No early cleanup (every
+//!    `maxInterval`); the cache is raised within `autoCache.max` when opted in, else
+//!    recommended.
 //! 3. **emergency** — the worst ratio is above `emergencyThreshold` and no emergency Job ran
 //!    within `minInterval`: one Job now (windows do not apply).
 //! 4. **degraded** — at or above `degradationThreshold` (or still above `recoverThreshold`
@@ -69,6 +80,184 @@ pub struct NodeReport {
     /// The node's last cleanup: when it started (Unix seconds) and the ratio before and
     /// after it against the same baseline.
     pub last_cleanup: Option<LastCleanup>,
+    /// What the node served to clients, when its traffic was enough to say.
+    pub served: Option<ServedReport>,
+    /// Expired memories not yet pruned.
+    pub expired_keys: u64,
+    /// The node's disk holds more than its rebuild multiple of logical bytes.
+    pub rebuild_due: bool,
+}
+
+/// Served latency, as a node reports it.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct ServedReport {
+    /// Recent p50 over the served baseline's (none until a baseline exists).
+    pub ratio: Option<f64>,
+    /// Recent p50, seconds.
+    pub p50_seconds: f64,
+    /// Recent p99, seconds.
+    pub p99_seconds: f64,
+    /// Retrieves in the window.
+    pub samples: u64,
+}
+
+/// Which ratio decides.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Signal {
+    /// The served ratio, or the probe's for a node without enough traffic.
+    #[default]
+    Served,
+    /// The engine probe's ratio.
+    Probe,
+}
+
+/// The ratio a node is judged by, and which one it is.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Judged {
+    /// The ratio.
+    pub ratio: f64,
+    /// Whether it is the served ratio (else the probe's).
+    pub served: bool,
+}
+
+impl NodeReport {
+    /// The ratio `signal` judges this node by.
+    pub fn judged(&self, signal: Signal) -> Judged {
+        match (signal, self.served.and_then(|s| s.ratio)) {
+            (Signal::Served, Some(ratio)) => Judged {
+                ratio,
+                served: true,
+            },
+            _ => Judged {
+                ratio: self.ratio,
+                served: false,
+            },
+        }
+    }
+
+    /// Whether the node serves under `floor` (p99), when it has served figures.
+    pub fn under_floor(&self, floor: Option<Duration>) -> bool {
+        match (floor, self.served) {
+            (Some(floor), Some(served)) => served.p99_seconds < floor.as_secs_f64(),
+            _ => false,
+        }
+    }
+
+    /// "4.02× in the engine, 1.38× served, p99 0.39 ms" (what is known).
+    pub fn figures(&self) -> String {
+        let mut text = format!("{:.2}× in the engine", self.ratio);
+        if let Some(served) = self.served {
+            match served.ratio {
+                Some(ratio) => text.push_str(&format!(", {ratio:.2}× served")),
+                None => text.push_str(", served (no baseline yet)"),
+            }
+            text.push_str(&format!(
+                ", p99 {}",
+                millis(Duration::from_secs_f64(served.p99_seconds.max(0.0)))
+            ));
+        } else {
+            text.push_str(", too little traffic for a served figure");
+        }
+        text
+    }
+}
+
+/// A duration in milliseconds for reasons: `0.39 ms`, `12 ms`.
+pub fn millis(duration: Duration) -> String {
+    let ms = duration.as_secs_f64() * 1000.0;
+    if ms < 10.0 {
+        format!("{ms:.2} ms")
+    } else {
+        format!("{ms:.0} ms")
+    }
+}
+
+/// Why a node's latency rose, from its own figures.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Cause {
+    /// Disk holds more than the rebuild multiple of logical bytes: a cleanup rebuilds.
+    DiskBloat,
+    /// Expired memories piled up (5% of the keys or more): a cleanup prunes them.
+    Expired,
+    /// The data (the hot set's upper bound) is larger than the cache: more cache helps, a
+    /// cleanup does not.
+    CachePressure,
+    /// None of these: a cleanup may still help (fragmentation the node cannot see).
+    Unknown,
+}
+
+impl Cause {
+    /// The word in status.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Cause::DiskBloat => "disk-bloat",
+            Cause::Expired => "expired-memories",
+            Cause::CachePressure => "cache-pressure",
+            Cause::Unknown => "unknown",
+        }
+    }
+
+    /// Whether a cleanup addresses it.
+    pub fn cleanup_helps(self) -> bool {
+        self != Cause::CachePressure
+    }
+}
+
+/// Names the cause from `report`'s figures. Disk bloat and expired memories come first: a
+/// cleanup fixes them even when the data is also beyond the cache.
+pub fn classify(report: &NodeReport) -> Cause {
+    if report.rebuild_due {
+        Cause::DiskBloat
+    } else if report.expired_keys > 0 && report.expired_keys.saturating_mul(20) >= report.keys {
+        Cause::Expired
+    } else if report.logical_bytes > report.cache_capacity_bytes {
+        Cause::CachePressure
+    } else {
+        Cause::Unknown
+    }
+}
+
+/// The cache settings the policy right-sizes within.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct CachePolicy {
+    /// The cache the nodes are meant to run with now, bytes.
+    pub capacity_bytes: u64,
+    /// `autoCache.max`: raise up to this (`None`: only recommend).
+    pub auto_max_bytes: Option<u64>,
+}
+
+/// What to do about the cache when it is what slows the nodes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct CacheAdvice {
+    /// The cache now, bytes.
+    pub current_bytes: u64,
+    /// A size that would hold the data (twice the cache, or the data and a quarter more).
+    pub suggested_bytes: u64,
+    /// Raise to this now (opted in, below the bound, every node running the current size).
+    pub raise_to: Option<u64>,
+}
+
+const MIB: u64 = 1 << 20;
+
+/// The cache to suggest for `logical` bytes over `current`: twice the cache or the data and
+/// a quarter more, whichever is larger, in whole MiB.
+pub fn suggested_cache(current: u64, logical: u64) -> u64 {
+    current
+        .saturating_mul(2)
+        .max(logical.saturating_add(logical / 4))
+        .div_ceil(MIB)
+        .saturating_mul(MIB)
+}
+
+/// A byte count as a quantity (`Mi`/`Gi` when whole).
+pub fn quantity(bytes: u64) -> String {
+    if bytes >= 1 << 30 && bytes % (1 << 30) == 0 {
+        format!("{}Gi", bytes >> 30)
+    } else if bytes % MIB == 0 {
+        format!("{}Mi", bytes >> 20)
+    } else {
+        bytes.to_string()
+    }
 }
 
 /// A node's last cleanup, as it reports it.
@@ -112,6 +301,12 @@ pub struct PolicySpec {
     pub max_interval: Duration,
     /// Record decisions only; create no Job (`DryRun`, or cleanup disabled or suspended).
     pub dry_run: bool,
+    /// Which ratio decides.
+    pub signal: Signal,
+    /// No action while every node serves p99 under this.
+    pub latency_floor: Option<Duration>,
+    /// The cache and its opt-in bound.
+    pub cache: CachePolicy,
 }
 
 /// What was decided before (kept in status).
@@ -148,17 +343,23 @@ pub enum Rule {
     Rising,
     /// Otherwise: every `maxInterval`.
     Flat,
+    /// Every node serves under `latencyFloor`: nothing to do.
+    Floor,
+    /// The cause is a hot set beyond the cache: no early cleanup; raise or recommend cache.
+    CachePressure,
 }
 
 impl Rule {
     /// Every rule (for metric labels).
-    pub const ALL: [Rule; 6] = [
+    pub const ALL: [Rule; 8] = [
         Rule::Stale,
         Rule::Ineffective,
         Rule::Emergency,
         Rule::Degraded,
         Rule::Rising,
         Rule::Flat,
+        Rule::Floor,
+        Rule::CachePressure,
     ];
 
     /// The word in status, metrics and Events.
@@ -170,6 +371,8 @@ impl Rule {
             Rule::Degraded => "degraded",
             Rule::Rising => "rising",
             Rule::Flat => "flat",
+            Rule::Floor => "under-floor",
+            Rule::CachePressure => "cache-pressure",
         }
     }
 }
@@ -238,6 +441,11 @@ pub struct Decision {
     pub worst_ratio: Option<f64>,
     /// Age of the oldest report used, seconds.
     pub data_age_seconds: Option<f64>,
+    /// The cause named for the worst node, when it was judged degraded, past the emergency
+    /// line or rising.
+    pub cause: Option<Cause>,
+    /// What to do about the cache (cache pressure only).
+    pub cache: Option<CacheAdvice>,
 }
 
 fn clamp(interval: Duration, spec: &PolicySpec) -> Duration {
@@ -278,15 +486,19 @@ pub fn decide(observations: &[Observation], spec: &PolicySpec, history: &History
     let keep = history
         .interval
         .map_or(spec.max_interval, |i| clamp(i, spec));
+    let reports: Vec<&NodeReport> = observations
+        .iter()
+        .filter_map(|o| match o {
+            Observation::Fresh(r) => Some(r),
+            Observation::Stale { .. } => None,
+        })
+        .collect();
     let stale = stale_nodes(observations);
-    if observations.is_empty() || !stale.is_empty() {
+    if reports.is_empty() || !stale.is_empty() {
         // The schedule is kept and no Job made, but what the fresh nodes say is shown.
-        let fresh_worst = observations
+        let fresh_worst = reports
             .iter()
-            .filter_map(|o| match o {
-                Observation::Fresh(r) => Some(r.ratio),
-                Observation::Stale { .. } => None,
-            })
+            .map(|r| r.judged(spec.signal).ratio)
             .max_by(f64::total_cmp);
         return Decision {
             interval: keep,
@@ -307,22 +519,60 @@ pub fn decide(observations: &[Observation], spec: &PolicySpec, history: &History
             },
             worst_ratio: fresh_worst,
             data_age_seconds: None,
+            cause: None,
+            cache: None,
         };
     }
-    let reports: Vec<&NodeReport> = observations
-        .iter()
-        .filter_map(|o| match o {
-            Observation::Fresh(r) => Some(r),
-            Observation::Stale { .. } => None,
-        })
-        .collect();
-    let worst = reports
+    let data_age = reports.iter().map(|r| r.age_seconds).fold(0.0, f64::max);
+    let by_ratio = |a: &&&NodeReport, b: &&&NodeReport| {
+        a.judged(spec.signal)
+            .ratio
+            .total_cmp(&b.judged(spec.signal).ratio)
+    };
+    // Nodes that serve under the floor are fine whatever their ratios.
+    let above_floor: Vec<&NodeReport> = reports
         .iter()
         .copied()
-        .max_by(|a, b| a.ratio.total_cmp(&b.ratio))
-        .unwrap_or(reports[0]);
-    let data_age = reports.iter().map(|r| r.age_seconds).fold(0.0, f64::max);
-    let ratio = worst.ratio;
+        .filter(|r| !r.under_floor(spec.latency_floor))
+        .collect();
+    let Some(worst) = above_floor.iter().max_by(by_ratio).copied() else {
+        let worst = reports
+            .iter()
+            .max_by(by_ratio)
+            .copied()
+            .unwrap_or(reports[0]);
+        let floor = millis(spec.latency_floor.unwrap_or_default());
+        return Decision {
+            interval: spec.max_interval,
+            emergency_job: false,
+            degraded: false,
+            predicted_breach_seconds: None,
+            rule: Rule::Floor,
+            reason: format!(
+                "{}: {} < floor {floor}: nothing to do{}",
+                worst.node,
+                worst.figures(),
+                if reports.len() > 1 {
+                    " (every node serves under the floor)"
+                } else {
+                    ""
+                }
+            ),
+            worst_ratio: Some(worst.judged(spec.signal).ratio),
+            data_age_seconds: Some(data_age),
+            cause: None,
+            cache: None,
+        };
+    };
+    let judged = worst.judged(spec.signal);
+    let ratio = judged.ratio;
+    let signal = if judged.served {
+        "served"
+    } else if spec.signal == Signal::Served {
+        "engine probe; too little traffic for a served ratio"
+    } else {
+        "engine probe"
+    };
     let degraded = ratio >= spec.degradation || (history.degraded && ratio >= spec.recover);
     let base = |interval, emergency_job, rule, reason: String, breach| Decision {
         interval,
@@ -333,6 +583,8 @@ pub fn decide(observations: &[Observation], spec: &PolicySpec, history: &History
         reason,
         worst_ratio: Some(ratio),
         data_age_seconds: Some(data_age),
+        cause: None,
+        cache: None,
     };
     if history.ineffective_cleanups >= INEFFECTIVE_LIMIT {
         return base(
@@ -340,47 +592,12 @@ pub fn decide(observations: &[Observation], spec: &PolicySpec, history: &History
             false,
             Rule::Ineffective,
             format!(
-                "{} cleanups in a row did not lower {}'s ratio ({ratio:.2}); backing off to maxInterval: {}",
+                "{} cleanups in a row did not lower {}'s ratio ({ratio:.2}, {signal}); backing off to maxInterval: {}",
                 history.ineffective_cleanups,
                 worst.node,
                 ineffective_cause(worst)
             ),
             None,
-        );
-    }
-    let emergency_allowed = history
-        .seconds_since_emergency
-        .is_none_or(|s| s >= spec.min_interval.as_secs_f64());
-    if ratio >= spec.emergency {
-        let job = emergency_allowed && !spec.dry_run;
-        let reason = if !emergency_allowed {
-            format!(
-                "{} at {ratio:.2}× is past the emergency line {:.2}× but an emergency cleanup ran within minInterval",
-                worst.node, spec.emergency
-            )
-        } else if spec.dry_run {
-            format!(
-                "{} at {ratio:.2}× is past the emergency line {:.2}×; no Job (DryRun, disabled or suspended)",
-                worst.node, spec.emergency
-            )
-        } else {
-            format!(
-                "{} at {ratio:.2}× is past the emergency line {:.2}×: cleaning now",
-                worst.node, spec.emergency
-            )
-        };
-        return base(spec.min_interval, job, Rule::Emergency, reason, Some(0.0));
-    }
-    if degraded {
-        return base(
-            spec.min_interval,
-            false,
-            Rule::Degraded,
-            format!(
-                "{} at {ratio:.2}× (degraded at {:.2}×, recovers below {:.2}×): cleaning every minInterval",
-                worst.node, spec.degradation, spec.recover
-            ),
-            Some(0.0),
         );
     }
     // Rising: the ratio grew from 1.0 at the baseline to `ratio` in `since` seconds. Below
@@ -392,17 +609,99 @@ pub fn decide(observations: &[Observation], spec: &PolicySpec, history: &History
     let tightened = history.interval.is_some_and(|i| i < spec.max_interval);
     let entry = RISING_FRACTION * (spec.degradation - 1.0);
     let threshold = if tightened { entry / 2.0 } else { entry };
-    if rise >= threshold && rise > 0.0 {
+    let rising = rise >= threshold && rise > 0.0;
+    let cause = (degraded || ratio >= spec.emergency || rising).then(|| classify(worst));
+    if cause == Some(Cause::CachePressure) {
+        let advice = cache_advice(worst, &reports, spec, degraded);
+        let action = match (spec.cache.auto_max_bytes, advice.raise_to) {
+            (_, Some(to)) => format!(
+                "raising cacheCapacity to {} (autoCache.max {}), one node at a time",
+                quantity(to),
+                quantity(spec.cache.auto_max_bytes.unwrap_or(to))
+            ),
+            (Some(max), None) if advice.current_bytes >= max => format!(
+                "cacheCapacity is at autoCache.max {}: raise the bound or the memory's resources",
+                quantity(max)
+            ),
+            (Some(_), None) if !degraded => format!(
+                "cacheCapacity would be raised to {} if it degrades",
+                quantity(advice.suggested_bytes)
+            ),
+            (Some(_), None) if spec.dry_run => format!(
+                "would raise cacheCapacity to {} (DryRun, disabled or suspended)",
+                quantity(advice.suggested_bytes)
+            ),
+            (Some(_), None) => format!(
+                "waiting for every node to run with cacheCapacity {}",
+                quantity(advice.current_bytes)
+            ),
+            (None, None) => format!(
+                "raise cacheCapacity to about {} (or set node.autoCache)",
+                quantity(advice.suggested_bytes)
+            ),
+        };
+        let mut decision = base(
+            spec.max_interval,
+            false,
+            Rule::CachePressure,
+            format!(
+                "{} at {ratio:.2}× ({signal}; {}): its {} of data exceed cacheCapacity {} — a cleanup cannot help, so none is run early; {action}",
+                worst.node,
+                worst.figures(),
+                quantity(worst.logical_bytes),
+                quantity(worst.cache_capacity_bytes),
+            ),
+            None,
+        );
+        decision.cause = cause;
+        decision.cache = Some(advice);
+        return decision;
+    }
+    let because = cause.map_or_else(String::new, |c| format!("; cause: {}", c.as_str()));
+    let emergency_allowed = history
+        .seconds_since_emergency
+        .is_none_or(|s| s >= spec.min_interval.as_secs_f64());
+    let mut decision = if ratio >= spec.emergency {
+        let job = emergency_allowed && !spec.dry_run;
+        let reason = if !emergency_allowed {
+            format!(
+                "{} at {ratio:.2}× ({signal}) is past the emergency line {:.2}× but an emergency cleanup ran within minInterval{because}",
+                worst.node, spec.emergency
+            )
+        } else if spec.dry_run {
+            format!(
+                "{} at {ratio:.2}× ({signal}) is past the emergency line {:.2}×; no Job (DryRun, disabled or suspended){because}",
+                worst.node, spec.emergency
+            )
+        } else {
+            format!(
+                "{} at {ratio:.2}× ({signal}) is past the emergency line {:.2}×: cleaning now{because}",
+                worst.node, spec.emergency
+            )
+        };
+        base(spec.min_interval, job, Rule::Emergency, reason, Some(0.0))
+    } else if degraded {
+        base(
+            spec.min_interval,
+            false,
+            Rule::Degraded,
+            format!(
+                "{} at {ratio:.2}× ({signal}; degraded at {:.2}×, recovers below {:.2}×): cleaning every minInterval{because}",
+                worst.node, spec.degradation, spec.recover
+            ),
+            Some(0.0),
+        )
+    } else if rising {
         let per_second = rise / since;
         let to_breach = ((spec.degradation - ratio) / per_second).max(0.0);
         // Clean at half the predicted time, so the cleanup lands before the crossing.
         let interval = clamp(Duration::from_secs_f64((to_breach / 2.0).min(1e9)), spec);
-        return base(
+        base(
             interval,
             false,
             Rule::Rising,
             format!(
-                "{} rose to {ratio:.2}× in {:.0} s; predicted to cross {:.2}× in {:.0} s: cleaning every {} s",
+                "{} rose to {ratio:.2}× ({signal}) in {:.0} s; predicted to cross {:.2}× in {:.0} s: cleaning every {} s{because}",
                 worst.node,
                 since,
                 spec.degradation,
@@ -410,15 +709,47 @@ pub fn decide(observations: &[Observation], spec: &PolicySpec, history: &History
                 interval.as_secs()
             ),
             Some(to_breach),
-        );
+        )
+    } else {
+        base(
+            spec.max_interval,
+            false,
+            Rule::Flat,
+            format!("worst ratio {ratio:.2}× ({signal}) is flat: cleaning every maxInterval"),
+            None,
+        )
+    };
+    decision.cause = cause;
+    decision
+}
+
+/// The cache advice for `worst` under cache pressure: raise (opted in, degraded, jobs on,
+/// below the bound, and every node already runs the cache in force — a raise is not
+/// stacked on one still rolling out), else the size to suggest.
+fn cache_advice(
+    worst: &NodeReport,
+    reports: &[&NodeReport],
+    spec: &PolicySpec,
+    degraded: bool,
+) -> CacheAdvice {
+    let current = spec.cache.capacity_bytes.max(worst.cache_capacity_bytes);
+    let suggested = suggested_cache(current, worst.logical_bytes);
+    let rolled_out = reports
+        .iter()
+        .all(|r| r.cache_capacity_bytes >= spec.cache.capacity_bytes);
+    let raise_to = spec
+        .cache
+        .auto_max_bytes
+        .filter(|&max| degraded && !spec.dry_run && rolled_out && current < max)
+        .map(|max| suggested.min(max));
+    CacheAdvice {
+        current_bytes: current,
+        suggested_bytes: spec
+            .cache
+            .auto_max_bytes
+            .map_or(suggested, |max| suggested.min(max.max(current))),
+        raise_to,
     }
-    base(
-        spec.max_interval,
-        false,
-        Rule::Flat,
-        format!("worst ratio {ratio:.2}× is flat: cleaning every maxInterval"),
-        None,
-    )
 }
 
 #[cfg(test)]
@@ -434,6 +765,12 @@ mod tests {
             min_interval: Duration::from_secs(900),
             max_interval: Duration::from_secs(86_400),
             dry_run: false,
+            signal: Signal::Served,
+            latency_floor: None,
+            cache: CachePolicy {
+                capacity_bytes: 1 << 28,
+                auto_max_bytes: None,
+            },
         }
     }
 
@@ -616,6 +953,292 @@ mod tests {
         assert!(ineffective_cause(&hot).contains("rebuild did not run"));
     }
 
+    fn served(probe: f64, served_ratio: f64, p99_ms: f64) -> NodeReport {
+        NodeReport {
+            node: "mem-0".into(),
+            ratio: probe,
+            seconds_since_baseline: 600.0,
+            age_seconds: 1.0,
+            logical_bytes: 1 << 20,
+            disk_bytes: 1 << 21,
+            cache_capacity_bytes: 1 << 28,
+            keys: 1000,
+            served: Some(ServedReport {
+                ratio: Some(served_ratio),
+                p50_seconds: p99_ms / 4000.0,
+                p99_seconds: p99_ms / 1000.0,
+                samples: 900,
+            }),
+            ..NodeReport::default()
+        }
+    }
+
+    #[test]
+    fn the_served_ratio_decides_with_traffic_and_the_probe_without() {
+        // The engine says 4×, clients see 1.1×: flat on the served signal.
+        let d = decide(
+            &[Observation::Fresh(served(4.0, 1.1, 0.4))],
+            &spec(),
+            &History::default(),
+        );
+        assert_eq!((d.rule, d.worst_ratio), (Rule::Flat, Some(1.1)));
+        assert!(d.reason.contains("(served)"), "{}", d.reason);
+        // `signal: Probe` decides on the engine.
+        let probe = PolicySpec {
+            signal: Signal::Probe,
+            ..spec()
+        };
+        let d = decide(
+            &[Observation::Fresh(served(4.0, 1.1, 0.4))],
+            &probe,
+            &History::default(),
+        );
+        assert_eq!((d.rule, d.worst_ratio), (Rule::Degraded, Some(4.0)));
+        // Thin traffic: the probe, and the reason says why.
+        let thin = NodeReport {
+            served: None,
+            ..served(4.0, 1.1, 0.4)
+        };
+        let d = decide(&[Observation::Fresh(thin)], &spec(), &History::default());
+        assert_eq!(d.rule, Rule::Degraded);
+        assert!(d.reason.contains("too little traffic"), "{}", d.reason);
+    }
+
+    #[test]
+    fn under_the_floor_nothing_is_done_whatever_the_ratios() {
+        let floor = PolicySpec {
+            latency_floor: Some(Duration::from_millis(1)),
+            ..spec()
+        };
+        // The figures: 4.0× in the engine, 1.38× served, p99 0.39 ms, floor 1 ms.
+        let d = decide(
+            &[Observation::Fresh(served(4.0, 1.38, 0.39))],
+            &floor,
+            &History {
+                degraded: true,
+                interval: Some(Duration::from_secs(900)),
+                ..History::default()
+            },
+        );
+        assert_eq!(
+            (d.rule, d.interval, d.degraded, d.emergency_job),
+            (Rule::Floor, spec().max_interval, false, false)
+        );
+        assert_eq!(
+            d.reason,
+            "mem-0: 4.00× in the engine, 1.38× served, p99 0.39 ms < floor 1.00 ms: nothing to do"
+        );
+        // Even past the emergency line.
+        let d = decide(
+            &[Observation::Fresh(served(20.0, 12.0, 0.9))],
+            &floor,
+            &History::default(),
+        );
+        assert!(!d.emergency_job && d.rule == Rule::Floor);
+        // A node over the floor is judged as before; one without traffic is never under it.
+        let over = decide(
+            &[Observation::Fresh(served(4.0, 3.0, 2.5))],
+            &floor,
+            &History::default(),
+        );
+        assert_eq!(over.rule, Rule::Degraded);
+        let thin = NodeReport {
+            served: None,
+            ..served(4.0, 1.0, 0.1)
+        };
+        assert_eq!(
+            decide(&[Observation::Fresh(thin)], &floor, &History::default()).rule,
+            Rule::Degraded
+        );
+    }
+
+    fn beyond_cache() -> NodeReport {
+        NodeReport {
+            served: None,
+            logical_bytes: 400 << 20,
+            cache_capacity_bytes: 256 << 20,
+            ..served(4.0, 1.0, 1.0)
+        }
+    }
+
+    #[test]
+    fn a_hot_set_beyond_the_cache_gets_no_cleanup_but_a_cache_recommendation() {
+        let d = decide(
+            &[Observation::Fresh(beyond_cache())],
+            &PolicySpec {
+                cache: CachePolicy {
+                    capacity_bytes: 256 << 20,
+                    auto_max_bytes: None,
+                },
+                ..spec()
+            },
+            &History::default(),
+        );
+        assert_eq!(
+            (d.rule, d.interval, d.emergency_job, d.degraded, d.cause),
+            (
+                Rule::CachePressure,
+                spec().max_interval,
+                false,
+                true,
+                Some(Cause::CachePressure)
+            )
+        );
+        let advice = d.cache.expect("advice");
+        assert_eq!((advice.suggested_bytes, advice.raise_to), (512 << 20, None));
+        assert!(
+            d.reason.contains("raise cacheCapacity to about 512Mi"),
+            "{}",
+            d.reason
+        );
+        // Past the emergency line too: more cache, not an emergency cleanup.
+        let worse = NodeReport {
+            ratio: 20.0,
+            ..beyond_cache()
+        };
+        let d = decide(&[Observation::Fresh(worse)], &spec(), &History::default());
+        assert_eq!((d.rule, d.emergency_job), (Rule::CachePressure, false));
+    }
+
+    #[test]
+    fn auto_cache_raises_within_the_bound_once_the_last_raise_rolled_out() {
+        let auto = |current: u64, max: u64| PolicySpec {
+            cache: CachePolicy {
+                capacity_bytes: current,
+                auto_max_bytes: Some(max),
+            },
+            ..spec()
+        };
+        let d = decide(
+            &[Observation::Fresh(beyond_cache())],
+            &auto(256 << 20, 2 << 30),
+            &History::default(),
+        );
+        assert_eq!(d.cache.and_then(|c| c.raise_to), Some(512 << 20));
+        assert!(
+            d.reason.contains("raising cacheCapacity to 512Mi"),
+            "{}",
+            d.reason
+        );
+        // The bound caps it.
+        let d = decide(
+            &[Observation::Fresh(beyond_cache())],
+            &auto(256 << 20, 300 << 20),
+            &History::default(),
+        );
+        assert_eq!(d.cache.and_then(|c| c.raise_to), Some(300 << 20));
+        // At the bound: nothing more, and the reason says so.
+        let at = NodeReport {
+            cache_capacity_bytes: 300 << 20,
+            ..beyond_cache()
+        };
+        let d = decide(
+            &[Observation::Fresh(at)],
+            &auto(300 << 20, 300 << 20),
+            &History::default(),
+        );
+        assert_eq!(d.cache.and_then(|c| c.raise_to), None);
+        assert!(d.reason.contains("at autoCache.max 300Mi"), "{}", d.reason);
+        // A node still running the old size: no second raise stacked on the first.
+        let d = decide(
+            &[Observation::Fresh(beyond_cache())],
+            &auto(512 << 20, 2 << 30),
+            &History::default(),
+        );
+        assert_eq!(d.cache.and_then(|c| c.raise_to), None);
+        assert!(d.reason.contains("waiting for every node"), "{}", d.reason);
+        // DryRun records, never raises.
+        let d = decide(
+            &[Observation::Fresh(beyond_cache())],
+            &PolicySpec {
+                dry_run: true,
+                ..auto(256 << 20, 2 << 30)
+            },
+            &History::default(),
+        );
+        assert_eq!(d.cache.and_then(|c| c.raise_to), None);
+    }
+
+    #[test]
+    fn bloat_or_expired_memories_are_cleaned_even_beyond_the_cache() {
+        let bloated = NodeReport {
+            rebuild_due: true,
+            ..beyond_cache()
+        };
+        let d = decide(&[Observation::Fresh(bloated)], &spec(), &History::default());
+        assert_eq!((d.rule, d.cause), (Rule::Degraded, Some(Cause::DiskBloat)));
+        let expired = NodeReport {
+            expired_keys: 100,
+            ..beyond_cache()
+        };
+        assert_eq!(classify(&expired), Cause::Expired);
+        let few = NodeReport {
+            expired_keys: 10,
+            ..beyond_cache()
+        };
+        assert_eq!(
+            classify(&few),
+            Cause::CachePressure,
+            "1% expired is not the cause"
+        );
+        let small = NodeReport {
+            logical_bytes: 1 << 20,
+            ..beyond_cache()
+        };
+        assert_eq!(classify(&small), Cause::Unknown);
+        let d = decide(&[Observation::Fresh(small)], &spec(), &History::default());
+        assert_eq!((d.rule, d.cause), (Rule::Degraded, Some(Cause::Unknown)));
+    }
+
+    fn arb_report() -> impl Strategy<Value = NodeReport> {
+        (
+            0.5f64..50.0,
+            1.0f64..1e6,
+            proptest::option::of((proptest::option::of(0.5f64..50.0), 0.01f64..50.0)),
+            (0u64..4096, 1u64..2048, any::<bool>(), 0u64..2000),
+        )
+            .prop_map(
+                |(ratio, since, served, (logical_mi, cache_mi, rebuild_due, expired))| NodeReport {
+                    node: "mem-0".into(),
+                    ratio,
+                    seconds_since_baseline: since,
+                    age_seconds: 1.0,
+                    logical_bytes: logical_mi << 20,
+                    disk_bytes: logical_mi << 21,
+                    cache_capacity_bytes: cache_mi << 20,
+                    keys: 10_000,
+                    expired_keys: expired,
+                    rebuild_due,
+                    served: served.map(|(ratio, p99_ms)| ServedReport {
+                        ratio,
+                        p50_seconds: p99_ms / 4000.0,
+                        p99_seconds: p99_ms / 1000.0,
+                        samples: 500,
+                    }),
+                    ..NodeReport::default()
+                },
+            )
+    }
+
+    fn arb_full_spec() -> impl Strategy<Value = PolicySpec> {
+        (
+            arb_spec(),
+            any::<bool>(),
+            proptest::option::of(0.05f64..20.0),
+            1u64..2048,
+            proptest::option::of(0u64..4096),
+        )
+            .prop_map(|(spec, probe, floor_ms, cache_mi, extra_mi)| PolicySpec {
+                signal: if probe { Signal::Probe } else { Signal::Served },
+                latency_floor: floor_ms.map(|ms| Duration::from_secs_f64(ms / 1000.0)),
+                cache: CachePolicy {
+                    capacity_bytes: cache_mi << 20,
+                    auto_max_bytes: extra_mi.map(|extra| (cache_mi + extra) << 20),
+                },
+                ..spec
+            })
+    }
+
     fn arb_spec() -> impl Strategy<Value = PolicySpec> {
         (
             1.0f64..3.0,
@@ -632,6 +1255,12 @@ mod tests {
                 min_interval: Duration::from_secs(min),
                 max_interval: Duration::from_secs(min + extra),
                 dry_run,
+                signal: Signal::Served,
+                latency_floor: None,
+                cache: CachePolicy {
+                    capacity_bytes: 1 << 28,
+                    auto_max_bytes: None,
+                },
             })
     }
 
@@ -699,6 +1328,63 @@ mod tests {
         ) {
             let recent = History { seconds_since_emergency: Some(spec.min_interval.as_secs_f64() * fraction * 0.999), ..history };
             prop_assert!(!decide(&obs, &spec, &recent).emergency_job);
+        }
+
+        #[test]
+        fn under_the_floor_nothing_is_degraded_tightened_or_cleaned(
+            reports in proptest::collection::vec(arb_report(), 1..4), spec in arb_full_spec(), history in arb_history()
+        ) {
+            let floor = spec.latency_floor.unwrap_or(Duration::from_millis(1));
+            let spec = PolicySpec { latency_floor: Some(floor), ..spec };
+            let all_under = reports.iter().all(|r| r.under_floor(Some(floor)));
+            let obs: Vec<Observation> = reports.into_iter().map(Observation::Fresh).collect();
+            let d = decide(&obs, &spec, &history);
+            if all_under {
+                prop_assert_eq!(d.rule, Rule::Floor);
+                prop_assert!(!d.degraded && !d.emergency_job);
+                prop_assert_eq!(d.interval, spec.max_interval);
+            } else {
+                prop_assert!(d.rule != Rule::Floor);
+            }
+        }
+
+        #[test]
+        fn cache_pressure_never_cleans_early_and_raises_only_within_the_bound(
+            reports in proptest::collection::vec(arb_report(), 1..4), spec in arb_full_spec(), history in arb_history()
+        ) {
+            let obs: Vec<Observation> = reports.into_iter().map(Observation::Fresh).collect();
+            let d = decide(&obs, &spec, &history);
+            if d.rule == Rule::CachePressure {
+                prop_assert!(!d.emergency_job);
+                prop_assert_eq!(d.interval, spec.max_interval);
+                prop_assert_eq!(d.cause, Some(Cause::CachePressure));
+            } else {
+                prop_assert!(d.cache.is_none());
+            }
+            if let Some(to) = d.cache.and_then(|c| c.raise_to) {
+                let max = spec.cache.auto_max_bytes;
+                prop_assert!(max.is_some_and(|max| to <= max), "{to} over {max:?}");
+                prop_assert!(to > spec.cache.capacity_bytes);
+                prop_assert!(d.degraded && !spec.dry_run);
+            }
+            // A cause a cleanup fixes is never answered with cache advice.
+            if d.cause.is_some_and(Cause::cleanup_helps) {
+                prop_assert!(d.rule != Rule::CachePressure);
+            }
+        }
+
+        #[test]
+        fn with_served_figures_the_probe_ratio_alone_changes_nothing(
+            report in arb_report(), other in 0.5f64..50.0, served_ratio in 0.5f64..50.0, p99_ms in 0.01f64..50.0, spec in arb_full_spec(), history in arb_history()
+        ) {
+            let spec = PolicySpec { signal: Signal::Served, ..spec };
+            let report = NodeReport {
+                served: Some(ServedReport { ratio: Some(served_ratio), p50_seconds: p99_ms / 4000.0, p99_seconds: p99_ms / 1000.0, samples: 500 }),
+                ..report
+            };
+            let a = decide(&[Observation::Fresh(report.clone())], &spec, &history);
+            let b = decide(&[Observation::Fresh(NodeReport { ratio: other, ..report })], &spec, &history);
+            prop_assert_eq!((a.rule, a.interval, a.emergency_job, a.degraded), (b.rule, b.interval, b.emergency_job, b.degraded));
         }
 
         #[test]

@@ -12,12 +12,36 @@ use crate::crd::{DurabilityMode, PhoenixMemorySpec};
 pub struct ValidSpec {
     /// The spec as written.
     pub spec: PhoenixMemorySpec,
-    /// `node.cacheCapacity` in bytes.
+    /// The cache the nodes run with, bytes: `node.cacheCapacity`, or the size the operator
+    /// raised it to within `node.autoCache.max` (see [`ValidSpec::with_raised_cache`]).
     pub cache_capacity_bytes: u64,
+    /// `node.cacheCapacity` as written, bytes.
+    pub spec_cache_capacity_bytes: u64,
+    /// `node.autoCache.max`, bytes.
+    pub auto_cache_max_bytes: Option<u64>,
+    /// `cleanup.latencyFloor`.
+    pub latency_floor: Option<Duration>,
     /// `cleanup.minInterval`.
     pub min_interval: Duration,
     /// `cleanup.maxInterval`.
     pub max_interval: Duration,
+}
+
+impl ValidSpec {
+    /// The spec with the cache the operator raised (`status.cache.capacity`) in force: only
+    /// with `node.autoCache`, and only within `[cacheCapacity, autoCache.max]` (a bound
+    /// lowered since, or a raise the spec's own capacity overtook, falls back to the spec).
+    #[must_use]
+    pub fn with_raised_cache(mut self, raised: Option<&str>) -> ValidSpec {
+        let raised = raised.and_then(|q| phoenix_node_api::config::parse_quantity(q).ok());
+        if let (Some(raised), Some(max)) = (raised, self.auto_cache_max_bytes)
+            && raised > self.spec_cache_capacity_bytes
+            && raised <= max
+        {
+            self.cache_capacity_bytes = raised;
+        }
+        self
+    }
 }
 
 /// Parses a duration as Kubernetes does (`metav1.Duration`, Go's `time.ParseDuration`, the
@@ -245,10 +269,37 @@ pub fn validate(spec: &PhoenixMemorySpec) -> Result<ValidSpec, Vec<String>> {
             spec.replicas
         ));
     }
+    let auto_cache_max = spec.node.auto_cache.as_ref().and_then(|auto| {
+        match phoenix_node_api::config::parse_quantity(&auto.max) {
+            Ok(max) if max >= cache => Some(max),
+            Ok(max) => {
+                problems.push(format!(
+                    "node.autoCache.max ({}, {max} bytes) must be at least node.cacheCapacity ({}, {cache} bytes)",
+                    auto.max, spec.node.cache_capacity
+                ));
+                None
+            }
+            Err(e) => {
+                problems.push(format!("node.autoCache.max: {e}"));
+                None
+            }
+        }
+    });
+    let latency_floor = cleanup.latency_floor.as_ref().and_then(|floor| {
+        parse_duration(floor)
+            .map_err(|e| problems.push(format!("cleanup.latencyFloor: {e}")))
+            .ok()
+    });
+    if latency_floor.is_some_and(|f| f.is_zero()) {
+        problems.push("cleanup.latencyFloor: must be above 0 (leave it unset for no floor)".into());
+    }
     if problems.is_empty() {
         Ok(ValidSpec {
             spec: spec.clone(),
             cache_capacity_bytes: cache,
+            spec_cache_capacity_bytes: cache,
+            auto_cache_max_bytes: auto_cache_max,
+            latency_floor,
             min_interval: min,
             max_interval: max,
         })
@@ -263,6 +314,48 @@ mod tests {
 
     fn spec() -> PhoenixMemorySpec {
         serde_json::from_value(serde_json::json!({})).expect("defaults")
+    }
+
+    #[test]
+    fn a_latency_floor_and_an_auto_cache_bound_are_checked() {
+        let mut good = spec();
+        good.cleanup.latency_floor = Some("500us".into());
+        good.node.cache_capacity = "64Mi".into();
+        good.node.auto_cache = Some(crate::crd::AutoCache { max: "1Gi".into() });
+        let valid = validate(&good).expect("valid");
+        assert_eq!(valid.latency_floor, Some(Duration::from_micros(500)));
+        assert_eq!(valid.auto_cache_max_bytes, Some(1 << 30));
+        let raised = valid.clone().with_raised_cache(Some("256Mi"));
+        assert_eq!(raised.cache_capacity_bytes, 256 << 20);
+        assert_eq!(raised.spec_cache_capacity_bytes, 64 << 20);
+        for beyond in ["2Gi", "32Mi", "garbage"] {
+            assert_eq!(
+                valid
+                    .clone()
+                    .with_raised_cache(Some(beyond))
+                    .cache_capacity_bytes,
+                64 << 20,
+                "{beyond}"
+            );
+        }
+        let mut bad = good.clone();
+        bad.node.auto_cache = Some(crate::crd::AutoCache { max: "32Mi".into() });
+        bad.cleanup.latency_floor = Some("0ms".into());
+        let problems = validate(&bad).expect_err("invalid");
+        assert!(
+            problems.iter().any(|p| p.contains("node.autoCache.max")),
+            "{problems:?}"
+        );
+        assert!(
+            problems.iter().any(|p| p.contains("cleanup.latencyFloor")),
+            "{problems:?}"
+        );
+        // Without the opt-in a raise in status is ignored.
+        good.node.auto_cache = None;
+        let plain = validate(&good)
+            .expect("valid")
+            .with_raised_cache(Some("256Mi"));
+        assert_eq!(plain.cache_capacity_bytes, 64 << 20);
     }
 
     #[test]

@@ -50,9 +50,30 @@ fn probe(path: &str, period: i32, failures: i32) -> Probe {
 /// key (150 MiB at a million keys). So: request `cacheCapacity + 128Mi` (what a node
 /// usually holds), limit `2 × cacheCapacity + 512Mi` (the worst measured, a million keys'
 /// tree, and headroom).
+///
+/// A cache the operator raised (`node.autoCache`) raises the spec's own memory request and
+/// limit by as much as the cache grew (the derived ones follow the cache anyway).
 pub fn node_resources(inputs: &Inputs<'_>) -> ResourceRequirements {
     if let Some(resources) = &inputs.valid.spec.resources {
-        return resources.clone();
+        let grown = inputs
+            .valid
+            .cache_capacity_bytes
+            .saturating_sub(inputs.valid.spec_cache_capacity_bytes);
+        let mut resources = resources.clone();
+        if grown > 0 {
+            for map in [resources.requests.as_mut(), resources.limits.as_mut()]
+                .into_iter()
+                .flatten()
+            {
+                if let Some(memory) = map.get_mut("memory")
+                    && let Some(bytes) = crate::validate::quantity_value(&memory.0)
+                {
+                    let raised = (bytes as u64).saturating_add(grown).div_ceil(1 << 20);
+                    *memory = Quantity(format!("{raised}Mi"));
+                }
+            }
+        }
+        return resources;
     }
     let cache_mi = inputs.valid.cache_capacity_bytes.div_ceil(1 << 20);
     let mi = |n: u64| Quantity(format!("{n}Mi"));
@@ -286,6 +307,45 @@ mod tests {
         assert_eq!(
             container.args.as_ref().map(|a| a[0].as_str()),
             Some("serve")
+        );
+    }
+
+    #[test]
+    fn a_raised_cache_raises_the_memory_with_it() {
+        let derived = memory(serde_json::json!({
+            "node": {"cacheCapacity": "64Mi", "autoCache": {"max": "1Gi"}},
+        }));
+        let with = |raised: Option<&str>, memory: &crate::crd::PhoenixMemory| {
+            let valid = crate::validate::validate(&memory.spec)
+                .expect("valid")
+                .with_raised_cache(raised);
+            let tokens = crate::children::Tokens {
+                admin: "admin".into(),
+                peer: "peer".into(),
+            };
+            let inputs = Inputs::new(memory, &valid, "phoenix-memory:test", &tokens);
+            node_resources(&inputs)
+        };
+        let limit = |r: ResourceRequirements| r.limits.and_then(|l| l.get("memory").cloned());
+        assert_eq!(limit(with(None, &derived)), Some(Quantity("640Mi".into())));
+        assert_eq!(
+            limit(with(Some("256Mi"), &derived)),
+            Some(Quantity("1024Mi".into()))
+        );
+        // Beyond the bound, or without the opt-in, the spec's cache stands.
+        assert_eq!(
+            limit(with(Some("2Gi"), &derived)),
+            Some(Quantity("640Mi".into()))
+        );
+        let set = memory(serde_json::json!({
+            "node": {"cacheCapacity": "64Mi", "autoCache": {"max": "1Gi"}},
+            "resources": {"requests": {"memory": "256Mi"}, "limits": {"memory": "1Gi"}}
+        }));
+        let raised = with(Some("192Mi"), &set);
+        assert_eq!(limit(raised.clone()), Some(Quantity("1152Mi".into())));
+        assert_eq!(
+            raised.requests.and_then(|r| r.get("memory").cloned()),
+            Some(Quantity("384Mi".into()))
         );
     }
 

@@ -140,7 +140,19 @@ pub fn decision_conditions(
             memory,
             conditions::DEGRADED,
             true,
-            "RatioAboveThreshold",
+            if decision.rule == policy::Rule::CachePressure {
+                "CachePressure"
+            } else {
+                "RatioAboveThreshold"
+            },
+            decision.reason.clone(),
+        )
+    } else if decision.rule == policy::Rule::Floor {
+        condition(
+            memory,
+            conditions::DEGRADED,
+            false,
+            "UnderLatencyFloor",
             decision.reason.clone(),
         )
     } else {

@@ -194,6 +194,10 @@ pub mod reasons {
     pub const DIVERGED: &str = "Diverged";
     /// An even replica count: no more fault tolerance than one node fewer.
     pub const EVEN_REPLICAS: &str = "EvenReplicas";
+    /// The operator raised the nodes' cache within `node.autoCache.max`.
+    pub const CACHE_RAISED: &str = "CacheRaised";
+    /// A hot set beyond the cache slows the nodes; more cache is recommended.
+    pub const CACHE_RECOMMENDED: &str = "CacheRecommended";
 }
 
 impl std::fmt::Debug for Context {

@@ -33,13 +33,15 @@ pub fn decide(
     observations: &[Observation],
     now: Timestamp,
 ) -> Decided {
+    let spec = policy_spec(valid);
     let nodes = node_statuses(
         observations,
         &before.nodes,
         valid.spec.cleanup.recover_threshold,
+        spec.signal,
     );
     let history = history(before, &nodes, now);
-    let decision = policy::decide(observations, &policy_spec(valid), &history);
+    let decision = policy::decide(observations, &spec, &history);
     let outcome = Outcome::of(&decision, &history, valid.max_interval);
     let record = record(
         &decision,
@@ -67,6 +69,15 @@ pub fn policy_spec(valid: &ValidSpec) -> PolicySpec {
         min_interval: valid.min_interval,
         max_interval: valid.max_interval,
         dry_run: crate::plan::jobs_off(valid).is_some(),
+        signal: match cleanup.signal {
+            crate::crd::LatencySignal::Served => policy::Signal::Served,
+            crate::crd::LatencySignal::Probe => policy::Signal::Probe,
+        },
+        latency_floor: valid.latency_floor,
+        cache: policy::CachePolicy {
+            capacity_bytes: valid.cache_capacity_bytes,
+            auto_max_bytes: valid.auto_cache_max_bytes,
+        },
     }
 }
 
@@ -87,6 +98,7 @@ pub fn node_statuses(
     observations: &[Observation],
     previous: &[NodeObservation],
     recover: f64,
+    signal: policy::Signal,
 ) -> Vec<NodeObservation> {
     observations
         .iter()
@@ -114,6 +126,17 @@ pub fn node_statuses(
                         keys: report.keys,
                         logical_bytes: report.logical_bytes,
                         disk_bytes: report.disk_bytes,
+                        served_ratio: report.served.and_then(|s| s.ratio).map(|r| round(r, 2)),
+                        served_p50_seconds: report.served.map(|s| s.p50_seconds),
+                        served_p99_seconds: report.served.map(|s| s.p99_seconds),
+                        signal: Some(
+                            if report.judged(signal).served {
+                                "served"
+                            } else {
+                                "probe"
+                            }
+                            .into(),
+                        ),
                         ..carried(&report.node)
                     };
                     if let Some(cleanup) = report.last_cleanup {
@@ -189,10 +212,12 @@ pub fn record(
         interval_seconds: decision.interval.as_secs(),
         fresh_nodes: u32::try_from(fresh).unwrap_or(u32::MAX),
         stale_nodes: u32::try_from(observations.len() - fresh).unwrap_or(u32::MAX),
+        cause: decision.cause.map(|c| c.as_str().to_string()),
     };
     match previous {
         Some(old)
             if old.rule == new.rule
+                && old.cause == new.cause
                 && old.interval_seconds == new.interval_seconds
                 && old.stale_nodes == new.stale_nodes
                 && (outcome == Outcome::Keep || new.outcome == old.outcome)
@@ -224,13 +249,28 @@ mod tests {
 
     #[test]
     fn each_new_cleanup_that_did_not_help_is_counted_once() {
-        let first = node_statuses(&[fresh("m-0", 6.0, Some((100.0, 6.0, 5.9)))], &[], 1.5);
+        let first = node_statuses(
+            &[fresh("m-0", 6.0, Some((100.0, 6.0, 5.9)))],
+            &[],
+            1.5,
+            policy::Signal::Served,
+        );
         assert_eq!(first[0].ineffective_cleanups, 1);
         assert_eq!(first[0].last_cleanup_effect.as_deref(), Some("6.00→5.90"));
         // The same cleanup seen again is not counted again.
-        let again = node_statuses(&[fresh("m-0", 6.0, Some((100.0, 6.0, 5.9)))], &first, 1.5);
+        let again = node_statuses(
+            &[fresh("m-0", 6.0, Some((100.0, 6.0, 5.9)))],
+            &first,
+            1.5,
+            policy::Signal::Served,
+        );
         assert_eq!(again[0].ineffective_cleanups, 1);
-        let second = node_statuses(&[fresh("m-0", 6.0, Some((200.0, 6.0, 6.1)))], &again, 1.5);
+        let second = node_statuses(
+            &[fresh("m-0", 6.0, Some((200.0, 6.0, 6.1)))],
+            &again,
+            1.5,
+            policy::Signal::Served,
+        );
         assert_eq!(second[0].ineffective_cleanups, 2);
         // A stale scrape keeps the count and shows no ratio.
         let stale = node_statuses(
@@ -240,6 +280,7 @@ mod tests {
             }],
             &second,
             1.5,
+            policy::Signal::Served,
         );
         assert_eq!((stale[0].ineffective_cleanups, stale[0].ratio), (2, None));
         // A cleanup whose effect is not in yet (the node is settling) is judged when it is.
@@ -256,6 +297,7 @@ mod tests {
             })],
             &stale,
             1.5,
+            policy::Signal::Served,
         );
         assert_eq!(
             (
@@ -268,6 +310,7 @@ mod tests {
             &[fresh("m-0", 1.1, Some((300.0, 6.0, 1.1)))],
             &settling,
             1.5,
+            policy::Signal::Served,
         );
         assert_eq!(helped[0].ineffective_cleanups, 0);
         let history = history(
@@ -289,6 +332,8 @@ mod tests {
             reason: "m-0 at 2.5×".into(),
             worst_ratio: Some(2.5),
             data_age_seconds: Some(1.0),
+            cause: None,
+            cache: None,
         };
         let obs = [fresh("m-0", 2.5, None)];
         let at = |s: i64| Timestamp::from_second(s).expect("time");

@@ -6,7 +6,7 @@ use super::context::{Context, reasons};
 use super::events::Kind as EventType;
 use super::status::Update;
 use crate::crd::{PhoenixMemory, PhoenixMemoryStatus, conditions};
-use crate::policy::Decision;
+use crate::policy::{Decision, Rule};
 
 /// Publishes the Events for the change from `before` (the status the reconcile started
 /// from) to `after`.
@@ -70,6 +70,41 @@ pub async fn what_changed(
     {
         let note = format!("created Job {}: {}", job.name, decision.reason);
         publish(EventType::Warning, reasons::EMERGENCY_CLEANUP, note).await;
+    }
+    let capacity = |status: Option<&crate::crd::CacheStatus>| status.map(|c| c.capacity.clone());
+    if let Some(raised) = &after.cache
+        && capacity(before.cache.as_ref()) != Some(raised.capacity.clone())
+    {
+        let note = format!(
+            "cacheCapacity {} → {} (node.autoCache.max {}), one node at a time: {}",
+            capacity(before.cache.as_ref()).unwrap_or_else(|| memory
+                .spec
+                .node
+                .cache_capacity
+                .clone()),
+            raised.capacity,
+            memory
+                .spec
+                .node
+                .auto_cache
+                .as_ref()
+                .map_or("-", |a| a.max.as_str()),
+            raised.reason
+        );
+        publish(EventType::Normal, reasons::CACHE_RAISED, note).await;
+    } else if decision.rule == Rule::CachePressure
+        && decision.cache.is_some_and(|c| c.raise_to.is_none())
+        && before
+            .last_decision
+            .as_ref()
+            .is_none_or(|d| d.rule != Rule::CachePressure.as_str())
+    {
+        publish(
+            EventType::Warning,
+            reasons::CACHE_RECOMMENDED,
+            decision.reason.clone(),
+        )
+        .await;
     }
     let old = &before.conditions;
     for (type_, reason) in [

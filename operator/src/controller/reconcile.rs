@@ -16,7 +16,9 @@ use super::events::Kind as EventType;
 use super::state::Key;
 use super::{conditions, emergency, explain, nodes, replication, status};
 use crate::children::{self, Inputs};
-use crate::crd::{EmergencyJob, PhoenixMemory, PhoenixMemoryStatus, conditions as crd_conditions};
+use crate::crd::{
+    CacheStatus, EmergencyJob, PhoenixMemory, PhoenixMemoryStatus, conditions as crd_conditions,
+};
 use crate::plan::{self, JobsOff, Schedule};
 use crate::validate::{self, ValidSpec};
 
@@ -80,11 +82,24 @@ async fn reconcile_once(memory: Arc<PhoenixMemory>, ctx: Arc<Context>) -> Result
         }
         replication
     });
+    if valid.auto_cache_max_bytes.is_none() {
+        update.cache = None;
+    }
+    let raised = decided.decision.cache.and_then(|advice| advice.raise_to);
+    if let Some(to) = raised {
+        // The next reconcile applies it: the ConfigMap and the memory with it, and the
+        // StatefulSet's rolling update restarts one node at a time.
+        update.cache = Some(CacheStatus {
+            capacity: crate::policy::quantity(to),
+            raised_at: k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(it.now),
+            reason: decided.decision.reason.clone(),
+        });
+    }
     let statefulset = &applied.statefulset;
     status::ready(&ctx, &memory, statefulset, update.clone(), observed.taken).await?;
     explain::what_changed(&ctx, &memory, &it.before, &update, &decided.decision).await;
     let mut next = ctx.settings.resync.min(ctx.settings.observe_interval);
-    if membership_pending {
+    if membership_pending || raised.is_some() {
         next = next.min(MEMBERSHIP_RETRY);
     }
     Ok(Action::requeue(next))
@@ -216,7 +231,14 @@ impl<'a> Reconciling<'a> {
 /// as they are).
 async fn validated(ctx: &Context, memory: &PhoenixMemory) -> Result<Option<ValidSpec>, Error> {
     match validate::validate_named(&memory.name_any(), &memory.spec) {
-        Ok(valid) => Ok(Some(valid)),
+        Ok(valid) => {
+            let raised = memory
+                .status
+                .as_ref()
+                .and_then(|s| s.cache.as_ref())
+                .map(|c| c.capacity.as_str());
+            Ok(Some(valid.with_raised_cache(raised)))
+        }
         Err(problems) => {
             if status::invalid(ctx, memory, &problems).await? {
                 let note = problems.join("; ");

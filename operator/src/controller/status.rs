@@ -13,8 +13,8 @@ use super::context::{Context, Error, FIELD_MANAGER};
 use super::decision::Decided;
 use crate::children::selector_string;
 use crate::crd::{
-    CleanupPlan, Decision, EmergencyJob, NodeObservation, PhoenixMemory, PhoenixMemoryStatus,
-    ReplicationStatus, conditions,
+    CacheStatus, CleanupPlan, Decision, EmergencyJob, NodeObservation, PhoenixMemory,
+    PhoenixMemoryStatus, ReplicationStatus, conditions,
 };
 
 /// Writes `status` unless it is what the object already has; returns whether it wrote.
@@ -48,6 +48,9 @@ async fn write(
 
 /// How far a node's ratio or baseline must move (relative) to be written.
 const RATIO_MOVE: f64 = 0.10;
+/// How far a node's served p99 must move (relative) to be written: a tail over a few
+/// seconds of traffic jitters far more than a median.
+const TAIL_MOVE: f64 = 0.5;
 /// How far a node's keys, logical or disk bytes must move (relative) likewise.
 const SIZE_MOVE: f64 = 0.10;
 
@@ -57,8 +60,12 @@ fn shape(status: &PhoenixMemoryStatus) -> PhoenixMemoryStatus {
     let mut shape = status.clone();
     shape.observed_at = None;
     shape.worst_ratio = None;
+    shape.served_latency = None;
     for node in &mut shape.nodes {
         node.ratio = None;
+        node.served_ratio = None;
+        node.served_p50_seconds = None;
+        node.served_p99_seconds = None;
         node.recent_seconds = None;
         node.baseline_seconds = None;
         node.samples = 0;
@@ -118,6 +125,8 @@ pub fn worth_writing(old: &PhoenixMemoryStatus, new: &PhoenixMemoryStatus) -> bo
             .is_none_or(|o| {
                 moved(o.ratio, node.ratio) >= RATIO_MOVE
                     || moved(o.baseline_seconds, node.baseline_seconds) >= RATIO_MOVE
+                    || moved(o.served_ratio, node.served_ratio) >= RATIO_MOVE
+                    || moved(o.served_p99_seconds, node.served_p99_seconds) >= TAIL_MOVE
                     || moved(size(o.keys), size(node.keys)) >= SIZE_MOVE
                     || moved(size(o.logical_bytes), size(node.logical_bytes)) >= SIZE_MOVE
                     || moved(size(o.disk_bytes), size(node.disk_bytes)) >= SIZE_MOVE
@@ -144,6 +153,29 @@ pub struct Update {
     pub new_emergency_job: Option<EmergencyJob>,
     /// A replicated memory's group (`None`: one node; its replication conditions go).
     pub replication: Option<ReplicationStatus>,
+    /// The worst node's served latency, for the `Served` column.
+    pub served_latency: Option<String>,
+    /// The cache the operator set with `node.autoCache`.
+    pub cache: Option<CacheStatus>,
+}
+
+/// `p99 0.39 ms, 1.38×` for the node serving the slowest p99 (the ratio when it has one).
+pub fn served_latency(nodes: &[NodeObservation]) -> Option<String> {
+    let worst = nodes
+        .iter()
+        .filter(|n| n.served_p99_seconds.is_some())
+        .max_by(|a, b| {
+            a.served_p99_seconds
+                .unwrap_or_default()
+                .total_cmp(&b.served_p99_seconds.unwrap_or_default())
+        })?;
+    let p99 = crate::policy::millis(std::time::Duration::from_secs_f64(
+        worst.served_p99_seconds.unwrap_or_default().max(0.0),
+    ));
+    Some(match worst.served_ratio {
+        Some(ratio) => format!("p99 {p99}, {ratio:.2}×"),
+        None => format!("p99 {p99}"),
+    })
 }
 
 impl Update {
@@ -167,6 +199,8 @@ impl Update {
             conditions,
             new_emergency_job: emergency,
             replication: None,
+            served_latency: served_latency(&decided.nodes),
+            cache: before.cache.clone(),
         }
     }
 }
@@ -219,6 +253,8 @@ pub async fn ready(
         last_decision: Some(observed.last_decision),
         last_emergency_job: observed.last_emergency_job,
         replication: observed.replication,
+        served_latency: observed.served_latency,
+        cache: observed.cache,
     };
     if memory
         .status

@@ -395,6 +395,10 @@ fn known_formats_only(schema: &mut schemars::Schema) {
     }
 }
 
+fn is_zero(n: &u64) -> bool {
+    *n == 0
+}
+
 fn default_time_zone() -> String {
     "Etc/UTC".into()
 }
@@ -555,6 +559,9 @@ pub struct NodeObservation {
     /// Bytes on disk.
     #[serde(default)]
     pub disk_bytes: u64,
+    /// The cache the node runs with, bytes (shows when a raised cache has rolled out).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub cache_capacity_bytes: u64,
     /// When the node's last cleanup started.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_cleanup: Option<Time>,

@@ -249,6 +249,18 @@ pub fn suggested_cache(current: u64, logical: u64) -> u64 {
         .saturating_mul(MIB)
 }
 
+/// A byte count for reasons: `31.3 MiB`, `1.2 GiB`, `640 KiB`.
+pub fn human_bytes(bytes: u64) -> String {
+    let b = bytes as f64;
+    if bytes >= 1 << 30 {
+        format!("{:.1} GiB", b / f64::from(1u32 << 30))
+    } else if bytes >= 1 << 20 {
+        format!("{:.1} MiB", b / f64::from(1u32 << 20))
+    } else {
+        format!("{:.0} KiB", b / 1024.0)
+    }
+}
+
 /// A byte count as a quantity (`Mi`/`Gi` when whole).
 pub fn quantity(bytes: u64) -> String {
     if bytes >= 1 << 30 && bytes % (1 << 30) == 0 {
@@ -648,8 +660,8 @@ pub fn decide(observations: &[Observation], spec: &PolicySpec, history: &History
                 "{} at {ratio:.2}× ({signal}; {}): its {} of data exceed cacheCapacity {} — a cleanup cannot help, so none is run early; {action}",
                 worst.node,
                 worst.figures(),
-                quantity(worst.logical_bytes),
-                quantity(worst.cache_capacity_bytes),
+                human_bytes(worst.logical_bytes),
+                human_bytes(worst.cache_capacity_bytes),
             ),
             None,
         );

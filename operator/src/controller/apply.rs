@@ -250,8 +250,9 @@ fn versions(ctx: &Context, namespace: &str, memory: &str) -> Vec<Option<Arc<str>
 
 /// Applies every child but the CronJob (its schedule is planned after observing), in
 /// order, each only when its cached live object differs from what is wanted: a converged
-/// memory costs no request here. When neither the memory's generation nor any cached child
-/// changed since a check that found nothing to apply, nothing is built or compared.
+/// memory costs no request here. When neither the memory's generation, nor any cached child,
+/// nor the cache the operator raised (status, not spec) changed since a check that found
+/// nothing to apply, nothing is built or compared.
 ///
 /// # Errors
 /// The API server refused or failed; a child could not be built; the caches are gone.
@@ -275,6 +276,7 @@ pub async fn serving(
             c.generation == memory.metadata.generation
                 && c.versions == versions
                 && c.sizing == sizing
+                && c.cache_capacity_bytes == valid.cache_capacity_bytes
         })
     });
     if let Some(checked) = unchanged {
@@ -296,6 +298,7 @@ pub async fn serving(
         generation: memory.metadata.generation,
         versions,
         sizing,
+        cache_capacity_bytes: valid.cache_capacity_bytes,
         tokens: tokens.clone(),
         statefulset_status: statefulset.status.clone(),
     });

@@ -126,6 +126,7 @@ pub fn node_statuses(
                         keys: report.keys,
                         logical_bytes: report.logical_bytes,
                         disk_bytes: report.disk_bytes,
+                        cache_capacity_bytes: report.cache_capacity_bytes,
                         served_ratio: report.served.and_then(|s| s.ratio).map(|r| round(r, 2)),
                         served_p50_seconds: report.served.map(|s| s.p50_seconds),
                         served_p99_seconds: report.served.map(|s| s.p99_seconds),

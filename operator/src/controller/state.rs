@@ -43,6 +43,8 @@ pub struct Checked {
     pub versions: Vec<Option<Arc<str>>>,
     /// The StatefulSet's size and replication then.
     pub sizing: crate::controller::replication::Sizing,
+    /// The cache in force then (`node.autoCache` raises it in status).
+    pub cache_capacity_bytes: u64,
     /// The tokens the Secret held.
     pub tokens: crate::children::Tokens,
     /// The StatefulSet's status then.

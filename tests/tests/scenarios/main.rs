@@ -4,6 +4,7 @@
 //! 'test(/^degradation::/)'` runs one module's tests.
 
 mod apiserver_conformance;
+mod cache;
 mod crd_install;
 mod degradation;
 mod events;

@@ -263,9 +263,9 @@ pub fn human_bytes(bytes: u64) -> String {
 
 /// A byte count as a quantity (`Mi`/`Gi` when whole).
 pub fn quantity(bytes: u64) -> String {
-    if bytes >= 1 << 30 && bytes % (1 << 30) == 0 {
+    if bytes >= 1 << 30 && bytes.is_multiple_of(1 << 30) {
         format!("{}Gi", bytes >> 30)
-    } else if bytes % MIB == 0 {
+    } else if bytes.is_multiple_of(MIB) {
         format!("{}Mi", bytes >> 20)
     } else {
         bytes.to_string()

@@ -588,12 +588,14 @@ async fn render(
         ));
     }
     out.push_str(&format!(
-        "{:<14} {:<9} {:>8} {:<10} {:>7} {:>10} {:>10} {:>8} {:>7}  {:<22} {}\n",
+        "{:<14} {:<9} {:>8} {:<10} {:>7} {:>7} {:>9} {:>10} {:>10} {:>8} {:>7}  {:<22} {}\n",
         "NODE",
         "ROLE",
         "APPLIED",
         "ROOT",
         "RATIO",
+        "SERVED",
+        "SERVED99",
         "RECENT",
         "BASELINE",
         "SAMPLES",
@@ -605,7 +607,7 @@ async fn render(
         let us = |s: Option<f64>| s.map_or("-".into(), |s| format!("{:.2}µs", s * 1e6));
         let replica = replica(&node.name);
         out.push_str(&format!(
-            "{:<14} {:<9} {:>8} {:<10} {:>7} {:>10} {:>10} {:>8} {:>7}  {:<22} {}\n",
+            "{:<14} {:<9} {:>8} {:<10} {:>7} {:>7} {:>9} {:>10} {:>10} {:>8} {:>7}  {:<22} {}\n",
             node.name,
             replica.map_or("-", |r| r.role.as_str()),
             replica
@@ -615,6 +617,9 @@ async fn render(
                 .and_then(|r| r.root.as_deref())
                 .map_or("-".into(), |r| r.chars().take(8).collect::<String>()),
             node.ratio.map_or("-".into(), |r| format!("{r:.2}×")),
+            node.served_ratio.map_or("-".into(), |r| format!("{r:.2}×")),
+            node.served_p99_seconds
+                .map_or("-".into(), |s| format!("{:.0}µs", s * 1e6)),
             us(node.recent_seconds),
             us(node.baseline_seconds),
             node.samples,

@@ -286,15 +286,20 @@ mod tests {
         }
     }
 
+    /// `ticks` ticks, each of `n` retrieves taking `micros`.
+    fn ticks(served: &Served, store: &Store, ticks: usize, micros: u64, n: usize) {
+        for _ in 0..ticks {
+            serve(served, micros, n);
+            served.tick(store).expect("tick");
+        }
+    }
+
     #[test]
     fn thin_traffic_reports_no_data_never_zero() {
         let dir = tempfile::tempdir().expect("dir");
         let store = store(&dir);
         let served = Served::load(&store, config()).expect("served");
-        for _ in 0..10 {
-            serve(&served, 50, 3);
-            served.tick(&store).expect("tick");
-        }
+        ticks(&served, &store, 10, 50, 3);
         let snapshot = served.snapshot();
         assert_eq!(snapshot.samples, 12, "the window holds four ticks of three");
         assert_eq!((snapshot.p50_ns, snapshot.ratio), (None, None));
@@ -306,10 +311,7 @@ mod tests {
         let store = store(&dir);
         let served = Served::load(&store, config()).expect("served");
         // Settle (2 ticks) + a whole window (4 ticks) of 10 retrieves at 100 µs.
-        for _ in 0..6 {
-            serve(&served, 100, 10);
-            served.tick(&store).expect("tick");
-        }
+        ticks(&served, &store, 6, 100, 10);
         let snapshot = served.snapshot();
         assert_eq!(snapshot.baseline_p50_ns, Some(100_000.0));
         assert_eq!(snapshot.ratio, Some(1.0));
@@ -325,10 +327,7 @@ mod tests {
         assert_eq!(slow.ratio, Some(3.0));
         // A restart keeps the baseline (no new one is pending).
         let again = Served::load(&store, config()).expect("reloaded");
-        for _ in 0..4 {
-            serve(&again, 300, 10);
-            again.tick(&store).expect("tick");
-        }
+        ticks(&again, &store, 4, 300, 10);
         assert_eq!(again.snapshot().ratio, Some(3.0));
     }
 
@@ -354,24 +353,15 @@ mod tests {
         let dir = tempfile::tempdir().expect("dir");
         let store = store(&dir);
         let served = Served::load(&store, config()).expect("served");
-        for _ in 0..6 {
-            serve(&served, 100, 10);
-            served.tick(&store).expect("tick");
-        }
+        ticks(&served, &store, 6, 100, 10);
         // A cleanup that did not help: 400 µs after settling, the 100 µs baseline stays.
         served.begin_after_cleanup();
-        for _ in 0..6 {
-            serve(&served, 400, 10);
-            served.tick(&store).expect("tick");
-        }
+        ticks(&served, &store, 6, 400, 10);
         assert_eq!(served.snapshot().baseline_p50_ns, Some(100_000.0));
         assert_eq!(served.snapshot().ratio, Some(4.0));
         // One that did: 120 µs is within 1.5× of 100 µs, so it becomes the baseline.
         served.begin_after_cleanup();
-        for _ in 0..6 {
-            serve(&served, 120, 10);
-            served.tick(&store).expect("tick");
-        }
+        ticks(&served, &store, 6, 120, 10);
         assert_eq!(served.snapshot().baseline_p50_ns, Some(120_000.0));
     }
 }

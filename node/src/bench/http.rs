@@ -219,6 +219,7 @@ pub(super) fn sustained(
             store: Percentiles::of(&merged.store[i]),
             reference: Some(Percentiles::of(&merged.ping[i])),
             probe_ratio: None,
+            served_ratio: None,
         })
         .collect();
     let mut all_retrieve = histogram();

@@ -74,6 +74,9 @@ pub struct Window {
     pub reference: Option<Percentiles>,
     /// The latency probe's ratio at the end of the window.
     pub probe_ratio: Option<f64>,
+    /// The served ratio at the end of the window (the node's served tracker fed with the
+    /// workload's own retrieves), when the scenario keeps one.
+    pub served_ratio: Option<f64>,
 }
 
 /// p50 and p99 of a set of latencies, nanoseconds; zero counts mean "no operations".
@@ -169,6 +172,10 @@ pub fn print_result(out: &mut impl Write, result: &ScenarioResult) -> std::io::R
     if has_reference {
         write!(out, " {:>10} {:>10}", "ref p50µs", "ref p99µs")?;
     }
+    let has_served = result.windows.iter().any(|w| w.served_ratio.is_some());
+    if has_served {
+        write!(out, " {:>8}", "served")?;
+    }
     writeln!(out, " {:>8}", "probe")?;
     for (i, w) in result.windows.iter().enumerate() {
         let (get50, get99) = columns(w.retrieve);
@@ -181,6 +188,11 @@ pub fn print_result(out: &mut impl Write, result: &ScenarioResult) -> std::io::R
         )?;
         if let Some(r) = w.reference {
             write!(out, " {:>10} {:>10}", micros(r.p50_ns), micros(r.p99_ns))?;
+        }
+        match (has_served, w.served_ratio) {
+            (true, Some(ratio)) => write!(out, " {ratio:>7.2}×")?,
+            (true, None) => write!(out, " {:>8}", "no data")?,
+            (false, _) => {}
         }
         match w.probe_ratio {
             Some(ratio) => writeln!(out, " {ratio:>7.2}×")?,

@@ -10,6 +10,7 @@ use indicatif::{ProgressBar, ProgressStyle};
 use super::{BenchError, BenchOptions, Percentiles, ScenarioResult, Window, histogram, nanos};
 use crate::cleanup::{self, CleanupOptions};
 use crate::probe::{Probe, ProbeConfig};
+use crate::served::{Served, ServedConfig};
 use crate::store::{Store, StoreConfig};
 
 const MIB: u64 = 1 << 20;
@@ -130,6 +131,8 @@ fn open(dir: &Path, cache: u64) -> Result<Store, BenchError> {
 
 /// Stores and retrieves, timed into per-window histograms.
 struct Recorder {
+    /// The last retrieve's time, nanoseconds.
+    last_retrieve_ns: u64,
     retrieve: Histogram<u64>,
     store: Histogram<u64>,
     reference: Option<Histogram<u64>>,
@@ -139,6 +142,7 @@ struct Recorder {
 impl Recorder {
     fn new(with_reference: bool) -> Recorder {
         Recorder {
+            last_retrieve_ns: 0,
             retrieve: histogram(),
             store: histogram(),
             reference: with_reference.then(histogram),
@@ -151,6 +155,7 @@ impl Recorder {
         let value = store.retrieve(key)?;
         let ns = nanos(started.elapsed());
         std::hint::black_box(value.as_ref().map(|v| v.as_bytes()));
+        self.last_retrieve_ns = ns;
         self.retrieve.saturating_record(ns);
         self.all_retrieve.saturating_record(ns);
         Ok(value.is_some())
@@ -171,6 +176,7 @@ impl Recorder {
             store: Percentiles::of(&self.store),
             reference: self.reference.as_ref().map(Percentiles::of),
             probe_ratio: probe.and_then(|p| p.snapshot().ratio),
+            served_ratio: None,
         };
         self.retrieve.reset();
         self.store.reset();
@@ -486,17 +492,26 @@ fn settle_under_reads(
     store: &Store,
     probe: &mut Probe,
     work: &mut Workload,
+    served: Option<&Served>,
 ) -> Result<Option<crate::probe::Settled>, BenchError> {
     for _ in 0..100_000 {
-        if !probe.settling() && probe.baseline().is_some() {
+        let served_settled = served.is_none_or(|s| s.snapshot().baseline_p50_ns.is_some());
+        if !probe.settling() && probe.baseline().is_some() && served_settled {
             break;
         }
         for _ in 0..500 {
             if let Some((_, id)) = work.random_live() {
+                let started = Instant::now();
                 std::hint::black_box(store.retrieve(&Workload::key(id))?);
+                if let Some(served) = served {
+                    served.record(started.elapsed());
+                }
             }
         }
         probe.tick(store)?;
+        if let Some(served) = served {
+            served.tick(store)?;
+        }
     }
     Ok(probe.take_settled())
 }
@@ -508,6 +523,9 @@ fn cache_pressure(options: &BenchOptions, dir: &Path) -> Result<ScenarioResult, 
     let reads_per_window = scaled(options, 50_000);
     let store = open(dir, cache)?;
     let mut probe = Probe::load(&store, ProbeConfig::default())?;
+    // What the workload's own retrieves were served in, through the node's served tracker
+    // (no HTTP here: the engine's time for real requests, against the sampled probe).
+    let served = Served::load(&store, ServedConfig::default())?;
     let mut work = Workload::new(options.seed);
     let bar = progress(
         options,
@@ -516,8 +534,9 @@ fn cache_pressure(options: &BenchOptions, dir: &Path) -> Result<ScenarioResult, 
     );
     preload(&store, &mut work, start_keys, &bar)?;
     // The baseline: the probe's first settled window, while the data fits in the cache.
-    settle_under_reads(&store, &mut probe, &mut work)?;
+    settle_under_reads(&store, &mut probe, &mut work, Some(&served))?;
     let baseline = probe.baseline();
+    let served_baseline = served.snapshot().baseline_p50_ns;
     let mut recorder = Recorder::new(false);
     let mut windows = Vec::new();
     let grow_per_window = (end_keys - start_keys) / WINDOWS;
@@ -530,23 +549,28 @@ fn cache_pressure(options: &BenchOptions, dir: &Path) -> Result<ScenarioResult, 
         for r in 0..reads_per_window {
             if let Some((_, id)) = work.random_live() {
                 recorder.time_retrieve(&store, &Workload::key(id))?;
+                served.record(std::time::Duration::from_nanos(recorder.last_retrieve_ns));
             }
             if r % 500 == 0 {
                 probe.tick(&store)?;
+                served.tick(&store)?;
             }
         }
-        windows.push(recorder.window(work.live.len() as u64, Some(&probe)));
+        let mut window = recorder.window(work.live.len() as u64, Some(&probe));
+        window.served_ratio = served.snapshot().ratio;
+        windows.push(window);
         bar.set_position(start_keys + (w + 1) * (grow_per_window + reads_per_window));
     }
     bar.finish_and_clear();
     let stats = store.stats()?;
     // A cleanup cannot fix this: the report shows it, as the operator will see it.
     let report = cleanup::run(&store, &mut probe, CleanupOptions::default())?;
-    let report = match settle_under_reads(&store, &mut probe, &mut work)? {
+    let report = match settle_under_reads(&store, &mut probe, &mut work, None)? {
         Some(settled) => cleanup::record_settled(&store, settled)?.unwrap_or(report),
         None => report,
     };
     let fmt_ratio = |r: Option<f64>| r.map_or("no data".into(), |r| format!("{r:.2}×"));
+    let last = windows.last().cloned().unwrap_or_default();
     Ok(ScenarioResult {
         name: "cache-pressure",
         description: format!(
@@ -559,6 +583,18 @@ fn cache_pressure(options: &BenchOptions, dir: &Path) -> Result<ScenarioResult, 
             (
                 "probe baseline".into(),
                 baseline.map_or("no data".into(), |b| us(b.latency_ns as u64)),
+            ),
+            (
+                "served baseline (the workload's retrieves)".into(),
+                served_baseline.map_or("no data".into(), |ns| us(ns as u64)),
+            ),
+            (
+                "last window: served vs probe ratio".into(),
+                format!(
+                    "{} served (p50 of every retrieve the workload made) vs {} in the probe (sampled keys on a cadence)",
+                    fmt_ratio(last.served_ratio),
+                    fmt_ratio(last.probe_ratio)
+                ),
             ),
             (
                 "keys / logical / disk / cache".into(),
@@ -596,7 +632,7 @@ fn churn(options: &BenchOptions, dir: &Path) -> Result<ScenarioResult, BenchErro
     let mut work = Workload::new(options.seed);
     let bar = progress(options, keys * (rounds + 1) + 2 * reads, "churn");
     preload(&store, &mut work, keys, &bar)?;
-    settle_under_reads(&store, &mut probe, &mut work)?;
+    settle_under_reads(&store, &mut probe, &mut work, None)?;
     for round in 0..rounds {
         for i in 0..keys {
             let (index, id) = work.random_live().unwrap_or((0, 0));

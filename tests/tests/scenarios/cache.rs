@@ -77,6 +77,24 @@ async fn cycles(
     }
 }
 
+/// Merges `cleanup` into the memory's `spec.cleanup`.
+async fn patch_cleanup(sandbox: &Sandbox, cleanup: serde_json::Value) {
+    sandbox
+        .api::<PhoenixMemory>()
+        .patch(
+            "cycle",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"spec": {"cleanup": cleanup}})),
+        )
+        .await
+        .expect("patch");
+}
+
+async fn no_emergency_job(sandbox: &Sandbox) {
+    let jobs = sandbox.emergency_jobs("cycle").await.expect("jobs");
+    assert!(jobs.is_empty(), "no cleanup Job: {} made", jobs.len());
+}
+
 fn is(status: &PhoenixMemoryStatus, type_: &str, value: &str) -> bool {
     status
         .conditions
@@ -191,27 +209,11 @@ async fn a_hot_set_beyond_a_small_cache_is_judged_by_served_latency_and_fixed_wi
                 .is_some_and(|s| s.starts_with("p99 "))
         );
         assert!(floored.cache.is_none(), "nothing raised under the floor");
-        assert!(
-            sandbox
-                .emergency_jobs("cycle")
-                .await
-                .expect("jobs")
-                .is_empty()
-        );
+        no_emergency_job(&sandbox).await;
 
         // Without the floor, on the engine's signal: the cause is named (the data exceeds
         // the cache), no cleanup is run early, and the opt-in raises the cache once.
-        sandbox
-            .api::<PhoenixMemory>()
-            .patch(
-                "cycle",
-                &PatchParams::default(),
-                &Patch::Merge(
-                    json!({"spec": {"cleanup": {"latencyFloor": null, "signal": "Probe"}}}),
-                ),
-            )
-            .await
-            .expect("patch");
+        patch_cleanup(&sandbox, json!({"latencyFloor": null, "signal": "Probe"})).await;
         let raised = wait_status(&sandbox, "cycle", "the cache raised", 60, |s| {
             s.cache.is_some()
         })
@@ -230,28 +232,14 @@ async fn a_hot_set_beyond_a_small_cache_is_judged_by_served_latency_and_fixed_wi
             "{}",
             decision.reason
         );
-        assert!(
-            sandbox
-                .emergency_jobs("cycle")
-                .await
-                .expect("jobs")
-                .is_empty()
-        );
+        no_emergency_job(&sandbox).await;
 
         // Back on the default signal (what clients are served). The node restarts with the
         // raised cache; the clients' latency comes back within the recover threshold, and
         // the engine's falls well below where it was (what remains is the data having grown
         // 40× since the engine's baseline, not the cache).
         let engine_at_raise = raised.nodes[0].ratio.expect("ratio");
-        sandbox
-            .api::<PhoenixMemory>()
-            .patch(
-                "cycle",
-                &PatchParams::default(),
-                &Patch::Merge(json!({"spec": {"cleanup": {"signal": "Served"}}})),
-            )
-            .await
-            .expect("patch");
+        patch_cleanup(&sandbox, json!({"signal": "Served"})).await;
         let recovered = wait_status(
             &sandbox,
             "cycle",
@@ -311,13 +299,7 @@ async fn a_hot_set_beyond_a_small_cache_is_judged_by_served_latency_and_fixed_wi
             events.iter().filter(|(r, _)| r == "CacheRaised").collect();
         assert_eq!(raises.len(), 1, "{raises:?}");
         println!("Event CacheRaised: {}", raises[0].1);
-        assert!(
-            sandbox
-                .emergency_jobs("cycle")
-                .await
-                .expect("jobs")
-                .is_empty()
-        );
+        no_emergency_job(&sandbox).await;
     };
     tokio::select! {
         () = story => {}

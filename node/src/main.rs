@@ -61,6 +61,11 @@ enum Command {
         /// node served in-process on loopback.
         #[arg(long)]
         http: bool,
+        /// With `--http`: compare with Redis instead — a `redis-server` from the `PATH` (or
+        /// `PHOENIX_REDIS_SERVER`) started on loopback with AOF everysec, both driven by the
+        /// same clients; says so when none is installed.
+        #[arg(long, requires = "http")]
+        peers: bool,
         /// Run the replication scenarios instead: three node processes of this binary on
         /// loopback beside a single node (and etcd, when installed), same clients.
         #[arg(long, conflicts_with = "http")]
@@ -267,6 +272,7 @@ fn run(cli: Cli, serve_config: Option<NodeConfig>) -> anyhow::Result<ExitCode> {
             json,
             in_process,
             http,
+            peers,
             replicated,
             only,
             concurrency,
@@ -283,6 +289,7 @@ fn run(cli: Cli, serve_config: Option<NodeConfig>) -> anyhow::Result<ExitCode> {
                 progress: !no_progress,
                 seed,
                 http_concurrency: http.then_some(usize::from(concurrency)),
+                http_peers: peers,
                 replicated_concurrency: replicated.then_some(usize::from(concurrency)),
                 replicated_only: only,
             };

@@ -7,6 +7,7 @@
 
 mod http;
 mod memory;
+mod peers;
 mod plot;
 mod replicated;
 mod scenarios;
@@ -37,6 +38,8 @@ pub struct BenchOptions {
     pub seed: u64,
     /// Run the HTTP scenarios instead, with this many client threads.
     pub http_concurrency: Option<usize>,
+    /// With `http_concurrency`: run the comparison with Redis instead (see `peers`).
+    pub http_peers: bool,
     /// Run the replicated scenarios instead (node processes on loopback), with this many
     /// client threads.
     pub replicated_concurrency: Option<usize>,
@@ -163,6 +166,21 @@ fn columns(p: Percentiles) -> (String, String) {
 /// Prints one scenario's table and figures.
 pub fn print_result(out: &mut impl Write, result: &ScenarioResult) -> std::io::Result<()> {
     writeln!(out, "\n== {}: {}", result.name, result.description)?;
+    if !result.windows.is_empty() {
+        print_windows(out, result)?;
+    }
+    for (name, value) in &result.figures {
+        writeln!(out, "{name}: {value}")?;
+    }
+    match result.peak_rss_bytes {
+        Some(rss) => writeln!(out, "peak RSS: {:.1} MiB", rss as f64 / (1 << 20) as f64)?,
+        None => writeln!(out, "peak RSS: unavailable on this platform")?,
+    }
+    Ok(())
+}
+
+/// The per-window table of a result.
+fn print_windows(out: &mut impl Write, result: &ScenarioResult) -> std::io::Result<()> {
     let has_reference = result.windows.iter().any(|w| w.reference.is_some());
     write!(
         out,
@@ -201,13 +219,6 @@ pub fn print_result(out: &mut impl Write, result: &ScenarioResult) -> std::io::R
     }
     if let Some(ratio) = result.retrieve_ratio() {
         writeln!(out, "retrieve p50 last/first window: {ratio:.3}×")?;
-    }
-    for (name, value) in &result.figures {
-        writeln!(out, "{name}: {value}")?;
-    }
-    match result.peak_rss_bytes {
-        Some(rss) => writeln!(out, "peak RSS: {:.1} MiB", rss as f64 / (1 << 20) as f64)?,
-        None => writeln!(out, "peak RSS: unavailable on this platform")?,
     }
     Ok(())
 }
@@ -258,6 +269,11 @@ pub fn run(
                 })
                 .map(|(_, run)| run)
                 .collect()
+        }
+        (None, Some(clients)) if options.http_peers => {
+            vec![Box::new(move |dir: &Path| {
+                peers::peers(options, dir, clients)
+            })]
         }
         (None, Some(clients)) => vec![
             Box::new(move |dir: &Path| http::sustained(options, dir, clients)),

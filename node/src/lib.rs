@@ -25,6 +25,7 @@ pub mod probe;
 pub mod replication;
 pub mod served;
 pub mod service;
+pub mod stages;
 pub mod store;
 
 /// The node's version, kept in step with the operator and the chart.

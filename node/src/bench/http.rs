@@ -16,6 +16,7 @@ use hdrhistogram::Histogram;
 use super::{BenchError, BenchOptions, Percentiles, ScenarioResult, Window, histogram, nanos};
 use crate::config::{DurabilityMode, NodeConfig, NodeSettings};
 use crate::service::{Node, app};
+use crate::stages::Stage;
 use crate::store::Store;
 
 const WINDOWS: usize = 10;
@@ -229,7 +230,11 @@ pub(super) fn sustained(
         let _ = all_ping.add(&merged.ping[i]);
     }
     let (r, p) = (Percentiles::of(&all_retrieve), Percentiles::of(&all_ping));
-    let single = single_client(&agent, url, &next_id, ops / 10, options.seed)?;
+    crate::stages::enable(true);
+    let single = single_client(&agent, url, &next_id, ops / 10, options.seed);
+    let stages = crate::stages::totals();
+    crate::stages::enable(false);
+    let single = single?;
     let engine = engine_store(&served.node.store, &next_id, ops / 10, options.seed)?;
     let store_rate = store_throughput(&agent, url, &next_id, concurrency, ops / 2, options.seed)?;
     let stats = served.node.store.stats()?;
@@ -282,6 +287,10 @@ pub(super) fn sustained(
                 ),
             ),
             (
+                "a store's stages, 1 client (means)".into(),
+                stage_breakdown(&stages, single.2, single.3),
+            ),
+            (
                 format!("stores/s, {concurrency} clients"),
                 format!("{store_rate:.0} (overwrites and new keys, 256–1024 B)"),
             ),
@@ -295,14 +304,51 @@ pub(super) fn sustained(
     })
 }
 
-/// One client alternating a store of a new key and the empty route: each one's latency.
+/// The stage breakdown of a store from the server's laps (`totals`) and the client's mean
+/// round trips (store, empty route), microseconds per store.
+fn stage_breakdown(totals: &[(Stage, u64, u64)], store_mean_ns: f64, ping_mean_ns: f64) -> String {
+    let stores = totals
+        .iter()
+        .find(|t| t.0 == Stage::Server)
+        .map_or(0, |t| t.2)
+        .max(1) as f64;
+    let us = |stage: Stage| {
+        totals
+            .iter()
+            .find(|t| t.0 == stage)
+            .map_or(0.0, |t| t.1 as f64 / stores / 1e3)
+    };
+    let engine: Vec<String> = Stage::ALL[4..]
+        .iter()
+        .map(|&stage| format!("{} {:.2}", stage.name(), us(stage)))
+        .collect();
+    let server = us(Stage::Server);
+    let handler = us(Stage::Extract) + us(Stage::Write) + us(Stage::Response);
+    format!(
+        "client round trip {:.1} µs (the empty route's {:.1}) = outside the router (client, \
+         kernel, hyper's parsing and writing) {:.1} + in the router {server:.1} [middleware and \
+         routing {:.1}, extract {:.1}, write {:.1} (engine: {}; the rest is admission and the \
+         task), response {:.1}]; {stores:.0} stores",
+        store_mean_ns / 1e3,
+        ping_mean_ns / 1e3,
+        store_mean_ns / 1e3 - server,
+        server - handler,
+        us(Stage::Extract),
+        us(Stage::Write),
+        engine.join(", "),
+        us(Stage::Response),
+    )
+}
+
+/// One client alternating a store of a new key and the empty route: each one's latency
+/// percentiles and means (nanoseconds).
 fn single_client(
     agent: &ureq::Agent,
     url: &str,
     next_id: &AtomicU64,
     rounds: u64,
     seed: u64,
-) -> Result<(Percentiles, Percentiles), BenchError> {
+) -> Result<(Percentiles, Percentiles, f64, f64), BenchError> {
     let mut rng = fastrand::Rng::with_seed(seed ^ 0x51);
     let (mut stores, mut pings) = (histogram(), histogram());
     for _ in 0..rounds.max(100) {
@@ -319,7 +365,12 @@ fn single_client(
         check(agent.get(&format!("{url}/v1/ping")).call())?;
         pings.saturating_record(nanos(at.elapsed()));
     }
-    Ok((Percentiles::of(&stores), Percentiles::of(&pings)))
+    Ok((
+        Percentiles::of(&stores),
+        Percentiles::of(&pings),
+        stores.mean(),
+        pings.mean(),
+    ))
 }
 
 /// The engine's own store of a new key, called directly (no HTTP): its latency.

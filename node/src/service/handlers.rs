@@ -97,6 +97,7 @@ pub(super) async fn store(
     params: Result<Query<StoreParams>, QueryRejection>,
     body: Result<Bytes, BytesRejection>,
 ) -> ApiResult<Response> {
+    let mut laps = crate::stages::Laps::start();
     let key = key_of(&node, path)?;
     let params = query(params)?;
     let body = body.map_err(|e| match e.status() {
@@ -110,6 +111,7 @@ pub(super) async fn store(
         ));
     }
     let ttl = params.ttl_seconds.map(Duration::from_secs);
+    laps.lap(crate::stages::Stage::Extract);
     let (stored, applied) = if let Some(replica) = &node.replica {
         let request = replicated::Forwardable {
             method: Method::PUT,
@@ -156,6 +158,7 @@ pub(super) async fn store(
         .await?;
         (stored, None)
     };
+    laps.lap(crate::stages::Stage::Write);
     let status = if stored.created {
         StatusCode::CREATED
     } else {
@@ -170,6 +173,7 @@ pub(super) async fn store(
         }),
     )
         .into_response();
+    laps.lap(crate::stages::Stage::Response);
     Ok(replicated::with_applied(response, applied))
 }
 

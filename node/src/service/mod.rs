@@ -253,6 +253,7 @@ fn operation_of(method: &axum::http::Method, path: Option<&str>) -> &'static str
 /// Times every request, answers 503 past `requestTimeoutMs`, records metrics.
 async fn observe(State(node): State<Arc<Node>>, request: Request, next: Next) -> Response {
     let started = Instant::now();
+    let mut laps = crate::stages::Laps::start();
     let operation = operation_of(
         request.method(),
         request
@@ -271,6 +272,9 @@ async fn observe(State(node): State<Arc<Node>>, request: Request, next: Next) ->
             Err(_) => ApiError::Timeout.into_response(),
         }
     };
+    if operation == "store" {
+        laps.lap(crate::stages::Stage::Server);
+    }
     let took = started.elapsed();
     if operation == "retrieve" && response.status() == axum::http::StatusCode::OK {
         node.served.record(took);

@@ -38,6 +38,7 @@ mod rebuild;
 mod scrub;
 mod space;
 
+use crate::stages::{Laps, Stage};
 use std::ops::Bound;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -802,12 +803,17 @@ impl Store {
     /// Invalid input (nothing changes), [`StoreError::Busy`] during a rebuild swap, engine
     /// errors.
     pub fn store(&self, key: &[u8], value: &[u8], ttl: Option<Duration>) -> Result<Stored> {
+        let mut laps = Laps::start();
         self.validate(key, Some(value))?;
         let expires_at = self.expiry_of(ttl)?;
+        laps.lap(Stage::Validate);
         self.admit_write(key.len() + value.len(), false)?;
-        let (seq, stored) = self.write_record(key, value, expires_at, false)?;
+        laps.lap(Stage::Admit);
+        let (seq, stored) = self.write_record(key, value, expires_at, false, &mut laps)?;
         reclaim_write_garbage();
+        laps.lap(Stage::Reclaim);
         self.make_durable(seq)?;
+        laps.lap(Stage::Durable);
         Ok(stored)
     }
 
@@ -856,7 +862,7 @@ impl Store {
         value: &[u8],
         expires_at_ms: Option<u64>,
     ) -> Result<Stored> {
-        let (_, stored) = self.write_record(key, value, expires_at_ms, true)?;
+        let (_, stored) = self.write_record(key, value, expires_at_ms, true, &mut Laps::off())?;
         reclaim_write_garbage();
         Ok(stored)
     }
@@ -882,15 +888,18 @@ impl Store {
         value: &[u8],
         expires_at_ms: Option<u64>,
         wait: bool,
+        laps: &mut Laps,
     ) -> Result<(u64, Stored)> {
         let expires_at = expires_at_ms.unwrap_or(0);
         let leaf = merkle::leaf_hash(key, value);
+        laps.lap(Stage::Merkle);
         let mut state = if wait {
             self.lock_write_waiting()?
         } else {
             self.lock_write()?
         };
-        let applied = (|| {
+        laps.lap(Stage::Lock);
+        let mut applied = || {
             let engine = self.engine.load();
             self.invalidate_checkpoint(&mut state, &engine)?;
             // A large value's chunks go first, under a new set the record then names.
@@ -906,12 +915,15 @@ impl Store {
             } else {
                 chunks::encode(expires_at, chunks::Body::Inline(value))
             };
+            laps.lap(Stage::Encode);
             // The index entry goes first: an entry without its record (a crash between the
             // two) is harmless, prune drops it; a record never lacks its entry.
             if expires_at != 0 {
                 engine.db.insert(expiry_key(expires_at, key), &[][..])?;
             }
+            laps.lap(Stage::ExpiryIndex);
             let old = engine.db.insert(prefixed(DATA, key), record)?;
+            laps.lap(Stage::SledInsert);
             let added = (key.len() + value.len()) as u64;
             let (keys, logical) = match &old {
                 Some(old) => {
@@ -927,7 +939,9 @@ impl Store {
                 }
                 None => (state.keys + 1, state.logical + added),
             };
+            laps.lap(Stage::Bookkeeping);
             state.tree.insert(merkle::key_path(key), leaf);
+            laps.lap(Stage::Merkle);
             state.keys = keys;
             state.logical = logical;
             if old.is_none() {
@@ -935,8 +949,10 @@ impl Store {
             }
             self.keys.store(keys, Ordering::Relaxed);
             self.logical.store(logical, Ordering::Relaxed);
+            laps.lap(Stage::Sample);
             Ok((self.flusher.applied(), old.is_none()))
-        })();
+        };
+        let applied = applied();
         drop(state);
         let (seq, created) = applied.map_err(|e| self.write_failed(e))?;
         Ok((

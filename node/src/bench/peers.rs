@@ -203,7 +203,7 @@ fn rate<C: Connection>(
                 let done = &done;
                 scope.spawn(move || -> Result<(), BenchError> {
                     let mut connection = connect()?;
-                    let mut rng = fastrand::Rng::with_seed(seed ^ (t as u64 + 1) * 0x9E37);
+                    let mut rng = fastrand::Rng::with_seed(seed ^ ((t as u64 + 1) * 0x9E37));
                     loop {
                         let op = done.fetch_add(1, Ordering::Relaxed);
                         if op >= ops {

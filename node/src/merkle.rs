@@ -204,20 +204,28 @@ impl Tree {
             self.leaves = 1;
             return;
         };
-        // The leaf sharing the longest prefix with `path` tells where `path` diverges.
-        let (_, nearest) = self.descend(root, &path, 256);
+        // The leaf sharing the longest prefix with `path` tells where `path` diverges. One
+        // walk serves both cases: the walk to the divergence is a prefix of this one.
+        let (mut stack, nearest) = self.descend(root, &path, 256);
         let nearest_path = match self.node(nearest) {
             Node::Leaf { path, .. } => *path,
             _ => unreachable!("descent ends at a leaf"),
         };
         match first_difference(&nearest_path, &path) {
             None => {
-                let (stack, at) = self.descend(root, &path, 256);
-                self.nodes[at as usize] = Node::Leaf { path, hash: leaf };
+                self.nodes[nearest as usize] = Node::Leaf { path, hash: leaf };
                 self.rehash(&stack);
             }
             Some(critical) => {
-                let (stack, at) = self.descend(root, &path, u16::from(critical));
+                // Stop at the first branch at or below the divergence (or the leaf).
+                let keep = stack
+                    .iter()
+                    .position(|&(index, _)| {
+                        matches!(self.node(index), Node::Branch { depth, .. } if *depth >= critical)
+                    })
+                    .unwrap_or(stack.len());
+                let at = stack.get(keep).map_or(nearest, |&(index, _)| index);
+                stack.truncate(keep);
                 let new_leaf = self.alloc(Node::Leaf { path, hash: leaf });
                 let children = if bit(&path, critical) == 1 {
                     [at, new_leaf]

@@ -891,7 +891,7 @@ impl Store {
         laps: &mut Laps,
     ) -> Result<(u64, Stored)> {
         let expires_at = expires_at_ms.unwrap_or(0);
-        let leaf = merkle::leaf_hash(key, value);
+        let (path, leaf) = (merkle::key_path(key), merkle::leaf_hash(key, value));
         laps.lap(Stage::Merkle);
         let mut state = if wait {
             self.lock_write_waiting()?
@@ -940,7 +940,7 @@ impl Store {
                 None => (state.keys + 1, state.logical + added),
             };
             laps.lap(Stage::Bookkeeping);
-            state.tree.insert(merkle::key_path(key), leaf);
+            state.tree.insert(path, leaf);
             laps.lap(Stage::Merkle);
             state.keys = keys;
             state.logical = logical;

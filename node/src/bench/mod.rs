@@ -21,6 +21,25 @@ use serde::Serialize;
 
 pub use scenarios::Scenario;
 
+/// A program on the `PATH`, if there is one.
+fn which(name: &str) -> Option<PathBuf> {
+    std::env::var_os("PATH").and_then(|paths| {
+        std::env::split_paths(&paths)
+            .map(|dir| dir.join(name))
+            .find(|candidate| candidate.is_file())
+    })
+}
+
+/// A child process (a peer store of a benchmark), killed and reaped on drop.
+struct KillOnDrop(std::process::Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 /// Benchmark settings.
 #[derive(Clone, Debug)]
 pub struct BenchOptions {

@@ -9,7 +9,7 @@
 use std::io::{BufRead, BufReader, Write};
 use std::net::TcpStream;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
@@ -115,15 +115,8 @@ impl Connection for Resp {
 
 /// A `redis-server` child, stopped on drop.
 struct RedisServer {
-    child: Child,
+    _child: super::KillOnDrop,
     port: u16,
-}
-
-impl Drop for RedisServer {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
 }
 
 /// `redis-server` on the `PATH` or at `PHOENIX_REDIS_SERVER`, if there is one.
@@ -131,11 +124,7 @@ pub fn redis_server() -> Option<PathBuf> {
     if let Some(path) = std::env::var_os("PHOENIX_REDIS_SERVER") {
         return Some(PathBuf::from(path));
     }
-    std::env::var_os("PATH").and_then(|paths| {
-        std::env::split_paths(&paths)
-            .map(|dir| dir.join("redis-server"))
-            .find(|candidate| candidate.is_file())
-    })
+    super::which("redis-server")
 }
 
 fn start_redis(binary: &Path, dir: &Path) -> Result<RedisServer, BenchError> {
@@ -151,7 +140,10 @@ fn start_redis(binary: &Path, dir: &Path) -> Result<RedisServer, BenchError> {
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()?;
-    let server = RedisServer { child, port };
+    let server = RedisServer {
+        _child: super::KillOnDrop(child),
+        port,
+    };
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
         if let Ok(mut probe) = Resp::connect(port)

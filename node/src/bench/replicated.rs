@@ -391,21 +391,14 @@ pub(super) fn reads(
     })
 }
 
-/// A single etcd on loopback, when the binary is installed.
+/// A single etcd on loopback, when the binary is installed (stopped on drop).
 struct Etcd {
-    child: Child,
+    _child: super::KillOnDrop,
     url: String,
 }
 
-impl Drop for Etcd {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
 fn start_etcd(dir: &Path) -> Result<Option<Etcd>, BenchError> {
-    let Ok(binary) = which("etcd") else {
+    let Some(binary) = super::which("etcd") else {
         return Ok(None);
     };
     let (client, peer) = (free_port()?, free_port()?);
@@ -430,7 +423,10 @@ fn start_etcd(dir: &Path) -> Result<Option<Etcd>, BenchError> {
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()?;
-    let etcd = Etcd { child, url };
+    let etcd = Etcd {
+        _child: super::KillOnDrop(child),
+        url,
+    };
     let agent = ureq::agent();
     let deadline = Instant::now() + Duration::from_secs(20);
     while Instant::now() < deadline {
@@ -440,15 +436,6 @@ fn start_etcd(dir: &Path) -> Result<Option<Etcd>, BenchError> {
         std::thread::sleep(Duration::from_millis(50));
     }
     Err(http_error("etcd did not become healthy"))
-}
-
-fn which(name: &str) -> Result<PathBuf, ()> {
-    std::env::var_os("PATH")
-        .into_iter()
-        .flat_map(|p| std::env::split_paths(&p).collect::<Vec<_>>())
-        .map(|d| d.join(name))
-        .find(|p| p.is_file())
-        .ok_or(())
 }
 
 /// Durable stores: single node vs group; etcd's puts and gets beside them.

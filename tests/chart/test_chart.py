@@ -91,7 +91,7 @@ def test_dashboard_and_alerts_name_only_metrics_that_exist():
     queries = [t["expr"] for p in panels for t in p["targets"]]
     rules = by_kind(all_on, "PrometheusRule")[0]["spec"]["groups"]
     queries += [r["expr"] for g in rules for r in g["rules"]]
-    names = {n for q in queries for n in re.findall(r"phoenix_(?:node|operator)_[a-z_]+", q)}
+    names = {n for q in queries for n in re.findall(r"phoenix_(?:node|operator)_[a-z0-9_]+", q)}
     assert len(names) > 8, names
     for name in sorted(names):
         base = re.sub(r"_(bucket|sum|count)$", "", name)

@@ -200,7 +200,21 @@ mod tests {
         log.set_meta("vote", b"v").expect("meta");
         log.flush().expect("flush");
         drop(log);
-        let log = RaftLog::open(dir.path(), None).expect("reopen");
+        // sled releases its file lock when its background flusher lets go of the database,
+        // a moment after the handle is dropped: reopen as a restarted process would.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        let log = loop {
+            match RaftLog::open(dir.path(), None) {
+                Ok(log) => break log,
+                Err(error)
+                    if error.to_string().contains("could not acquire lock")
+                        && std::time::Instant::now() < deadline =>
+                {
+                    std::thread::sleep(std::time::Duration::from_millis(20));
+                }
+                Err(error) => panic!("reopen: {error}"),
+            }
+        };
         assert_eq!(log.meta("vote").expect("meta").as_deref(), Some(&b"v"[..]));
         assert_eq!(log.len(), 99);
     }

@@ -28,7 +28,8 @@ pub(super) struct Served {
     pub(super) runtime: tokio::runtime::Runtime,
 }
 
-fn serve(dir: &Path, durability: DurabilityMode) -> Result<Served, BenchError> {
+/// A node with `durability` and a 256 MiB cache, served on 127.0.0.1.
+pub(super) fn serve(dir: &Path, durability: DurabilityMode) -> Result<Served, BenchError> {
     let mut config = NodeConfig {
         data_dir: dir.join("db"),
         ..NodeConfig::default()

@@ -14,7 +14,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use super::{BenchError, BenchOptions, Percentiles, ScenarioResult, histogram, nanos};
-use crate::config::{DurabilityMode, NodeConfig};
+use crate::config::DurabilityMode;
 
 /// One connection to a store under test.
 trait Connection {
@@ -298,13 +298,7 @@ pub(super) fn peers(
 ) -> Result<ScenarioResult, BenchError> {
     let keys = ((100_000.0 * options.scale) as u64).max(1000);
     let ops = ((200_000.0 * options.scale) as u64).max(1000);
-    let mut config = NodeConfig {
-        data_dir: dir.join("db"),
-        ..NodeConfig::default()
-    };
-    config.durability.mode = DurabilityMode::Periodic;
-    config.cache_capacity.0 = 256 << 20;
-    let served = super::http::serve_with(config)?;
+    let served = super::http::serve(dir, DurabilityMode::Periodic)?;
     let url = served.url.clone();
     let connect_http = || {
         Ok(Http {

@@ -555,6 +555,8 @@ pub(super) async fn ping() -> StatusCode {
 /// `GET /metrics`.
 pub(super) async fn metrics(State(node): State<Arc<Node>>) -> Response {
     let mut stats = node.store.stats().ok();
+    // Whether a cleanup would rebuild is judged on the store's own files (before the log).
+    let rebuild_due = stats.as_ref().map(|s| node.store.rebuild_due(s));
     if let (Some(stats), Some(replica)) = (stats.as_mut(), &node.replica) {
         // The Raft log is part of what the node keeps on disk.
         stats.disk_bytes += replica.log_disk_bytes();
@@ -566,7 +568,7 @@ pub(super) async fn metrics(State(node): State<Arc<Node>>) -> Response {
         corruption: node.store.corruption().detected,
         resident_bytes: super::metrics::resident_memory_bytes(),
         expired_keys: node.store.expired_keys(super::metrics::EXPIRED_CAP).ok(),
-        rebuild_due: node.store.needs_rebuild().ok(),
+        rebuild_due,
     };
     let mut text = node.metrics.render(
         stats.as_ref(),

@@ -1517,10 +1517,14 @@ impl Store {
     /// # Errors
     /// Engine errors reading the on-disk size.
     pub fn needs_rebuild(&self) -> Result<bool> {
-        let stats = self.stats()?;
+        Ok(self.rebuild_due(&self.stats()?))
+    }
+
+    /// [`Store::needs_rebuild`] for `stats` already read from this store.
+    pub fn rebuild_due(&self, stats: &Stats) -> bool {
         let policy = self.config.rebuild;
-        Ok(stats.disk_bytes >= policy.min_disk_bytes
-            && stats.disk_bytes as f64 > policy.disk_ratio * stats.logical_bytes as f64)
+        stats.disk_bytes >= policy.min_disk_bytes
+            && stats.disk_bytes as f64 > policy.disk_ratio * stats.logical_bytes as f64
     }
 }
 

@@ -13,6 +13,7 @@ use std::time::Instant;
 
 use hdrhistogram::Histogram;
 
+use super::client::Client;
 use super::{BenchError, BenchOptions, Percentiles, ScenarioResult, Window, histogram, nanos};
 use crate::config::{DurabilityMode, NodeConfig, NodeSettings};
 use crate::service::{Node, app};
@@ -51,8 +52,11 @@ pub(super) fn serve_with(config: NodeConfig) -> Result<Served, BenchError> {
         .build()?;
     let listener = runtime.block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))?;
     let url = format!("http://{}", listener.local_addr()?);
-    let router = app(Arc::clone(&node));
-    runtime.spawn(async move { axum::serve(listener, router).await });
+    let (router, limits) = (app(Arc::clone(&node)), node.config.limits);
+    // The node's own accept loop (no-delay sockets, header timeout, connection limit).
+    runtime.spawn(async move {
+        crate::service::accept(listener, router, limits, std::future::pending()).await
+    });
     Ok(Served { url, node, runtime })
 }
 
@@ -83,15 +87,17 @@ impl Windows {
     }
 }
 
-/// Runs `client(t)` on `concurrency` threads and merges the windows they return.
+/// Runs `work(t, connection)` on `concurrency` threads, each with its own keep-alive
+/// connection to `url`, and merges the windows they return.
 fn run_clients(
+    url: &str,
     concurrency: usize,
-    client: impl Fn(usize) -> Result<Windows, BenchError> + Sync,
+    work: impl Fn(usize, &mut Client) -> Result<Windows, BenchError> + Sync,
 ) -> Result<Windows, BenchError> {
     std::thread::scope(|scope| {
-        let client = &client;
+        let work = &work;
         let handles: Vec<_> = (0..concurrency)
-            .map(|t| scope.spawn(move || client(t)))
+            .map(|t| scope.spawn(move || work(t, &mut Client::connect(url)?)))
             .collect();
         let mut merged = Windows::new();
         for handle in handles {
@@ -108,20 +114,20 @@ fn key(id: u64) -> String {
     format!("mem-{id:012x}")
 }
 
-fn value(rng: &mut fastrand::Rng) -> String {
-    let len = rng.usize(256..=1024);
-    (0..len).map(|_| rng.alphanumeric()).collect()
-}
+/// Values of 256–1024 B, cut from one random alphanumeric block so that making a value
+/// costs the client nothing measurable (sled does not compress, so repeats cost the same).
+pub(super) struct Values(Vec<u8>);
 
-fn check(result: Result<ureq::Response, ureq::Error>) -> Result<(), BenchError> {
-    match result {
-        Ok(response) => {
-            // Drain the body so the connection goes back to the pool.
-            let _ = response.into_string();
-            Ok(())
-        }
-        Err(ureq::Error::Status(404, _)) => Ok(()),
-        Err(e) => Err(BenchError::Http(format!("request failed: {e}"))),
+impl Values {
+    pub(super) fn new(seed: u64) -> Values {
+        let mut rng = fastrand::Rng::with_seed(seed);
+        Values((0..64 << 10).map(|_| rng.alphanumeric() as u8).collect())
+    }
+
+    pub(super) fn next(&self, rng: &mut fastrand::Rng) -> &[u8] {
+        let len = rng.usize(256..=1024);
+        let at = rng.usize(0..=self.0.len() - len);
+        &self.0[at..at + len]
     }
 }
 
@@ -134,31 +140,30 @@ pub(super) fn sustained(
     let keys = ((100_000.0 * options.scale) as u64).max(100);
     let ops = ((1_000_000.0 * options.scale) as u64).max(1000);
     let served = serve(dir, DurabilityMode::Periodic)?;
-    let agent = ureq::AgentBuilder::new()
-        .max_idle_connections_per_host(concurrency)
-        .build();
     let url = &served.url;
+    let values = Values::new(options.seed);
     // Preload over HTTP too, concurrently: the bulk load.
     let next_id = AtomicU64::new(0);
     let loading = Instant::now();
-    run_clients(concurrency, |t| {
+    run_clients(url, concurrency, |t, client| {
         let mut rng = fastrand::Rng::with_seed(options.seed + t as u64);
         loop {
             let id = next_id.fetch_add(1, Ordering::Relaxed);
             if id >= keys {
                 return Ok(Windows::new());
             }
-            check(
-                agent
-                    .put(&format!("{url}/v1/memories/{}", key(id)))
-                    .send_string(&value(&mut rng)),
+            client.expect(
+                "PUT",
+                &format!("/v1/memories/{}", key(id)),
+                values.next(&mut rng),
+                false,
             )?;
         }
     })?;
     let bulk_rate = keys as f64 / loading.elapsed().as_secs_f64();
 
     let done = AtomicU64::new(0);
-    let merged = run_clients(concurrency, |t| {
+    let merged = run_clients(url, concurrency, |t, client| {
         let mut rng = fastrand::Rng::with_seed(options.seed ^ (1000 + t as u64));
         let mut windows = Windows::new();
         let mut own = 0u64;
@@ -173,40 +178,38 @@ pub(super) fn sustained(
             let top = next_id.load(Ordering::Relaxed).max(1);
             let started = Instant::now();
             let slot = if own.is_multiple_of(10) {
-                check(agent.get(&format!("{url}/v1/ping")).call())?;
+                client.expect("GET", "/v1/ping", b"", false)?;
                 &mut windows.ping[w]
             } else {
                 match rng.u8(0..100) {
                     0..50 => {
                         let id = rng.u64(0..top);
-                        check(agent.get(&format!("{url}/v1/memories/{}", key(id))).call())?;
+                        client.expect("GET", &format!("/v1/memories/{}", key(id)), b"", true)?;
                         &mut windows.retrieve[w]
                     }
                     50..70 => {
                         let id = rng.u64(0..top);
-                        check(
-                            agent
-                                .put(&format!("{url}/v1/memories/{}", key(id)))
-                                .send_string(&value(&mut rng)),
+                        client.expect(
+                            "PUT",
+                            &format!("/v1/memories/{}", key(id)),
+                            values.next(&mut rng),
+                            false,
                         )?;
                         &mut windows.store[w]
                     }
                     70..85 => {
                         let id = next_id.fetch_add(1, Ordering::Relaxed);
-                        check(
-                            agent
-                                .put(&format!("{url}/v1/memories/{}", key(id)))
-                                .send_string(&value(&mut rng)),
+                        client.expect(
+                            "PUT",
+                            &format!("/v1/memories/{}", key(id)),
+                            values.next(&mut rng),
+                            false,
                         )?;
                         &mut windows.store[w]
                     }
                     _ => {
                         let id = rng.u64(0..top);
-                        check(
-                            agent
-                                .delete(&format!("{url}/v1/memories/{}", key(id)))
-                                .call(),
-                        )?;
+                        client.expect("DELETE", &format!("/v1/memories/{}", key(id)), b"", true)?;
                         continue;
                     }
                 }
@@ -232,12 +235,19 @@ pub(super) fn sustained(
     }
     let (r, p) = (Percentiles::of(&all_retrieve), Percentiles::of(&all_ping));
     crate::stages::enable(true);
-    let single = single_client(&agent, url, &next_id, ops / 10, options.seed);
+    let single = single_client(url, &values, &next_id, ops / 10, options.seed);
     let stages = crate::stages::totals();
     crate::stages::enable(false);
     let single = single?;
-    let engine = engine_store(&served.node.store, &next_id, ops / 10, options.seed)?;
-    let store_rate = store_throughput(&agent, url, &next_id, concurrency, ops / 2, options.seed)?;
+    let engine = engine_store(
+        &served.node.store,
+        &values,
+        &next_id,
+        ops / 10,
+        options.seed,
+    )?;
+    let store_rate = store_throughput(url, &values, &next_id, concurrency, ops / 2, options.seed)?;
+    let ping_rate = ping_throughput(url, concurrency, ops / 2)?;
     let stats = served.node.store.stats()?;
     drop(served.runtime);
     Ok(ScenarioResult {
@@ -293,7 +303,11 @@ pub(super) fn sustained(
             ),
             (
                 format!("stores/s, {concurrency} clients"),
-                format!("{store_rate:.0} (overwrites and new keys, 256–1024 B)"),
+                format!(
+                    "{store_rate:.0} (overwrites and new keys, 256–1024 B); the empty route \
+                     {ping_rate:.0} requests/s → stores at {:.2}× its rate",
+                    store_rate / ping_rate.max(1.0)
+                ),
             ),
             (
                 format!("bulk load, {concurrency} clients"),
@@ -344,26 +358,23 @@ fn stage_breakdown(totals: &[(Stage, u64, u64)], store_mean_ns: f64, ping_mean_n
 /// One client alternating a store of a new key and the empty route: each one's latency
 /// percentiles and means (nanoseconds).
 fn single_client(
-    agent: &ureq::Agent,
     url: &str,
+    values: &Values,
     next_id: &AtomicU64,
     rounds: u64,
     seed: u64,
 ) -> Result<(Percentiles, Percentiles, f64, f64), BenchError> {
     let mut rng = fastrand::Rng::with_seed(seed ^ 0x51);
+    let mut client = Client::connect(url)?;
     let (mut stores, mut pings) = (histogram(), histogram());
     for _ in 0..rounds.max(100) {
         let id = next_id.fetch_add(1, Ordering::Relaxed);
-        let body = value(&mut rng);
+        let body = values.next(&mut rng);
         let at = Instant::now();
-        check(
-            agent
-                .put(&format!("{url}/v1/memories/{}", key(id)))
-                .send_string(&body),
-        )?;
+        client.expect("PUT", &format!("/v1/memories/{}", key(id)), body, false)?;
         stores.saturating_record(nanos(at.elapsed()));
         let at = Instant::now();
-        check(agent.get(&format!("{url}/v1/ping")).call())?;
+        client.expect("GET", "/v1/ping", b"", false)?;
         pings.saturating_record(nanos(at.elapsed()));
     }
     Ok((
@@ -377,6 +388,7 @@ fn single_client(
 /// The engine's own store of a new key, called directly (no HTTP): its latency.
 fn engine_store(
     store: &Store,
+    values: &Values,
     next_id: &AtomicU64,
     rounds: u64,
     seed: u64,
@@ -385,9 +397,9 @@ fn engine_store(
     let mut stores = histogram();
     for _ in 0..rounds.max(100) {
         let id = next_id.fetch_add(1, Ordering::Relaxed);
-        let body = value(&mut rng);
+        let body = values.next(&mut rng);
         let at = Instant::now();
-        store.store(key(id).as_bytes(), body.as_bytes(), None)?;
+        store.store(key(id).as_bytes(), body, None)?;
         stores.saturating_record(nanos(at.elapsed()));
     }
     Ok(Percentiles::of(&stores))
@@ -395,8 +407,8 @@ fn engine_store(
 
 /// `concurrency` clients storing only (half overwrites, half new keys): stores a second.
 fn store_throughput(
-    agent: &ureq::Agent,
     url: &str,
+    values: &Values,
     next_id: &AtomicU64,
     concurrency: usize,
     ops: u64,
@@ -404,7 +416,7 @@ fn store_throughput(
 ) -> Result<f64, BenchError> {
     let done = AtomicU64::new(0);
     let started = Instant::now();
-    run_clients(concurrency, |t| {
+    run_clients(url, concurrency, |t, client| {
         let mut rng = fastrand::Rng::with_seed(seed ^ (2000 + t as u64));
         while done.fetch_add(1, Ordering::Relaxed) < ops {
             let top = next_id.load(Ordering::Relaxed).max(1);
@@ -413,11 +425,25 @@ fn store_throughput(
             } else {
                 next_id.fetch_add(1, Ordering::Relaxed)
             };
-            check(
-                agent
-                    .put(&format!("{url}/v1/memories/{}", key(id)))
-                    .send_string(&value(&mut rng)),
+            client.expect(
+                "PUT",
+                &format!("/v1/memories/{}", key(id)),
+                values.next(&mut rng),
+                false,
             )?;
+        }
+        Ok(Windows::new())
+    })?;
+    Ok(ops as f64 / started.elapsed().as_secs_f64())
+}
+
+/// `concurrency` clients calling the empty route: requests a second.
+fn ping_throughput(url: &str, concurrency: usize, ops: u64) -> Result<f64, BenchError> {
+    let done = AtomicU64::new(0);
+    let started = Instant::now();
+    run_clients(url, concurrency, |_, client| {
+        while done.fetch_add(1, Ordering::Relaxed) < ops {
+            client.expect("GET", "/v1/ping", b"", false)?;
         }
         Ok(Windows::new())
     })?;
@@ -432,13 +458,11 @@ pub(super) fn durable(
 ) -> Result<ScenarioResult, BenchError> {
     let ops = ((100_000.0 * options.scale) as u64).max(1000);
     let served = serve(dir, DurabilityMode::Sync)?;
-    let agent = ureq::AgentBuilder::new()
-        .max_idle_connections_per_host(concurrency)
-        .build();
     let url = &served.url;
+    let values = Values::new(options.seed);
     let done = AtomicU64::new(0);
     let started = Instant::now();
-    let merged = run_clients(concurrency, |t| {
+    let merged = run_clients(url, concurrency, |t, client| {
         let mut rng = fastrand::Rng::with_seed(options.seed + 7 * t as u64);
         let mut windows = Windows::new();
         loop {
@@ -448,10 +472,11 @@ pub(super) fn durable(
             }
             let w = usize::try_from(op * WINDOWS as u64 / ops).unwrap_or(WINDOWS - 1);
             let at = Instant::now();
-            check(
-                agent
-                    .put(&format!("{url}/v1/memories/{}", key(op)))
-                    .send_string(&value(&mut rng)),
+            client.expect(
+                "PUT",
+                &format!("/v1/memories/{}", key(op)),
+                values.next(&mut rng),
+                false,
             )?;
             windows.store[w].saturating_record(nanos(at.elapsed()));
         }

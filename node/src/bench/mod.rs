@@ -5,6 +5,7 @@
 //! p50/p99 per window, the last/first retrieve p50 ratio, and the process's peak RSS
 //! (reset at the start of each scenario through `/proc/self/clear_refs`).
 
+mod client;
 mod http;
 mod memory;
 mod peers;

@@ -4,7 +4,8 @@
 //! `appendfsync everysec` (the closest match to the node's periodic durability) and both
 //! are measured by one procedure: a bulk load of new keys by `concurrency` clients, one
 //! client's get and set latency, and `concurrency` clients' gets and sets per second, over
-//! keep-alive connections (HTTP/1.1 for the node, RESP for Redis), values 256–1024 B.
+//! keep-alive connections (HTTP/1.1 for the node, RESP for Redis; each request in one
+//! write), values 256–1024 B.
 
 use std::io::{BufRead, BufReader, Write};
 use std::net::TcpStream;
@@ -22,36 +23,19 @@ trait Connection {
     fn get(&mut self, key: &str) -> Result<(), BenchError>;
 }
 
-/// The node over HTTP (one keep-alive agent per client thread).
-struct Http {
-    agent: ureq::Agent,
-    url: String,
-}
+/// The node over HTTP: one keep-alive connection, each request in one write (as the
+/// Redis client sends each command).
+struct Http(super::client::Client);
 
 impl Connection for Http {
     fn set(&mut self, key: &str, value: &[u8]) -> Result<(), BenchError> {
-        let response = self
-            .agent
-            .put(&format!("{}/v1/memories/{key}", self.url))
-            .send_bytes(value)
-            .map_err(|e| BenchError::Http(format!("store: {e}")))?;
-        let _ = response.into_string();
-        Ok(())
+        self.0
+            .expect("PUT", &format!("/v1/memories/{key}"), value, false)
     }
 
     fn get(&mut self, key: &str) -> Result<(), BenchError> {
-        match self
-            .agent
-            .get(&format!("{}/v1/memories/{key}", self.url))
-            .call()
-        {
-            Ok(response) => {
-                let _ = response.into_string();
-                Ok(())
-            }
-            Err(ureq::Error::Status(404, _)) => Ok(()),
-            Err(e) => Err(BenchError::Http(format!("retrieve: {e}"))),
-        }
+        self.0
+            .expect("GET", &format!("/v1/memories/{key}"), b"", true)
     }
 }
 
@@ -300,12 +284,7 @@ pub(super) fn peers(
     let ops = ((200_000.0 * options.scale) as u64).max(1000);
     let served = super::http::serve(dir, DurabilityMode::Periodic)?;
     let url = served.url.clone();
-    let connect_http = || {
-        Ok(Http {
-            agent: ureq::AgentBuilder::new().max_idle_connections(1).build(),
-            url: url.clone(),
-        })
-    };
+    let connect_http = || Ok(Http(super::client::Client::connect(&url)?));
     let phoenix = measure(keys, ops, concurrency, options.seed, &connect_http)?;
     drop(served.runtime);
     let header = format!(

@@ -476,7 +476,7 @@ async fn shutdown_signal() {
 
 /// Accepts connections until `shutdown` resolves, then stops accepting and returns the
 /// handle that waits for the open connections to finish.
-async fn accept(
+pub(crate) async fn accept(
     listener: tokio::net::TcpListener,
     router: Router,
     limits: crate::config::LimitsConfig,

@@ -520,7 +520,6 @@ fn get_data(db: &sled::Db, key: &[u8]) -> Result<Option<sled::IVec>, sled::Error
 /// State only writers touch, behind the write mutex.
 #[derive(Debug)]
 struct WriteState {
-    tree: Tree,
     keys: u64,
     logical: u64,
     /// The data matches the checkpoint file (`META_CHECKPOINT` says clean).
@@ -566,6 +565,15 @@ pub struct Store {
     config: StoreConfig,
     engine: Arc<ArcSwap<Engine>>,
     write: Mutex<WriteState>,
+    /// The integrity tree, without the updates still in `tree_pending`. Lock order: `write`,
+    /// then `tree`, then `tree_pending`. Read it through [`Store::lock_tree`], which applies
+    /// the pending updates first; whoever needs records and tree in step takes `write` too.
+    tree: Mutex<Tree>,
+    /// Leaf updates of acknowledged writes not yet in `tree`, in the order the engine took
+    /// them (pushed under `write`). A writer that finds `tree` free applies them all; one
+    /// that finds it taken leaves its update to the holder (flat combining), so writers
+    /// never queue behind each other's tree updates.
+    tree_pending: Mutex<Vec<(Hash, Hash)>>,
     rebuilding: AtomicBool,
     /// True only while a rebuild switches `CURRENT` and the live handle.
     swapping: AtomicBool,
@@ -680,8 +688,9 @@ impl Store {
             flusher,
             space,
             corruption: Mutex::new(Corruption::default()),
+            tree: Mutex::new(tree),
+            tree_pending: Mutex::new(Vec::new()),
             write: Mutex::new(WriteState {
-                tree,
                 keys,
                 logical,
                 checkpointed: !recovered,
@@ -733,7 +742,7 @@ impl Store {
                 keys: state.keys,
                 logical: state.logical,
             },
-            &state.tree,
+            &self.lock_tree(),
         )?;
         state.checkpoint_seq = seq;
         state.checkpointed = true;
@@ -743,6 +752,59 @@ impl Store {
     /// The configuration the store was opened with.
     pub fn config(&self) -> &StoreConfig {
         &self.config
+    }
+
+    /// The tree with every write so far applied.
+    fn lock_tree(&self) -> MutexGuard<'_, Tree> {
+        let mut tree = self.tree.lock().unwrap_or_else(PoisonError::into_inner);
+        self.drain_pending(&mut tree);
+        tree
+    }
+
+    fn take_pending(&self) -> Vec<(Hash, Hash)> {
+        std::mem::take(
+            &mut *self
+                .tree_pending
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner),
+        )
+    }
+
+    /// Applies the pending updates to `tree` (whose lock the caller holds), in order.
+    fn drain_pending(&self, tree: &mut Tree) {
+        loop {
+            let pending = self.take_pending();
+            if pending.is_empty() {
+                return;
+            }
+            for (path, leaf) in pending {
+                tree.insert(path, leaf);
+            }
+        }
+    }
+
+    /// After a write pushed its update: applies the pending updates unless another thread
+    /// holds the tree (it applies them before it lets go, or the check after it lets go
+    /// finds them).
+    fn apply_pending(&self) {
+        loop {
+            match self.tree.try_lock() {
+                Ok(mut tree) => self.drain_pending(&mut tree),
+                Err(std::sync::TryLockError::Poisoned(tree)) => {
+                    self.drain_pending(&mut tree.into_inner());
+                }
+                Err(std::sync::TryLockError::WouldBlock) => return,
+            }
+            // An update pushed while this thread held the tree found it taken: apply it.
+            let empty = self
+                .tree_pending
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .is_empty();
+            if empty {
+                return;
+            }
+        }
     }
 
     fn lock_write(&self) -> Result<MutexGuard<'_, WriteState>> {
@@ -940,8 +1002,6 @@ impl Store {
                 None => (state.keys + 1, state.logical + added),
             };
             laps.lap(Stage::Bookkeeping);
-            state.tree.insert(path, leaf);
-            laps.lap(Stage::Merkle);
             state.keys = keys;
             state.logical = logical;
             if old.is_none() {
@@ -949,11 +1009,18 @@ impl Store {
             }
             self.keys.store(keys, Ordering::Relaxed);
             self.logical.store(logical, Ordering::Relaxed);
+            // In engine order: pushed before the next writer gets `write`.
+            self.tree_pending
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .push((path, leaf));
             laps.lap(Stage::Sample);
             Ok((self.flusher.applied(), old.is_none()))
         };
         let applied = applied();
         drop(state);
+        self.apply_pending();
+        laps.lap(Stage::Merkle);
         let (seq, created) = applied.map_err(|e| self.write_failed(e))?;
         Ok((
             seq,
@@ -1122,7 +1189,7 @@ impl Store {
         let old_len = key.len() as u64 + old_body.map_or(0, |b| b.len());
         state.keys = state.keys.saturating_sub(1);
         state.logical = state.logical.saturating_sub(old_len);
-        if !state.tree.remove(&merkle::key_path(key)) {
+        if !self.lock_tree().remove(&merkle::key_path(key)) {
             return Err(StoreError::Corrupt("stored key has no merkle leaf".into()));
         }
         self.keys.store(state.keys, Ordering::Relaxed);
@@ -1168,11 +1235,7 @@ impl Store {
 
     /// The Merkle root over every stored (key, value) pair.
     pub fn root(&self) -> Hash {
-        self.write
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .tree
-            .root()
+        self.lock_tree().root()
     }
 
     /// The live value of `key` with its inclusion proof and the root it proves against.
@@ -1180,16 +1243,16 @@ impl Store {
     /// # Errors
     /// Engine errors; [`StoreError::Corrupt`] when the tree is inconsistent.
     pub fn prove(&self, key: &[u8]) -> Result<Option<(Value, Proof, Hash)>> {
-        // The write lock keeps the tree still while the proof is collected.
-        let state = self.write.lock().unwrap_or_else(PoisonError::into_inner);
+        // The write lock keeps records and tree still while the proof is collected.
+        let _state = self.write.lock().unwrap_or_else(PoisonError::into_inner);
+        let tree = self.lock_tree();
         let Some(value) = self.retrieve(key)? else {
             return Ok(None);
         };
-        let proof = state
-            .tree
+        let proof = tree
             .prove(&merkle::key_path(key))
             .ok_or_else(|| StoreError::Corrupt("stored key has no merkle leaf".into()))?;
-        Ok(Some((value, proof, state.tree.root())))
+        Ok(Some((value, proof, tree.root())))
     }
 
     /// Stored memories (expired ones count until pruned). Reads a counter: no I/O.
@@ -1329,7 +1392,7 @@ impl Store {
         Ok(VerifyReport {
             keys: scanned.counters.keys,
             computed_root: scanned.tree.root(),
-            stored_root: state.tree.root(),
+            stored_root: self.lock_tree().root(),
             counters_match: scanned.counters
                 == Counters {
                     keys: state.keys,

@@ -130,6 +130,7 @@ impl Store {
         let upper = Bound::Excluded(vec![DATA + 1]);
         // The write lock keeps records and tree in step for the batch.
         let state = self.write.lock().unwrap_or_else(PoisonError::into_inner);
+        let tree = self.lock_tree();
         let writes = self.flusher.applied_count();
         let began_at_write = *cursor.began_at_write.get_or_insert(writes);
         let engine = self.engine.load();
@@ -139,7 +140,7 @@ impl Store {
             let (key, record) = match entry {
                 Ok(entry) => entry,
                 Err(sled::Error::Corruption { .. }) => {
-                    drop(state);
+                    drop((tree, state));
                     let after = cursor.after.clone();
                     self.found_corruption(
                         after.as_deref(),
@@ -151,7 +152,7 @@ impl Store {
                 Err(error) => return Err(StoreError::from(error)),
             };
             let user_key = &key[1..];
-            let expected = state.tree.leaf(&merkle::key_path(user_key));
+            let expected = tree.leaf(&merkle::key_path(user_key));
             let value = full_value(&engine.db, &record);
             bytes += value.as_ref().map_or(0, |v| v.len());
             let problem = match (value, expected) {
@@ -175,8 +176,8 @@ impl Store {
                 return Ok(ScrubStep::More);
             }
         }
-        let (checked, leaves) = (cursor.checked, state.tree.len() as u64);
-        drop(state);
+        let (checked, leaves) = (cursor.checked, tree.len() as u64);
+        drop((tree, state));
         if began_at_write == writes && checked != leaves {
             self.found_corruption(
                 None,

@@ -31,8 +31,10 @@ pub struct ResourceType {
     pub status: bool,
     /// Has a `scale` subresource.
     pub scale: Option<ScaleSpec>,
-    /// The OpenAPI v3 schema of a custom resource version.
-    pub schema: Option<Value>,
+    /// The OpenAPI v3 schema of a custom resource version (shared: every request carries
+    /// its type, and copying a schema per request took a third of the server's time at
+    /// 10,000 memories).
+    pub schema: Option<std::sync::Arc<Value>>,
     /// Short names for discovery.
     pub short_names: Vec<String>,
 }
@@ -194,7 +196,10 @@ pub fn from_crd(crd: &Value) -> Result<Vec<ResourceType>, String> {
             namespaced,
             status: subresources.and_then(|s| s.get("status")).is_some(),
             scale,
-            schema: version.pointer("/schema/openAPIV3Schema").cloned(),
+            schema: version
+                .pointer("/schema/openAPIV3Schema")
+                .cloned()
+                .map(std::sync::Arc::new),
             short_names: short_names.clone(),
         });
     }

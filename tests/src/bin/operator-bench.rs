@@ -10,6 +10,9 @@
 //! operator's client-side rate limit; `PHOENIX_OPERATOR_BIN` runs another operator binary,
 //! to compare two builds in one run).
 
+#[global_allocator]
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 use std::collections::BTreeMap;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};

@@ -1073,9 +1073,8 @@ fn parse_body(request: &Request<'_>) -> Result<Value, Failure> {
     {
         // Clients (kube-rs among them) send apply patches as JSON, which is YAML too: the
         // JSON parser reads them in a fraction of the YAML parser's time.
-        serde_json::from_slice::<Value>(&request.body).or_else(|_| {
-            serde_yaml::from_slice::<Value>(&request.body).map_err(|e| e.to_string())
-        })
+        serde_json::from_slice::<Value>(&request.body)
+            .or_else(|_| serde_yaml::from_slice::<Value>(&request.body).map_err(|e| e.to_string()))
     } else {
         serde_json::from_slice::<Value>(&request.body).map_err(|e| e.to_string())
     };

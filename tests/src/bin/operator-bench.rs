@@ -6,8 +6,11 @@
 //! figures; never asserts timings.
 //!
 //! Run: `cargo build --release --workspace --bins && target/release/operator-bench
-//! [--storm-seconds S] [--kube-qps Q] [N ...]` (default: 1000; `--kube-qps 0` lifts the
-//! operator's client-side rate limit; `PHOENIX_OPERATOR_BIN` runs another operator binary,
+//! [--storm-seconds S] [--kube-qps Q] [--observe-interval-seconds I] [N ...]` (default:
+//! 1000; `--kube-qps 0` lifts the operator's client-side rate limit; the observe interval
+//! defaults to 10 s, a third of the operator's default, so that one interval of steady
+//! state is short to wait for — its observations of converged memories then also run
+//! during a long convergence; `PHOENIX_OPERATOR_BIN` runs another operator binary,
 //! to compare two builds in one run).
 
 #[global_allocator]
@@ -53,6 +56,7 @@ struct Options {
     counts: Vec<usize>,
     storm_seconds: u64,
     kube_qps: Option<String>,
+    observe_seconds: u64,
 }
 
 fn options() -> anyhow::Result<Options> {
@@ -60,6 +64,7 @@ fn options() -> anyhow::Result<Options> {
         counts: Vec::new(),
         storm_seconds: 60,
         kube_qps: None,
+        observe_seconds: OBSERVE_SECONDS,
     };
     let mut args = std::env::args().skip(1);
     while let Some(arg) = args.next() {
@@ -69,6 +74,16 @@ fn options() -> anyhow::Result<Options> {
                     .next()
                     .ok_or_else(|| anyhow::anyhow!("--storm-seconds needs a value"))?
                     .parse()?;
+            }
+            "--observe-interval-seconds" => {
+                options.observe_seconds = args
+                    .next()
+                    .ok_or_else(|| anyhow::anyhow!("--observe-interval-seconds needs a value"))?
+                    .parse()?;
+                anyhow::ensure!(
+                    (1..=3600).contains(&options.observe_seconds),
+                    "--observe-interval-seconds must be 1 to 3600"
+                );
             }
             "--kube-qps" => {
                 options.kube_qps = Some(
@@ -132,7 +147,8 @@ async fn main() -> anyhow::Result<()> {
         .filter(|p| p.exists())
         .ok_or_else(|| anyhow::anyhow!("phoenix-operator is not built next to this program: run `cargo build --release --workspace --bins`"))?;
     println!(
-        "operator-bench: operator concurrency 16, observe interval {OBSERVE_SECONDS} s, rate limit {}, 2-core machine",
+        "operator-bench: operator concurrency 16, observe interval {} s, rate limit {}, 2-core machine",
+        options.observe_seconds,
         options.kube_qps.as_deref().map_or(
             "the operator's default (--kube-qps 200, --kube-burst 400)".to_string(),
             |q| { format!("--kube-qps {q}") }
@@ -141,7 +157,7 @@ async fn main() -> anyhow::Result<()> {
     let mut all = Vec::new();
     for &count in &options.counts {
         let figures = run(&operator, count, &options).await?;
-        print(&figures);
+        print(&figures, options.observe_seconds);
         all.push(figures);
     }
     if all.len() > 1 {
@@ -167,7 +183,7 @@ fn tracing_free_warning(error: &kube::runtime::watcher::Error) {
     eprintln!("watch of the memories: {error} (retrying)");
 }
 
-fn print(f: &Figures) {
+fn print(f: &Figures, observe_seconds: u64) {
     println!("\n== {} PhoenixMemory resources", f.count);
     println!(
         "converged (every resource's children applied at its generation) in {:.2} s after the first create (target at 1,000: ≤ 10 s)",
@@ -193,9 +209,9 @@ fn print(f: &Figures) {
         sum(&f.until_converged, Some(true)),
         describe(&f.until_converged)
     );
-    let per_minute = 60.0 / OBSERVE_SECONDS as f64;
+    let per_minute = 60.0 / observe_seconds as f64;
     println!(
-        "converged, over one observe interval ({OBSERVE_SECONDS} s): {} requests, {} writes — {:.3} requests per memory per minute: {}",
+        "converged, over one observe interval ({observe_seconds} s): {} requests, {} writes — {:.3} requests per memory per minute: {}",
         sum(&f.steady, None),
         sum(&f.steady, Some(true)),
         sum(&f.steady, None) as f64 * per_minute / f.count as f64,
@@ -237,7 +253,7 @@ fn start_operator(
         "--concurrency".into(),
         "16".into(),
         "--observe-interval-seconds".into(),
-        OBSERVE_SECONDS.to_string(),
+        options.observe_seconds.to_string(),
     ];
     if let Some(qps) = &options.kube_qps {
         args.extend(["--kube-qps".to_string(), qps.clone()]);
@@ -370,7 +386,7 @@ async fn measure(server: &ApiServer, count: usize, options: &Options) -> anyhow:
     // is observed once) is its steady load on the API server.
     tokio::time::sleep(Duration::from_secs(2)).await;
     server.reset_counts();
-    tokio::time::sleep(Duration::from_secs(OBSERVE_SECONDS)).await;
+    tokio::time::sleep(Duration::from_secs(options.observe_seconds)).await;
     let steady = server.request_counts();
 
     // The storm: every second, every StatefulSet's and PDB's status changes.

@@ -18,9 +18,10 @@ use kube::{Api, ResourceExt};
 use serde_json::Value;
 
 use super::caches::Cached;
+use super::caches::Sighting;
 use super::context::{Context, Error, FIELD_MANAGER};
 use super::replication::Sizing;
-use super::state::{Checked, CronJobChecked, Key};
+use super::state::{Checked, CheckedChild, CronJobChecked, Key};
 use crate::children::{self, Children, Inputs, PEER_TOKEN_KEY, TOKEN_KEY, Tokens, secret_name};
 use crate::crd::PhoenixMemory;
 use crate::validate::ValidSpec;
@@ -145,41 +146,60 @@ pub fn new_token() -> Result<String, Error> {
     Ok(hex::encode(bytes))
 }
 
-/// Applies every child but the CronJob, in order; returns the live StatefulSet and the
-/// kinds written.
+/// A child's write: the resourceVersion the API server answered with (`None` inside when it
+/// gave none), or `None` when the child was left as it was.
+type Write = Option<Option<Arc<str>>>;
+
+fn write_of<K: kube::Resource>(applied: Option<K>) -> Write {
+    applied.map(|object| object.meta().resource_version.as_deref().map(Arc::from))
+}
+
+/// Applies every child but the CronJob, in order: the StatefulSet (as applied or cached),
+/// and each child's kind for the `Applied` Event with its [`Write`] (in the order of
+/// [`sightings`]).
 async fn children(
     ctx: &Context,
     namespace: &str,
     children: &Children,
-) -> Result<(StatefulSet, Vec<&'static str>), Error> {
-    let configmap = apply_one(ctx, namespace, &children.configmap)
-        .await?
-        .is_some();
-    let secret = apply_one(ctx, namespace, &children.secret).await?.is_some();
-    let headless = apply_one(ctx, namespace, &children.headless_service)
-        .await?
-        .is_some();
-    let client = apply_one(ctx, namespace, &children.client_service)
-        .await?
-        .is_some();
+) -> Result<(StatefulSet, Vec<(&'static str, Write)>), Error> {
+    let configmap = write_of(apply_one(ctx, namespace, &children.configmap).await?);
+    let secret = write_of(apply_one(ctx, namespace, &children.secret).await?);
+    let headless = write_of(apply_one(ctx, namespace, &children.headless_service).await?);
+    let client = write_of(apply_one(ctx, namespace, &children.client_service).await?);
     let (statefulset, nodes) = statefulset(ctx, namespace, &children.statefulset).await?;
-    let pdb = apply_one(ctx, namespace, &children.pdb).await?.is_some();
-    let network_policy = apply_one(ctx, namespace, &children.network_policy)
-        .await?
-        .is_some();
-    let written = [
-        ("ConfigMap", configmap),
-        ("Secret", secret),
-        ("headless Service", headless),
-        ("client Service", client),
-        ("StatefulSet", nodes),
-        ("PodDisruptionBudget", pdb),
-        ("NetworkPolicy", network_policy),
-    ]
-    .into_iter()
-    .filter_map(|(kind, changed)| changed.then_some(kind))
-    .collect();
-    Ok((statefulset, written))
+    let nodes = nodes.then(|| {
+        statefulset
+            .metadata
+            .resource_version
+            .as_deref()
+            .map(Arc::from)
+    });
+    let pdb = write_of(apply_one(ctx, namespace, &children.pdb).await?);
+    let network_policy = write_of(apply_one(ctx, namespace, &children.network_policy).await?);
+    Ok((
+        statefulset,
+        vec![
+            ("ConfigMap", configmap),
+            ("Secret", secret),
+            ("headless Service", headless),
+            ("client Service", client),
+            ("StatefulSet", nodes),
+            ("PodDisruptionBudget", pdb),
+            ("NetworkPolicy", network_policy),
+        ],
+    ))
+}
+
+/// The children as a check leaves them (see [`CheckedChild::left`]), in apply order.
+fn left_by_check(
+    before: &[Sighting],
+    writes: &[(&'static str, Write)],
+) -> Option<Vec<CheckedChild>> {
+    before
+        .iter()
+        .zip(writes)
+        .map(|(before, (_, write))| CheckedChild::left(before, write.as_ref().map(Option::as_ref)))
+        .collect()
 }
 
 /// Applies the StatefulSet; a grown `storage.size` first grows the claims and replaces the
@@ -234,25 +254,26 @@ pub struct Applied {
     pub written: Vec<&'static str>,
 }
 
-/// The resourceVersions of `memory`'s serving children in the caches, in apply order.
-fn versions(ctx: &Context, namespace: &str, memory: &str) -> Vec<Option<Arc<str>>> {
+/// What the caches last saw of `memory`'s serving children, in apply order.
+fn sightings(ctx: &Context, namespace: &str, memory: &str) -> Vec<Sighting> {
     let caches = &ctx.caches;
     vec![
-        caches.version::<ConfigMap>(namespace, &children::configmap_name(memory)),
-        caches.version::<Secret>(namespace, &secret_name(memory)),
-        caches.version::<Service>(namespace, &children::headless_name(memory)),
-        caches.version::<Service>(namespace, memory),
-        caches.version::<StatefulSet>(namespace, memory),
-        caches.version::<PodDisruptionBudget>(namespace, memory),
-        caches.version::<NetworkPolicy>(namespace, memory),
+        caches.sighting::<ConfigMap>(namespace, &children::configmap_name(memory)),
+        caches.sighting::<Secret>(namespace, &secret_name(memory)),
+        caches.sighting::<Service>(namespace, &children::headless_name(memory)),
+        caches.sighting::<Service>(namespace, memory),
+        caches.sighting::<StatefulSet>(namespace, memory),
+        caches.sighting::<PodDisruptionBudget>(namespace, memory),
+        caches.sighting::<NetworkPolicy>(namespace, memory),
     ]
 }
 
 /// Applies every child but the CronJob (its schedule is planned after observing), in
 /// order, each only when its cached live object differs from what is wanted: a converged
-/// memory costs no request here. When neither the memory's generation, nor any cached child,
-/// nor the cache the operator raised (status, not spec) changed since a check that found
-/// nothing to apply, nothing is built or compared.
+/// memory costs no request here. When neither the memory's generation, nor the cache the
+/// operator raised (status, not spec) changed since the last check, and the caches show every
+/// child as that check left it — as it found it, or as it wrote it (whether or not the
+/// write's own watch event has arrived) — nothing is built or compared.
 ///
 /// # Errors
 /// The API server refused or failed; a child could not be built; the caches are gone.
@@ -270,11 +291,11 @@ pub async fn serving(
     }
     let namespace = memory.namespace().ok_or(Error::NoNamespace)?;
     let name = memory.name_any();
-    let versions = versions(ctx, &namespace, &name);
+    let sightings = sightings(ctx, &namespace, &name);
     let unchanged = ctx.memories.with(key, |state| {
         state.checked.clone().filter(|c| {
             c.generation == memory.metadata.generation
-                && c.versions == versions
+                && c.stands(&sightings)
                 && c.sizing == sizing
                 && c.cache_capacity_bytes == valid.cache_capacity_bytes
         })
@@ -292,17 +313,22 @@ pub async fn serving(
     let tokens = tokens(ctx, &namespace, &name).await?;
     let inputs = Inputs::new(memory, valid, &ctx.settings.default_image, &tokens)
         .sized(sizing.replicas, sizing.replicated);
-    let (statefulset, written) = children(ctx, &namespace, &children::build_all(&inputs)?).await?;
-    // Only a check that changed nothing vouches for these versions.
-    let checked = written.is_empty().then(|| Checked {
+    let (statefulset, writes) = children(ctx, &namespace, &children::build_all(&inputs)?).await?;
+    // What this check wrote it vouches for at the versions the writes got: the watch events
+    // of its own writes then wake a reconcile that finds nothing to check again.
+    let checked = left_by_check(&sightings, &writes).map(|children| Checked {
         generation: memory.metadata.generation,
-        versions,
+        children,
         sizing,
         cache_capacity_bytes: valid.cache_capacity_bytes,
         tokens: tokens.clone(),
         statefulset_status: statefulset.status.clone(),
     });
     ctx.memories.with(key, |state| state.checked = checked);
+    let written = writes
+        .iter()
+        .filter_map(|(kind, write)| write.is_some().then_some(*kind))
+        .collect();
     Ok(Applied {
         tokens,
         statefulset,
@@ -311,8 +337,8 @@ pub async fn serving(
 }
 
 /// Applies the CronJob (last: it cleans nodes that must exist, on the planned schedule)
-/// when the cached one differs — unless the same CronJob was wanted at the same cached
-/// version when it last matched.
+/// when the cached one differs — unless the same CronJob is wanted and its cache shows it as
+/// the last check left it (matching, or written by that check).
 ///
 /// # Errors
 /// The API server refused or failed.
@@ -324,24 +350,26 @@ pub async fn cronjob(
     cronjob: &CronJob,
 ) -> Result<(), Error> {
     let namespace = memory.namespace().ok_or(Error::NoNamespace)?;
-    let now = CronJobChecked {
-        version: ctx
-            .caches
-            .version::<CronJob>(&namespace, &cronjob.name_any()),
-        wanted: blake3::hash(&serde_json::to_vec(cronjob).map_err(kube::Error::SerdeError)?),
-    };
-    if ctx
-        .memories
-        .with(key, |state| state.cronjob.as_ref() == Some(&now))
-    {
+    let sighting = ctx
+        .caches
+        .sighting::<CronJob>(&namespace, &cronjob.name_any());
+    let wanted = blake3::hash(&serde_json::to_vec(cronjob).map_err(kube::Error::SerdeError)?);
+    let stands = ctx.memories.with(key, |state| {
+        state
+            .cronjob
+            .as_ref()
+            .is_some_and(|c| c.wanted == wanted && c.child.stands(&sighting))
+    });
+    if stands {
         return Ok(());
     }
-    let written = apply_one(ctx, &namespace, cronjob).await?.is_some();
-    if written {
+    let write = write_of(apply_one(ctx, &namespace, cronjob).await?);
+    if write.is_some() {
         applied.written.push("CronJob");
     }
-    ctx.memories
-        .with(key, |state| state.cronjob = (!written).then_some(now));
+    let checked = CheckedChild::left(&sighting, write.as_ref().map(Option::as_ref))
+        .map(|child| CronJobChecked { child, wanted });
+    ctx.memories.with(key, |state| state.cronjob = checked);
     Ok(())
 }
 

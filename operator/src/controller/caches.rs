@@ -45,13 +45,60 @@ struct Entry {
 /// Objects by namespace and name.
 type Objects = HashMap<(String, String), Entry>;
 
+/// Deleted objects kept as tombstones (their last resourceVersion) at most: past this the
+/// tombstones are dropped together and the epoch moves on, which voids every check that
+/// relied on them (each then checks its children once in full).
+const MAX_TOMBSTONES: usize = 10_000;
+
+/// What one cache holds.
+#[derive(Default)]
+struct Contents {
+    objects: Objects,
+    /// Objects seen deleted since the last (re-)list, with the resourceVersion of their
+    /// deletion: so that "deleted" is not mistaken for "not seen yet" (see [`Seen`]).
+    deleted: HashMap<(String, String), Arc<str>>,
+    /// Bumped by every complete (re-)list and whenever `deleted` is emptied: what the
+    /// cache saw of an object before is comparable only within one epoch.
+    epoch: u64,
+}
+
+/// What a cache last saw of one object.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Seen {
+    /// Nothing since the cache's last (re-)list: absent, or created and not delivered yet.
+    Never,
+    /// Live at this resourceVersion.
+    Live(Arc<str>),
+    /// Deleted; the resourceVersion the deletion carried.
+    Deleted(Arc<str>),
+}
+
+impl Seen {
+    /// The live object's resourceVersion.
+    pub fn version(&self) -> Option<&Arc<str>> {
+        match self {
+            Seen::Live(version) => Some(version),
+            Seen::Never | Seen::Deleted(_) => None,
+        }
+    }
+}
+
+/// [`Seen`] with the cache's epoch at the time.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Sighting {
+    /// What the cache last saw of the object.
+    pub seen: Seen,
+    /// The cache's epoch.
+    pub epoch: u64,
+}
+
 /// What every entry of a kind is compressed against: the JSON of the first object of the
 /// kind that was packed (set once, never changed, so every entry stays decodable).
 type Dictionary = Arc<OnceLock<Arc<[u8]>>>;
 
 /// The cache of one kind.
 pub struct Cache<K> {
-    objects: Arc<RwLock<Objects>>,
+    contents: Arc<RwLock<Contents>>,
     dictionary: Dictionary,
     /// True once the first complete list is in.
     ready: watch::Receiver<bool>,
@@ -61,7 +108,7 @@ pub struct Cache<K> {
 impl<K> Clone for Cache<K> {
     fn clone(&self) -> Self {
         Cache {
-            objects: Arc::clone(&self.objects),
+            contents: Arc::clone(&self.contents),
             dictionary: Arc::clone(&self.dictionary),
             ready: self.ready.clone(),
             kind: PhantomData,
@@ -84,10 +131,26 @@ impl<K: DeserializeOwned> Cache<K> {
         self.entry(namespace, name).map(|e| e.version)
     }
 
+    /// What the cache last saw of the object, and its epoch.
+    pub fn sighting(&self, namespace: &str, name: &str) -> Sighting {
+        let contents = self.contents.read().unwrap_or_else(PoisonError::into_inner);
+        let key = (namespace.to_string(), name.to_string());
+        let seen = match (contents.objects.get(&key), contents.deleted.get(&key)) {
+            (Some(entry), _) => Seen::Live(Arc::clone(&entry.version)),
+            (None, Some(version)) => Seen::Deleted(Arc::clone(version)),
+            (None, None) => Seen::Never,
+        };
+        Sighting {
+            seen,
+            epoch: contents.epoch,
+        }
+    }
+
     fn entry(&self, namespace: &str, name: &str) -> Option<Entry> {
-        self.objects
+        self.contents
             .read()
             .unwrap_or_else(PoisonError::into_inner)
+            .objects
             .get(&(namespace.to_string(), name.to_string()))
             .cloned()
     }
@@ -99,9 +162,10 @@ impl<K: DeserializeOwned> Cache<K> {
 
     /// Objects cached.
     pub fn len(&self) -> usize {
-        self.objects
+        self.contents
             .read()
             .unwrap_or_else(PoisonError::into_inner)
+            .objects
             .len()
     }
 
@@ -119,7 +183,7 @@ impl<K: DeserializeOwned> Cache<K> {
 
 /// What the watch writes into a cache.
 struct Writer {
-    objects: Arc<RwLock<Objects>>,
+    contents: Arc<RwLock<Contents>>,
     dictionary: Dictionary,
     ready: watch::Sender<bool>,
     /// Objects of a re-list in progress (they replace the cache when it completes).
@@ -143,7 +207,11 @@ fn pack<K: Resource + Serialize>(object: &K, dictionary: &Dictionary) -> Option<
 
 impl Writer {
     fn apply<K: Resource + Serialize>(&mut self, event: &watcher::Event<K>) {
-        let objects = || self.objects.write().unwrap_or_else(PoisonError::into_inner);
+        let contents = || {
+            self.contents
+                .write()
+                .unwrap_or_else(PoisonError::into_inner)
+        };
         match event {
             watcher::Event::Init => self.relisting = Some(Objects::new()),
             watcher::Event::InitApply(object) => {
@@ -155,17 +223,31 @@ impl Writer {
             }
             watcher::Event::InitDone => {
                 if let Some(relisted) = self.relisting.take() {
-                    *objects() = relisted;
+                    let mut contents = contents();
+                    contents.objects = relisted;
+                    contents.deleted.clear();
+                    contents.epoch += 1;
                 }
                 self.ready.send_replace(true);
             }
             watcher::Event::Apply(object) => {
                 if let Some(packed) = pack(object, &self.dictionary) {
-                    objects().insert(key(object), packed);
+                    let mut contents = contents();
+                    let key = key(object);
+                    contents.deleted.remove(&key);
+                    contents.objects.insert(key, packed);
                 }
             }
             watcher::Event::Delete(object) => {
-                objects().remove(&key(object));
+                let mut contents = contents();
+                let key = key(object);
+                contents.objects.remove(&key);
+                if contents.deleted.len() >= MAX_TOMBSTONES {
+                    contents.deleted.clear();
+                    contents.epoch += 1;
+                }
+                let version = object.resource_version().unwrap_or_default();
+                contents.deleted.insert(key, Arc::from(version));
             }
         }
     }
@@ -173,17 +255,17 @@ impl Writer {
 
 /// An empty cache and what fills it.
 fn cache_and_writer<K>() -> (Cache<K>, Writer) {
-    let objects = Arc::new(RwLock::new(Objects::new()));
+    let contents = Arc::new(RwLock::new(Contents::default()));
     let dictionary = Dictionary::default();
     let (ready_tx, ready) = watch::channel(false);
     let writer = Writer {
-        objects: Arc::clone(&objects),
+        contents: Arc::clone(&contents),
         dictionary: Arc::clone(&dictionary),
         ready: ready_tx,
         relisting: None,
     };
     let cache = Cache {
-        objects,
+        contents,
         dictionary,
         ready,
         kind: PhantomData,
@@ -293,6 +375,11 @@ impl Caches {
         K::cache(self).version(namespace, name)
     }
 
+    /// What the cache of `K` last saw of the object.
+    pub fn sighting<K: Cached>(&self, namespace: &str, name: &str) -> Sighting {
+        K::cache(self).sighting(namespace, name)
+    }
+
     /// Waits until every cache has had its first complete list, so that an object absent
     /// from a cache is absent from the cluster. False if a watch is gone for good.
     pub async fn ready(&self) -> bool {
@@ -382,6 +469,55 @@ mod tests {
         .expect("configmap")
     }
 
+    fn at(mut object: ConfigMap, version: &str) -> ConfigMap {
+        object.metadata.resource_version = Some(version.into());
+        object
+    }
+
+    /// A cache tells "not delivered yet" from "deleted", and a re-list (or dropped
+    /// tombstones) moves its epoch so that nothing seen before it is trusted.
+    #[test]
+    fn sightings_tell_never_seen_from_deleted_within_an_epoch() {
+        let (cache, mut writer) = cache_and_writer::<ConfigMap>();
+        let sighting = |name: &str| cache.sighting("ns", name);
+        writer.apply(&watcher::Event::<ConfigMap>::Init);
+        writer.apply(&watcher::Event::InitApply(at(configmap("a", "1"), "5")));
+        writer.apply(&watcher::Event::<ConfigMap>::InitDone);
+        let listed = sighting("a").epoch;
+        assert_eq!(sighting("a").seen, Seen::Live("5".into()));
+        assert_eq!(sighting("b").seen, Seen::Never);
+        writer.apply(&watcher::Event::Apply(at(configmap("b", "1"), "6")));
+        writer.apply(&watcher::Event::Delete(at(configmap("b", "1"), "7")));
+        assert_eq!(
+            sighting("b"),
+            Sighting {
+                seen: Seen::Deleted("7".into()),
+                epoch: listed
+            }
+        );
+        assert_eq!(cache.get("ns", "b"), None::<ConfigMap>);
+        assert_eq!(cache.version("ns", "b"), None);
+        writer.apply(&watcher::Event::Apply(at(configmap("b", "2"), "8")));
+        assert_eq!(sighting("b").seen, Seen::Live("8".into()));
+        // A re-list forgets the tombstones and starts a new epoch.
+        writer.apply(&watcher::Event::Delete(at(configmap("b", "2"), "9")));
+        writer.apply(&watcher::Event::<ConfigMap>::Init);
+        writer.apply(&watcher::Event::InitApply(at(configmap("a", "1"), "5")));
+        writer.apply(&watcher::Event::<ConfigMap>::InitDone);
+        assert_eq!(sighting("b").seen, Seen::Never);
+        assert!(sighting("b").epoch > listed);
+        // So do tombstones past their bound.
+        let before = sighting("a").epoch;
+        for i in 0..=MAX_TOMBSTONES {
+            writer.apply(&watcher::Event::Delete(at(
+                configmap(&format!("d{i}"), "x"),
+                "10",
+            )));
+        }
+        assert!(sighting("a").epoch > before);
+        assert_eq!(sighting("a").seen, Seen::Live("5".into()));
+    }
+
     #[test]
     fn similar_objects_cost_what_makes_them_different() {
         let (cache, mut writer) = cache_and_writer::<ConfigMap>();
@@ -401,12 +537,12 @@ mod tests {
         for i in 0..100 {
             writer.apply(&watcher::Event::Apply(config(i)));
         }
-        let objects = cache.objects.read().expect("objects");
-        let packed: usize = objects.values().map(|e| e.packed.len()).sum();
+        let contents = cache.contents.read().expect("objects");
+        let packed: usize = contents.objects.values().map(|e| e.packed.len()).sum();
         let plain = serde_json::to_vec(&config(50)).expect("json").len();
         let alone =
             lz4_flex::compress_prepend_size(&serde_json::to_vec(&config(50)).expect("json")).len();
-        drop(objects);
+        drop(contents);
         assert!(
             packed / 100 * 3 < alone,
             "{} bytes each against the dictionary, {alone} compressed alone, {plain} plain",

@@ -10,6 +10,7 @@ use k8s_openapi::api::apps::v1::StatefulSetStatus;
 use k8s_openapi::jiff::Timestamp;
 use kube::runtime::reflector::ObjectRef;
 
+use super::caches::{Seen, Sighting};
 use crate::crd::PhoenixMemory;
 use crate::policy::Observation;
 
@@ -31,16 +32,17 @@ pub struct Observed {
     pub observations: Vec<Observation>,
 }
 
-/// A check of the children that found nothing to apply: while the memory's generation and
-/// the cached children's resourceVersions are these, the next reconcile need not build and
-/// compare them again (at 10,000 memories that was a core's worth of work every observe
-/// interval). No `Debug`: it holds the tokens.
+/// A check of the children that left them as wanted: while the memory's generation is this
+/// and the caches show the children as the check left them, the next reconcile need not
+/// build and compare them again (at 10,000 memories that was a core's worth of work every
+/// observe interval, and a new memory's own writes woke one more full check each). No
+/// `Debug`: it holds the tokens.
 #[derive(Clone)]
 pub struct Checked {
     /// The memory's generation.
     pub generation: Option<i64>,
-    /// The serving children's resourceVersions, in apply order.
-    pub versions: Vec<Option<Arc<str>>>,
+    /// The serving children, in apply order.
+    pub children: Vec<CheckedChild>,
     /// The StatefulSet's size and replication then.
     pub sizing: crate::controller::replication::Sizing,
     /// The cache in force then (`node.autoCache` raises it in status).
@@ -51,12 +53,66 @@ pub struct Checked {
     pub statefulset_status: Option<StatefulSetStatus>,
 }
 
+/// One serving child as a check left it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CheckedChild {
+    /// What its cache shows when nothing changed since: the child as found, or at the
+    /// resourceVersion the API server gave the check's own write.
+    pub seen: Seen,
+    /// For a child the check wrote: what its cache showed before the write. Until the cache
+    /// delivers the write it still shows that — nothing anyone else did (their change, or a
+    /// deletion, has a version of its own). Never a stale [`Seen::Never`] across a deletion:
+    /// the cache keeps tombstones within an epoch.
+    pub superseded: Option<Seen>,
+    /// The cache's epoch at the check (a re-list voids it).
+    pub epoch: u64,
+}
+
+impl Checked {
+    /// Whether the caches (`now`, in apply order) still show the children as this check
+    /// left them.
+    pub fn stands(&self, now: &[Sighting]) -> bool {
+        self.children.len() == now.len()
+            && self
+                .children
+                .iter()
+                .zip(now)
+                .all(|(child, now)| child.stands(now))
+    }
+}
+
+impl CheckedChild {
+    /// The child as a check found it (`before`), or — when `write` is `Some` — at the
+    /// resourceVersion its write got; `None` when the write came back without one.
+    pub fn left(before: &Sighting, write: Option<Option<&Arc<str>>>) -> Option<CheckedChild> {
+        match write {
+            None => Some(CheckedChild {
+                seen: before.seen.clone(),
+                superseded: None,
+                epoch: before.epoch,
+            }),
+            Some(Some(version)) => Some(CheckedChild {
+                seen: Seen::Live(Arc::clone(version)),
+                superseded: Some(before.seen.clone()),
+                epoch: before.epoch,
+            }),
+            Some(None) => None,
+        }
+    }
+
+    /// Whether the cache (`now`) still shows the child as the check left it.
+    pub fn stands(&self, now: &Sighting) -> bool {
+        self.epoch == now.epoch
+            && (self.seen == now.seen || self.superseded.as_ref() == Some(&now.seen))
+    }
+}
+
 /// The CronJob as last found matching what was wanted: its resourceVersion and a hash of
 /// the wanted object.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct CronJobChecked {
-    /// Its resourceVersion in the cache.
-    pub version: Option<Arc<str>>,
+    /// The CronJob as the check left it.
+    pub child: CheckedChild,
     /// A hash of the CronJob wanted.
     pub wanted: blake3::Hash,
 }
@@ -120,5 +176,58 @@ mod tests {
         assert_eq!(memories.with(&b, |state| state.failures), 0);
         memories.forget(&a);
         assert_eq!(memories.with(&a, |state| state.failures), 0);
+    }
+
+    fn sighting(seen: Seen, epoch: u64) -> Sighting {
+        Sighting { seen, epoch }
+    }
+
+    fn live(version: &str) -> Seen {
+        Seen::Live(version.into())
+    }
+
+    /// A check stands on the child as it found it, or as it wrote it whether or not the
+    /// write was delivered; never on anyone else's change, a deletion, or another epoch.
+    #[test]
+    fn a_check_stands_on_what_it_found_or_wrote_and_nothing_else() {
+        let v: Arc<str> = "12".into();
+        let found = CheckedChild::left(&sighting(live("7"), 1), None).expect("found");
+        assert!(found.stands(&sighting(live("7"), 1)));
+        for other in [live("8"), Seen::Never, Seen::Deleted("8".into())] {
+            assert!(!found.stands(&sighting(other, 1)));
+        }
+        assert!(!found.stands(&sighting(live("7"), 2)), "a re-list voids it");
+
+        let created =
+            CheckedChild::left(&sighting(Seen::Never, 1), Some(Some(&v))).expect("created");
+        assert!(
+            created.stands(&sighting(Seen::Never, 1)),
+            "not delivered yet"
+        );
+        assert!(created.stands(&sighting(live("12"), 1)), "delivered");
+        assert!(
+            !created.stands(&sighting(Seen::Deleted("13".into()), 1)),
+            "deleted after the create: check again (and create it again)"
+        );
+        assert!(
+            !created.stands(&sighting(live("13"), 1)),
+            "changed by someone"
+        );
+        assert!(
+            !created.stands(&sighting(Seen::Never, 2)),
+            "a re-list voids it"
+        );
+
+        let replaced =
+            CheckedChild::left(&sighting(live("7"), 1), Some(Some(&v))).expect("replaced");
+        assert!(replaced.stands(&sighting(live("7"), 1)));
+        assert!(replaced.stands(&sighting(live("12"), 1)));
+        assert!(!replaced.stands(&sighting(live("13"), 1)));
+        assert!(!replaced.stands(&sighting(Seen::Never, 1)));
+
+        assert!(
+            CheckedChild::left(&sighting(live("7"), 1), Some(None)).is_none(),
+            "a write without a version vouches for nothing"
+        );
     }
 }

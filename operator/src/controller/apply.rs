@@ -17,8 +17,7 @@ use kube::api::{Patch, PatchParams};
 use kube::{Api, ResourceExt};
 use serde_json::Value;
 
-use super::caches::Cached;
-use super::caches::Sighting;
+use super::caches::{Cached, Sighting};
 use super::context::{Context, Error, FIELD_MANAGER};
 use super::replication::Sizing;
 use super::state::{Checked, CheckedChild, CronJobChecked, Key};

@@ -73,16 +73,6 @@ pub enum Seen {
     Deleted(Arc<str>),
 }
 
-impl Seen {
-    /// The live object's resourceVersion.
-    pub fn version(&self) -> Option<&Arc<str>> {
-        match self {
-            Seen::Live(version) => Some(version),
-            Seen::Never | Seen::Deleted(_) => None,
-        }
-    }
-}
-
 /// [`Seen`] with the cache's epoch at the time.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Sighting {

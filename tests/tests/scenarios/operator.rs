@@ -405,6 +405,22 @@ async fn the_admin_token_survives_its_secret_leaving_the_cache() {
     h.stop().await;
 }
 
+/// Waits for `name`, deletes it at once, and waits for a new one.
+async fn deleted_comes_back<K>(api: &Api<K>, name: &str)
+where
+    K: kube::Resource + Clone + serde::de::DeserializeOwned + std::fmt::Debug,
+{
+    let first = eventually(name, || async { api.get_opt(name).await.ok().flatten() }).await;
+    api.delete(name, &DeleteParams::default())
+        .await
+        .expect("delete");
+    let again = eventually(&format!("{name} again"), || async {
+        api.get_opt(name).await.ok().flatten()
+    })
+    .await;
+    assert_ne!(again.meta().uid, first.meta().uid, "{name} created anew");
+}
+
 /// The operator vouches for the children it just wrote before their watch events arrive;
 /// a child deleted at once after its create must still come back (the caches tell a
 /// deletion from "not delivered yet").
@@ -412,35 +428,8 @@ async fn the_admin_token_survives_its_secret_leaving_the_cache() {
 async fn a_child_deleted_right_after_its_create_comes_back() {
     let h = Harness::start().await;
     h.create("mem", json!({"replicas": 1})).await;
-    let services: Api<Service> = h.api();
-    let first = eventually("the client service", || async {
-        services.get_opt("mem").await.ok().flatten()
-    })
-    .await;
-    services
-        .delete("mem", &DeleteParams::default())
-        .await
-        .expect("delete service");
-    let again = eventually("the client service again", || async {
-        services.get_opt("mem").await.ok().flatten()
-    })
-    .await;
-    assert_ne!(again.metadata.uid, first.metadata.uid, "created anew");
-    // The CronJob likewise.
-    let cronjobs: Api<CronJob> = h.api();
-    let first = eventually("the cronjob", || async {
-        cronjobs.get_opt("mem-cleanup").await.ok().flatten()
-    })
-    .await;
-    cronjobs
-        .delete("mem-cleanup", &DeleteParams::default())
-        .await
-        .expect("delete cronjob");
-    let again = eventually("the cronjob again", || async {
-        cronjobs.get_opt("mem-cleanup").await.ok().flatten()
-    })
-    .await;
-    assert_ne!(again.metadata.uid, first.metadata.uid, "created anew");
+    deleted_comes_back(&h.api::<Service>(), "mem").await;
+    deleted_comes_back(&h.api::<CronJob>(), "mem-cleanup").await;
     h.stop().await;
 }
 

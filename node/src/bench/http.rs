@@ -110,7 +110,8 @@ fn run_clients(
     })
 }
 
-fn key(id: u64) -> String {
+/// A benchmark key (the peer bench uses the same).
+pub(super) fn key(id: u64) -> String {
     format!("mem-{id:012x}")
 }
 

@@ -14,6 +14,7 @@ use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
+use super::http::{Values, key};
 use super::{BenchError, BenchOptions, Percentiles, ScenarioResult, histogram, nanos};
 use crate::config::DurabilityMode;
 
@@ -144,15 +145,6 @@ fn start_redis(binary: &Path, dir: &Path) -> Result<RedisServer, BenchError> {
     }
 }
 
-fn key(id: u64) -> String {
-    format!("mem-{id:012x}")
-}
-
-fn value(rng: &mut fastrand::Rng) -> Vec<u8> {
-    let len = rng.usize(256..=1024);
-    (0..len).map(|_| rng.alphanumeric() as u8).collect()
-}
-
 /// What one store did under the common procedure.
 #[derive(Clone, Copy, Debug, Default)]
 struct Figures {
@@ -208,11 +200,12 @@ fn measure<C: Connection>(
     seed: u64,
     connect: &(dyn Fn() -> Result<C, BenchError> + Sync),
 ) -> Result<Figures, BenchError> {
+    let values = Values::new(seed);
     let bulk_per_second = rate(
         concurrency,
         keys,
         connect,
-        &|c, rng, op| c.set(&key(op), &value(rng)),
+        &|c, rng, op| c.set(&key(op), values.next(rng)),
         seed,
     )?;
     let mut one = connect()?;
@@ -223,10 +216,10 @@ fn measure<C: Connection>(
         let at = Instant::now();
         one.get(&key(id))?;
         gets.saturating_record(nanos(at.elapsed()));
-        let body = value(&mut rng);
+        let body = values.next(&mut rng);
         let id = rng.u64(0..keys);
         let at = Instant::now();
-        one.set(&key(id), &body)?;
+        one.set(&key(id), body)?;
         sets.saturating_record(nanos(at.elapsed()));
     }
     let gets_per_second = rate(
@@ -241,8 +234,8 @@ fn measure<C: Connection>(
         ops,
         connect,
         &|c, rng, _| {
-            let body = value(rng);
-            c.set(&key(rng.u64(0..keys)), &body)
+            let body = values.next(rng);
+            c.set(&key(rng.u64(0..keys)), body)
         },
         seed ^ 0x5E7,
     )?;

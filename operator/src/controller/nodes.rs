@@ -105,12 +105,14 @@ pub async fn observe(
         return observed;
     }
     let now = Timestamp::now();
+    let (observations, pods) = scrape(ctx, memory).await;
     let observed = Observed {
         at: Instant::now(),
         taken: now.round(Unit::Second).unwrap_or(now),
         generation,
         ready_replicas,
-        observations: scrape(ctx, memory).await,
+        pods,
+        observations,
     };
     let name = memory.name_any();
     let namespace = memory.namespace().unwrap_or_default();
@@ -120,11 +122,24 @@ pub async fn observe(
     observed
 }
 
-/// Scrapes every expected node of `memory` now, finding its pods in the pod cache.
-async fn scrape(ctx: &Context, memory: &PhoenixMemory) -> Vec<Observation> {
+/// Nothing to observe until the StatefulSet changes: it has made no pod (`status.replicas`
+/// and `readyReplicas` 0) and the pod cache holds none of the memory's. Another observation
+/// would only say "no pod" again; the StatefulSet's first pod shows in its status, which
+/// wakes the memory's reconcile. A memory in this state is requeued at the resync period,
+/// not every observe interval: a memory whose pods cannot be scheduled costs nothing, and
+/// thousands of new memories converging are not slowed by re-reconciles of the first ones.
+pub fn nothing_to_observe(observed: &Observed, statefulset: &StatefulSet) -> bool {
+    let status = statefulset.status.as_ref();
+    observed.pods == 0
+        && status.is_none_or(|s| s.replicas == 0 && s.ready_replicas.unwrap_or(0) == 0)
+}
+
+/// Scrapes every expected node of `memory` now, finding its pods in the pod cache: the
+/// observations, and how many of its pods the cache held.
+async fn scrape(ctx: &Context, memory: &PhoenixMemory) -> (Vec<Observation>, usize) {
     let replicas = memory.spec.replicas;
     if replicas <= 0 {
-        return Vec::new();
+        return (Vec::new(), 0);
     }
     let name = memory.name_any();
     let namespace = memory.namespace().unwrap_or_default();
@@ -175,7 +190,7 @@ async fn scrape(ctx: &Context, memory: &PhoenixMemory) -> Vec<Observation> {
             Observation::Stale { .. } => "stale",
         });
     }
-    observations
+    (observations, listed.len())
 }
 
 #[cfg(test)]
@@ -215,5 +230,39 @@ mod tests {
         assert_eq!(targets[2].1, Err("pod has no IP".into()));
         assert_eq!(targets[3].1, Err("no ready pod".into()));
         assert_eq!(targets.len(), 4, "m-9 is not one of the 4 replicas");
+    }
+
+    #[test]
+    fn only_a_memory_without_pods_or_pods_on_the_way_has_nothing_to_observe() {
+        let observed = |pods| Observed {
+            at: Instant::now(),
+            taken: Timestamp::UNIX_EPOCH,
+            generation: Some(1),
+            ready_replicas: 0,
+            pods,
+            observations: Vec::new(),
+        };
+        let statefulset = |status: serde_json::Value| -> StatefulSet {
+            serde_json::from_value(serde_json::json!({"metadata": {"name": "m"}, "status": status}))
+                .expect("statefulset")
+        };
+        let no_status: StatefulSet =
+            serde_json::from_value(serde_json::json!({"metadata": {"name": "m"}})).expect("sts");
+        assert!(nothing_to_observe(&observed(0), &no_status));
+        assert!(nothing_to_observe(
+            &observed(0),
+            &statefulset(serde_json::json!({"replicas": 0}))
+        ));
+        // A pod made (not yet in the cache, or without an IP yet), a pod ready, a pod in the
+        // cache: observed every interval (an unready node may be saying why).
+        assert!(!nothing_to_observe(
+            &observed(0),
+            &statefulset(serde_json::json!({"replicas": 1}))
+        ));
+        assert!(!nothing_to_observe(
+            &observed(0),
+            &statefulset(serde_json::json!({"replicas": 0, "readyReplicas": 1}))
+        ));
+        assert!(!nothing_to_observe(&observed(1), &no_status));
     }
 }

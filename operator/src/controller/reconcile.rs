@@ -98,7 +98,11 @@ async fn reconcile_once(memory: Arc<PhoenixMemory>, ctx: Arc<Context>) -> Result
     let statefulset = &applied.statefulset;
     status::ready(&ctx, &memory, statefulset, update.clone(), observed.taken).await?;
     explain::what_changed(&ctx, &memory, &it.before, &update, &decided.decision).await;
-    let mut next = ctx.settings.resync.min(ctx.settings.observe_interval);
+    let mut next = if nodes::nothing_to_observe(&observed, statefulset) {
+        ctx.settings.resync
+    } else {
+        ctx.settings.resync.min(ctx.settings.observe_interval)
+    };
     if membership_pending || raised.is_some() {
         next = next.min(MEMBERSHIP_RETRY);
     }

@@ -28,6 +28,8 @@ pub struct Observed {
     pub generation: Option<i64>,
     /// Ready nodes then.
     pub ready_replicas: i32,
+    /// The memory's pods the pod cache held then (ready or not).
+    pub pods: usize,
     /// What the nodes said.
     pub observations: Vec<Observation>,
 }

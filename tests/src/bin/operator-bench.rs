@@ -40,6 +40,18 @@ fn rss_kib(pid: u32, field: &str) -> Option<u64> {
     line.split_whitespace().nth(1)?.parse().ok()
 }
 
+/// CPU time (user + system) process `pid` has used so far, from `/proc/<pid>/stat` (fields
+/// 14 and 15, in `USER_HZ` ticks: 100 a second on every architecture Linux runs here).
+fn cpu_seconds(pid: u32) -> Option<f64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command name (field 2) may hold spaces: count fields after its closing parenthesis.
+    let rest = &stat[stat.rfind(')')? + 1..];
+    let mut fields = rest.split_whitespace().skip(11);
+    let user: u64 = fields.next()?.parse().ok()?;
+    let system: u64 = fields.next()?.parse().ok()?;
+    Some((user + system) as f64 / 100.0)
+}
+
 /// Converged: every child applied at the resource's generation. There are no pods here,
 /// so `Ready` (every node serves) stays False with reason `NodesNotReady`.
 fn ready(memory: &PhoenixMemory) -> bool {
@@ -106,6 +118,14 @@ struct Figures {
     converged: Duration,
     rss_kib: Option<u64>,
     rss_now_kib: Option<u64>,
+    /// The bench's own creates, from the first to the last answer.
+    created: Duration,
+    /// CPU seconds from the first create until converged: the operator's process, and this
+    /// one (the in-process API server with the bench's creates and its watch).
+    operator_cpu: Option<f64>,
+    server_cpu: Option<f64>,
+    /// The operator's reconciles until converged (from its metrics).
+    reconciles: Option<f64>,
     until_converged: BTreeMap<(Verb, String), u64>,
     steady: BTreeMap<(Verb, String), u64>,
     storm_changes: u64,
@@ -173,6 +193,23 @@ async fn main() -> anyhow::Result<()> {
                 first.converged.as_secs_f64(),
                 f.rss_kib.unwrap_or(0) as f64 / first.rss_kib.unwrap_or(1).max(1) as f64,
             );
+            if let (Some(a), Some(b), Some(c), Some(d)) = (
+                f.operator_cpu,
+                first.operator_cpu,
+                f.server_cpu,
+                first.server_cpu,
+            ) {
+                println!(
+                    "  {:>6} memories: CPU per memory {:.2}× the operator's ({:.0} vs {:.0} µs), {:.2}× the API server's and bench's ({:.0} vs {:.0} µs)",
+                    f.count,
+                    (a / f.count as f64) / (b / first.count as f64),
+                    a * 1e6 / f.count as f64,
+                    b * 1e6 / first.count as f64,
+                    (c / f.count as f64) / (d / first.count as f64),
+                    c * 1e6 / f.count as f64,
+                    d * 1e6 / first.count as f64,
+                );
+            }
         }
     }
     Ok(())
@@ -189,6 +226,19 @@ fn print(f: &Figures, observe_seconds: u64) {
         "converged (every resource's children applied at its generation) in {:.2} s after the first create (target at 1,000: ≤ 10 s)",
         f.converged.as_secs_f64()
     );
+    println!(
+        "the bench's creates took {:.2} s; CPU until converged: operator {}, API server and bench {}",
+        f.created.as_secs_f64(),
+        cpu_figure(f.operator_cpu, f.count),
+        cpu_figure(f.server_cpu, f.count),
+    );
+    match f.reconciles {
+        Some(n) => println!(
+            "operator reconciles until converged: {n:.0} ({:.2} per memory)",
+            n / f.count as f64
+        ),
+        None => println!("operator reconciles until converged: unavailable (no metrics)"),
+    }
     match f.rss_kib {
         Some(kib) => println!(
             "operator peak RSS: {:.1} MiB (targets: ≤ 64 MiB at 1,000, ≤ 150 MiB at 10,000)",
@@ -228,11 +278,19 @@ fn print(f: &Figures, observe_seconds: u64) {
     );
 }
 
+/// CPU seconds in all and per memory.
+fn cpu_figure(seconds: Option<f64>, count: usize) -> String {
+    seconds.map_or("unavailable".into(), |s| {
+        format!("{s:.2} s ({:.0} µs a memory)", s * 1e6 / count as f64)
+    })
+}
+
 /// Starts the operator against `server` with its own kubeconfig.
 fn start_operator(
     operator: &std::path::Path,
     server: &ApiServer,
     options: &Options,
+    metrics: std::net::SocketAddr,
 ) -> anyhow::Result<Child> {
     let dir = std::env::temp_dir().join(format!("operator-bench-{}", std::process::id()));
     std::fs::create_dir_all(&dir)?;
@@ -249,7 +307,7 @@ fn start_operator(
     let mut args = vec![
         "run".to_string(),
         "--metrics-address".into(),
-        "127.0.0.1:0".into(),
+        metrics.to_string(),
         "--concurrency".into(),
         "16".into(),
         "--observe-interval-seconds".into(),
@@ -282,9 +340,11 @@ async fn run(
     Api::<CustomResourceDefinition>::all(client.clone())
         .create(&PostParams::default(), &PhoenixMemory::crd())
         .await?;
-    let mut child = start_operator(operator, &server, options)?;
+    // A free port for the operator's metrics (its reconcile count is a figure here).
+    let metrics = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?;
+    let mut child = start_operator(operator, &server, options, metrics)?;
     let pid = child.id();
-    let result = measure(&server, count, options).await;
+    let result = measure(&server, count, options, Operator { pid, metrics }).await;
     let rss_kib = rss_kib(pid, "VmHWM:");
     let rss_now_kib = rss_kib_now(pid);
     let _ = child.kill();
@@ -295,9 +355,39 @@ async fn run(
     Ok(figures)
 }
 
-async fn measure(server: &ApiServer, count: usize, options: &Options) -> anyhow::Result<Figures> {
+/// The operator process under measurement.
+#[derive(Clone, Copy)]
+struct Operator {
+    pid: u32,
+    metrics: std::net::SocketAddr,
+}
+
+/// The operator's reconciles so far (`phoenix_operator_reconciles_total`, every result).
+async fn reconciles(metrics: std::net::SocketAddr) -> Option<f64> {
+    let text = reqwest::get(format!("http://{metrics}/metrics"))
+        .await
+        .ok()?
+        .text()
+        .await
+        .ok()?;
+    let counts: Vec<f64> = text
+        .lines()
+        .filter(|l| l.starts_with("phoenix_operator_reconciles_total{"))
+        .filter_map(|l| l.rsplit(' ').next()?.parse().ok())
+        .collect();
+    (!counts.is_empty()).then(|| counts.iter().sum())
+}
+
+async fn measure(
+    server: &ApiServer,
+    count: usize,
+    options: &Options,
+    operator: Operator,
+) -> anyhow::Result<Figures> {
+    let operator_pid = operator.pid;
     let client = server.client()?;
     let memories: Api<PhoenixMemory> = Api::default_namespaced(client.clone());
+    let cpu_at_start = (cpu_seconds(operator_pid), cpu_seconds(std::process::id()));
     let started = Instant::now();
     futures::stream::iter(0..count)
         .map(|i| {
@@ -316,6 +406,7 @@ async fn measure(server: &ApiServer, count: usize, options: &Options) -> anyhow:
         .await
         .into_iter()
         .collect::<anyhow::Result<Vec<()>>>()?;
+    let created = started.elapsed();
     // Watched, not polled: listing every memory again and again would load the server (and
     // the two cores the operator shares with it) more than the operator does.
     let deadline = Duration::from_secs(60 + count as u64 / 20);
@@ -371,6 +462,13 @@ async fn measure(server: &ApiServer, count: usize, options: &Options) -> anyhow:
             }
         }
     };
+    let operator_cpu = cpu_seconds(operator_pid)
+        .zip(cpu_at_start.0)
+        .map(|(now, start)| now - start);
+    let server_cpu = cpu_seconds(std::process::id())
+        .zip(cpu_at_start.1)
+        .map(|(now, start)| now - start);
+    let reconciles_until_converged = reconciles(operator.metrics).await;
     drop(changes);
     // The bench's own creates are not the operator's (its polls are among the lists of
     // phoenixmemories).
@@ -441,6 +539,10 @@ async fn measure(server: &ApiServer, count: usize, options: &Options) -> anyhow:
         converged,
         rss_kib: None,
         rss_now_kib: None,
+        created,
+        operator_cpu,
+        server_cpu,
+        reconciles: reconciles_until_converged,
         until_converged,
         steady,
         storm_changes: changes,

@@ -108,8 +108,6 @@ impl Harness {
             .expect("create memory");
     }
 
-    /// The StatefulSet controller's and the kubelet's part: every node of `name` runs and is
-    /// ready (there are no pods here).
     /// Waits for `Ready=True` on memory `name`.
     async fn ready_true(&self, name: &str) {
         eventually("Ready=True", || async {
@@ -123,6 +121,8 @@ impl Harness {
         .await;
     }
 
+    /// The StatefulSet controller's and the kubelet's part: every node of `name` runs and is
+    /// ready (there are no pods here).
     async fn nodes_ready(&self, name: &str) {
         let sts = eventually("the StatefulSet", || async {
             self.api::<StatefulSet>().get_opt(name).await.ok().flatten()
@@ -268,6 +268,49 @@ async fn a_converged_memory_is_not_reread_until_a_child_changes() {
     .await;
     // Seen in the watch cache, repaired by an apply (the GETs here are the test's own).
     assert!(h.server.requests(Verb::Patch, "configmaps") >= 1);
+    h.stop().await;
+}
+
+/// A memory whose StatefulSet has made no pod has nothing to observe: it is not reconciled
+/// every observe interval (at 10,000 memories those re-reconciles of the first ones slowed
+/// the convergence of the rest), and the StatefulSet's first pod, shown in its status, wakes
+/// it and its observations resume.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_memory_without_pods_is_not_polled_until_its_statefulset_makes_one() {
+    let h = Harness::start_with(Settings {
+        default_image: "phoenix-memory:test".into(),
+        resync: Duration::from_secs(600),
+        observe_interval: Duration::from_secs(1),
+        ..Settings::default()
+    })
+    .await;
+    h.create("mem", json!({"replicas": 1})).await;
+    eventually("converged at its generation", || async {
+        let memory = h.memories().get("mem").await.ok()?;
+        let status = memory.status?;
+        (status.observed_generation == memory.metadata.generation
+            && status.conditions.iter().any(|c| c.type_ == "Ready"))
+        .then_some(())
+    })
+    .await;
+    // Let the reconciles woken by the operator's own writes pass.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let before = h.reconciles();
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(
+        h.reconciles() - before,
+        0.0,
+        "a memory without pods was reconciled every observe interval"
+    );
+
+    h.nodes_ready("mem").await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let before = h.reconciles();
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert!(
+        h.reconciles() - before >= 2.0,
+        "a memory with a pod is observed every interval again"
+    );
     h.stop().await;
 }
 

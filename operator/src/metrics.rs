@@ -1,13 +1,35 @@
 //! The operator's Prometheus metrics (`phoenix_operator_` prefix). Labels come from fixed
 //! sets: results, error categories.
 
-use std::collections::HashMap;
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
 use std::time::Instant;
 
 use prometheus::{
     Encoder, GaugeVec, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, Opts,
     Registry, TextEncoder,
 };
+
+/// One memory's own series.
+#[derive(Clone, Copy, Debug, Default)]
+struct PerMemory {
+    /// The cleanup cadence decided, seconds.
+    cadence: Option<f64>,
+    /// When its nodes were last observed (the age is worked out at scrape time).
+    observed_at: Option<Instant>,
+}
+
+/// Every memory's own figures, by namespace and name (sorted: the exposition is stable).
+type PerMemories = BTreeMap<String, BTreeMap<String, PerMemory>>;
+
+/// One per-memory family's figure of a memory, if it has one.
+type Figure = fn(&PerMemory) -> Option<f64>;
+
+/// `phoenix_operator_cleanup_interval_seconds`: HELP text.
+const CADENCE_HELP: &str = "The cleanup cadence decided for each memory.";
+/// `phoenix_operator_observation_age_seconds`: HELP text.
+const AGE_HELP: &str = "Age of the node observations behind each memory's status and decisions, \
+                        at scrape time (status is not rewritten to show it).";
 
 /// The operator's metrics.
 #[derive(Clone, Debug)]
@@ -21,13 +43,13 @@ pub struct Metrics {
     scrapes: IntCounterVec,
     decisions: IntCounterVec,
     emergency_jobs: IntCounter,
-    cadence: GaugeVec,
     status_writes: IntCounterVec,
     membership_steps: IntCounterVec,
     replication: GaugeVec,
-    observation_age: GaugeVec,
-    /// When each memory's nodes were last observed (the age is worked out at scrape time).
-    observed_at: std::sync::Arc<std::sync::Mutex<HashMap<(String, String), Instant>>>,
+    /// Each memory's series (`cadence`, `observation_age`), kept as plain figures by
+    /// (namespace, name) and written out at scrape time: at 10,000 memories a `GaugeVec` of
+    /// each and the registry's copy of every series at a scrape took ~15 MiB.
+    per_memory: std::sync::Arc<std::sync::Mutex<PerMemories>>,
     /// Readiness and liveness of the controller (see [`crate::health`]).
     pub health: std::sync::Arc<crate::health::Health>,
 }
@@ -86,13 +108,6 @@ impl Metrics {
             "phoenix_operator_emergency_jobs_total",
             "Emergency cleanup Jobs created (or adopted).",
         )?;
-        let cadence = GaugeVec::new(
-            Opts::new(
-                "phoenix_operator_cleanup_interval_seconds",
-                "The cleanup cadence decided for each memory.",
-            ),
-            &["namespace", "name"],
-        )?;
         let status_writes = IntCounterVec::new(
             Opts::new(
                 "phoenix_operator_status_writes_total",
@@ -127,16 +142,6 @@ impl Metrics {
         registry.register(Box::new(scrapes.clone()))?;
         registry.register(Box::new(decisions.clone()))?;
         registry.register(Box::new(emergency_jobs.clone()))?;
-        let observation_age = GaugeVec::new(
-            Opts::new(
-                "phoenix_operator_observation_age_seconds",
-                "Age of the node observations behind each memory's status and decisions, \
-                 at scrape time (status is not rewritten to show it).",
-            ),
-            &["namespace", "name"],
-        )?;
-        registry.register(Box::new(observation_age.clone()))?;
-        registry.register(Box::new(cadence.clone()))?;
         for outcome in ["fresh", "stale"] {
             scrapes.with_label_values(&[outcome]);
         }
@@ -155,12 +160,10 @@ impl Metrics {
             scrapes,
             decisions,
             emergency_jobs,
-            cadence,
             status_writes,
             membership_steps,
             replication,
-            observation_age,
-            observed_at: std::sync::Arc::default(),
+            per_memory: std::sync::Arc::default(),
             health: std::sync::Arc::default(),
         })
     }
@@ -208,31 +211,47 @@ impl Metrics {
         self.membership_steps.with_label_values(&[outcome]).inc();
     }
 
+    fn per_memory(&self) -> std::sync::MutexGuard<'_, PerMemories> {
+        self.per_memory
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Changes one memory's figures (its entry made on first use: its name is copied only
+    /// then).
+    fn with_memory(&self, namespace: &str, name: &str, change: impl FnOnce(&mut PerMemory)) {
+        let mut all = self.per_memory();
+        if let Some(memory) = all.get_mut(namespace).and_then(|names| names.get_mut(name)) {
+            change(memory);
+            return;
+        }
+        let mut memory = PerMemory::default();
+        change(&mut memory);
+        all.entry(namespace.to_string())
+            .or_default()
+            .insert(name.to_string(), memory);
+    }
+
     /// Sets a memory's cadence.
     pub fn cadence(&self, namespace: &str, name: &str, seconds: f64) {
-        self.cadence
-            .with_label_values(&[namespace, name])
-            .set(seconds);
+        self.with_memory(namespace, name, |m| m.cadence = Some(seconds));
     }
 
     /// Notes when a memory's nodes were observed (the figures its status and decision use).
     pub fn observed(&self, namespace: &str, name: &str, at: Instant) {
-        self.observed_at
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .insert((namespace.to_string(), name.to_string()), at);
+        self.with_memory(namespace, name, |m| m.observed_at = Some(at));
     }
 
     /// Drops a deleted memory's series.
     pub fn forget(&self, namespace: &str, name: &str) {
-        // Absent when the memory never got a plan: nothing to drop.
-        let _ = self.cadence.remove_label_values(&[namespace, name]);
-        let _ = self.observation_age.remove_label_values(&[namespace, name]);
         self.replication_conditions(namespace, name, &[]);
-        self.observed_at
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .remove(&(namespace.to_string(), name.to_string()));
+        let mut all = self.per_memory();
+        if let Some(names) = all.get_mut(namespace) {
+            names.remove(name);
+            if names.is_empty() {
+                all.remove(namespace);
+            }
+        }
     }
 
     /// Counts a child the API server refused for good (`errors_total{category="rejected"}`);
@@ -251,22 +270,123 @@ impl Metrics {
         }
     }
 
-    /// The text exposition.
+    /// The text exposition: the registry's families, then each memory's series written
+    /// straight from their figures.
     pub fn render(&self) -> String {
-        for ((namespace, name), at) in self
-            .observed_at
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .iter()
-        {
-            self.observation_age
-                .with_label_values(&[namespace.as_str(), name.as_str()])
-                .set(at.elapsed().as_secs_f64());
-        }
         let mut buffer = Vec::new();
         if let Err(error) = TextEncoder::new().encode(&self.registry.gather(), &mut buffer) {
             tracing::error!(%error, "failed to encode metrics");
         }
-        String::from_utf8(buffer).unwrap_or_default()
+        let mut text = String::from_utf8(buffer).unwrap_or_default();
+        let all = self.per_memory();
+        let families: [(&str, &str, Figure); 2] = [
+            (
+                "phoenix_operator_cleanup_interval_seconds",
+                CADENCE_HELP,
+                |m| m.cadence,
+            ),
+            ("phoenix_operator_observation_age_seconds", AGE_HELP, |m| {
+                m.observed_at.map(|at| at.elapsed().as_secs_f64())
+            }),
+        ];
+        for (family, help, value) in families {
+            let mut series = all.iter().flat_map(|(namespace, names)| {
+                names
+                    .iter()
+                    .filter_map(move |(name, m)| Some((namespace, name, value(m)?)))
+            });
+            let Some(first) = series.next() else {
+                continue;
+            };
+            let _ = writeln!(text, "# HELP {family} {help}");
+            let _ = writeln!(text, "# TYPE {family} gauge");
+            for (namespace, name, value) in std::iter::once(first).chain(series) {
+                let _ = writeln!(
+                    text,
+                    "{family}{{namespace=\"{}\",name=\"{}\"}} {value}",
+                    escape(namespace),
+                    escape(name)
+                );
+            }
+        }
+        text
+    }
+}
+
+/// A label value as the text format writes it (`\\`, `\"` and `\n` escaped).
+fn escape(value: &str) -> std::borrow::Cow<'_, str> {
+    if value.contains(['\\', '"', '\n']) {
+        value
+            .replace('\\', "\\\\")
+            .replace('"', "\\\"")
+            .replace('\n', "\\n")
+            .into()
+    } else {
+        value.into()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn each_memorys_series_are_written_from_its_figures_and_gone_when_it_is() {
+        let metrics = Metrics::new().expect("metrics");
+        assert!(
+            !metrics
+                .render()
+                .contains("phoenix_operator_cleanup_interval_seconds")
+        );
+        metrics.cadence("ns", "b", 3600.0);
+        metrics.cadence("ns", "a", 900.0);
+        metrics.cadence("ns", "a", 300.0);
+        metrics.observed("ns", "b", Instant::now());
+        metrics.observed("o\"dd", "c\\d", Instant::now());
+        let text = metrics.render();
+        let lines: Vec<&str> = text.lines().collect();
+        let at = |line: &str| lines.iter().position(|l| *l == line);
+        let a = at(r#"phoenix_operator_cleanup_interval_seconds{namespace="ns",name="a"} 300"#);
+        let b = at(r#"phoenix_operator_cleanup_interval_seconds{namespace="ns",name="b"} 3600"#);
+        assert!(a.is_some() && a < b, "sorted, latest value: {text}");
+        assert_eq!(
+            text.matches("# TYPE phoenix_operator_cleanup_interval_seconds gauge")
+                .count(),
+            1
+        );
+        // Two observed memories; "a" never was: no age series for it.
+        let ages: Vec<&str> = lines
+            .iter()
+            .copied()
+            .filter(|l| l.starts_with("phoenix_operator_observation_age_seconds{"))
+            .collect();
+        assert_eq!(ages.len(), 2, "{ages:?}");
+        assert!(
+            ages[0].starts_with(
+                r#"phoenix_operator_observation_age_seconds{namespace="ns",name="b"} "#
+            )
+        );
+        assert!(ages[1].starts_with(
+            r#"phoenix_operator_observation_age_seconds{namespace="o\"dd",name="c\\d"} "#
+        ));
+        let age: f64 = ages[0]
+            .rsplit(' ')
+            .next()
+            .and_then(|v| v.parse().ok())
+            .expect("a number");
+        assert!((0.0..60.0).contains(&age), "{age}");
+
+        metrics.forget("ns", "a");
+        metrics.forget("ns", "b");
+        metrics.forget("o\"dd", "c\\d");
+        let text = metrics.render();
+        assert!(
+            !text.contains("phoenix_operator_cleanup_interval_seconds"),
+            "{text}"
+        );
+        assert!(
+            !text.contains("phoenix_operator_observation_age_seconds"),
+            "{text}"
+        );
     }
 }

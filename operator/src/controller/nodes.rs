@@ -126,7 +126,7 @@ pub async fn observe(
 /// and `readyReplicas` 0) and the pod cache holds none of the memory's. Another observation
 /// would only say "no pod" again; the StatefulSet's first pod shows in its status, which
 /// wakes the memory's reconcile. A memory in this state is requeued at the resync period,
-/// not every observe interval: a memory whose pods cannot be scheduled costs nothing, and
+/// not every observe interval: a memory whose pods a quota refuses costs nothing, and
 /// thousands of new memories converging are not slowed by re-reconciles of the first ones.
 pub fn nothing_to_observe(observed: &Observed, statefulset: &StatefulSet) -> bool {
     let status = statefulset.status.as_ref();

@@ -271,7 +271,7 @@ impl Metrics {
     }
 
     /// The text exposition: the registry's families, then each memory's series written
-    /// straight from their figures.
+    /// straight from their figures (labels in name order, as the registry writes them).
     pub fn render(&self) -> String {
         let mut buffer = Vec::new();
         if let Err(error) = TextEncoder::new().encode(&self.registry.gather(), &mut buffer) {
@@ -303,9 +303,9 @@ impl Metrics {
             for (namespace, name, value) in std::iter::once(first).chain(series) {
                 let _ = writeln!(
                     text,
-                    "{family}{{namespace=\"{}\",name=\"{}\"}} {value}",
-                    escape(namespace),
-                    escape(name)
+                    "{family}{{name=\"{}\",namespace=\"{}\"}} {value}",
+                    escape(name),
+                    escape(namespace)
                 );
             }
         }
@@ -346,8 +346,8 @@ mod tests {
         let text = metrics.render();
         let lines: Vec<&str> = text.lines().collect();
         let at = |line: &str| lines.iter().position(|l| *l == line);
-        let a = at(r#"phoenix_operator_cleanup_interval_seconds{namespace="ns",name="a"} 300"#);
-        let b = at(r#"phoenix_operator_cleanup_interval_seconds{namespace="ns",name="b"} 3600"#);
+        let a = at(r#"phoenix_operator_cleanup_interval_seconds{name="a",namespace="ns"} 300"#);
+        let b = at(r#"phoenix_operator_cleanup_interval_seconds{name="b",namespace="ns"} 3600"#);
         assert!(a.is_some() && a < b, "sorted, latest value: {text}");
         assert_eq!(
             text.matches("# TYPE phoenix_operator_cleanup_interval_seconds gauge")
@@ -363,11 +363,11 @@ mod tests {
         assert_eq!(ages.len(), 2, "{ages:?}");
         assert!(
             ages[0].starts_with(
-                r#"phoenix_operator_observation_age_seconds{namespace="ns",name="b"} "#
+                r#"phoenix_operator_observation_age_seconds{name="b",namespace="ns"} "#
             )
         );
         assert!(ages[1].starts_with(
-            r#"phoenix_operator_observation_age_seconds{namespace="o\"dd",name="c\\d"} "#
+            r#"phoenix_operator_observation_age_seconds{name="c\\d",namespace="o\"dd"} "#
         ));
         let age: f64 = ages[0]
             .rsplit(' ')

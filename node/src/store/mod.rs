@@ -37,6 +37,7 @@ pub mod raft_log;
 mod rebuild;
 mod scrub;
 mod space;
+mod tree_updates;
 
 use crate::stages::{Laps, Stage};
 use std::ops::Bound;
@@ -565,15 +566,12 @@ pub struct Store {
     config: StoreConfig,
     engine: Arc<ArcSwap<Engine>>,
     write: Mutex<WriteState>,
-    /// The integrity tree, without the updates still in `tree_pending`. Lock order: `write`,
-    /// then `tree`, then `tree_pending`. Read it through [`Store::lock_tree`], which applies
-    /// the pending updates first; whoever needs records and tree in step takes `write` too.
-    tree: Mutex<Tree>,
-    /// Leaf updates of acknowledged writes not yet in `tree`, in the order the engine took
-    /// them (pushed under `write`). A writer that finds `tree` free applies them all; one
-    /// that finds it taken leaves its update to the holder (flat combining), so writers
-    /// never queue behind each other's tree updates.
-    tree_pending: Mutex<Vec<(Hash, Hash)>>,
+    /// The integrity tree and the leaf updates of acknowledged writes not yet in it (pushed
+    /// under `write`, in engine order), which a thread of its own applies off the write
+    /// path. Lock order: `write`, then the tree. Read it through [`Store::lock_tree`], which
+    /// applies the pending updates first; whoever needs records and tree in step takes
+    /// `write` too.
+    tree: tree_updates::TreeUpdates,
     rebuilding: AtomicBool,
     /// True only while a rebuild switches `CURRENT` and the live handle.
     swapping: AtomicBool,
@@ -688,8 +686,7 @@ impl Store {
             flusher,
             space,
             corruption: Mutex::new(Corruption::default()),
-            tree: Mutex::new(tree),
-            tree_pending: Mutex::new(Vec::new()),
+            tree: tree_updates::TreeUpdates::start(tree).map_err(io("start the tree thread"))?,
             write: Mutex::new(WriteState {
                 keys,
                 logical,
@@ -756,55 +753,7 @@ impl Store {
 
     /// The tree with every write so far applied.
     fn lock_tree(&self) -> MutexGuard<'_, Tree> {
-        let mut tree = self.tree.lock().unwrap_or_else(PoisonError::into_inner);
-        self.drain_pending(&mut tree);
-        tree
-    }
-
-    fn take_pending(&self) -> Vec<(Hash, Hash)> {
-        std::mem::take(
-            &mut *self
-                .tree_pending
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner),
-        )
-    }
-
-    /// Applies the pending updates to `tree` (whose lock the caller holds), in order.
-    fn drain_pending(&self, tree: &mut Tree) {
-        loop {
-            let pending = self.take_pending();
-            if pending.is_empty() {
-                return;
-            }
-            for (path, leaf) in pending {
-                tree.insert(path, leaf);
-            }
-        }
-    }
-
-    /// After a write pushed its update: applies the pending updates unless another thread
-    /// holds the tree (it applies them before it lets go, or the check after it lets go
-    /// finds them).
-    fn apply_pending(&self) {
-        loop {
-            match self.tree.try_lock() {
-                Ok(mut tree) => self.drain_pending(&mut tree),
-                Err(std::sync::TryLockError::Poisoned(tree)) => {
-                    self.drain_pending(&mut tree.into_inner());
-                }
-                Err(std::sync::TryLockError::WouldBlock) => return,
-            }
-            // An update pushed while this thread held the tree found it taken: apply it.
-            let empty = self
-                .tree_pending
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner)
-                .is_empty();
-            if empty {
-                return;
-            }
-        }
+        self.tree.lock()
     }
 
     fn lock_write(&self) -> Result<MutexGuard<'_, WriteState>> {
@@ -1010,16 +959,12 @@ impl Store {
             self.keys.store(keys, Ordering::Relaxed);
             self.logical.store(logical, Ordering::Relaxed);
             // In engine order: pushed before the next writer gets `write`.
-            self.tree_pending
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner)
-                .push((path, leaf));
+            self.tree.push(path, leaf);
             laps.lap(Stage::Sample);
             Ok((self.flusher.applied(), old.is_none()))
         };
         let applied = applied();
         drop(state);
-        self.apply_pending();
         laps.lap(Stage::Merkle);
         let (seq, created) = applied.map_err(|e| self.write_failed(e))?;
         Ok((

@@ -1030,17 +1030,18 @@ fn pending_tree_updates_apply_in_engine_order() {
     let dir = tempfile::tempdir().expect("tempdir");
     let store = open_in(dir.path());
     store.store(b"k", b"first", None).expect("store");
-    // Leave two updates of the same key pending, as writers that found the tree taken do.
-    let tree = store.tree.lock().expect("tree");
+    // Leave two updates of the same key pending: the tree's thread waits for the tree
+    // (taken with everything so far applied).
+    let tree = store.lock_tree();
     store.store(b"k", b"second", None).expect("store");
     store.store(b"k", b"third", None).expect("store");
-    assert_eq!(store.tree_pending.lock().expect("pending").len(), 2);
+    assert_eq!(store.tree.pending(), 2);
     drop(tree);
     let path = merkle::key_path(b"k");
     assert_eq!(
         store.lock_tree().leaf(&path),
         Some(merkle::leaf_hash(b"k", b"third"))
     );
-    assert!(store.tree_pending.lock().expect("pending").is_empty());
+    assert_eq!(store.tree.pending(), 0);
     assert!(store.verify().expect("verify").ok());
 }

@@ -2,8 +2,10 @@
 //! For each count of PhoenixMemory resources (a fresh server and operator each): the time to
 //! converge, the operator's peak RSS, its requests per memory per minute once converged, and
 //! its requests during a controller storm (every StatefulSet's and PodDisruptionBudget's
-//! status changing every second, as the real controllers do while pods come and go). Prints
-//! figures; never asserts timings.
+//! status changing every second, as the real controllers do while pods come and go), and
+//! until converged the CPU time per memory of the operator and of this process (the API
+//! server) and the operator's reconciles per memory (its `/metrics`). Prints figures; never
+//! asserts timings.
 //!
 //! Run: `cargo build --release --workspace --bins && target/release/operator-bench
 //! [--storm-seconds S] [--kube-qps Q] [--observe-interval-seconds I] [N ...]` (default:

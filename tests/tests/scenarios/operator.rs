@@ -44,6 +44,18 @@ impl Harness {
         .await
     }
 
+    /// Observes every second, resyncs only after ten minutes: every reconcile in a few
+    /// seconds is an observation's.
+    async fn observing_every_second() -> Harness {
+        Harness::start_with(Settings {
+            default_image: "phoenix-memory:test".into(),
+            resync: Duration::from_secs(600),
+            observe_interval: Duration::from_secs(1),
+            ..Settings::default()
+        })
+        .await
+    }
+
     async fn start_with(settings: Settings) -> Harness {
         let server = ApiServer::start().await.expect("server");
         let client = server.client().expect("client");
@@ -220,13 +232,7 @@ where
 /// children from the watch caches, never by GET; a change is seen and repaired at once.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_converged_memory_is_not_reread_until_a_child_changes() {
-    let h = Harness::start_with(Settings {
-        default_image: "phoenix-memory:test".into(),
-        resync: Duration::from_secs(600),
-        observe_interval: Duration::from_secs(1),
-        ..Settings::default()
-    })
-    .await;
+    let h = Harness::observing_every_second().await;
     h.create("mem", json!({"replicas": 1})).await;
     h.nodes_ready("mem").await;
     h.ready_true("mem").await;
@@ -277,13 +283,7 @@ async fn a_converged_memory_is_not_reread_until_a_child_changes() {
 /// it and its observations resume.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_memory_without_pods_is_not_polled_until_its_statefulset_makes_one() {
-    let h = Harness::start_with(Settings {
-        default_image: "phoenix-memory:test".into(),
-        resync: Duration::from_secs(600),
-        observe_interval: Duration::from_secs(1),
-        ..Settings::default()
-    })
-    .await;
+    let h = Harness::observing_every_second().await;
     h.create("mem", json!({"replicas": 1})).await;
     eventually("converged at its generation", || async {
         let memory = h.memories().get("mem").await.ok()?;

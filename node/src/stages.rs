@@ -22,7 +22,8 @@ pub enum Stage {
     Validate,
     /// Durability and free-space admission.
     Admit,
-    /// The Merkle leaf hash and the tree update.
+    /// The Merkle leaf hash, and letting go of the write lock once the tree update is
+    /// listed (the tree's own thread applies it).
     Merkle,
     /// Waiting for the write lock.
     Lock,

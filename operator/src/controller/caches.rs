@@ -116,7 +116,9 @@ impl<K: DeserializeOwned> Cache<K> {
         serde_json::from_slice(&json).ok()
     }
 
-    /// The object's resourceVersion (no decoding), if the cache holds it.
+    /// The object's resourceVersion (no decoding), if the cache holds it. The checks read
+    /// [`Cache::sighting`], which also tells a deletion from "not delivered yet".
+    #[cfg(test)]
     pub fn version(&self, namespace: &str, name: &str) -> Option<Arc<str>> {
         self.entry(namespace, name).map(|e| e.version)
     }
@@ -358,11 +360,6 @@ impl Caches {
     /// The cached `K`'s JSON.
     pub fn get_value<K: Cached>(&self, namespace: &str, name: &str) -> Option<Value> {
         K::cache(self).get_value(namespace, name)
-    }
-
-    /// The cached `K`'s resourceVersion.
-    pub fn version<K: Cached>(&self, namespace: &str, name: &str) -> Option<Arc<str>> {
-        K::cache(self).version(namespace, name)
     }
 
     /// What the cache of `K` last saw of the object.

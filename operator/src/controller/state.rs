@@ -109,8 +109,8 @@ impl CheckedChild {
     }
 }
 
-/// The CronJob as last found matching what was wanted: its resourceVersion and a hash of
-/// the wanted object.
+/// The CronJob as the last check left it (found matching, or written), and a hash of the
+/// wanted object.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct CronJobChecked {
     /// The CronJob as the check left it.

@@ -123,7 +123,7 @@ struct Event {
     kind: &'static str,
     object: Arc<Value>,
     /// The object before a MODIFIED (what a selective watch matched until now).
-    previous: Option<Value>,
+    previous: Option<Arc<Value>>,
 }
 
 /// Simplification: objects are keyed by group and resource, not converted between versions;
@@ -139,7 +139,8 @@ struct ObjKey {
 #[derive(Debug)]
 struct Store {
     types: Vec<ResourceType>,
-    objects: BTreeMap<ObjKey, Value>,
+    /// Shared with the events that carry them: a write copies no object.
+    objects: BTreeMap<ObjKey, Arc<Value>>,
     rv: u64,
     log: VecDeque<Arc<Event>>,
     /// Watches from a resourceVersion below this get 410 Gone.
@@ -334,13 +335,13 @@ impl Store {
     ) -> Arc<Value> {
         self.rv += 1;
         metadata_mut(&mut object).insert("resourceVersion".into(), json!(self.rv.to_string()));
+        // The stored object, the event and the answer share one copy.
+        let object = Arc::new(object);
         let previous = if kind == "DELETED" {
             self.objects.remove(&key)
         } else {
-            self.objects.insert(key.clone(), object.clone())
+            self.objects.insert(key.clone(), Arc::clone(&object))
         };
-        // The event and the answer share one copy.
-        let object = Arc::new(object);
         let event = Arc::new(Event {
             rv: self.rv,
             group: key.group,
@@ -368,7 +369,7 @@ impl Store {
     /// [`Store::delete_object`]; `orphan` (propagationPolicy Orphan) leaves the dependents,
     /// without their owner reference to it, instead of deleting them.
     fn delete_object_with(&mut self, shared: &Shared, key: ObjKey, orphan: bool) -> Option<Value> {
-        let mut object = self.objects.get(&key)?.clone();
+        let mut object = Value::clone(self.objects.get(&key)?);
         let has_finalizers = object
             .pointer("/metadata/finalizers")
             .and_then(Value::as_array)
@@ -410,7 +411,7 @@ impl Store {
     /// The garbage collector's orphaning: dependents lose their owner reference to `uid`.
     fn orphan_dependents(&mut self, shared: &Shared, uid: &str) {
         for key in self.owned_by(uid) {
-            let Some(mut object) = self.objects.get(&key).cloned() else {
+            let Some(mut object) = self.objects.get(&key).map(|o| Value::clone(o)) else {
                 continue;
             };
             if let Some(refs) = object
@@ -776,7 +777,7 @@ fn get(shared: &Shared, request: &Request<'_>) -> Response {
         );
     };
     match request.subresource.as_deref() {
-        None | Some("status") => ok(StatusCode::OK, object.clone()),
+        None | Some("status") => ok(StatusCode::OK, &**object),
         Some("scale") => match scale_of(&request.ty, object) {
             Some(scale) => ok(StatusCode::OK, scale),
             None => status(404, "NotFound", "no scale subresource"),
@@ -902,20 +903,31 @@ fn list(shared: &Shared, request: &Request<'_>) -> Response {
             .ok()
             .map(|b| URL_SAFE_NO_PAD.encode(b));
     }
-    let items: Vec<Value> = items
+    let items: Vec<&Value> = items
         .into_iter()
-        .filter_map(|k| store.objects.get(k).cloned())
+        .filter_map(|k| store.objects.get(k).map(|o| &**o))
         .collect();
     let mut metadata = json!({"resourceVersion": list_rv.to_string()});
     if let Some(next) = next {
         metadata["continue"] = json!(next);
     }
+    /// Serialized from borrows: `json!` would copy every item first.
+    #[derive(serde::Serialize)]
+    #[serde(rename_all = "camelCase")]
+    struct List<'a> {
+        api_version: String,
+        kind: String,
+        metadata: Value,
+        items: Vec<&'a Value>,
+    }
     ok(
         StatusCode::OK,
-        json!({
-            "apiVersion": request.ty.api_version(), "kind": format!("{}List", request.ty.kind),
-            "metadata": metadata, "items": items,
-        }),
+        List {
+            api_version: request.ty.api_version(),
+            kind: format!("{}List", request.ty.kind),
+            metadata,
+            items,
+        },
     )
 }
 
@@ -1234,7 +1246,7 @@ fn update(shared: &Shared, request: &Request<'_>, verb: Verb) -> Response {
         );
     }
 
-    let Some(current) = existing else {
+    let Some(stored) = existing else {
         if is_apply && subresource.is_empty() {
             // Apply creates what does not exist.
             let mut object = body;
@@ -1276,13 +1288,14 @@ fn update(shared: &Shared, request: &Request<'_>, verb: Verb) -> Response {
             format!("{} \"{name}\" not found", ty.qualified()),
         );
     };
+    let current: &Value = &stored;
 
     // The new object, as the verb and subresource make it.
     let mut next = if subresource == "scale" {
         let Some(spec) = &ty.scale else {
             return status(404, "NotFound", "no scale subresource");
         };
-        let mut scale = scale_of(ty, &current).unwrap_or(json!({}));
+        let mut scale = scale_of(ty, current).unwrap_or(json!({}));
         if verb == Verb::Update {
             scale = body.clone();
         } else {
@@ -1317,7 +1330,7 @@ fn update(shared: &Shared, request: &Request<'_>, verb: Verb) -> Response {
         };
         {
             match apply::apply(
-                Some(&current),
+                Some(current),
                 &applied,
                 &manager,
                 &subresource,
@@ -1420,8 +1433,8 @@ fn update(shared: &Shared, request: &Request<'_>, verb: Verb) -> Response {
     if let Err(failure) = validate(ty, &mut next) {
         return failure.into_response();
     }
-    if let Err(message) = builtin::check_update(ty, &current, &next) {
-        let name = meta_str(&current, "name").unwrap_or("");
+    if let Err(message) = builtin::check_update(ty, current, &next) {
+        let name = meta_str(current, "name").unwrap_or("");
         return status(
             422,
             "Invalid",
@@ -1432,7 +1445,7 @@ fn update(shared: &Shared, request: &Request<'_>, verb: Verb) -> Response {
         .pointer("/metadata/generation")
         .and_then(Value::as_i64)
         .unwrap_or(1);
-    let generation = if spec_part(&next) != spec_part(&current) {
+    let generation = if spec_part(&next) != spec_part(current) {
         generation + 1
     } else {
         generation
@@ -1440,7 +1453,7 @@ fn update(shared: &Shared, request: &Request<'_>, verb: Verb) -> Response {
     metadata_mut(&mut next).insert("generation".into(), json!(generation));
     if !is_apply || subresource == "scale" {
         apply::record_update(
-            Some(&current),
+            Some(current),
             &mut next,
             &manager,
             &subresource,
@@ -1457,7 +1470,7 @@ fn update(shared: &Shared, request: &Request<'_>, verb: Verb) -> Response {
     let mut comparable = next.clone();
     metadata_mut(&mut comparable).insert(
         "resourceVersion".into(),
-        json!(meta_str(&current, "resourceVersion").unwrap_or("")),
+        json!(meta_str(current, "resourceVersion").unwrap_or("")),
     );
     if let (Some(a), Some(b)) = (comparable.get_mut("metadata"), current.get("metadata"))
         && let (Some(fa), Some(fb)) = (a.get("managedFields"), b.get("managedFields"))
@@ -1466,9 +1479,9 @@ fn update(shared: &Shared, request: &Request<'_>, verb: Verb) -> Response {
     {
         a["managedFields"] = fb.clone();
     }
-    if comparable == current {
+    if comparable == *current {
         return match subresource.as_str() {
-            "scale" => ok(StatusCode::OK, scale_of(ty, &current).unwrap_or(json!({}))),
+            "scale" => ok(StatusCode::OK, scale_of(ty, current).unwrap_or(json!({}))),
             _ => ok(StatusCode::OK, current),
         };
     }

@@ -184,9 +184,13 @@ fn from_fields_v1(fields: &Value) -> BTreeSet<FieldPath> {
 
 /// Reads `metadata.managedFields`.
 pub fn managers(object: &Value) -> Managers {
+    managers_in(object.pointer("/metadata/managedFields"))
+}
+
+/// Reads a `managedFields` list.
+pub fn managers_in(managed_fields: Option<&Value>) -> Managers {
     let mut out = Managers::new();
-    for entry in object
-        .pointer("/metadata/managedFields")
+    for entry in managed_fields
         .and_then(Value::as_array)
         .into_iter()
         .flatten()

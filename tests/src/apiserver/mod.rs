@@ -1308,7 +1308,7 @@ fn update(shared: &Shared, request: &Request<'_>, verb: Verb) -> Response {
         set_pointer(&mut next, &pointer_of(&spec.spec_replicas_path), replicas);
         next
     } else if is_apply {
-        let mut applied = body.clone();
+        let mut applied = body;
         applied["apiVersion"] = json!(ty.api_version());
         applied["kind"] = json!(ty.kind);
         // An apply to the status subresource owns status only; one to the object of a kind
@@ -1353,7 +1353,7 @@ fn update(shared: &Shared, request: &Request<'_>, verb: Verb) -> Response {
             }
         }
     } else if verb == Verb::Update {
-        body.clone()
+        body
     } else if request
         .content_type
         .starts_with("application/merge-patch+json")
@@ -1467,19 +1467,7 @@ fn update(shared: &Shared, request: &Request<'_>, verb: Verb) -> Response {
         return status(422, "Invalid", message);
     }
     // Unchanged: no new version, no event (as the real server does for no-op writes).
-    let mut comparable = next.clone();
-    metadata_mut(&mut comparable).insert(
-        "resourceVersion".into(),
-        json!(meta_str(current, "resourceVersion").unwrap_or("")),
-    );
-    if let (Some(a), Some(b)) = (comparable.get_mut("metadata"), current.get("metadata"))
-        && let (Some(fa), Some(fb)) = (a.get("managedFields"), b.get("managedFields"))
-        && apply::managers(&json!({"metadata": {"managedFields": fa}}))
-            == apply::managers(&json!({"metadata": {"managedFields": fb}}))
-    {
-        a["managedFields"] = fb.clone();
-    }
-    if comparable == *current {
+    if unchanged(&next, current) {
         return match subresource.as_str() {
             "scale" => ok(StatusCode::OK, scale_of(ty, current).unwrap_or(json!({}))),
             _ => ok(StatusCode::OK, current),
@@ -1499,6 +1487,45 @@ fn update(shared: &Shared, request: &Request<'_>, verb: Verb) -> Response {
         "scale" => ok(StatusCode::OK, scale_of(ty, &stored).unwrap_or(json!({}))),
         _ => ok(StatusCode::OK, &*stored),
     }
+}
+
+/// Whether an update leaves `current` as it was: equal but for the resourceVersion and for
+/// the times in `managedFields` (the same managers owning the same fields). Compared in
+/// place, without copies: this runs on every write.
+fn unchanged(next: &Value, current: &Value) -> bool {
+    let (Some(next), Some(current)) = (next.as_object(), current.as_object()) else {
+        return next == current;
+    };
+    if next.len() != current.len()
+        || next
+            .iter()
+            .any(|(key, value)| key != "metadata" && current.get(key) != Some(value))
+    {
+        return false;
+    }
+    let none = serde_json::Map::new();
+    let (next, current) = (
+        next.get("metadata")
+            .and_then(Value::as_object)
+            .unwrap_or(&none),
+        current
+            .get("metadata")
+            .and_then(Value::as_object)
+            .unwrap_or(&none),
+    );
+    let versioned = |key: &str| matches!(key, "resourceVersion" | "managedFields");
+    let compared =
+        |meta: &serde_json::Map<String, Value>| meta.keys().filter(|k| !versioned(k)).count();
+    compared(next) == compared(current)
+        && next
+            .iter()
+            .all(|(key, value)| versioned(key) || current.get(key) == Some(value))
+        && match (next.get("managedFields"), current.get("managedFields")) {
+            (Some(a), Some(b)) => {
+                a == b || apply::managers_in(Some(a)) == apply::managers_in(Some(b))
+            }
+            (a, b) => a == b,
+        }
 }
 
 fn delete(shared: &Shared, request: &Request<'_>) -> Response {
@@ -1538,5 +1565,57 @@ fn delete(shared: &Shared, request: &Request<'_>) -> Response {
             "NotFound",
             format!("{} \"{name}\" not found", request.ty.qualified()),
         ),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn object(rv: &str, time: &str, manager: &str, replicas: u64, label: &str) -> Value {
+        json!({
+            "apiVersion": "v1", "kind": "Thing",
+            "metadata": {
+                "name": "t", "resourceVersion": rv, "labels": {"a": label},
+                "managedFields": [{
+                    "manager": manager, "operation": "Apply", "apiVersion": "v1", "time": time,
+                    "fieldsType": "FieldsV1", "fieldsV1": {"f:spec": {"f:replicas": {}}},
+                }],
+            },
+            "spec": {"replicas": replicas},
+        })
+    }
+
+    #[test]
+    fn an_update_is_unchanged_only_when_all_but_versions_and_field_times_are_equal() {
+        let current = object("7", "2026-01-01T00:00:00Z", "op", 1, "x");
+        assert!(unchanged(&current, &current));
+        // Another resourceVersion, another time in managedFields: unchanged.
+        assert!(unchanged(
+            &object("8", "2026-01-02T00:00:00Z", "op", 1, "x"),
+            &current
+        ));
+        // A field, a label, an owner: changed.
+        assert!(!unchanged(
+            &object("7", "2026-01-01T00:00:00Z", "op", 2, "x"),
+            &current
+        ));
+        assert!(!unchanged(
+            &object("7", "2026-01-01T00:00:00Z", "op", 1, "y"),
+            &current
+        ));
+        assert!(!unchanged(
+            &object("7", "2026-01-01T00:00:00Z", "other", 1, "x"),
+            &current
+        ));
+        // A top-level field more or less: changed.
+        let mut more = current.clone();
+        more["status"] = json!({});
+        assert!(!unchanged(&more, &current));
+        assert!(!unchanged(&current, &more));
+        // managedFields gone: changed.
+        let mut unmanaged = current.clone();
+        metadata_mut(&mut unmanaged).remove("managedFields");
+        assert!(!unchanged(&unmanaged, &current));
     }
 }

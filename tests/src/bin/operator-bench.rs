@@ -8,8 +8,11 @@
 //! asserts timings.
 //!
 //! Run: `cargo build --release --workspace --bins && target/release/operator-bench
-//! [--storm-seconds S] [--kube-qps Q] [--observe-interval-seconds I] [N ...]` (default:
-//! 1000; `--kube-qps 0` lifts the operator's client-side rate limit; the observe interval
+//! [--storm-seconds S] [--kube-qps Q] [--observe-interval-seconds I] [--runs R] [N ...]`
+//! (default: 1000; `--runs R` measures each count R times, each with a fresh server and
+//! operator, and scales by the run of median convergence time — a 1,000-memory run lasts
+//! ~1.5 s, and one run's noise on a shared VM moved the 10,000/1,000 ratio by ±15%;
+//! `--kube-qps 0` lifts the operator's client-side rate limit; the observe interval
 //! defaults to 10 s, a third of the operator's default, so that one interval of steady
 //! state is short to wait for — its observations of converged memories then also run
 //! during a long convergence; `PHOENIX_OPERATOR_BIN` runs another operator binary,
@@ -71,6 +74,7 @@ struct Options {
     storm_seconds: u64,
     kube_qps: Option<String>,
     observe_seconds: u64,
+    runs: usize,
 }
 
 fn options() -> anyhow::Result<Options> {
@@ -79,6 +83,7 @@ fn options() -> anyhow::Result<Options> {
         storm_seconds: 60,
         kube_qps: None,
         observe_seconds: OBSERVE_SECONDS,
+        runs: 1,
     };
     let mut args = std::env::args().skip(1);
     while let Some(arg) = args.next() {
@@ -98,6 +103,13 @@ fn options() -> anyhow::Result<Options> {
                     (1..=3600).contains(&options.observe_seconds),
                     "--observe-interval-seconds must be 1 to 3600"
                 );
+            }
+            "--runs" => {
+                options.runs = args
+                    .next()
+                    .ok_or_else(|| anyhow::anyhow!("--runs needs a value"))?
+                    .parse()?;
+                anyhow::ensure!((1..=9).contains(&options.runs), "--runs must be 1 to 9");
             }
             "--kube-qps" => {
                 options.kube_qps = Some(
@@ -178,9 +190,26 @@ async fn main() -> anyhow::Result<()> {
     );
     let mut all = Vec::new();
     for &count in &options.counts {
-        let figures = run(&operator, count, &options).await?;
-        print(&figures, options.observe_seconds);
-        all.push(figures);
+        let mut runs = Vec::new();
+        for _ in 0..options.runs {
+            let figures = run(&operator, count, &options).await?;
+            print(&figures, options.observe_seconds);
+            runs.push(figures);
+        }
+        runs.sort_by_key(|f| f.converged);
+        if runs.len() > 1 {
+            let times: Vec<String> = runs
+                .iter()
+                .map(|f| format!("{:.2}", f.converged.as_secs_f64()))
+                .collect();
+            println!(
+                "\n{count} memories, {} runs: converged in {} s; the median run ({} s) stands for {count} below",
+                runs.len(),
+                times.join(", "),
+                times[runs.len() / 2],
+            );
+        }
+        all.push(runs.swap_remove(runs.len() / 2));
     }
     if all.len() > 1 {
         let first = &all[0];

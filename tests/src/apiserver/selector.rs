@@ -80,6 +80,11 @@ impl LabelSelector {
         Ok(LabelSelector(requirements))
     }
 
+    /// Whether it selects everything.
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
     /// Whether an object's labels satisfy every requirement.
     pub fn matches(&self, object: &Value) -> bool {
         let labels: BTreeMap<String, String> = object
@@ -128,6 +133,11 @@ impl FieldSelector {
             out.push((field.to_string(), equal, value.trim().to_string()));
         }
         Ok(FieldSelector(out))
+    }
+
+    /// Whether it selects everything.
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
     }
 
     /// Whether an object satisfies the selector.

@@ -941,8 +941,8 @@ fn list(shared: &Shared, request: &Request<'_>) -> Response {
 
 /// An object as the store keeps it: its JSON. As a `serde_json::Value` every non-empty map
 /// of an object is a B-tree node of ~640 bytes: 10,000 memories' children took 1.7 GiB
-/// (7× their JSON) and the page faults of that heap, not the operator, set the pace of
-/// `operator-bench` at 10,000.
+/// (~8× their JSON), and the page faults of that heap grew faster with the count than
+/// anything else in `operator-bench`.
 fn encode(object: &Value) -> Bytes {
     Bytes::from(serde_json::to_vec(object).unwrap_or_default())
 }

@@ -972,26 +972,13 @@ fn selected(
 }
 
 /// A watch event's line around an object's JSON.
-fn event_line_of(kind: &str, json: &[u8]) -> Bytes {
+fn event_line(kind: &str, json: &[u8]) -> Bytes {
     let mut line = Vec::with_capacity(json.len() + 32);
     line.extend_from_slice(b"{\"type\":\"");
     line.extend_from_slice(kind.as_bytes());
     line.extend_from_slice(b"\",\"object\":");
     line.extend_from_slice(json);
     line.extend_from_slice(b"}\n");
-    Bytes::from(line)
-}
-
-fn event_line(kind: &str, object: &Value) -> Bytes {
-    /// Serialized from borrows: `json!` would copy the whole object first.
-    #[derive(serde::Serialize)]
-    struct Line<'a> {
-        #[serde(rename = "type")]
-        kind: &'a str,
-        object: &'a Value,
-    }
-    let mut line = serde_json::to_vec(&Line { kind, object }).unwrap_or_default();
-    line.push(b'\n');
     Bytes::from(line)
 }
 
@@ -1009,14 +996,14 @@ fn watched(
         return None;
     }
     if matches_request(&event.object, ty, namespace, labels, fields) {
-        return Some(event_line_of(event.kind, &event.json));
+        return Some(event_line(event.kind, &event.json));
     }
     event
         .previous
         .as_deref()
         .and_then(decode)
         .filter(|before| matches_request(before, ty, namespace, labels, fields))
-        .map(|_| event_line_of("DELETED", &event.json))
+        .map(|_| event_line("DELETED", &event.json))
 }
 
 fn watch_stream(shared: Arc<Shared>, request: &Request<'_>) -> Response {
@@ -1048,7 +1035,7 @@ fn watch_stream(shared: Arc<Shared>, request: &Request<'_>) -> Response {
                 "message": format!("too old resource version: {} ({})", from.unwrap_or(0), store.compacted_before),
                 "reason": "Expired", "code": 410,
             });
-            let line = event_line("ERROR", &gone);
+            let line = event_line("ERROR", &encode(&gone));
             return Response::new(Body::from(line));
         }
         let initial: Vec<Bytes> = match from {
@@ -1061,7 +1048,7 @@ fn watch_stream(shared: Arc<Shared>, request: &Request<'_>) -> Response {
                         && k.plural == ty.plural
                         && selected(k, o, &ty, &namespace, &labels, &fields)
                 })
-                .map(|(_, o)| event_line_of("ADDED", o))
+                .map(|(_, o)| event_line("ADDED", o))
                 .collect(),
             Some(rv) => store
                 .log
@@ -1104,7 +1091,7 @@ fn watch_stream(shared: Arc<Shared>, request: &Request<'_>) -> Response {
                 "apiVersion": ty.api_version(), "kind": ty.kind,
                 "metadata": {"resourceVersion": rv.to_string()},
             });
-            Some((event_line("BOOKMARK", &object), ()))
+            Some((event_line("BOOKMARK", &encode(&object)), ()))
         }
     })
     .filter(move |_| std::future::ready(bookmarks));

@@ -10,7 +10,8 @@
 //! Run: `cargo build --release --workspace --bins && target/release/operator-bench
 //! [--storm-seconds S] [--kube-qps Q] [--observe-interval-seconds I] [--runs R] [N ...]`
 //! (default: 1000; `--runs R` measures each count R times, each with a fresh server and
-//! operator, and scales by the run of median convergence time — a 1,000-memory run lasts
+//! operator, in R rounds of every count, and scales by the run of median convergence time
+//! — a 1,000-memory run lasts
 //! ~1.5 s, and one run's noise on a shared VM moved the 10,000/1,000 ratio by ±15%;
 //! `--kube-qps 0` lifts the operator's client-side rate limit; the observe interval
 //! defaults to 10 s, a third of the operator's default, so that one interval of steady
@@ -188,14 +189,18 @@ async fn main() -> anyhow::Result<()> {
             |q| { format!("--kube-qps {q}") }
         )
     );
-    let mut all = Vec::new();
-    for &count in &options.counts {
-        let mut runs = Vec::new();
-        for _ in 0..options.runs {
+    // Round by round (every count once a round), so that a slow spell of the shared machine
+    // falls on every count, not on all the runs of one.
+    let mut by_count: Vec<Vec<Figures>> = options.counts.iter().map(|_| Vec::new()).collect();
+    for _ in 0..options.runs {
+        for (&count, runs) in options.counts.iter().zip(&mut by_count) {
             let figures = run(&operator, count, &options).await?;
             print(&figures, options.observe_seconds);
             runs.push(figures);
         }
+    }
+    let mut all = Vec::new();
+    for (&count, mut runs) in options.counts.iter().zip(by_count) {
         runs.sort_by_key(|f| f.converged);
         if runs.len() > 1 {
             let times: Vec<String> = runs

@@ -160,8 +160,9 @@ impl PartialOrd for ObjKey {
 
 /// The stored objects: a map for each resource, ordered by namespace and name as etcd's keys
 /// are. A get or write searches its resource's objects only (with one map of every object,
-/// that search and its key compares grew a third from 1,000 to 10,000 memories), and a
-/// list reads its resource's map from where its page starts.
+/// a write's searches and key compares took 63 µs a memory at 1,000 memories and 100 at
+/// 10,000 in `operator-bench`), and a list reads its resource's map from where its page
+/// starts.
 #[derive(Debug, Default)]
 struct Objects(Vec<Resource>);
 
@@ -174,7 +175,7 @@ struct Resource {
 }
 
 impl Objects {
-    /// The objects of a resource (`None` when it has none yet).
+    /// The objects of a resource (`None` when none was ever stored).
     fn of(&self, group: &str, plural: &str) -> Option<&BTreeMap<ObjKey, Bytes>> {
         self.0
             .iter()

@@ -11,8 +11,8 @@
 //! [--storm-seconds S] [--kube-qps Q] [--observe-interval-seconds I] [--runs R] [N ...]`
 //! (default: 1000; `--runs R` measures each count R times, each with a fresh server and
 //! operator, in R rounds of every count, and scales by the run of median convergence time
-//! — a 1,000-memory run lasts
-//! ~1.5 s, and one run's noise on a shared VM moved the 10,000/1,000 ratio by ±15%;
+//! — a 1,000-memory run lasts ~1.5 s, and one run's noise on a shared VM moved the
+//! 10,000/1,000 ratio by ±15%;
 //! `--kube-qps 0` lifts the operator's client-side rate limit; the observe interval
 //! defaults to 10 s, a third of the operator's default, so that one interval of steady
 //! state is short to wait for — its observations of converged memories then also run

@@ -123,10 +123,11 @@ pub enum StoreError {
         available: u64,
     },
     /// Free space on the data volume is below the reserve; the write was not applied.
-    /// Reads keep working and writes resume by themselves once space returns.
+    /// Reads keep working and writes resume by themselves once space returns (a margin
+    /// above the reserve).
     #[error(
-        "the data volume has {} bytes free, below the reserve of {} bytes; writes resume when space is freed",
-        .0.available, .0.reserve
+        "the data volume has {} bytes free and keeps a reserve of {} bytes; writes resume by themselves once {} bytes are free",
+        .0.available, .0.reserve, .0.resume_at
     )]
     NoSpace(LowSpace),
     /// The store cannot make writes durable (a flush failed or hangs); the write was not

@@ -1,7 +1,10 @@
 //! The disk guard: writes are refused while free space on the data volume is below a
 //! reserve, before the volume is full (like etcd's NOSPACE alarm), so a flush and a
 //! checkpoint always find room. Reads are never affected; writes resume by themselves once
-//! space returns.
+//! space returns — once free space is a margin above the reserve (a quarter of it, at least
+//! 1 MiB), so that writes do not flap between refused and accepted while the volume hovers
+//! at the line (sled's files grow and shrink in segments, and a small write would otherwise
+//! slip in right after a large one was refused).
 //!
 //! Asking the file system for its free space on every write would cost a system call per
 //! write; instead a write spends from a budget of half the space above the reserve, and the
@@ -39,6 +42,13 @@ pub struct LowSpace {
     pub available: u64,
     /// The reserve the node keeps.
     pub reserve: u64,
+    /// Free bytes at which writes are accepted again (the reserve plus the resume margin).
+    pub resume_at: u64,
+}
+
+/// How far above the reserve free space must climb before refused writes resume.
+fn resume_margin(reserve: u64) -> u64 {
+    (reserve / 4).max(1 << 20)
 }
 
 /// Admits writes while the volume has more free space than the reserve.
@@ -48,7 +58,8 @@ pub(crate) struct SpaceGuard {
     reserve: u64,
     source: Arc<dyn FreeSpace>,
     budget: AtomicI64,
-    check: Mutex<()>,
+    /// Whether the last check refused: writes stay refused until the margin is regained.
+    check: Mutex<bool>,
 }
 
 const PAGE: i64 = 4096;
@@ -61,13 +72,13 @@ impl SpaceGuard {
             reserve,
             source,
             budget: AtomicI64::new(0),
-            check: Mutex::new(()),
+            check: Mutex::new(false),
         }
     }
 
     /// Admits a write of `bytes` bytes, or refuses it while space is below the reserve
     /// (`extra_reserve` is added to the configured one: the checkpoint's size grows with
-    /// the keys).
+    /// the keys); once refused, writes resume only when space is the margin above it.
     ///
     /// # Errors
     /// [`LowSpace`]; an unreadable free space counts as none being available.
@@ -82,7 +93,7 @@ impl SpaceGuard {
         if self.budget.fetch_sub(cost, Ordering::SeqCst) >= cost {
             return Ok(());
         }
-        let _one_check = self.check.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut refusing = self.check.lock().unwrap_or_else(PoisonError::into_inner);
         // Another writer may have refilled the budget while this one waited.
         if self.budget.load(Ordering::SeqCst) >= cost {
             self.budget.fetch_sub(cost, Ordering::SeqCst);
@@ -96,12 +107,19 @@ impl SpaceGuard {
                 0
             }
         };
+        let resume_at = reserve.saturating_add(resume_margin(reserve));
         let above = available.saturating_sub(reserve);
         let budget = i64::try_from(above / 2).unwrap_or(i64::MAX);
-        if budget < cost {
+        if budget < cost || (*refusing && available < resume_at) {
+            *refusing = true;
             self.budget.store(0, Ordering::SeqCst);
-            return Err(LowSpace { available, reserve });
+            return Err(LowSpace {
+                available,
+                reserve,
+                resume_at,
+            });
         }
+        *refusing = false;
         self.budget.store(budget - cost, Ordering::SeqCst);
         Ok(())
     }
@@ -139,6 +157,11 @@ mod tests {
         }
         let refused = guard.admit(32 << 10, 0).expect_err("refused");
         assert_eq!(refused.reserve, 64 << 20);
+        assert_eq!(
+            refused.resume_at,
+            80 << 20,
+            "a quarter of the reserve above it"
+        );
         assert!(
             refused.available >= 64 << 20,
             "refused before the reserve was used"
@@ -149,6 +172,40 @@ mod tests {
         );
         fake.available.store(200 << 20, Ordering::SeqCst);
         assert!(guard.admit(32 << 10, 0).is_ok());
+    }
+
+    #[test]
+    fn once_refused_writes_resume_only_a_margin_above_the_reserve() {
+        let fake = Arc::new(Fake::default());
+        let reserve = 8 << 20;
+        let guard = SpaceGuard::new(PathBuf::from("/data"), reserve, fake.clone());
+        // A large write is refused just above the line; a small one would still fit.
+        fake.available
+            .store(reserve + (100 << 10), Ordering::SeqCst);
+        assert!(guard.admit(64 << 10, 0).is_err());
+        let small = guard
+            .admit(10, 0)
+            .expect_err("no small write slips in after a refusal");
+        assert_eq!(small.resume_at, reserve + (2 << 20));
+        // Space creeping back (a segment freed) is not enough...
+        fake.available.store(reserve + (1 << 20), Ordering::SeqCst);
+        assert!(guard.admit(10, 0).is_err());
+        // ...the margin is, and then writes run on their budget again.
+        fake.available.store(reserve + (2 << 20), Ordering::SeqCst);
+        assert!(guard.admit(10, 0).is_ok());
+        assert!(guard.admit(64 << 10, 0).is_ok());
+        // Before any refusal, the line is the reserve itself.
+        let fresh = SpaceGuard::new(PathBuf::from("/data"), reserve, fake.clone());
+        fake.available
+            .store(reserve + (100 << 10), Ordering::SeqCst);
+        assert!(fresh.admit(10, 0).is_ok());
+    }
+
+    #[test]
+    fn the_margin_is_a_quarter_of_the_reserve_and_at_least_a_mebibyte() {
+        assert_eq!(resume_margin(64 << 20), 16 << 20);
+        assert_eq!(resume_margin(1 << 20), 1 << 20);
+        assert_eq!(resume_margin(1), 1 << 20);
     }
 
     #[test]

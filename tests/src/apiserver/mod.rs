@@ -18,7 +18,7 @@ pub mod resources;
 pub mod schema;
 pub mod selector;
 
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::convert::Infallible;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
@@ -163,8 +163,21 @@ impl PartialOrd for ObjKey {
 /// a write's searches and key compares took 63 µs a memory at 1,000 memories and 100 at
 /// 10,000 in `operator-bench`), and a list reads its resource's map from where its page
 /// starts.
+///
+/// The garbage collector's indexes are kept beside them: every object by its uid, and the
+/// dependents of each owner uid, so that deleting an owner finds its dependents and a write
+/// naming an owner finds it without reading every object (a scan took 16 ms a deleted owner
+/// among 5,000 objects, 50 ms among 15,000).
 #[derive(Debug, Default)]
-struct Objects(Vec<Resource>);
+struct Objects {
+    resources: Vec<Resource>,
+    /// uid → the object that has it.
+    uids: HashMap<String, ObjKey>,
+    /// Owner uid → the objects whose `ownerReferences` name it.
+    dependents: HashMap<String, BTreeSet<ObjKey>>,
+    /// Object → the owner uids it was indexed under (only objects that have owners).
+    owners: BTreeMap<ObjKey, Vec<String>>,
+}
 
 /// One resource's objects.
 #[derive(Debug)]
@@ -177,7 +190,7 @@ struct Resource {
 impl Objects {
     /// The objects of a resource (`None` when none was ever stored).
     fn of(&self, group: &str, plural: &str) -> Option<&BTreeMap<ObjKey, Bytes>> {
-        self.0
+        self.resources
             .iter()
             .find(|r| r.plural == plural && r.group == group)
             .map(|r| &r.objects)
@@ -191,42 +204,122 @@ impl Objects {
         self.get(key).is_some()
     }
 
-    fn insert(&mut self, key: ObjKey, json: Bytes) -> Option<Bytes> {
+    /// Stores an object's JSON; `uid` is its own (it never changes), `owners` are the uids
+    /// of its `ownerReferences`.
+    fn insert(
+        &mut self,
+        key: ObjKey,
+        json: Bytes,
+        uid: Option<&str>,
+        owners: Vec<String>,
+    ) -> Option<Bytes> {
+        self.unindex(&key);
+        if let Some(uid) = uid {
+            self.uids.insert(uid.to_string(), key.clone());
+        }
+        for uid in &owners {
+            self.dependents
+                .entry(uid.clone())
+                .or_default()
+                .insert(key.clone());
+        }
+        if !owners.is_empty() {
+            self.owners.insert(key.clone(), owners);
+        }
         let index = match self
-            .0
+            .resources
             .iter()
             .position(|r| r.plural == key.plural && r.group == key.group)
         {
             Some(index) => index,
             None => {
-                self.0.push(Resource {
+                self.resources.push(Resource {
                     group: key.group.clone(),
                     plural: key.plural.clone(),
                     objects: BTreeMap::new(),
                 });
-                self.0.len() - 1
+                self.resources.len() - 1
             }
         };
-        self.0[index].objects.insert(key, json)
+        self.resources[index].objects.insert(key, json)
     }
 
-    fn remove(&mut self, key: &ObjKey) -> Option<Bytes> {
-        self.0
+    fn remove(&mut self, key: &ObjKey, uid: Option<&str>) -> Option<Bytes> {
+        self.unindex(key);
+        if let Some(uid) = uid {
+            self.uids.remove(uid);
+        }
+        self.resources
             .iter_mut()
             .find(|r| r.plural == key.plural && r.group == key.group)?
             .objects
             .remove(key)
     }
 
+    /// Takes `key` out of the owner index.
+    fn unindex(&mut self, key: &ObjKey) {
+        for uid in self.owners.remove(key).unwrap_or_default() {
+            if let Some(dependents) = self.dependents.get_mut(&uid) {
+                dependents.remove(key);
+                if dependents.is_empty() {
+                    self.dependents.remove(&uid);
+                }
+            }
+        }
+    }
+
+    /// Whether the owner `uid` of the object at `dependent` exists: in the dependent's
+    /// namespace, or cluster-scoped (the garbage collector resolves an owner reference there).
+    fn owner_exists(&self, uid: &str, dependent: &ObjKey) -> bool {
+        self.uids.get(uid).is_some_and(|owner| {
+            owner.namespace.is_empty() || owner.namespace == dependent.namespace
+        })
+    }
+
+    /// The objects whose `ownerReferences` name `uid`.
+    fn dependents_of(&self, uid: &str) -> Vec<ObjKey> {
+        self.dependents
+            .get(uid)
+            .map(|keys| keys.iter().cloned().collect())
+            .unwrap_or_default()
+    }
+
     /// Every object of every resource.
+    #[cfg(test)]
     fn iter(&self) -> impl Iterator<Item = (&ObjKey, &Bytes)> {
-        self.0.iter().flat_map(|r| r.objects.iter())
+        self.resources.iter().flat_map(|r| r.objects.iter())
     }
 
     /// Drops a resource's objects (its definition was deleted).
     fn remove_resource(&mut self, group: &str, plural: &str) {
-        self.0.retain(|r| !(r.group == group && r.plural == plural));
+        let Some(index) = self
+            .resources
+            .iter()
+            .position(|r| r.group == group && r.plural == plural)
+        else {
+            return;
+        };
+        let resource = self.resources.swap_remove(index);
+        for key in resource.objects.keys() {
+            self.unindex(key);
+        }
+        self.uids
+            .retain(|_, key| !(key.group == group && key.plural == plural));
     }
+}
+
+/// The uids an object's `ownerReferences` name.
+fn owner_uids(object: &Value) -> Vec<String> {
+    object
+        .pointer("/metadata/ownerReferences")
+        .and_then(Value::as_array)
+        .map(|refs| {
+            refs.iter()
+                .filter_map(|r| r.get("uid").and_then(Value::as_str))
+                .map(str::to_string)
+                .collect()
+        })
+        .unwrap_or_default()
 }
 
 #[derive(Debug)]
@@ -418,6 +511,24 @@ impl Store {
         }
     }
 
+    /// A real API server's refusal of a namespaced object created in a namespace that does
+    /// not exist (`None` when it exists, or for cluster-scoped kinds).
+    fn namespace_missing(&self, ty: &ResourceType, namespace: &str) -> Option<Response> {
+        let key = ObjKey {
+            group: String::new(),
+            plural: "namespaces".into(),
+            namespace: String::new(),
+            name: namespace.to_string(),
+        };
+        (ty.namespaced && !self.objects.contains_key(&key)).then(|| {
+            status(
+                404,
+                "NotFound",
+                format!("namespaces \"{namespace}\" not found"),
+            )
+        })
+    }
+
     /// Stores `object` at a new resourceVersion and records the event.
     fn commit(
         &mut self,
@@ -430,15 +541,23 @@ impl Store {
         metadata_mut(&mut object).insert("resourceVersion".into(), json!(self.rv.to_string()));
         // Encoded once: the stored copy, the event's and the answer's.
         let encoded = encode(&object);
+        let uid = meta_str(&object, "uid");
+        let owners = owner_uids(&object);
+        let dangling: Vec<String> = owners
+            .iter()
+            .filter(|owner| !self.objects.owner_exists(owner, &key))
+            .cloned()
+            .collect();
         let previous = if kind == "DELETED" {
-            self.objects.remove(&key)
+            self.objects.remove(&key, uid)
         } else {
-            self.objects.insert(key.clone(), encoded.clone())
+            self.objects
+                .insert(key.clone(), encoded.clone(), uid, owners)
         };
         let event = Arc::new(Event {
             rv: self.rv,
-            group: key.group,
-            plural: key.plural,
+            group: key.group.clone(),
+            plural: key.plural.clone(),
             kind,
             selectable: Selectable::of(&object),
             json: encoded.clone(),
@@ -451,7 +570,36 @@ impl Store {
             }
         }
         let _ = shared.events.send(event);
+        if kind != "DELETED" && !dangling.is_empty() {
+            self.collect_orphan(shared, key, &dangling);
+        }
         (object, encoded)
+    }
+
+    /// The garbage collector's answer to a dependent written with owners that do not exist
+    /// (a controller that applied a child of an owner deleted a moment before): with no owner
+    /// left it is deleted; otherwise its references to the missing owners are removed.
+    /// Simplification: done at once, not by a background controller some time later.
+    fn collect_orphan(&mut self, shared: &Shared, key: ObjKey, dangling: &[String]) {
+        let Some(mut object) = self.objects.get(&key).and_then(|json| decode(json)) else {
+            return;
+        };
+        let Some(refs) = object
+            .pointer_mut("/metadata/ownerReferences")
+            .and_then(Value::as_array_mut)
+        else {
+            return;
+        };
+        refs.retain(|r| {
+            r.get("uid")
+                .and_then(Value::as_str)
+                .is_none_or(|uid| !dangling.iter().any(|d| d == uid))
+        });
+        if refs.is_empty() {
+            self.delete_object(shared, key);
+        } else {
+            self.commit(shared, key, object, "MODIFIED");
+        }
     }
 
     /// Removes an object (or marks it terminating when it has finalizers), then collects its
@@ -487,28 +635,9 @@ impl Store {
         Some(deleted)
     }
 
-    fn owned_by(&self, uid: &str) -> Vec<ObjKey> {
-        self.objects
-            .iter()
-            // Only an object whose JSON holds the uid is worth decoding.
-            .filter(|(_, json)| json.windows(uid.len()).any(|w| w == uid.as_bytes()))
-            .filter(|(_, json)| {
-                decode(json)
-                    .as_ref()
-                    .and_then(|o| o.pointer("/metadata/ownerReferences"))
-                    .and_then(Value::as_array)
-                    .is_some_and(|refs| {
-                        refs.iter()
-                            .any(|r| r.get("uid").and_then(Value::as_str) == Some(uid))
-                    })
-            })
-            .map(|(k, _)| k.clone())
-            .collect()
-    }
-
     /// The garbage collector's orphaning: dependents lose their owner reference to `uid`.
     fn orphan_dependents(&mut self, shared: &Shared, uid: &str) {
-        for key in self.owned_by(uid) {
+        for key in self.objects.dependents_of(uid) {
             let Some(mut object) = self.objects.get(&key).and_then(|json| decode(json)) else {
                 continue;
             };
@@ -525,7 +654,7 @@ impl Store {
     /// The garbage collector's effect: objects owned by `uid` are deleted.
     /// Simplification: done at once, not by a background controller some time later.
     fn collect_dependents(&mut self, shared: &Shared, uid: &str) {
-        for key in self.owned_by(uid) {
+        for key in self.objects.dependents_of(uid) {
             self.delete_object(shared, key);
         }
     }
@@ -1260,7 +1389,6 @@ fn create(shared: &Shared, request: &Request<'_>) -> Response {
             None => return status(422, "Invalid", "metadata.name: Required value"),
         }
     }
-    // Simplification: the namespace need not exist.
     let namespace = if ty.namespaced {
         let given = meta_str(&object, "namespace")
             .unwrap_or(&request.namespace)
@@ -1276,6 +1404,9 @@ fn create(shared: &Shared, request: &Request<'_>) -> Response {
     } else {
         String::new()
     };
+    if let Some(refusal) = store.namespace_missing(ty, &namespace) {
+        return refusal;
+    }
     let key = Store::key(ty, &namespace, &name);
     if store.objects.contains_key(&key) {
         return status(
@@ -1377,6 +1508,9 @@ fn update(shared: &Shared, request: &Request<'_>, verb: Verb) -> Response {
     let Some((current_json, stored)) = existing else {
         if is_apply && subresource.is_empty() {
             // Apply creates what does not exist.
+            if let Some(refusal) = store.namespace_missing(ty, &request.namespace) {
+                return refusal;
+            }
             let mut object = body;
             object["apiVersion"] = json!(ty.api_version());
             object["kind"] = json!(ty.kind);
@@ -1719,7 +1853,7 @@ mod tests {
             let json = Bytes::from(format!("{plural}/{namespace}/{name}"));
             assert!(
                 objects
-                    .insert(key(group, plural, namespace, name), json)
+                    .insert(key(group, plural, namespace, name), json, None, Vec::new())
                     .is_none()
             );
         }
@@ -1744,12 +1878,51 @@ mod tests {
         );
         assert!(
             objects
-                .remove(&key("apps", "statefulsets", "b", "x"))
+                .remove(&key("apps", "statefulsets", "b", "x"), None)
                 .is_some()
         );
         assert!(objects.contains_key(&key("", "services", "b", "x")));
         objects.remove_resource("apps", "statefulsets");
         assert_eq!(objects.iter().count(), 1);
+    }
+
+    #[test]
+    fn the_owner_index_follows_every_insert_change_and_removal() {
+        let mut objects = Objects::default();
+        let json = || Bytes::from_static(b"{}");
+        let sts = key("apps", "statefulsets", "a", "m");
+        let svc = key("", "services", "a", "m");
+        let owners = |uids: &[&str]| uids.iter().map(|u| (*u).to_string()).collect();
+        let owner = key("phoenix.dev", "phoenixmemories", "a", "m");
+        let elsewhere = key("phoenix.dev", "phoenixmemories", "b", "m");
+        let node = key("", "nodes", "", "n");
+        objects.insert(owner.clone(), json(), Some("u1"), Vec::new());
+        objects.insert(elsewhere.clone(), json(), Some("u2"), Vec::new());
+        objects.insert(node, json(), Some("u4"), Vec::new());
+        objects.insert(sts.clone(), json(), Some("s"), owners(&["u1"]));
+        objects.insert(svc.clone(), json(), Some("v"), owners(&["u1", "u2"]));
+        assert_eq!(objects.dependents_of("u1"), [svc.clone(), sts.clone()]);
+        assert_eq!(objects.dependents_of("u2"), std::slice::from_ref(&svc));
+        // An owner counts in the dependent's namespace or cluster-wide, by uid.
+        assert!(objects.owner_exists("u1", &sts));
+        assert!(!objects.owner_exists("u2", &sts), "another namespace's");
+        assert!(objects.owner_exists("u4", &sts), "cluster-scoped");
+        assert!(!objects.owner_exists("u9", &sts));
+        // A changed object is indexed under its new owners only.
+        objects.insert(svc.clone(), json(), Some("v"), owners(&["u2"]));
+        assert_eq!(objects.dependents_of("u1"), std::slice::from_ref(&sts));
+        objects.insert(svc.clone(), json(), Some("v"), Vec::new());
+        assert!(objects.dependents_of("u2").is_empty());
+        objects.remove(&sts, Some("s"));
+        assert!(objects.dependents_of("u1").is_empty());
+        objects.remove(&owner, Some("u1"));
+        assert!(!objects.owner_exists("u1", &sts));
+        // A dropped resource leaves no entries behind.
+        objects.insert(sts.clone(), json(), Some("s"), owners(&["u3"]));
+        objects.remove_resource("apps", "statefulsets");
+        assert!(objects.dependents_of("u3").is_empty());
+        assert!(!objects.uids.contains_key("s"));
+        assert!(objects.dependents.is_empty() && objects.owners.is_empty());
     }
 
     fn object(rv: &str, time: &str, manager: &str, replicas: u64, label: &str) -> Value {

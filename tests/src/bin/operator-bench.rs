@@ -4,8 +4,10 @@
 //! its requests during a controller storm (every StatefulSet's and PodDisruptionBudget's
 //! status changing every second, as the real controllers do while pods come and go), and
 //! until converged the CPU time per memory of the operator and of this process (the API
-//! server) and the operator's reconciles per memory (its `/metrics`). Prints figures; never
-//! asserts timings.
+//! server) and the operator's reconciles per memory (its `/metrics`); then the teardown:
+//! every memory deleted (their children go by the server's garbage collection), its time,
+//! the operator's requests in it (a child it recreated would be a write) and its RSS after.
+//! Prints figures; never asserts timings (a child left after the teardown is an error).
 //!
 //! Run: `cargo build --release --workspace --bins && target/release/operator-bench
 //! [--storm-seconds S] [--kube-qps Q] [--observe-interval-seconds I] [--runs R] [N ...]`
@@ -30,7 +32,7 @@ use futures::StreamExt;
 use k8s_openapi::api::apps::v1::StatefulSet;
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
-use kube::api::{Api, ListParams, Patch, PatchParams, PostParams};
+use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{CustomResourceExt, ResourceExt};
 use phoenix_operator::crd::PhoenixMemory;
@@ -146,6 +148,12 @@ struct Figures {
     storm_changes: u64,
     storm: BTreeMap<(Verb, String), u64>,
     storm_seconds: u64,
+    /// Deleting every memory (32 at a time), from the first to the last answer.
+    teardown: Duration,
+    /// The operator's requests from the first delete until 2 s after the last.
+    teardown_requests: BTreeMap<(Verb, String), u64>,
+    /// The operator's RSS 2 s after the teardown.
+    rss_after_teardown_kib: Option<u64>,
 }
 
 fn sum(counts: &BTreeMap<(Verb, String), u64>, write: Option<bool>) -> u64 {
@@ -312,6 +320,19 @@ fn print(f: &Figures, observe_seconds: u64) {
         sum(&f.storm, Some(true)),
         describe(&f.storm)
     );
+    println!(
+        "teardown (every memory deleted, 32 at a time; children by garbage collection): {:.2} s ({:.0} µs a memory); the operator made {} requests ({} writes) until 2 s after: {}; its RSS then {}",
+        f.teardown.as_secs_f64(),
+        f.teardown.as_secs_f64() * 1e6 / f.count as f64,
+        sum(&f.teardown_requests, None),
+        sum(&f.teardown_requests, Some(true)),
+        describe(&f.teardown_requests),
+        f.rss_after_teardown_kib
+            .map_or("unavailable".into(), |kib| format!(
+                "{:.1} MiB",
+                kib as f64 / 1024.0
+            )),
+    );
 }
 
 /// CPU seconds in all and per memory.
@@ -382,12 +403,10 @@ async fn run(
     let pid = child.id();
     let result = measure(&server, count, options, Operator { pid, metrics }).await;
     let rss_kib = rss_kib(pid, "VmHWM:");
-    let rss_now_kib = rss_kib_now(pid);
     let _ = child.kill();
     let _ = child.wait();
     let mut figures = result?;
     figures.rss_kib = rss_kib;
-    figures.rss_now_kib = rss_now_kib;
     Ok(figures)
 }
 
@@ -570,11 +589,51 @@ async fn measure(
                 && (resource == "statefulsets/status" || resource == "poddisruptionbudgets/status"))
         })
         .collect();
+    let rss_now_kib = rss_kib_now(operator_pid);
+
+    // The teardown: every memory deleted; their children go with them.
+    server.reset_counts();
+    let teardown_started = Instant::now();
+    futures::stream::iter(0..count)
+        .map(|i| {
+            let memories = memories.clone();
+            async move {
+                memories
+                    .delete(&format!("memory-{i:05}"), &DeleteParams::default())
+                    .await?;
+                anyhow::Ok(())
+            }
+        })
+        .buffer_unordered(32)
+        .collect::<Vec<_>>()
+        .await
+        .into_iter()
+        .collect::<anyhow::Result<Vec<()>>>()?;
+    let teardown = teardown_started.elapsed();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let teardown_requests: BTreeMap<(Verb, String), u64> = server
+        .request_counts()
+        .into_iter()
+        .filter(|((verb, resource), _)| !(*verb == Verb::Delete && resource == "phoenixmemories"))
+        .collect();
+    let rss_after_teardown_kib = rss_kib_now(operator_pid);
+    let left = (
+        memories.list(&ListParams::default()).await?.items.len(),
+        statefulsets.list(&ListParams::default()).await?.items.len(),
+        pdbs.list(&ListParams::default()).await?.items.len(),
+    );
+    if left != (0, 0, 0) {
+        anyhow::bail!(
+            "after deleting every memory, {} memories, {} StatefulSets and {} PodDisruptionBudgets are left",
+            left.0,
+            left.1,
+            left.2
+        );
+    }
     Ok(Figures {
         count,
         converged,
         rss_kib: None,
-        rss_now_kib: None,
         created,
         operator_cpu,
         server_cpu,
@@ -584,5 +643,9 @@ async fn measure(
         storm_changes: changes,
         storm,
         storm_seconds,
+        teardown,
+        teardown_requests,
+        rss_after_teardown_kib,
+        rss_now_kib,
     })
 }

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures::{StreamExt, TryStreamExt};
-use k8s_openapi::api::core::v1::ConfigMap;
+use k8s_openapi::api::core::v1::{ConfigMap, Namespace};
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::api::{
     Api, DeleteParams, ListParams, ObjectMeta, Patch, PatchParams, PostParams, WatchEvent,
@@ -570,6 +570,143 @@ async fn deletion_cascades_to_dependents_and_waits_for_finalizers() {
         api_code(&api.get("guarded").await.expect_err("gone")),
         Some(404)
     );
+}
+
+/// What the garbage collector does with a child a controller applied just after its owner
+/// was deleted (its cache still held the owner): a dependent whose owners are all gone is
+/// deleted; one with a live owner left loses only the references to the missing ones; an
+/// owner in another namespace does not count.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dependent_written_for_a_missing_owner_is_collected() {
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
+    let server = ApiServer::start().await.expect("server");
+    let client = server.client().expect("client");
+    let api: Api<ConfigMap> = Api::default_namespaced(client.clone());
+    let reference = |owner: &ConfigMap| OwnerReference {
+        api_version: "v1".into(),
+        kind: "ConfigMap".into(),
+        name: owner.metadata.name.clone().expect("name"),
+        uid: owner.metadata.uid.clone().expect("uid"),
+        ..Default::default()
+    };
+    let with_owners = |name: &str, owners: Vec<OwnerReference>| {
+        let mut object = config_map(name, &[]);
+        object.metadata.owner_references = Some(owners);
+        object
+    };
+    let gone = api
+        .create(&PostParams::default(), &config_map("gone", &[]))
+        .await
+        .expect("owner");
+    let live = api
+        .create(&PostParams::default(), &config_map("live", &[]))
+        .await
+        .expect("owner");
+    api.delete("gone", &DeleteParams::background())
+        .await
+        .expect("delete owner");
+
+    // Created (the answer is the created object) and then collected.
+    let late = api
+        .create(
+            &PostParams::default(),
+            &with_owners("late", vec![reference(&gone)]),
+        )
+        .await
+        .expect("the write itself is accepted");
+    assert_eq!(late.metadata.name.as_deref(), Some("late"));
+    assert_eq!(
+        api_code(&api.get("late").await.expect_err("collected")),
+        Some(404)
+    );
+    // The same by server-side apply (what the operator does).
+    api.patch(
+        "applied",
+        &PatchParams::apply("phoenix-operator").force(),
+        &Patch::Apply(with_owners("applied", vec![reference(&gone)])),
+    )
+    .await
+    .expect("apply");
+    assert_eq!(
+        api_code(&api.get("applied").await.expect_err("collected")),
+        Some(404)
+    );
+    // A live owner keeps its dependent; only the missing owner's reference goes.
+    api.create(
+        &PostParams::default(),
+        &with_owners("shared", vec![reference(&gone), reference(&live)]),
+    )
+    .await
+    .expect("shared");
+    let shared = api.get("shared").await.expect("kept");
+    let owners: Vec<String> = shared
+        .metadata
+        .owner_references
+        .unwrap_or_default()
+        .into_iter()
+        .map(|r| r.name)
+        .collect();
+    assert_eq!(owners, ["live"]);
+    // An owner must be in the dependent's namespace.
+    let other: Api<ConfigMap> = Api::namespaced(client.clone(), "other");
+    Api::<Namespace>::all(client)
+        .create(
+            &PostParams::default(),
+            &serde_json::from_value(json!({"metadata": {"name": "other"}})).expect("namespace"),
+        )
+        .await
+        .expect("namespace");
+    other
+        .create(
+            &PostParams::default(),
+            &with_owners("foreign", vec![reference(&live)]),
+        )
+        .await
+        .expect("foreign");
+    assert_eq!(
+        api_code(&other.get("foreign").await.expect_err("collected")),
+        Some(404)
+    );
+}
+
+/// A namespaced object is refused in a namespace that does not exist (create and apply
+/// alike), as a real API server refuses it; it is accepted once the namespace is there.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_namespaced_object_needs_its_namespace() {
+    let server = ApiServer::start().await.expect("server");
+    let client = server.client().expect("client");
+    let missing: Api<ConfigMap> = Api::namespaced(client.clone(), "missing");
+    let error = missing
+        .create(&PostParams::default(), &config_map("c", &[]))
+        .await
+        .expect_err("no such namespace");
+    assert_eq!(api_code(&error), Some(404), "{error}");
+    assert!(
+        error
+            .to_string()
+            .contains("namespaces \"missing\" not found"),
+        "{error}"
+    );
+    let error = missing
+        .patch(
+            "c",
+            &PatchParams::apply("phoenix-operator"),
+            &Patch::Apply(config_map("c", &[])),
+        )
+        .await
+        .expect_err("no such namespace");
+    assert_eq!(api_code(&error), Some(404), "{error}");
+    Api::<Namespace>::all(client)
+        .create(
+            &PostParams::default(),
+            &serde_json::from_value(json!({"metadata": {"name": "missing"}})).expect("namespace"),
+        )
+        .await
+        .expect("namespace");
+    missing
+        .create(&PostParams::default(), &config_map("c", &[]))
+        .await
+        .expect("accepted once the namespace exists");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

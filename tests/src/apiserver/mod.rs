@@ -213,18 +213,23 @@ impl Objects {
         uid: Option<&str>,
         owners: Vec<String>,
     ) -> Option<Bytes> {
-        self.unindex(&key);
-        if let Some(uid) = uid {
+        if let Some(uid) = uid
+            && !self.uids.contains_key(uid)
+        {
             self.uids.insert(uid.to_string(), key.clone());
         }
-        for uid in &owners {
-            self.dependents
-                .entry(uid.clone())
-                .or_default()
-                .insert(key.clone());
-        }
-        if !owners.is_empty() {
-            self.owners.insert(key.clone(), owners);
+        // Most writes leave the owners as they were.
+        if self.owners.get(&key).map_or(&[][..], Vec::as_slice) != owners.as_slice() {
+            self.unindex(&key);
+            for uid in &owners {
+                self.dependents
+                    .entry(uid.clone())
+                    .or_default()
+                    .insert(key.clone());
+            }
+            if !owners.is_empty() {
+                self.owners.insert(key.clone(), owners);
+            }
         }
         let index = match self
             .resources
@@ -513,6 +518,8 @@ impl Store {
 
     /// A real API server's refusal of a namespaced object created in a namespace that does
     /// not exist (`None` when it exists, or for cluster-scoped kinds).
+    /// Simplification: deleting a namespace leaves its objects, and a terminating namespace
+    /// still takes new ones (a real server deletes them and refuses with 403).
     fn namespace_missing(&self, ty: &ResourceType, namespace: &str) -> Option<Response> {
         let key = ObjKey {
             group: String::new(),

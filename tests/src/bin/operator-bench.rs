@@ -410,6 +410,34 @@ async fn run(
     Ok(figures)
 }
 
+/// Runs `action` for every memory's index, 32 at a time; any error is the run's.
+async fn for_each_memory<F, Fut>(count: usize, action: F) -> anyhow::Result<()>
+where
+    F: Fn(usize) -> Fut,
+    Fut: std::future::Future<Output = anyhow::Result<()>>,
+{
+    futures::stream::iter(0..count)
+        .map(action)
+        .buffer_unordered(32)
+        .collect::<Vec<_>>()
+        .await
+        .into_iter()
+        .collect()
+}
+
+/// The server's request counts but the bench's own: `verb` on `resources`.
+fn requests_but(
+    server: &ApiServer,
+    verb: Verb,
+    resources: &[&str],
+) -> BTreeMap<(Verb, String), u64> {
+    server
+        .request_counts()
+        .into_iter()
+        .filter(|((v, resource), _)| !(*v == verb && resources.contains(&resource.as_str())))
+        .collect()
+}
+
 /// The operator process under measurement.
 #[derive(Clone, Copy)]
 struct Operator {
@@ -444,23 +472,18 @@ async fn measure(
     let memories: Api<PhoenixMemory> = Api::default_namespaced(client.clone());
     let cpu_at_start = (cpu_seconds(operator_pid), cpu_seconds(std::process::id()));
     let started = Instant::now();
-    futures::stream::iter(0..count)
-        .map(|i| {
-            let memories = memories.clone();
-            async move {
-                let memory: PhoenixMemory = serde_json::from_value(serde_json::json!({
-                    "apiVersion": "phoenix.dev/v1alpha1", "kind": "PhoenixMemory",
-                    "metadata": {"name": format!("memory-{i:05}")}, "spec": {"replicas": 1},
-                }))?;
-                memories.create(&PostParams::default(), &memory).await?;
-                anyhow::Ok(())
-            }
-        })
-        .buffer_unordered(32)
-        .collect::<Vec<_>>()
-        .await
-        .into_iter()
-        .collect::<anyhow::Result<Vec<()>>>()?;
+    for_each_memory(count, |i| {
+        let memories = memories.clone();
+        async move {
+            let memory: PhoenixMemory = serde_json::from_value(serde_json::json!({
+                "apiVersion": "phoenix.dev/v1alpha1", "kind": "PhoenixMemory",
+                "metadata": {"name": format!("memory-{i:05}")}, "spec": {"replicas": 1},
+            }))?;
+            memories.create(&PostParams::default(), &memory).await?;
+            anyhow::Ok(())
+        }
+    })
+    .await?;
     let created = started.elapsed();
     // Watched, not polled: listing every memory again and again would load the server (and
     // the two cores the operator shares with it) more than the operator does.
@@ -527,14 +550,11 @@ async fn measure(
     drop(changes);
     // The bench's own creates are not the operator's (its polls are among the lists of
     // phoenixmemories).
-    let until_converged: BTreeMap<(Verb, String), u64> = server
-        .request_counts()
-        .into_iter()
-        .filter(|((verb, resource), _)| {
-            !(*verb == Verb::Create
-                && (resource == "phoenixmemories" || resource == "customresourcedefinitions"))
-        })
-        .collect();
+    let until_converged = requests_but(
+        server,
+        Verb::Create,
+        &["phoenixmemories", "customresourcedefinitions"],
+    );
     // Converged: what the operator does on its own over one observe interval (every memory
     // is observed once) is its steady load on the API server.
     tokio::time::sleep(Duration::from_secs(2)).await;
@@ -581,41 +601,29 @@ async fn measure(
     }
     let storm_seconds = storm_started.elapsed().as_secs().max(1);
     // The storm's own patches are the bench's, not the operator's.
-    let storm: BTreeMap<(Verb, String), u64> = server
-        .request_counts()
-        .into_iter()
-        .filter(|((verb, resource), _)| {
-            !(*verb == Verb::Patch
-                && (resource == "statefulsets/status" || resource == "poddisruptionbudgets/status"))
-        })
-        .collect();
+    let storm = requests_but(
+        server,
+        Verb::Patch,
+        &["statefulsets/status", "poddisruptionbudgets/status"],
+    );
     let rss_now_kib = rss_kib_now(operator_pid);
 
     // The teardown: every memory deleted; their children go with them.
     server.reset_counts();
     let teardown_started = Instant::now();
-    futures::stream::iter(0..count)
-        .map(|i| {
-            let memories = memories.clone();
-            async move {
-                memories
-                    .delete(&format!("memory-{i:05}"), &DeleteParams::default())
-                    .await?;
-                anyhow::Ok(())
-            }
-        })
-        .buffer_unordered(32)
-        .collect::<Vec<_>>()
-        .await
-        .into_iter()
-        .collect::<anyhow::Result<Vec<()>>>()?;
+    for_each_memory(count, |i| {
+        let memories = memories.clone();
+        async move {
+            memories
+                .delete(&format!("memory-{i:05}"), &DeleteParams::default())
+                .await?;
+            anyhow::Ok(())
+        }
+    })
+    .await?;
     let teardown = teardown_started.elapsed();
     tokio::time::sleep(Duration::from_secs(2)).await;
-    let teardown_requests: BTreeMap<(Verb, String), u64> = server
-        .request_counts()
-        .into_iter()
-        .filter(|((verb, resource), _)| !(*verb == Verb::Delete && resource == "phoenixmemories"))
-        .collect();
+    let teardown_requests = requests_but(server, Verb::Delete, &["phoenixmemories"]);
     let rss_after_teardown_kib = rss_kib_now(operator_pid);
     let left = (
         memories.list(&ListParams::default()).await?.items.len(),

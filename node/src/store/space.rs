@@ -46,7 +46,8 @@ pub struct LowSpace {
     pub resume_at: u64,
 }
 
-/// How far above the reserve free space must climb before refused writes resume.
+/// How far above the reserve free space must climb before refused writes resume (from the
+/// configured reserve, `disk.minFreeBytes`).
 fn resume_margin(reserve: u64) -> u64 {
     (reserve / 4).max(1 << 20)
 }
@@ -107,7 +108,7 @@ impl SpaceGuard {
                 0
             }
         };
-        let resume_at = reserve.saturating_add(resume_margin(reserve));
+        let resume_at = reserve.saturating_add(resume_margin(self.reserve));
         let above = available.saturating_sub(reserve);
         let budget = i64::try_from(above / 2).unwrap_or(i64::MAX);
         if budget < cost || (*refusing && available < resume_at) {

@@ -549,15 +549,17 @@ impl Store {
         // Encoded once: the stored copy, the event's and the answer's.
         let encoded = encode(&object);
         let uid = meta_str(&object, "uid");
-        let owners = owner_uids(&object);
-        let dangling: Vec<String> = owners
-            .iter()
-            .filter(|owner| !self.objects.owner_exists(owner, &key))
-            .cloned()
-            .collect();
+        // Owners this write names that do not exist (the garbage collector's business).
+        let mut dangling = Vec::new();
         let previous = if kind == "DELETED" {
             self.objects.remove(&key, uid)
         } else {
+            let owners = owner_uids(&object);
+            dangling = owners
+                .iter()
+                .filter(|owner| !self.objects.owner_exists(owner, &key))
+                .cloned()
+                .collect();
             self.objects
                 .insert(key.clone(), encoded.clone(), uid, owners)
         };
@@ -577,7 +579,7 @@ impl Store {
             }
         }
         let _ = shared.events.send(event);
-        if kind != "DELETED" && !dangling.is_empty() {
+        if !dangling.is_empty() {
             self.collect_orphan(shared, key, &dangling);
         }
         (object, encoded)
@@ -588,25 +590,34 @@ impl Store {
     /// left it is deleted; otherwise its references to the missing owners are removed.
     /// Simplification: done at once, not by a background controller some time later.
     fn collect_orphan(&mut self, shared: &Shared, key: ObjKey, dangling: &[String]) {
-        let Some(mut object) = self.objects.get(&key).and_then(|json| decode(json)) else {
-            return;
-        };
-        let Some(refs) = object
+        match self.without_owners(&key, dangling) {
+            Some((_, false)) => {
+                self.delete_object(shared, key);
+            }
+            Some((object, true)) => {
+                self.commit(shared, key, object, "MODIFIED");
+            }
+            None => {}
+        }
+    }
+
+    /// The object at `key` without its references to the owners `uids`, and whether it
+    /// still has an owner (`None` when it is gone).
+    fn without_owners(&self, key: &ObjKey, uids: &[String]) -> Option<(Value, bool)> {
+        let mut object = decode(self.objects.get(key)?)?;
+        let mut left = false;
+        if let Some(refs) = object
             .pointer_mut("/metadata/ownerReferences")
             .and_then(Value::as_array_mut)
-        else {
-            return;
-        };
-        refs.retain(|r| {
-            r.get("uid")
-                .and_then(Value::as_str)
-                .is_none_or(|uid| !dangling.iter().any(|d| d == uid))
-        });
-        if refs.is_empty() {
-            self.delete_object(shared, key);
-        } else {
-            self.commit(shared, key, object, "MODIFIED");
+        {
+            refs.retain(|r| {
+                r.get("uid")
+                    .and_then(Value::as_str)
+                    .is_none_or(|uid| !uids.iter().any(|u| u == uid))
+            });
+            left = !refs.is_empty();
         }
+        Some((object, left))
     }
 
     /// Removes an object (or marks it terminating when it has finalizers), then collects its
@@ -644,17 +655,11 @@ impl Store {
 
     /// The garbage collector's orphaning: dependents lose their owner reference to `uid`.
     fn orphan_dependents(&mut self, shared: &Shared, uid: &str) {
+        let uids = [uid.to_string()];
         for key in self.objects.dependents_of(uid) {
-            let Some(mut object) = self.objects.get(&key).and_then(|json| decode(json)) else {
-                continue;
-            };
-            if let Some(refs) = object
-                .pointer_mut("/metadata/ownerReferences")
-                .and_then(Value::as_array_mut)
-            {
-                refs.retain(|r| r.get("uid").and_then(Value::as_str) != Some(uid));
+            if let Some((object, _)) = self.without_owners(&key, &uids) {
+                self.commit(shared, key, object, "MODIFIED");
             }
-            self.commit(shared, key, object, "MODIFIED");
         }
     }
 
